@@ -1,0 +1,29 @@
+"""Architectures of the official VideoMAE V2 models (S/B/L/H/g)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """One ViT size. ``mlp_hidden`` is ``int(dim * mlp_ratio)``; the decoder uses the same ``mlp_ratio``."""
+
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    decoder_embed_dim: int
+    decoder_num_heads: int
+
+
+SIZES = {
+    "small": ViTConfig(16, 384, 12, 6, 4.0, 192, 3),
+    "base": ViTConfig(16, 768, 12, 12, 4.0, 384, 6),
+    "large": ViTConfig(16, 1024, 24, 16, 4.0, 512, 8),
+    "huge": ViTConfig(16, 1280, 32, 16, 4.0, 512, 8),
+    "giant": ViTConfig(14, 1408, 40, 16, 48 / 11, 512, 8),
+}
+
+PRETRAIN_NAMES = {f"pretrain_videomae_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}
+FINETUNE_NAMES = {f"vit_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}

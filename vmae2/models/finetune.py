@@ -1,0 +1,53 @@
+"""VideoMAE V2 classification ViT (fine-tuning / evaluation), official ``VisionTransformer`` keys.
+
+Mean pooling over all tokens + ``fc_norm`` (no class token, no ``norm.*`` keys), head dropout, head
+initialised with truncated normal (std 0.02) scaled by ``init_scale``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vmae2.models.configs import ViTConfig
+from vmae2.models.layers import Block, drop_path_rates, PatchEmbed, check_geometry, init_trunc_normal, run_blocks, sinusoid_table
+
+
+class VisionTransformer(nn.Module):
+    """``model(video [B, 3, T, H, W]) -> logits [B, num_classes]``."""
+
+    def __init__(self, cfg: ViTConfig, *, num_classes: int = 400, img_size: int = 224, num_frames: int = 16,
+                 tubelet_size: int = 2, drop_path_rate: float = 0.0, head_drop_rate: float = 0.0,
+                 init_values: float = 0.0, init_scale: float = 0.001, use_checkpoint: bool = False,
+                 attn_backend: str = "auto"):
+        super().__init__()
+        check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
+        if num_classes < 0:
+            raise ValueError(f"num_classes {num_classes} must be >= 0 (0 = features only)")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.patch_embed = PatchEmbed(img_size, cfg.patch_size, num_frames, tubelet_size, cfg.embed_dim)
+        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, cfg.embed_dim),
+                             persistent=False)
+        rates = drop_path_rates(drop_path_rate, cfg.depth)
+        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, hidden, drop_path=r, init_values=init_values,
+                                          backend=attn_backend) for r in rates)
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.head_dropout = nn.Dropout(head_drop_rate)
+        self.head = nn.Linear(cfg.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.use_checkpoint = use_checkpoint
+        self.apply(init_trunc_normal)
+        if num_classes > 0:
+            with torch.no_grad():
+                self.head.weight.mul_(init_scale)
+                self.head.bias.mul_(init_scale)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, T, H, W] -> [B, D]``: ``fc_norm`` of the mean token."""
+        x = self.patch_embed(video)
+        x = x + self.pos_embed.to(x.dtype)
+        x = run_blocks(self.blocks, x, self.use_checkpoint)
+        return self.fc_norm(x.mean(dim=1))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_dropout(self.forward_features(video)))

@@ -1,0 +1,189 @@
+"""Building blocks shared by the pretraining and fine-tuning ViTs.
+
+Parameter names, shapes and initialisation follow the official VideoMAE V2 modules so that
+official state dicts load with ``strict=True``. Token order everywhere is ``(t, h, w)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmae2.attention import attention
+
+
+def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sinusoid position table ``[num_tokens, dim]`` (float32) over the flat token index.
+
+    ``angle[n, i] = n / 10000^(2*floor(i/2)/dim)``; even dims take ``sin``, odd dims ``cos``
+    (interleaved). Computed in float64 like the official table, then stored as float32.
+    """
+    pos = torch.arange(num_tokens, dtype=torch.float64, device="cpu")[:, None]
+    exponent = (2 * (torch.arange(dim, device="cpu") // 2)).to(torch.float64) / dim
+    angle = pos / torch.pow(torch.tensor(10000.0, dtype=torch.float64, device="cpu"), exponent)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.to(torch.float32)
+
+
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Linear stochastic-depth schedule ``linspace(0, max_rate, depth)`` (float32 steps, as timm)."""
+    return torch.linspace(0, max_rate, depth, device="cpu").tolist()
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample: zero whole residual branches with probability ``p``."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def check_geometry(img_size: int, num_frames: int, tubelet_size: int, patch_size: int) -> None:
+    """Raise ``ValueError`` unless frames split into tubelets and the image into patches."""
+    if num_frames < 1 or tubelet_size < 1 or num_frames % tubelet_size:
+        raise ValueError(f"num_frames {num_frames} must be a positive multiple of tubelet_size {tubelet_size}")
+    if img_size < patch_size or img_size % patch_size:
+        raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size}")
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet embedding: ``[B, 3, T, H, W] -> [B, T'*H'*W', D]`` with a strided Conv3d."""
+
+    def __init__(self, img_size: int, patch_size: int, num_frames: int, tubelet_size: int, embed_dim: int):
+        super().__init__()
+        self.img_size, self.patch_size = img_size, patch_size
+        self.num_frames, self.tubelet_size = num_frames, tubelet_size
+        self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        self.num_patches = math.prod(self.grid)
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(3, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def check_input(self, video: torch.Tensor) -> None:
+        expected = (3, self.num_frames, self.img_size, self.img_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(
+                f"video has shape {tuple(video.shape)}; this model expects [B, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}, {expected[3]}] (channels, frames, height, width). Build the model with "
+                f"num_frames/img_size matching your clips, or resize the clips.")
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        self.check_input(video)
+        return self.proj(video).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Joint space-time multi-head self-attention with the official q/v-only bias.
+
+    ``qkv`` is one bias-free Linear; the effective bias is ``cat(q_bias, 0, v_bias)``. The score
+    scale is ``head_dim ** -0.5``. ``backend`` picks the kernel (see :mod:`vmae2.attention`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.backend = backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, self.head_dim)
+        out = attention(qkv, self.scale, self.backend)  # [B, N, heads, head_dim]
+        return self.proj(out.reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; optional layer scale (``init_values > 0``) as in the official code."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, drop_path: float = 0.0,
+                 init_values: float = 0.0, qkv_bias: bool = True, backend: str = "auto"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, backend=backend)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_hidden)
+        if init_values > 0:
+            self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gamma_1 is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
+        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    """Apply ``blocks`` in order, recomputing each block's activations in backward when asked."""
+    for blk in blocks:
+        if use_checkpoint and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
+
+
+def init_xavier(module: nn.Module) -> None:
+    """Pretraining init: Linear xavier-uniform (fused qkv as one matrix), bias 0; LayerNorm 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_trunc_normal(module: nn.Module) -> None:
+    """Fine-tuning init: Linear truncated normal (std 0.02, bounds +-2), bias 0; LayerNorm 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

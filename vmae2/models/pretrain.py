@@ -1,0 +1,121 @@
+"""VideoMAE V2 pretraining model: tube-masked encoder + running-cell-masked decoder.
+
+``state_dict()`` keys equal the official ``PretrainVisionTransformer`` keys. Visible tokens are gathered
+by sorted ids, never by boolean indexing, so the ids path has no host sync and no graph break.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import vmae2_kernels
+from vmae2.masking import dual_ids
+from vmae2.models.configs import ViTConfig
+from vmae2.models.layers import Block, drop_path_rates, PatchEmbed, check_geometry, init_xavier, run_blocks, sinusoid_table
+
+
+class PretrainEncoder(nn.Module):
+    """Patch embedding + fixed sinusoid position + blocks + LayerNorm over the encoder-visible tokens."""
+
+    def __init__(self, cfg: ViTConfig, img_size: int, num_frames: int, tubelet_size: int, drop_path_rate: float,
+                 use_checkpoint: bool, attn_backend: str):
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, cfg.patch_size, num_frames, tubelet_size, cfg.embed_dim)
+        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, cfg.embed_dim),
+                             persistent=False)
+        rates = drop_path_rates(drop_path_rate, cfg.depth)
+        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, hidden, drop_path=r, backend=attn_backend)
+                                    for r in rates)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.use_checkpoint = use_checkpoint
+        self.apply(init_xavier)
+
+    def forward(self, video: torch.Tensor, vis_ids: torch.Tensor) -> torch.Tensor:
+        """``video [B, 3, T, H, W]``, ``vis_ids [B, Nv]`` -> ``[B, Nv, D]``."""
+        x = self.patch_embed(video)
+        # Official: add pos to all N tokens, then drop. Gathering first is the same per element, cheaper.
+        x = vmae2_kernels.token_gather(x, vis_ids, self.pos_embed)
+        return self.norm(run_blocks(self.blocks, x, self.use_checkpoint))
+
+
+class PretrainDecoder(nn.Module):
+    """Blocks + LayerNorm + linear pixel head; predicts the last ``num_predict`` tokens."""
+
+    def __init__(self, cfg: ViTConfig, depth: int, out_dim: int, drop_path_rate: float, use_checkpoint: bool,
+                 attn_backend: str):
+        super().__init__()
+        dim = cfg.decoder_embed_dim
+        rates = drop_path_rates(drop_path_rate, depth)
+        hidden = int(dim * cfg.mlp_ratio)
+        self.blocks = nn.ModuleList(Block(dim, cfg.decoder_num_heads, hidden, drop_path=r, backend=attn_backend)
+                                    for r in rates)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, out_dim)
+        self.use_checkpoint = use_checkpoint
+        self.apply(init_xavier)
+
+    def forward(self, x: torch.Tensor, num_predict: int) -> torch.Tensor:
+        x = run_blocks(self.blocks, x, self.use_checkpoint)
+        return self.head(self.norm(x[:, -num_predict:]))
+
+
+class PretrainVisionTransformer(nn.Module):
+    """The official pretraining model. ``model(video, encoder_mask, decoder_mask)`` -> predictions.
+
+    Args to ``forward``:
+        video: ``[B, 3, T, H, W]`` float, ImageNet-normalised.
+        encoder_mask: ``[B, N]`` bool (True = masked) **or** encoder-visible ids ``[B, Nv]`` (ascending).
+        decoder_mask: ``[B, N]`` bool (True = not reconstructed) **or** decoder-visible ids ``[B, Nd]``
+            (ascending); ``None`` = VideoMAE v1 (decode every encoder-masked token).
+    Returns ``[B, Nd, 3 * tubelet * p * p]``: predictions for the decoder-visible tokens in ascending
+    token order, channel layout ``(p0 p1 p2 c)``. Bool masks cost one host sync (to read ``Nv``/``Nd``);
+    pass ids on the hot path.
+    """
+
+    def __init__(self, cfg: ViTConfig, *, img_size: int = 224, num_frames: int = 16, tubelet_size: int = 2,
+                 decoder_depth: int = 4, drop_path_rate: float = 0.0, use_checkpoint: bool = False,
+                 attn_backend: str = "auto"):
+        super().__init__()
+        check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
+        self.cfg = cfg
+        self.encoder = PretrainEncoder(cfg, img_size, num_frames, tubelet_size, drop_path_rate, use_checkpoint,
+                                       attn_backend)
+        out_dim = 3 * tubelet_size * cfg.patch_size ** 2
+        self.decoder = PretrainDecoder(cfg, decoder_depth, out_dim, drop_path_rate, use_checkpoint, attn_backend)
+        self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim, bias=False)  # PyTorch default init
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)  # official bounds: +-std
+        self.register_buffer("decoder_pos_embed", sinusoid_table(self.num_patches, cfg.decoder_embed_dim),
+                             persistent=False)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid ``(T', H', W')``."""
+        return self.encoder.patch_embed.grid
+
+    @property
+    def num_patches(self) -> int:
+        return self.encoder.patch_embed.num_patches
+
+    @property
+    def patch_size(self) -> int:
+        return self.cfg.patch_size
+
+    @property
+    def tubelet_size(self) -> int:
+        return self.encoder.patch_embed.tubelet_size
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
+    def forward(self, video: torch.Tensor, encoder_mask: torch.Tensor,
+                decoder_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.encoder.patch_embed.check_input(video)
+        vis_ids, dec_ids = dual_ids(encoder_mask, decoder_mask, self.num_patches)
+        if vis_ids.shape[0] != video.shape[0]:
+            raise ValueError(f"masks have batch {vis_ids.shape[0]} but video has batch {video.shape[0]}")
+        x_vis = self.encoder_to_decoder(self.encoder(video, vis_ids))  # [B, Nv, D_dec]
+        x = vmae2_kernels.decoder_input(x_vis, vis_ids, dec_ids, self.mask_token, self.decoder_pos_embed)
+        return self.decoder(x, dec_ids.shape[1])
+
