@@ -95,6 +95,7 @@ def not_supported_reasons(backend: str, device: torch.device | str, dtype: torch
     return reasons
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: decided once at trace time, no graph break
 def select_backend(device: torch.device | str, dtype: torch.dtype, head_dim: int, requested: str = "auto") -> str:
     """Resolve ``requested`` (a backend name or ``auto``) to the backend that will run.
 

@@ -1,0 +1,607 @@
+"""Tests for ``vmae2.checkpoint``: loading official VideoMAE V2 checkpoints and atomic safetensors saving.
+
+Every checkpoint file is generated here, in ``tmp_path``, in the layouts the official code writes
+(reference §4.3-4.5): ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` from ``utils.save_model``,
+``_orig_mod.`` prefixes from ``torch.compile``, ``module.`` prefixes from DDP, v1's ``'module'`` wrapper key.
+Models are the small sizes at ``img_size=32, num_frames=4`` (token grid ``(2, 2, 2)``), so the file runs in
+seconds on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import safetensors.torch
+from safetensors import safe_open
+from vmae2.checkpoint import LoadReport, load_state_dict, load_weights, save_safetensors
+from vmae2.masking import running_cell_ids, tube_ids
+from vmae2.models import create_model
+
+PRETRAIN_S = "pretrain_videomae_small_patch16_224"
+PRETRAIN_B = "pretrain_videomae_base_patch16_224"
+FINETUNE_S = "vit_small_patch16_224"
+GEOM = dict(num_frames=4, img_size=32)
+NUM_CLASSES = 7
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def make_pretrain(seed: int, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(PRETRAIN_S, **GEOM, **kw).eval()
+
+
+def make_finetune(seed: int, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kw.setdefault("num_classes", NUM_CLASSES)
+    return create_model(FINETUNE_S, **GEOM, **kw).eval()
+
+
+def clone_sd(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+def assert_model_holds(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    for k, v in expected.items():
+        assert torch.equal(own[k], v), k
+
+
+def prefixed(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def official_args() -> argparse.Namespace:
+    """The kind of ``args`` the official ``run_mae_pretraining.py`` stores in every checkpoint."""
+    return argparse.Namespace(
+        batch_size=32, epochs=800, save_ckpt_freq=50, model="pretrain_videomae_small_patch16_224",
+        tubelet_size=2, with_checkpoint=False, decoder_depth=4, mask_type="tube", decoder_mask_type="run_cell",
+        mask_ratio=0.9, decoder_mask_ratio=0.5, input_size=224, drop_path=0.0, normlize_target=True,
+        opt="adamw", opt_eps=1e-8, opt_betas=[0.9, 0.95], clip_grad=None, momentum=0.9, weight_decay=0.05,
+        weight_decay_end=None, lr=1.5e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=40, warmup_steps=-1,
+        color_jitter=0.0, train_interpolation="bicubic", data_path="/data/k710.csv", data_root="",
+        imagenet_default_mean_and_std=True, num_frames=16, sampling_rate=4, num_sample=4, output_dir="out",
+        log_dir="out", device="cuda", seed=0, resume="", auto_resume=True, start_epoch=0, num_workers=10,
+        pin_mem=True, world_size=8, local_rank=-1, dist_on_itp=False, dist_url="env://", distributed=True,
+        rank=0, gpu=0, dist_backend="nccl", window_size=(8, 14, 14), patch_size=(16, 16))
+
+
+def official_checkpoint(model: torch.nn.Module, *, prefix: str = "", wrapper: str = "model",
+                        with_optimizer: bool = True) -> dict:
+    """A checkpoint as ``utils.save_model`` writes it (``model_without_ddp.state_dict()`` under ``wrapper``)."""
+    sd = prefixed(clone_sd(model), prefix)
+    out = {wrapper: sd, "epoch": 799,
+           "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                      "_growth_tracker": 17},
+           "args": official_args()}
+    if with_optimizer:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        for p in model.parameters():  # one step so the state holds exp_avg / exp_avg_sq tensors
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for p in model.parameters():
+            p.grad = None
+        out["optimizer"] = opt.state_dict()
+    return out
+
+
+def official_pretrain_shapes(D=384, depth=12, Hm=1536, Dd=192, dec_depth=4, Hmd=768, out=1536, p=16, t=2):
+    """Pre-training ``state_dict`` keys and shapes exactly as listed in reference §4.3 (small by default)."""
+    shapes = {"encoder.patch_embed.proj.weight": (D, 3, t, p, p), "encoder.patch_embed.proj.bias": (D,)}
+
+    def block(prefix, dim, hidden):
+        return {f"{prefix}.norm1.weight": (dim,), f"{prefix}.norm1.bias": (dim,),
+                f"{prefix}.attn.q_bias": (dim,), f"{prefix}.attn.v_bias": (dim,),
+                f"{prefix}.attn.qkv.weight": (3 * dim, dim),
+                f"{prefix}.attn.proj.weight": (dim, dim), f"{prefix}.attn.proj.bias": (dim,),
+                f"{prefix}.norm2.weight": (dim,), f"{prefix}.norm2.bias": (dim,),
+                f"{prefix}.mlp.fc1.weight": (hidden, dim), f"{prefix}.mlp.fc1.bias": (hidden,),
+                f"{prefix}.mlp.fc2.weight": (dim, hidden), f"{prefix}.mlp.fc2.bias": (dim,)}
+
+    for i in range(depth):
+        shapes.update(block(f"encoder.blocks.{i}", D, Hm))
+    shapes.update({"encoder.norm.weight": (D,), "encoder.norm.bias": (D,)})
+    for j in range(dec_depth):
+        shapes.update(block(f"decoder.blocks.{j}", Dd, Hmd))
+    shapes.update({"decoder.norm.weight": (Dd,), "decoder.norm.bias": (Dd,),
+                   "decoder.head.weight": (out, Dd), "decoder.head.bias": (out,),
+                   "encoder_to_decoder.weight": (Dd, D), "mask_token": (1, 1, Dd)})
+    return shapes
+
+
+def official_finetune_shapes(num_classes=NUM_CLASSES, D=384, depth=12, Hm=1536, p=16, t=2):
+    """Fine-tuning ``VisionTransformer`` keys and shapes as listed in reference §4.4."""
+    enc = official_pretrain_shapes(D=D, depth=depth, Hm=Hm, p=p, t=t)
+    shapes = {k[len("encoder."):]: v for k, v in enc.items()
+              if k.startswith("encoder.") and not k.startswith("encoder.norm.")}
+    shapes.update({"fc_norm.weight": (D,), "fc_norm.bias": (D,), "head.weight": (num_classes, D),
+                   "head.bias": (num_classes,)})
+    return shapes
+
+
+def pretrain_inputs(model, batch=2, seed=123):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, 3, GEOM["num_frames"], GEOM["img_size"], GEOM["img_size"], generator=g)
+    vis = tube_ids(batch, model.grid, 0.5, generator=g)
+    dec = running_cell_ids(batch, model.grid, 0.5, generator=g)
+    return video, vis, dec
+
+
+def temp_leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if n not in keep)
+
+
+@pytest.fixture(scope="module")
+def pretrain_sd() -> dict[str, torch.Tensor]:
+    return clone_sd(make_pretrain(1))
+
+
+@pytest.fixture(scope="module")
+def finetune_sd() -> dict[str, torch.Tensor]:
+    return clone_sd(make_finetune(1))
+
+
+# -- key layout matches the official one --------------------------------------------------------------
+
+def test_pretrain_state_dict_has_official_keys_and_shapes():
+    sd = make_pretrain(0).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == official_pretrain_shapes()
+
+
+def test_finetune_state_dict_has_official_keys_and_shapes():
+    sd = make_finetune(0).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == official_finetune_shapes()
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_checkpoint_built_from_the_official_key_list_loads_strictly(tmp_path, kind):
+    """Direction official -> ours: a file whose keys come from the reference (not from our model) loads strictly."""
+    shapes = official_pretrain_shapes() if kind == "pretrain" else official_finetune_shapes()
+    g = torch.Generator().manual_seed(5)
+    sd = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    path = tmp_path / "official.pth"
+    torch.save({"model": prefixed(sd, "_orig_mod."), "epoch": 3, "args": official_args()}, path)
+    model = make_pretrain(0) if kind == "pretrain" else make_finetune(0)
+    report = load_weights(model, path, strict=True)
+    assert (report.missing, report.unexpected, report.dropped) == ([], [], [])
+    assert_same_tensors(clone_sd(model), sd)
+
+
+# -- round trips --------------------------------------------------------------------------------------
+
+def test_save_safetensors_then_load_is_bit_identical(tmp_path, pretrain_sd):
+    model = make_pretrain(1)
+    path = save_safetensors(model, tmp_path / "sub" / "dir" / "w.safetensors", metadata={"epoch": "799"})
+    assert path == tmp_path / "sub" / "dir" / "w.safetensors" and path.is_file()
+    assert_same_tensors(load_state_dict(path), pretrain_sd)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"epoch": "799"}
+
+    fresh = make_pretrain(2)
+    assert not torch.equal(fresh.state_dict()["mask_token"], pretrain_sd["mask_token"])
+    report = load_weights(fresh, path)
+    assert (report.missing, report.unexpected, report.dropped) == ([], [], [])
+    assert_same_tensors(clone_sd(fresh), pretrain_sd)
+
+
+def test_save_safetensors_keeps_dtypes_and_values_of_a_plain_dict(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=g)
+    sd = {"a.fp32": torch.randn(3, 4, generator=g), "b.fp16": torch.randn(7, generator=g).half(),
+          "c.bf16": torch.randn(2, 2, generator=g).bfloat16(), "d.int64": torch.arange(10),
+          "e.noncontig": base.t(), "f.bool": torch.tensor([True, False, True]),
+          "g.param": torch.nn.Parameter(torch.randn(4, generator=g))}
+    path = save_safetensors(sd, tmp_path / "mixed.safetensors")
+    loaded = load_state_dict(path)
+    expected = {k: v.detach() for k, v in sd.items()}
+    assert_same_tensors(loaded, expected)
+    assert not loaded["g.param"].requires_grad
+
+
+def test_safetensors_with_prefixed_keys_is_stripped(tmp_path, pretrain_sd):
+    path = tmp_path / "compiled.safetensors"
+    safetensors.torch.save_file(prefixed(pretrain_sd, "module._orig_mod."), str(path))
+    assert_same_tensors(load_state_dict(path), pretrain_sd)
+
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod.", "module.", "module._orig_mod.", "_orig_mod.module."])
+@pytest.mark.parametrize("wrapper", ["model", "module", "state_dict", None])
+def test_pth_wrappers_and_prefixes_round_trip(tmp_path, finetune_sd, wrapper, prefix):
+    sd = prefixed(finetune_sd, prefix)
+    path = tmp_path / "ckpt.pth"
+    torch.save(sd if wrapper is None else {wrapper: sd, "epoch": 4}, path)
+    loaded = load_state_dict(path)
+    assert_same_tensors(loaded, finetune_sd)
+
+    model = make_finetune(2)
+    report = load_weights(model, path, strict=True)
+    assert (report.missing, report.unexpected, report.dropped) == ([], [], [])
+    assert_same_tensors(clone_sd(model), finetune_sd)
+
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod.", "module._orig_mod."])
+def test_in_memory_state_dict_source(finetune_sd, prefix):
+    model = make_finetune(3)
+    report = load_weights(model, {"model": prefixed(finetune_sd, prefix), "epoch": 1})
+    assert (report.missing, report.unexpected) == ([], [])
+    assert_same_tensors(clone_sd(model), finetune_sd)
+
+
+def test_official_style_checkpoint_with_namespace_optimizer_and_scaler_loads_safely(tmp_path):
+    source = make_pretrain(1)
+    expected = clone_sd(source)
+    ck = official_checkpoint(source, prefix="_orig_mod.")
+    assert isinstance(ck["args"], argparse.Namespace) and ck["optimizer"]["state"]
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save(ck, path)
+    # The file really needs the Namespace allowance: plain weights_only loading refuses it.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+
+    loaded = load_state_dict(path)
+    assert_same_tensors(loaded, expected)  # only the model weights, no optimizer tensors
+    # The allowance is scoped to the call, not left in torch's global allow-list.
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+
+    model = make_pretrain(2)
+    report = load_weights(model, path, strict=True)
+    assert isinstance(report, LoadReport)
+    assert (report.missing, report.unexpected, report.dropped) == ([], [], [])
+    assert_same_tensors(clone_sd(model), expected)
+
+
+# -- strict loading reproduces the model ----------------------------------------------------------------
+
+def test_pretrain_official_pth_reproduces_outputs_and_back_to_safetensors(tmp_path):
+    source = make_pretrain(1)
+    video, vis, dec = pretrain_inputs(source)
+    with torch.no_grad():
+        ref = source(video, vis, dec)
+        ref_v1 = source(video, vis)  # decoder_mask=None: VideoMAE v1
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save(official_checkpoint(source, prefix="_orig_mod."), path)
+
+    fresh = make_pretrain(2)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(video, vis, dec), ref)  # the test can fail
+    load_weights(fresh, path, strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(video, vis, dec), ref)
+        assert torch.equal(fresh(video, vis), ref_v1)
+
+    # and back: our weights -> safetensors -> another fresh model, same outputs
+    st = save_safetensors(fresh, tmp_path / "w.safetensors")
+    again = make_pretrain(3)
+    load_weights(again, st, strict=True)
+    with torch.no_grad():
+        assert torch.equal(again(video, vis, dec), ref)
+
+
+def test_finetune_official_pth_reproduces_logits(tmp_path):
+    source = make_finetune(1)
+    video, _, _ = pretrain_inputs(make_pretrain(0))
+    with torch.no_grad():
+        ref = source(video)
+    path = tmp_path / "checkpoint-best.pth"
+    torch.save(official_checkpoint(source, prefix="module.", wrapper="module", with_optimizer=False), path)
+    fresh = make_finetune(2)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(video), ref)
+    load_weights(fresh, path, strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(video), ref)
+
+
+# -- pretrain -> finetune --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod."])
+def test_pretrain_checkpoint_into_classifier(tmp_path, pretrain_sd, prefix):
+    pretrain_sd = dict(pretrain_sd)
+    # a trained encoder norm (not the LayerNorm init), so copying it into fc_norm would be visible
+    pretrain_sd["encoder.norm.weight"] = torch.linspace(0.5, 1.5, 384)
+    pretrain_sd["encoder.norm.bias"] = torch.linspace(-0.1, 0.1, 384)
+    path = tmp_path / "mae-s.pth"
+    torch.save({"model": prefixed(pretrain_sd, prefix), "epoch": 799, "args": official_args()}, path)
+    model = make_finetune(4)
+    before = clone_sd(model)
+
+    report = load_weights(model, path, strict=False)
+    assert report.missing == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert report.unexpected == []
+    expected_dropped = {k for k in pretrain_sd if not k.startswith("encoder.")} | {
+        "encoder.norm.weight", "encoder.norm.bias"}
+    assert any(k.startswith("decoder.blocks.") for k in expected_dropped)
+    assert {"encoder_to_decoder.weight", "mask_token", "decoder.head.weight", "decoder.norm.weight"} <= expected_dropped
+    assert set(report.dropped) == expected_dropped
+    assert len(report.dropped) == len(expected_dropped)
+
+    after = model.state_dict()
+    for k, v in pretrain_sd.items():
+        if k.startswith("encoder.") and not k.startswith("encoder.norm."):
+            assert torch.equal(after[k[len("encoder."):]], v), k
+    assert torch.equal(after["blocks.11.mlp.fc2.weight"], pretrain_sd["encoder.blocks.11.mlp.fc2.weight"])
+    assert torch.equal(after["patch_embed.proj.weight"], pretrain_sd["encoder.patch_embed.proj.weight"])
+    for k in report.missing:  # fresh classifier parts untouched
+        assert torch.equal(after[k], before[k]), k
+    assert "fc_norm" in str(report) and "dropped" in str(report)
+
+
+def test_pretrain_checkpoint_into_classifier_strict_raises_and_leaves_model_alone(tmp_path, pretrain_sd):
+    path = tmp_path / "mae-s.pth"
+    torch.save({"model": pretrain_sd}, path)
+    model = make_finetune(4)
+    before = clone_sd(model)
+    with pytest.raises(ValueError) as info:
+        load_weights(model, path, strict=True)
+    for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"):
+        assert k in str(info.value)
+    assert_same_tensors(clone_sd(model), before)
+
+
+# -- precise errors ---------------------------------------------------------------------------------------
+
+def test_base_checkpoint_into_small_model_names_key_and_both_shapes(tmp_path):
+    torch.manual_seed(0)
+    base_sd = create_model(PRETRAIN_B, **GEOM).state_dict()
+    path = tmp_path / "mae-b.pth"
+    torch.save({"model": base_sd, "epoch": 1}, path)
+    model = make_pretrain(0)
+    before = clone_sd(model)
+    own = model.state_dict()
+    n_bad = sum(1 for k, v in base_sd.items() if v.shape != own[k].shape)
+    assert n_bad > 8
+
+    for strict in (True, False):
+        with pytest.raises(ValueError) as info:
+            load_weights(model, path, strict=strict)
+        msg = str(info.value)
+        assert "encoder.patch_embed.proj.weight" in msg
+        assert "(768, 3, 2, 16, 16)" in msg and "(384, 3, 2, 16, 16)" in msg
+        assert f"{n_bad} weights have the wrong shape" in msg
+        assert f"and {n_bad - 8} more" in msg
+        assert "decoder.head.bias" not in msg  # same shape in both sizes: not reported
+    assert_same_tensors(clone_sd(model), before)
+
+
+def test_head_size_mismatch_raises_even_when_not_strict(tmp_path):
+    other = make_finetune(0, num_classes=400)
+    path = tmp_path / "k400.pth"
+    torch.save({"module": clone_sd(other)}, path)
+    model = make_finetune(1)
+    before = clone_sd(model)
+    with pytest.raises(ValueError) as info:
+        load_weights(model, path, strict=False)
+    msg = str(info.value)
+    assert "2 weights have the wrong shape" in msg
+    assert "head.weight: checkpoint (400, 384) vs model (7, 384)" in msg
+    assert "head.bias: checkpoint (400,) vs model (7,)" in msg
+    assert "more" not in msg
+    assert_same_tensors(clone_sd(model), before)
+
+
+def test_decoder_depth_mismatch_reports_exact_keys(tmp_path):
+    deep = make_pretrain(0, decoder_depth=4)
+    shallow = make_pretrain(1, decoder_depth=2)
+    extra = sorted(k for k in deep.state_dict() if k.startswith(("decoder.blocks.2.", "decoder.blocks.3.")))
+    assert len(extra) == 26
+
+    deep_path, shallow_path = tmp_path / "deep.pth", tmp_path / "shallow.pth"
+    torch.save({"model": clone_sd(deep)}, deep_path)
+    torch.save({"model": clone_sd(shallow)}, shallow_path)
+
+    # 4-block checkpoint into a 2-block model: unexpected keys
+    with pytest.raises(ValueError) as info:
+        load_weights(make_pretrain(2, decoder_depth=2), deep_path, strict=True)
+    for k in extra:
+        assert k in str(info.value)
+    report = load_weights(target := make_pretrain(2, decoder_depth=2), deep_path, strict=False)
+    assert (report.missing, report.unexpected) == ([], extra)
+    assert_model_holds(target, {k: v for k, v in deep.state_dict().items() if k not in extra})
+
+    # 2-block checkpoint into a 4-block model: missing keys
+    with pytest.raises(ValueError) as info:
+        load_weights(make_pretrain(2, decoder_depth=4), shallow_path, strict=True)
+    for k in extra:
+        assert k in str(info.value)
+    report = load_weights(make_pretrain(2, decoder_depth=4), shallow_path, strict=False)
+    assert (report.missing, report.unexpected) == (extra, [])
+
+
+def test_missing_and_unexpected_keys_in_strict_mode(tmp_path, finetune_sd):
+    sd = dict(finetune_sd)
+    del sd["blocks.3.attn.q_bias"], sd["head.bias"]
+    sd["blocks.3.attn.qkv.bias"] = torch.zeros(3 * 384)
+    sd["cls_token"] = torch.zeros(1, 1, 384)
+    path = tmp_path / "odd.pth"
+    torch.save({"model": sd}, path)
+
+    model = make_finetune(5)
+    before = clone_sd(model)
+    with pytest.raises(ValueError) as info:
+        load_weights(model, path)  # strict is the default
+    msg = str(info.value)
+    assert "VisionTransformer" in msg
+    for k in ("blocks.3.attn.q_bias", "head.bias", "blocks.3.attn.qkv.bias", "cls_token"):
+        assert k in msg
+    assert "missing 2" in msg and "unexpected 2" in msg
+    assert_same_tensors(clone_sd(model), before)
+
+    report = load_weights(model, path, strict=False)
+    assert report.missing == ["blocks.3.attn.q_bias", "head.bias"]
+    assert report.unexpected == ["blocks.3.attn.qkv.bias", "cls_token"]
+    assert report.dropped == []
+    assert_model_holds(model, {k: v for k, v in sd.items() if k in finetune_sd})
+    assert torch.equal(model.state_dict()["head.bias"], before["head.bias"])
+
+
+class _SystemPayload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+class _ExecPayload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("layout", ["top_level", "inside_model", "inside_args_namespace", "raw_pickle"])
+@pytest.mark.parametrize("payload", [_SystemPayload, _ExecPayload])
+def test_malicious_pickle_is_refused_without_running(tmp_path, finetune_sd, layout, payload):
+    marker = tmp_path / "pwned"
+    evil = payload(marker)
+    path = tmp_path / "evil.pth"
+    sd = dict(finetune_sd)
+    if layout == "top_level":
+        torch.save({"model": sd, "epoch": 1, "hook": evil}, path)
+    elif layout == "inside_model":
+        torch.save({"model": {**sd, "blocks.0.attn.q_bias": evil}}, path)
+    elif layout == "inside_args_namespace":  # Namespace is allowed; what it holds must still be checked
+        torch.save({"model": sd, "args": argparse.Namespace(lr=1e-3, hook=evil)}, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({"model": sd, "hook": evil}, f)
+
+    model = make_finetune(6)
+    before = clone_sd(model)
+    with pytest.raises(ValueError) as info:
+        load_weights(model, path, strict=False)
+    assert "refuses" in str(info.value) and str(path) in str(info.value)
+    assert not marker.exists(), "the pickled payload ran during loading"
+    with pytest.raises(ValueError):
+        load_state_dict(path)
+    assert not marker.exists()
+    assert_same_tensors(clone_sd(model), before)
+
+    # Sanity: the payload is real, an unsafe load would have run it.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_missing_path_raises_file_not_found(tmp_path):
+    model = make_finetune(0)
+    for name in ("nope.pth", "nope.safetensors", "nope.bin"):
+        with pytest.raises(FileNotFoundError, match="nope"):
+            load_state_dict(tmp_path / name)
+        with pytest.raises(FileNotFoundError):
+            load_weights(model, str(tmp_path / name))
+    (tmp_path / "a_dir.pth").mkdir()
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(tmp_path / "a_dir.pth")
+
+
+@pytest.mark.parametrize("content", [
+    {"epoch": 3, "args": argparse.Namespace(lr=1.0), "scaler": {"scale": 1.0}},
+    {"model": {}, "epoch": 3},
+    {"model": {"note": "no tensors here"}},
+    {},
+    [torch.zeros(3)],
+    torch.zeros(3),
+], ids=["metadata_only", "empty_model", "model_without_tensors", "empty_dict", "list", "bare_tensor"])
+def test_file_without_tensors_raises_value_error(tmp_path, content):
+    path = tmp_path / "empty.pth"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=str(path)):
+        load_state_dict(path)
+    with pytest.raises(ValueError):
+        load_weights(make_finetune(0), path, strict=False)
+
+
+def test_in_memory_dict_without_tensors_raises_value_error():
+    with pytest.raises(ValueError, match="no tensors"):
+        load_weights(make_finetune(0), {"epoch": 1, "model": {}}, strict=False)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: load_state_dict returns {} for a .safetensors file without tensors "
+                                       "instead of raising ValueError like it does for .pth; load_weights(..., "
+                                       "strict=False) then silently loads nothing")
+def test_safetensors_file_without_tensors_raises_value_error(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    safetensors.torch.save_file({}, str(path), metadata={"note": "empty"})
+    with pytest.raises(ValueError):
+        load_state_dict(path)
+
+
+# -- atomic saving ----------------------------------------------------------------------------------------
+
+def test_save_safetensors_leaves_no_temp_files(tmp_path, finetune_sd):
+    path = tmp_path / "w.safetensors"
+    save_safetensors(finetune_sd, path)
+    save_safetensors(make_finetune(2), path)  # overwrite in place
+    assert temp_leftovers(tmp_path, {"w.safetensors"}) == []
+    assert not torch.equal(load_state_dict(path)["head.weight"], finetune_sd["head.weight"])
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()], ids=["error", "interrupt"])
+def test_failed_save_keeps_previous_file_and_cleans_up(tmp_path, monkeypatch, finetune_sd, error):
+    path = tmp_path / "w.safetensors"
+    save_safetensors(finetune_sd, path)
+    original = path.read_bytes()
+    stat_before = path.stat()
+    written_to = []
+
+    def broken_save_file(tensors, filename, metadata=None):
+        written_to.append(Path(filename))
+        with open(filename, "wb") as f:
+            f.write(original[: len(original) // 3])  # a partial file
+        raise error
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    with pytest.raises(type(error)):
+        save_safetensors(clone_sd(make_finetune(2)), path)
+
+    assert len(written_to) == 1
+    assert written_to[0] != path and written_to[0].parent == path.parent  # wrote a temp file, not the target
+    assert not written_to[0].exists()
+    assert path.read_bytes() == original
+    assert path.stat().st_ino == stat_before.st_ino
+    assert temp_leftovers(tmp_path, {"w.safetensors"}) == []
+    monkeypatch.undo()
+    assert_same_tensors(load_state_dict(path), finetune_sd)
+
+
+def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
+    def broken_save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    with pytest.raises(OSError, match="no space"):
+        save_safetensors({"a": torch.zeros(4)}, tmp_path / "new.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_accepts_str_paths(tmp_path):
+    path = save_safetensors({"x": torch.ones(2)}, str(tmp_path / "x.safetensors"))
+    assert isinstance(path, Path)
+    assert torch.equal(load_state_dict(str(path))["x"], torch.ones(2))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: save_safetensors writes via tempfile.mkstemp, which creates the file "
+                                       "with mode 0600; os.replace keeps it, so saved weights are owner-only "
+                                       "instead of following the umask like a normal write (e.g. 0644)")
+def test_saved_file_permissions_follow_umask(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    reference = tmp_path / "plain.safetensors"
+    safetensors.torch.save_file({"a": torch.zeros(2)}, str(reference))
+    path = save_safetensors({"a": torch.zeros(2)}, tmp_path / "atomic.safetensors")
+    assert (path.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777) == (0o666 & ~umask)

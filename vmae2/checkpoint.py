@@ -1,0 +1,153 @@
+"""Load official VideoMAE V2 checkpoints and save/load weights as safetensors.
+
+Loading never runs code: ``.pth`` files go through ``torch.load(weights_only=True)`` (only
+``argparse.Namespace``, which official checkpoints store under ``args``, is allowed besides tensors and
+plain containers). Weights may sit under ``model``, ``module`` or ``state_dict``, or be the whole file;
+``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes are stripped. A pretraining checkpoint
+loads into a classification model by keeping the ``encoder.`` weights.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WRAPPER_KEYS = ("model", "module", "state_dict")
+PREFIXES = ("_orig_mod.", "module.")
+PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "encoder.norm.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did: keys the model lacked in the file, and keys it ignored."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # pretraining-only keys removed by the conversion
+
+    def __str__(self) -> str:
+        return (f"missing {len(self.missing)}: {self.missing}; unexpected {len(self.unexpected)}: "
+                f"{self.unexpected}; dropped by pretrain->finetune conversion: {len(self.dropped)}")
+
+
+def _torch_load(path: Path, map_location) -> object:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "unsupported object")
+        raise ValueError(
+            f"{path} holds pickled objects that safe loading refuses ({detail}). vmae2 never "
+            f"unpickles arbitrary objects. If you trust the file, extract the weights yourself with "
+            f"torch.load(path, weights_only=False) and save them with vmae2.checkpoint.save_safetensors.") from exc
+
+
+def unwrap(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensor dict inside ``obj`` (under ``model``/``module``/``state_dict`` or bare), prefixes stripped."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source} holds a {type(obj).__name__}, not a dict of weights")
+    for key in WRAPPER_KEYS:
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{source} has no tensors at its top level or under any of {WRAPPER_KEYS}; "
+                         f"top-level keys: {sorted(obj)[:10]}")
+    return strip_prefixes(tensors)
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor], prefixes=PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove leading ``_orig_mod.`` / ``module.`` prefixes (in any order, any number of times)."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def load_state_dict(path: str | os.PathLike, map_location="cpu") -> dict[str, torch.Tensor]:
+    """Read weights from a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return strip_prefixes(load_file(path, device=str(map_location)))
+    return unwrap(_torch_load(path, map_location), source=str(path))
+
+
+def pretrain_to_finetune(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Keep the encoder of a pretraining state dict, renamed for a classification model.
+
+    Returns ``(converted, dropped)``: ``encoder.`` stripped; decoder, ``encoder_to_decoder``, ``mask_token``
+    and the encoder's final ``norm`` (the classifier uses a fresh ``fc_norm`` after mean pooling) dropped.
+    """
+    converted, dropped = {}, []
+    for key, value in state_dict.items():
+        if key.startswith(PRETRAIN_ONLY):
+            dropped.append(key)
+        elif key.startswith("encoder."):
+            converted[key[len("encoder."):]] = value
+        else:
+            converted[key] = value
+    return converted, dropped
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: bool = True) -> LoadReport:
+    """Load ``source`` (path or state dict) into ``model``, converting pretrain -> finetune when needed.
+
+    Shape mismatches always raise ``ValueError`` listing every offending key. With ``strict=True`` missing or
+    unexpected keys raise too; otherwise they are returned in the :class:`LoadReport`.
+    """
+    state = unwrap(source, "state dict") if isinstance(source, dict) else load_state_dict(source)
+    own = model.state_dict()
+    report = LoadReport()
+    if not any(k.startswith("encoder.") for k in own) and any(k.startswith("encoder.") for k in state):
+        state, report.dropped = pretrain_to_finetune(state)
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        more = f"\n  ... and {len(mismatched) - 8} more" if len(mismatched) > 8 else ""
+        raise ValueError(f"{len(mismatched)} weights have the wrong shape (a different model size, patch size, "
+                         f"decoder depth or number of classes?):\n  " + "\n  ".join(mismatched[:8]) + more)
+    report.missing = sorted(set(own) - set(state))
+    report.unexpected = sorted(set(state) - set(own))
+    if strict and (report.missing or report.unexpected):
+        raise ValueError(f"checkpoint does not match {type(model).__name__}: {report}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return report
+
+
+def save_safetensors(weights: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write weights to ``path`` atomically (temp file + rename): a crash never leaves a half file."""
+    from safetensors.torch import save_file
+
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
