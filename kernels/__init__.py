@@ -1,10 +1,73 @@
-"""vmae2_kernels: token-level ops of the VideoMAE V2 dual-masking data path.
+"""vmae2_kernels: fused token-level ops of the VideoMAE V2 dual-masking data path.
 
-Importable with no GPU, no Triton and no compiled extension. Today every op runs its plain-PyTorch
-reference (:mod:`vmae2_kernels.reference`), which is also the specification that the fused
-Triton/native kernels are tested against.
+Usable from any MAE codebase; importable with no GPU, no Triton and no compiled extension. Each op runs
+on the backend chosen by :mod:`vmae2_kernels.dispatch` (Triton on CUDA, the native CPU extension or the
+plain-PyTorch reference on CPU); ``backend=`` or ``VMAE2_BACKEND`` forces one.
+``python -m vmae2_kernels.info`` shows what runs where.
+
+Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order; ids ``[B, K]`` int64 of the kept tokens, unique and
+sorted ascending, the same ``K`` for every sample; masks (elsewhere) are True = masked.
 """
-from vmae2_kernels.reference import decoder_input, token_gather
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from vmae2_kernels import ops
+from vmae2_kernels.masks import running_cell_ids, tube_ids
 
 __version__ = "0.1.0"
-__all__ = ["token_gather", "decoder_input", "__version__"]
+__all__ = ["token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss",
+           "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "__version__"]
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = None, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """``out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]])``: ``[B, N, C], [B, K] (, [N, C]) -> [B, K, C]``.
+
+    Replaces ``(x + pos)[~mask].reshape(B, -1, C)``. Differentiable w.r.t. ``x`` (and ``pos``).
+    """
+    return ops.token_gather(x, ids, pos, backend)
+
+
+def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int, *, backend: str = "auto") -> torch.Tensor:
+    """Adjoint of :func:`token_gather`: ``[B, K, C] -> [B, N, C]``, zeros where no id points."""
+    return ops.token_scatter(src, ids, num_tokens, backend)
+
+
+def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Tensor, mask_token: torch.Tensor,
+                  pos: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """The whole decoder sequence in one launch: ``[x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]``.
+
+    ``x_vis [B, Nv, D]``, ``vis_ids [B, Nv]``, ``dec_ids [B, Nd]``, ``mask_token`` (D elements), ``pos [N, D]``
+    -> ``[B, Nv + Nd, D]`` in the promoted dtype of ``x_vis`` and ``mask_token``. Gradients flow to ``x_vis``
+    and ``mask_token``.
+    """
+    return ops.decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos, backend)
+
+
+def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, enc_mask_or_weights: torch.Tensor, *,
+               patch_size: int, tubelet_size: int = 2, normalize: bool = True,
+               mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
+               backend: str = "auto") -> torch.Tensor:
+    """Fused VideoMAE V2 loss; the full target tensor is never materialised. Returns an fp32 scalar.
+
+    ``pred [B, Nd, tubelet*p*p*3]`` (any float dtype), ``video [B, 3, T, H, W]`` normalised with ``mean``/``std``,
+    ``dec_ids [B, Nd]`` the decoder-visible tokens, and either the encoder mask ``[B, N]`` bool (True = masked:
+    supervised) or per-token weights ``[B, Nd]``. Target per patch and channel: un-normalise, then
+    ``(x - mean) / (std_unbiased + 1e-6)`` (if ``normalize``), layout ``(p0 p1 p2 c)``. Loss
+    ``sum(w * mse_token) / sum(w)``; backward gives the gradient w.r.t. ``pred``.
+    """
+    if enc_mask_or_weights.dtype == torch.bool:
+        weights = torch.gather(enc_mask_or_weights, 1, dec_ids).float()
+    else:
+        weights = enc_mask_or_weights.float()
+    if weights.shape != dec_ids.shape:
+        raise ValueError(f"weights have shape {tuple(weights.shape)}; expected {tuple(dec_ids.shape)} (one per "
+                         f"decoder-visible token) or pass the [B, N] bool encoder mask")
+    return ops.recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, [float(m) for m in mean],
+                          [float(s) for s in std], backend)

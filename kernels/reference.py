@@ -1,9 +1,11 @@
-"""Plain-PyTorch references of the token ops (the specification for every faster backend).
+"""Plain-PyTorch references of the token ops: the specification every faster backend is tested against.
 
-Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order; ids ``[B, K]`` int64, sorted ascending, same ``K``
-for every sample; a position table ``pos [N, C]`` is shared by the batch.
+Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order; ids ``[B, K]`` int64, unique and sorted ascending
+within a row, the same ``K`` for every sample; a position table ``pos [N, C]`` is shared by the batch.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
@@ -11,8 +13,7 @@ import torch
 def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
     """``out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]])``: ``[B, N, C], [B, K] -> [B, K, C]``.
 
-    Equivalent pytorch code of the official boolean gather ``x[~mask].reshape(B, -1, C)`` when ``ids``
-    are the ascending kept positions. Differentiable w.r.t. ``x`` (the adjoint is a scatter-add).
+    The official boolean gather ``x[~mask].reshape(B, -1, C)`` when ``ids`` are the ascending kept positions.
     """
     out = torch.gather(x, 1, ids[:, :, None].expand(-1, -1, x.shape[-1]))
     if pos is not None:
@@ -20,18 +21,115 @@ def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = 
     return out
 
 
+def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Adjoint of :func:`token_gather`: ``out [B, N, C]`` zeros with ``out[b, ids[b, k]] += src[b, k]``."""
+    B, _, C = src.shape
+    out = src.new_zeros(B, num_tokens, C)
+    return out.scatter_add_(1, ids[:, :, None].expand(-1, -1, C), src)
+
+
 def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Tensor, mask_token: torch.Tensor,
                   pos: torch.Tensor) -> torch.Tensor:
     """The decoder sequence ``[x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]``: ``[B, Nv + Nd, D]``.
 
-    ``x_vis [B, Nv, D]``, ``vis_ids [B, Nv]``, ``dec_ids [B, Nd]``, ``mask_token [D]`` (any shape with
-    ``D`` elements), ``pos [N, D]``. Mask tokens go to *every* decoder-visible position, including ones the
-    encoder also saw (the official behaviour). ``pos`` is cast to ``x_vis.dtype``; the result has the
-    promoted dtype of ``x_vis`` and ``mask_token`` (under autocast: bf16 ``x_vis`` + fp32 ``mask_token`` ->
-    fp32, exactly as the official decoder, whose residual stream therefore stays fp32).
+    ``x_vis [B, Nv, D]``, ``vis_ids [B, Nv]``, ``dec_ids [B, Nd]``, ``mask_token`` with ``D`` elements,
+    ``pos [N, D]``. Mask tokens go to *every* decoder-visible position, including ones the encoder also saw
+    (the official behaviour). ``pos`` is cast to ``x_vis.dtype``; the result has the promoted dtype of
+    ``x_vis`` and ``mask_token`` (under autocast: bf16 ``x_vis`` + fp32 ``mask_token`` -> fp32, exactly as
+    the official decoder, whose residual stream therefore stays fp32).
     """
     d = x_vis.shape[-1]
     pos = pos.to(x_vis.dtype)
     visible = x_vis + pos[vis_ids]
     masked = mask_token.reshape(1, 1, d) + pos[dec_ids]
     return torch.cat([visible, masked], dim=1)  # cat promotes dtypes
+
+
+def running_cell_ids(phase: torch.Tensor, grid: tuple[int, int, int], masked_per_cell: int) -> torch.Tensor:
+    """Decoder-visible ids ``[B, T'H'W'(4-m)/4]`` of running-cell masks, ascending.
+
+    ``phase [B]`` int in 0..3 is the official generator row; token ``(t, h, w)`` is masked iff
+    ``(2*(h%2) + w%2 + phase + t + 1) % 4 < masked_per_cell``.
+    """
+    t, h, w = grid
+    dev = phase.device
+    slot = (2 * (torch.arange(h, device=dev)[:, None] % 2) + torch.arange(w, device=dev)[None, :] % 2).flatten()
+    code = slot[None, :] + torch.arange(t, device=dev)[:, None] + 1
+    mask = ((code[None] + phase.long()[:, None, None]) % 4 < masked_per_cell).reshape(phase.shape[0], -1)
+    kept = t * h * w * (4 - masked_per_cell) // 4
+    return torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :kept].contiguous()
+
+
+def tube_ids(keys: torch.Tensor, num_frames: int, num_masked: int) -> torch.Tensor:
+    """Encoder-visible ids ``[B, T' * (HW - m)]`` of tube masks from random ``keys [B, HW]``.
+
+    Per sample the ``m`` spatial positions with the smallest keys (ties: lower index first) are masked in
+    every temporal slice; the ids are ascending.
+    """
+    B, hw = keys.shape
+    spatial = torch.argsort(keys, dim=1, stable=True)[:, num_masked:].sort(dim=1).values
+    offsets = torch.arange(num_frames, device=keys.device)[:, None] * hw
+    return (offsets[None] + spatial[:, None, :]).reshape(B, -1)
+
+
+def patchify(video: torch.Tensor, patch_size: int, tubelet_size: int = 2) -> torch.Tensor:
+    """``[B, C, T, H, W] -> [B, N, tubelet*p*p, C]``: tokens in ``(t, h, w)`` order, pixels ``(p0 p1 p2)``."""
+    B, C, T, H, W = video.shape
+    if T % tubelet_size or H % patch_size or W % patch_size:
+        raise ValueError(f"video {tuple(video.shape)} is not divisible into {tubelet_size}x{patch_size}x"
+                         f"{patch_size} tubelets")
+    t, h, w = T // tubelet_size, H // patch_size, W // patch_size
+    x = video.reshape(B, C, t, tubelet_size, h, patch_size, w, patch_size).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(B, t * h * w, tubelet_size * patch_size * patch_size, C)
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-patch per-channel normalisation over dim -2 (pixels): unbiased std, ``eps`` added to the std."""
+    mean = patches.mean(dim=-2, keepdim=True)
+    std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+    return (patches - mean) / (std + eps)
+
+
+def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tubelet_size: int,
+                 normalize: bool, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """fp32 targets ``[B, Nd, tubelet*p*p*C]`` (layout ``(p0 p1 p2 c)``) of the tokens ``dec_ids``.
+
+    Un-normalise (``x*std + mean`` per channel, python floats: no host-to-device copy), then per patch and
+    channel :func:`normalize_patches`. Only the ``Nd`` selected patches are ever built.
+    """
+    C = video.shape[1]
+    x = torch.stack([video[:, ch].float() * std[ch] + mean[ch] for ch in range(C)], dim=1)
+    patches = patchify(x, patch_size, tubelet_size)  # a view until gathered
+    B, _, P, _ = patches.shape
+    patches = torch.gather(patches, 1, dec_ids[:, :, None, None].expand(-1, -1, P, C))
+    if normalize:
+        patches = normalize_patches(patches)
+    return patches.reshape(B, dec_ids.shape[1], P * C)
+
+
+def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, weights: torch.Tensor,
+               patch_size: int, tubelet_size: int, normalize: bool, mean: Sequence[float],
+               std: Sequence[float]) -> torch.Tensor:
+    """``sum(weights * mean_P((pred - target)^2)) / sum(weights)`` in fp32: the official loss.
+
+    ``pred [B, Nd, P]`` any float dtype, ``weights [B, Nd]`` (1 = encoder-masked, i.e. supervised).
+    """
+    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std)
+    per_token = (pred.float() - target).pow(2).mean(dim=-1)
+    w = weights.float()
+    return (per_token * w).sum() / w.sum()
+
+
+def recon_loss_backward(grad_out: torch.Tensor, pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor,
+                        weights: torch.Tensor, patch_size: int, tubelet_size: int, normalize: bool,
+                        mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Gradient of :func:`recon_loss` w.r.t. ``pred``: ``2 (pred - target) w / (P sum(w)) * grad_out``."""
+    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std)
+    w = weights.float()
+    scale = grad_out.float() * 2.0 / (pred.shape[-1] * w.sum())
+    return ((pred.float() - target) * (w[..., None] * scale)).to(pred.dtype)
+
+
+def mask_token_grad(grad: torch.Tensor, num_visible: int) -> torch.Tensor:
+    """Gradient of :func:`decoder_input` w.r.t. ``mask_token``: ``grad[:, Nv:].sum((0, 1))`` in fp32."""
+    return grad[:, num_visible:].float().sum(dim=(0, 1))

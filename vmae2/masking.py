@@ -14,31 +14,19 @@ from typing import Sequence
 
 import torch
 
+from vmae2_kernels.masks import (RUNNING_CELL_RATIOS, check_even, check_grid, check_ratio, running_cell_ids,
+                                 running_cell_masked_per_cell, target_device, tube_ids)
+
 Grid = Sequence[int]
 
-RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)
 DECODER_MASK_TYPES = ("run_cell", "frame", "random")
-
-
-def _check_grid(grid: Grid) -> tuple[int, int, int]:
-    if len(grid) != 3 or any(int(g) != g or g < 1 for g in grid):
-        raise ValueError(f"grid {tuple(grid)} must be three positive integers (T', H', W')")
-    return tuple(int(g) for g in grid)
-
-
-def _check_ratio(ratio: float, name: str = "ratio") -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name} {ratio} is out of range; use a value in [0, 1) (e.g. 0.9 for the encoder)")
-
-
-def _device(device, generator: torch.Generator | None) -> torch.device:
-    if generator is not None:
-        return generator.device
-    return torch.device(device) if device is not None else torch.device("cpu")
+__all__ = ["tube_mask", "tube_ids", "random_mask", "random_ids", "running_cell_mask", "running_cell_ids",
+           "running_cell_num_kept", "frame_mask", "frame_ids", "decoder_ids", "mask_to_ids", "ids_to_mask",
+           "complement_ids", "as_ids", "dual_ids", "RUNNING_CELL_RATIOS", "DECODER_MASK_TYPES"]
 
 
 def _rand(shape, generator, device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device=_device(device, generator))
+    return torch.rand(shape, generator=generator, device=target_device(device, generator))
 
 
 # -- conversions --------------------------------------------------------------------------------------
@@ -106,37 +94,16 @@ def dual_ids(encoder_mask: torch.Tensor, decoder_mask: torch.Tensor | None,
 
 # -- encoder masks ------------------------------------------------------------------------------------
 
-def tube_num_masked(grid: Grid, ratio: float) -> int:
-    """Masked tokens per frame of a tube mask: ``int(ratio * H' * W')`` (the official floor)."""
-    _, h, w = _check_grid(grid)
-    _check_ratio(ratio)
-    return int(ratio * h * w)
-
-
-def tube_ids(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:
-    """Encoder-visible ids ``[B, T' * (H'W' - m)]`` of tube masks, ``m = int(ratio * H'W')``.
-
-    Each sample masks a uniformly random set of ``m`` spatial positions in every temporal slice
-    (a tube through time), like the official ``TubeMaskingGenerator``.
-    """
-    t, h, w = _check_grid(grid)
-    m = tube_num_masked(grid, ratio)
-    perm = _rand((batch_size, h * w), generator, device).argsort(dim=1)
-    spatial = perm[:, m:].sort(dim=1).values  # visible spatial positions, ascending
-    offsets = torch.arange(t, device=spatial.device)[:, None] * (h * w)
-    return (offsets[None] + spatial[:, None, :]).reshape(batch_size, -1)
-
-
 def tube_mask(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:
     """Tube mask ``[B, N]`` bool (True = masked); see :func:`tube_ids`."""
     ids = tube_ids(batch_size, grid, ratio, generator=generator, device=device)
-    return ids_to_mask(ids, math.prod(_check_grid(grid)))
+    return ids_to_mask(ids, math.prod(check_grid(grid)))
 
 
 def random_ids(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:
     """Kept ids ``[B, N - int(ratio * N)]`` of uniformly random masks over all ``N`` tokens."""
-    n = math.prod(_check_grid(grid))
-    _check_ratio(ratio)
+    n = math.prod(check_grid(grid))
+    check_ratio(ratio)
     m = int(ratio * n)
     perm = _rand((batch_size, n), generator, device).argsort(dim=1)
     return perm[:, m:].sort(dim=1).values
@@ -145,26 +112,10 @@ def random_ids(batch_size: int, grid: Grid, ratio: float, *, generator=None, dev
 def random_mask(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:
     """Uniformly random mask ``[B, N]`` bool masking ``int(ratio * N)`` tokens per sample."""
     ids = random_ids(batch_size, grid, ratio, generator=generator, device=device)
-    return ids_to_mask(ids, math.prod(_check_grid(grid)))
+    return ids_to_mask(ids, math.prod(check_grid(grid)))
 
 
 # -- decoder masks ------------------------------------------------------------------------------------
-
-def _running_cell_masked_per_cell(ratio: float) -> int:
-    if ratio not in RUNNING_CELL_RATIOS:
-        raise ValueError(
-            f"running-cell ratio {ratio} is not supported; the 2x2 cell allows {RUNNING_CELL_RATIOS} "
-            f"(the official generator floors other values to these and asserts ratio >= 0.25)")
-    return int(4 * ratio)
-
-
-def _check_even(grid: Grid) -> tuple[int, int, int]:
-    t, h, w = _check_grid(grid)
-    if h % 2 or w % 2:
-        raise ValueError(f"running-cell masking needs an even spatial grid, got H'={h}, W'={w} "
-                         f"(the 2x2 cell must tile the frame; use an image size giving even H'/W')")
-    return t, h, w
-
 
 def running_cell_mask(batch_size: int, grid: Grid, ratio: float = 0.5, *, phase=None,
                       generator=None, device=None) -> torch.Tensor:
@@ -175,45 +126,21 @@ def running_cell_mask(batch_size: int, grid: Grid, ratio: float = 0.5, *, phase=
     ``mask[t, h, w] = (j + phase + t + 1) % 4 < m``. ``phase`` (int or ``[B]`` tensor in 0..3) equals the
     official row ``all_mask_maps[phase]``; ``None`` draws it uniformly per sample.
     """
-    t, h, w = _check_even(grid)
-    m = _running_cell_masked_per_cell(ratio)
-    dev = _device(device, generator)
-    if phase is None:
-        phase = torch.randint(0, 4, (batch_size,), generator=generator, device=dev)
-    elif isinstance(phase, int):
-        if not 0 <= phase < 4:
-            raise ValueError(f"phase {phase} is out of range; use 0, 1, 2 or 3")
-        phase = torch.full((batch_size,), phase, dtype=torch.long, device=dev)
-    else:
-        phase = torch.as_tensor(phase, device=dev).long()
-        if phase.shape != (batch_size,):
-            raise ValueError(f"phase has shape {tuple(phase.shape)}; expected ({batch_size},)")
-    hh = torch.arange(h, device=dev)[:, None] % 2
-    ww = torch.arange(w, device=dev)[None, :] % 2
-    slot = (2 * hh + ww).flatten()  # [H'W']
-    tt = torch.arange(t, device=dev)[:, None]
-    code = slot[None, :] + tt + 1  # [T', H'W']
-    return ((code[None] + phase[:, None, None]) % 4 < m).reshape(batch_size, -1)
+    ids = running_cell_ids(batch_size, grid, ratio, phase, generator=generator, device=device)
+    return ids_to_mask(ids, math.prod(check_grid(grid)))
 
 
 def running_cell_num_kept(grid: Grid, ratio: float = 0.5) -> int:
     """Decoder-visible tokens per sample: ``N * (4 - m) / 4``."""
-    t, h, w = _check_even(grid)
-    return t * h * w * (4 - _running_cell_masked_per_cell(ratio)) // 4
-
-
-def running_cell_ids(batch_size: int, grid: Grid, ratio: float = 0.5, *, phase=None,
-                     generator=None, device=None) -> torch.Tensor:
-    """Decoder-visible ids ``[B, N*(4-m)/4]`` (ascending) of :func:`running_cell_mask`."""
-    mask = running_cell_mask(batch_size, grid, ratio, phase=phase, generator=generator, device=device)
-    return mask_to_ids(mask, running_cell_num_kept(grid, ratio))
+    t, h, w = check_even(grid)
+    return t * h * w * (4 - running_cell_masked_per_cell(ratio)) // 4
 
 
 def frame_ids(batch_size: int, grid: Grid, ratio: float = 0.5, *, generator=None, device=None) -> torch.Tensor:
     """Decoder-visible ids of *frame* masking (paper ablation): ``int(ratio*T')`` random whole temporal
     slices are masked per sample, the other slices are reconstructed in full."""
-    t, h, w = _check_grid(grid)
-    _check_ratio(ratio)
+    t, h, w = check_grid(grid)
+    check_ratio(ratio)
     m = int(ratio * t)
     frames = _rand((batch_size, t), generator, device).argsort(dim=1)[:, m:].sort(dim=1).values
     within = torch.arange(h * w, device=frames.device)
@@ -223,7 +150,7 @@ def frame_ids(batch_size: int, grid: Grid, ratio: float = 0.5, *, generator=None
 def frame_mask(batch_size: int, grid: Grid, ratio: float = 0.5, *, generator=None, device=None) -> torch.Tensor:
     """Frame decoder mask ``[B, N]`` bool; see :func:`frame_ids`."""
     ids = frame_ids(batch_size, grid, ratio, generator=generator, device=device)
-    return ids_to_mask(ids, math.prod(_check_grid(grid)))
+    return ids_to_mask(ids, math.prod(check_grid(grid)))
 
 
 def decoder_ids(kind: str, batch_size: int, grid: Grid, ratio: float, *, generator=None,

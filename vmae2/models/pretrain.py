@@ -18,8 +18,9 @@ class PretrainEncoder(nn.Module):
     """Patch embedding + fixed sinusoid position + blocks + LayerNorm over the encoder-visible tokens."""
 
     def __init__(self, cfg: ViTConfig, img_size: int, num_frames: int, tubelet_size: int, drop_path_rate: float,
-                 use_checkpoint: bool, attn_backend: str):
+                 use_checkpoint: bool, attn_backend: str, kernel_backend: str):
         super().__init__()
+        self.kernel_backend = kernel_backend
         self.patch_embed = PatchEmbed(img_size, cfg.patch_size, num_frames, tubelet_size, cfg.embed_dim)
         self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, cfg.embed_dim),
                              persistent=False)
@@ -35,7 +36,7 @@ class PretrainEncoder(nn.Module):
         """``video [B, 3, T, H, W]``, ``vis_ids [B, Nv]`` -> ``[B, Nv, D]``."""
         x = self.patch_embed(video)
         # Official: add pos to all N tokens, then drop. Gathering first is the same per element, cheaper.
-        x = vmae2_kernels.token_gather(x, vis_ids, self.pos_embed)
+        x = vmae2_kernels.token_gather(x, vis_ids, self.pos_embed, backend=self.kernel_backend)
         return self.norm(run_blocks(self.blocks, x, self.use_checkpoint))
 
 
@@ -70,17 +71,19 @@ class PretrainVisionTransformer(nn.Module):
             (ascending); ``None`` = VideoMAE v1 (decode every encoder-masked token).
     Returns ``[B, Nd, 3 * tubelet * p * p]``: predictions for the decoder-visible tokens in ascending
     token order, channel layout ``(p0 p1 p2 c)``. Bool masks cost one host sync (to read ``Nv``/``Nd``);
-    pass ids on the hot path.
+    pass ids on the hot path. ``kernel_backend`` picks the token-op backend (``auto``, ``torch``, ``triton``,
+    ...; see :mod:`vmae2_kernels.dispatch`).
     """
 
     def __init__(self, cfg: ViTConfig, *, img_size: int = 224, num_frames: int = 16, tubelet_size: int = 2,
                  decoder_depth: int = 4, drop_path_rate: float = 0.0, use_checkpoint: bool = False,
-                 attn_backend: str = "auto"):
+                 attn_backend: str = "auto", kernel_backend: str = "auto"):
         super().__init__()
         check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
         self.cfg = cfg
+        self.kernel_backend = kernel_backend
         self.encoder = PretrainEncoder(cfg, img_size, num_frames, tubelet_size, drop_path_rate, use_checkpoint,
-                                       attn_backend)
+                                       attn_backend, kernel_backend)
         out_dim = 3 * tubelet_size * cfg.patch_size ** 2
         self.decoder = PretrainDecoder(cfg, decoder_depth, out_dim, drop_path_rate, use_checkpoint, attn_backend)
         self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim, bias=False)  # PyTorch default init
@@ -116,6 +119,7 @@ class PretrainVisionTransformer(nn.Module):
         if vis_ids.shape[0] != video.shape[0]:
             raise ValueError(f"masks have batch {vis_ids.shape[0]} but video has batch {video.shape[0]}")
         x_vis = self.encoder_to_decoder(self.encoder(video, vis_ids))  # [B, Nv, D_dec]
-        x = vmae2_kernels.decoder_input(x_vis, vis_ids, dec_ids, self.mask_token, self.decoder_pos_embed)
+        x = vmae2_kernels.decoder_input(x_vis, vis_ids, dec_ids, self.mask_token, self.decoder_pos_embed,
+                                        backend=self.kernel_backend)
         return self.decoder(x, dec_ids.shape[1])
 

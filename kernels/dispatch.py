@@ -1,0 +1,99 @@
+"""Backend choice for the token ops, with the reason every refused backend was refused.
+
+Backends: ``triton`` (fused kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
+``cuda`` / ``cpp`` (the native extension built from ``csrc/``), ``torch`` (the plain reference, always runs).
+``auto`` takes, for CUDA tensors: triton -> cuda -> torch; for CPU tensors: cpp -> torch (the interpreter is
+for testing, not speed). ``VMAE2_BACKEND=<name>`` replaces ``auto``; forcing a backend that cannot run
+raises ``RuntimeError`` with every reason.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+BACKENDS = ("triton", "cuda", "cpp", "torch")
+ENV_VAR = "VMAE2_BACKEND"
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
+
+
+@functools.lru_cache(maxsize=None)
+def triton_status() -> tuple[object, str | None]:
+    """``(vmae2_kernels.triton_ops module, None)`` or ``(None, reason)``; tried once."""
+    try:
+        return importlib.import_module("vmae2_kernels.triton_ops"), None
+    except Exception as exc:  # triton missing, or a broken install
+        return None, f"triton is not importable ({type(exc).__name__}: {exc})"
+
+
+@functools.lru_cache(maxsize=None)
+def native_status() -> tuple[object, str | None]:
+    """``(native extension module, None)`` or ``(None, reason)``; tried once."""
+    try:
+        return importlib.import_module("vmae2_kernels._C"), None
+    except Exception as exc:
+        return None, f"the native extension vmae2_kernels._C (csrc/) is not built ({type(exc).__name__})"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def not_supported_reasons(backend: str, op: str, device_type: str) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on ``device_type`` tensors (empty = it can)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS} or 'auto'")
+    reasons = []
+    if backend == "triton":
+        if device_type == "cpu" and not interpreting():
+            reasons.append("CPU tensors run Triton kernels only under TRITON_INTERPRET=1 (the interpreter)")
+        elif device_type not in ("cpu", "cuda"):
+            reasons.append(f"device {device_type} is not supported")
+        module, reason = triton_status()
+        if reason:
+            reasons.append(reason)
+        elif not hasattr(module, op):
+            reasons.append(f"no Triton kernel for {op}")
+    elif backend in ("cuda", "cpp"):
+        want = "cuda" if backend == "cuda" else "cpu"
+        if device_type != want:
+            reasons.append(f"the {backend} backend runs {want} tensors, not {device_type}")
+        module, reason = native_status()
+        if reason:
+            reasons.append(reason)
+        elif not hasattr(module, f"{op}_{want}"):
+            reasons.append(f"the native extension has no {want} kernel for {op}")
+    return reasons
+
+
+def choose(op: str, device_type: str, requested: str = "auto") -> str:
+    """The backend that runs ``op`` on ``device_type`` tensors (see the module docstring)."""
+    if requested == "auto":
+        requested = os.environ.get(ENV_VAR, "auto") or "auto"
+    return _choose(op, device_type, requested)
+
+
+@functools.lru_cache(maxsize=None)
+def _choose(op: str, device_type: str, requested: str) -> str:
+    if requested != "auto":
+        reasons = not_supported_reasons(requested, op, device_type)
+        if reasons:
+            raise RuntimeError(f"kernel backend {requested!r} cannot run {op} on {device_type} tensors: "
+                               + "; ".join(reasons))
+        return requested
+    for name in AUTO_ORDER.get(device_type, ("torch",)):
+        if not not_supported_reasons(name, op, device_type):
+            return name
+    return "torch"
+
+
+def report(op: str, device_type: str) -> dict[str, list[str]]:
+    """``{backend: reasons}`` for every backend (an empty list means usable)."""
+    return {b: not_supported_reasons(b, op, device_type) for b in BACKENDS}
+
+
+def reset() -> None:
+    """Forget cached imports and choices (tests, or after building the extension in-process)."""
+    triton_status.cache_clear()
+    native_status.cache_clear()
+    _choose.cache_clear()

@@ -1,0 +1,193 @@
+"""The ``vmae2::`` operators: ``torch.library.custom_op`` + ``register_fake`` + ``register_autograd``.
+
+Every op takes a trailing ``backend`` string (``auto`` / ``triton`` / ``cuda`` / ``cpp`` / ``torch``) resolved by
+:mod:`vmae2_kernels.dispatch` when the op runs. The ops are opaque to ``torch.compile``: a compiled step that
+uses them has no graph break. (``triton_op`` is not used: it fails without a GPU driver.)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vmae2_kernels import dispatch, reference
+
+
+def _impl(op: str, device: torch.device, backend: str):
+    name = dispatch.choose(op, device.type, backend)
+    if name == "torch":
+        return getattr(reference, op)
+    if name == "triton":
+        return getattr(dispatch.triton_status()[0], op)
+    return getattr(dispatch.native_status()[0], f"{op}_{'cuda' if name == 'cuda' else 'cpu'}")
+
+
+# -- token_gather / token_scatter -----------------------------------------------------------------------
+
+@torch.library.custom_op("vmae2::token_gather", mutates_args=())
+def token_gather(x: Tensor, ids: Tensor, pos: Optional[Tensor], backend: str) -> Tensor:
+    return _impl("token_gather", x.device, backend)(x, ids, pos)
+
+
+@token_gather.register_fake
+def _(x, ids, pos, backend):
+    return x.new_empty(x.shape[0], ids.shape[1], x.shape[2])
+
+
+@torch.library.custom_op("vmae2::token_scatter", mutates_args=())
+def token_scatter(src: Tensor, ids: Tensor, num_tokens: int, backend: str) -> Tensor:
+    return _impl("token_scatter", src.device, backend)(src, ids, num_tokens)
+
+
+@token_scatter.register_fake
+def _(src, ids, num_tokens, backend):
+    return src.new_empty(src.shape[0], num_tokens, src.shape[2])
+
+
+def _gather_setup(ctx, inputs, output):
+    x, ids, pos, backend = inputs
+    ctx.save_for_backward(ids)
+    ctx.num_tokens, ctx.backend = x.shape[1], backend
+    ctx.pos_dtype = pos.dtype if pos is not None else None
+
+
+def _gather_backward(ctx, grad):
+    (ids,) = ctx.saved_tensors
+    grad_x = token_scatter(grad, ids, ctx.num_tokens, ctx.backend) if ctx.needs_input_grad[0] else None
+    grad_pos = None
+    if ctx.needs_input_grad[2]:  # learnable position table: sum over the batch
+        grad_pos = token_scatter(grad, ids, ctx.num_tokens, ctx.backend).float().sum(0).to(ctx.pos_dtype)
+    return grad_x, None, grad_pos, None
+
+
+def _scatter_setup(ctx, inputs, output):
+    _, ids, _, backend = inputs
+    ctx.save_for_backward(ids)
+    ctx.backend = backend
+
+
+def _scatter_backward(ctx, grad):
+    (ids,) = ctx.saved_tensors
+    return token_gather(grad, ids, None, ctx.backend), None, None, None
+
+
+token_gather.register_autograd(_gather_backward, setup_context=_gather_setup)
+token_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+
+
+# -- decoder_input ------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vmae2::decoder_input", mutates_args=())
+def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: Tensor, pos: Tensor,
+                  backend: str) -> Tensor:
+    return _impl("decoder_input", x_vis.device, backend)(x_vis, vis_ids, dec_ids, mask_token, pos)
+
+
+@decoder_input.register_fake
+def _(x_vis, vis_ids, dec_ids, mask_token, pos, backend):
+    dtype = torch.promote_types(x_vis.dtype, mask_token.dtype)
+    return x_vis.new_empty(x_vis.shape[0], x_vis.shape[1] + dec_ids.shape[1], x_vis.shape[2], dtype=dtype)
+
+
+@torch.library.custom_op("vmae2::mask_token_grad", mutates_args=())
+def mask_token_grad(grad: Tensor, num_visible: int, backend: str) -> Tensor:
+    return _impl("mask_token_grad", grad.device, backend)(grad, num_visible)
+
+
+@mask_token_grad.register_fake
+def _(grad, num_visible, backend):
+    return grad.new_empty(grad.shape[2], dtype=torch.float32)
+
+
+def _decoder_setup(ctx, inputs, output):
+    x_vis, vis_ids, dec_ids, mask_token, pos, backend = inputs
+    ctx.save_for_backward(vis_ids, dec_ids)
+    ctx.x_dtype, ctx.token_shape, ctx.token_dtype = x_vis.dtype, mask_token.shape, mask_token.dtype
+    ctx.pos_shape, ctx.pos_dtype, ctx.backend = pos.shape, pos.dtype, backend
+
+
+def _decoder_backward(ctx, grad):
+    vis_ids, dec_ids = ctx.saved_tensors
+    nv = vis_ids.shape[1]
+    grad_x = grad[:, :nv].to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+    grad_token = None
+    if ctx.needs_input_grad[3]:
+        grad_token = mask_token_grad(grad, nv, ctx.backend).to(ctx.token_dtype).reshape(ctx.token_shape)
+    grad_pos = None
+    if ctx.needs_input_grad[4]:  # learnable decoder position table (the official one is fixed)
+        grad_pos = (token_scatter(grad[:, :nv].contiguous(), vis_ids, ctx.pos_shape[0], ctx.backend).float()
+                    + token_scatter(grad[:, nv:].contiguous(), dec_ids, ctx.pos_shape[0], ctx.backend).float())
+        grad_pos = grad_pos.sum(0).to(ctx.pos_dtype)
+    return grad_x, None, None, grad_token, grad_pos, None
+
+
+decoder_input.register_autograd(_decoder_backward, setup_context=_decoder_setup)
+
+
+# -- mask ids (no autograd) ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("vmae2::running_cell_ids", mutates_args=())
+def running_cell_ids(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int, backend: str) -> Tensor:
+    return _impl("running_cell_ids", phase.device, backend)(phase, (T, H, W), masked_per_cell)
+
+
+@running_cell_ids.register_fake
+def _(phase, T, H, W, masked_per_cell, backend):
+    return phase.new_empty(phase.shape[0], T * H * W * (4 - masked_per_cell) // 4, dtype=torch.int64)
+
+
+@torch.library.custom_op("vmae2::tube_ids", mutates_args=())
+def tube_ids(keys: Tensor, num_frames: int, num_masked: int, backend: str) -> Tensor:
+    return _impl("tube_ids", keys.device, backend)(keys, num_frames, num_masked)
+
+
+@tube_ids.register_fake
+def _(keys, num_frames, num_masked, backend):
+    return keys.new_empty(keys.shape[0], num_frames * (keys.shape[1] - num_masked), dtype=torch.int64)
+
+
+# -- fused reconstruction loss ------------------------------------------------------------------------------
+
+@torch.library.custom_op("vmae2::recon_loss", mutates_args=())
+def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
+               normalize: bool, mean: list[float], std: list[float], backend: str) -> Tensor:
+    return _impl("recon_loss", pred.device, backend)(pred, video, dec_ids, weights, patch_size, tubelet_size,
+                                                     normalize, mean, std)
+
+
+@recon_loss.register_fake
+def _(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std, backend):
+    return pred.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("vmae2::recon_loss_backward", mutates_args=())
+def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor,
+                        patch_size: int, tubelet_size: int, normalize: bool, mean: list[float], std: list[float],
+                        backend: str) -> Tensor:
+    return _impl("recon_loss_backward", pred.device, backend)(grad_out, pred, video, dec_ids, weights, patch_size,
+                                                              tubelet_size, normalize, mean, std)
+
+
+@recon_loss_backward.register_fake
+def _(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std, backend):
+    return torch.empty_like(pred)
+
+
+def _loss_setup(ctx, inputs, output):
+    pred, video, dec_ids, weights, *config = inputs
+    ctx.save_for_backward(pred, video, dec_ids, weights)
+    ctx.config = config  # patch_size, tubelet_size, normalize, mean, std, backend
+
+
+def _loss_backward(ctx, grad):
+    pred, video, dec_ids, weights = ctx.saved_tensors
+    grad_pred = recon_loss_backward(grad, pred, video, dec_ids, weights, *ctx.config)
+    return (grad_pred,) + (None,) * 9
+
+
+recon_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+OPS = {"token_gather": token_gather, "token_scatter": token_scatter, "decoder_input": decoder_input,
+       "mask_token_grad": mask_token_grad, "running_cell_ids": running_cell_ids, "tube_ids": tube_ids,
+       "recon_loss": recon_loss, "recon_loss_backward": recon_loss_backward}
