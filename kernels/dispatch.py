@@ -70,11 +70,11 @@ def choose(op: str, device_type: str, requested: str = "auto") -> str:
     """The backend that runs ``op`` on ``device_type`` tensors (see the module docstring)."""
     if requested == "auto":
         requested = os.environ.get(ENV_VAR, "auto") or "auto"
-    return _choose(op, device_type, requested)
+    return _choose(op, device_type, requested, interpreting())
 
 
 @functools.lru_cache(maxsize=None)
-def _choose(op: str, device_type: str, requested: str) -> str:
+def _choose(op: str, device_type: str, requested: str, interpret: bool) -> str:
     if requested != "auto":
         reasons = not_supported_reasons(requested, op, device_type)
         if reasons:

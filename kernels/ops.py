@@ -158,7 +158,7 @@ def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, pa
 
 @recon_loss.register_fake
 def _(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std, backend):
-    return pred.new_empty((), dtype=torch.float32)
+    return pred.new_empty((), dtype=torch.promote_types(pred.dtype, torch.float32))
 
 
 @torch.library.custom_op("vmae2::recon_loss_backward", mutates_args=())

@@ -114,9 +114,10 @@ def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, w
 
     ``pred [B, Nd, P]`` any float dtype, ``weights [B, Nd]`` (1 = encoder-masked, i.e. supervised).
     """
-    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std)
-    per_token = (pred.float() - target).pow(2).mean(dim=-1)
-    w = weights.float()
+    acc = torch.promote_types(pred.dtype, torch.float32)  # fp32 accumulation (fp64 stays fp64 for gradcheck)
+    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std).to(acc)
+    per_token = (pred.to(acc) - target).pow(2).mean(dim=-1)
+    w = weights.to(acc)
     return (per_token * w).sum() / w.sum()
 
 
@@ -124,10 +125,11 @@ def recon_loss_backward(grad_out: torch.Tensor, pred: torch.Tensor, video: torch
                         weights: torch.Tensor, patch_size: int, tubelet_size: int, normalize: bool,
                         mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Gradient of :func:`recon_loss` w.r.t. ``pred``: ``2 (pred - target) w / (P sum(w)) * grad_out``."""
-    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std)
-    w = weights.float()
-    scale = grad_out.float() * 2.0 / (pred.shape[-1] * w.sum())
-    return ((pred.float() - target) * (w[..., None] * scale)).to(pred.dtype)
+    acc = torch.promote_types(pred.dtype, torch.float32)
+    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std).to(acc)
+    w = weights.to(acc)
+    scale = grad_out.to(acc) * 2.0 / (pred.shape[-1] * w.sum())
+    return ((pred.to(acc) - target) * (w[..., None] * scale)).to(pred.dtype)
 
 
 def mask_token_grad(grad: torch.Tensor, num_visible: int) -> torch.Tensor:

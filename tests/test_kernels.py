@@ -1,0 +1,287 @@
+"""Every Triton kernel (run by the interpreter on CPU) against its plain-torch reference, plus the op layer:
+registration (opcheck), autograd, gradcheck, dispatch reasons and torch.compile without graph breaks."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vmae2_kernels as K
+from vmae2_kernels import dispatch, ops, reference as R
+
+triton_ops = pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dispatch():
+    dispatch.reset()
+    yield
+    dispatch.reset()
+
+
+def _ids(B, N, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(N, generator=g)[:K].sort().values for _ in range(B)])
+
+
+def _one_rounding(out, ref, exact, pos, dtype):
+    """fp32: bit-equal to the reference. Low precision: within one rounding of ``pos`` (cast to ``dtype`` first, as
+    the reference does) plus one rounding of the sum: |out - exact| <= eps * (|pos| + |exact|). (The interpreter
+    truncates casts where a GPU rounds to nearest, so bit equality is a GPU-only property.)"""
+    if dtype == torch.float32:
+        assert torch.equal(out, ref)
+    else:
+        err = (out.double() - exact).abs()
+        assert (err <= torch.finfo(dtype).eps * (pos.abs() + exact.abs()) + 1e-30).all(), err.max()
+
+
+# -- gather / scatter -----------------------------------------------------------------------------------
+
+GATHER_SHAPES = [(1, 5, 1, 3), (3, 37, 1000, 13), (2, 50, 1536, 7), (3, 196, 24, 99)]
+
+
+@pytest.mark.parametrize("B,N,C,Kk", GATHER_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_gather_forward(B, N, C, Kk, dtype):
+    x = torch.randn(B, N, C).to(dtype)
+    ids, pos = _ids(B, N, Kk), torch.randn(N, C)
+    assert torch.equal(K.token_gather(x, ids, backend="triton"), R.token_gather(x, ids))  # pure data movement
+    exact = R.token_gather(x.double(), ids, pos.double())
+    _one_rounding(K.token_gather(x, ids, pos, backend="triton"), R.token_gather(x, ids, pos), exact,
+                  pos.double()[ids], dtype)
+
+
+@pytest.mark.parametrize("B,N,C,Kk", GATHER_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_gather_backward_and_scatter(B, N, C, Kk, dtype):
+    ids = _ids(B, N, Kk, seed=1)
+    x = torch.randn(B, N, C).to(dtype).requires_grad_()
+    grad = torch.randn(B, Kk, C).to(dtype)
+    (gx,) = torch.autograd.grad(K.token_gather(x, ids, backend="triton"), x, grad)
+    (gr,) = torch.autograd.grad(R.token_gather(x, ids), x, grad)
+    assert torch.equal(gx, gr)
+    src = torch.randn(B, Kk, C).to(dtype).requires_grad_()
+    out = K.token_scatter(src, ids, N, backend="triton")
+    assert torch.equal(out, R.token_scatter(src, ids, N))
+    (gs,) = torch.autograd.grad(out, src, torch.randn(B, N, C).to(dtype))
+    assert gs.shape == src.shape
+
+
+def test_learnable_pos_gradient():
+    x = torch.randn(2, 9, 5, requires_grad=True)
+    pos = torch.randn(9, 5, requires_grad=True)
+    ids = _ids(2, 9, 4)
+    grad = torch.randn(2, 4, 5)
+    got = torch.autograd.grad(K.token_gather(x, ids, pos, backend="triton"), (x, pos), grad)
+    want = torch.autograd.grad(R.token_gather(x, ids, pos), (x, pos), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+# -- decoder input --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("B,N,D,Nv,Nd", [(1, 8, 1, 2, 4), (3, 40, 100, 7, 20), (2, 24, 1536, 3, 12)])
+@pytest.mark.parametrize("x_dtype,tok_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                               (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)])
+def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype):
+    x = torch.randn(B, Nv, D).to(x_dtype).requires_grad_()
+    tok = (0.02 * torch.randn(1, 1, D)).to(tok_dtype).requires_grad_()
+    pos = torch.randn(N, D)
+    vis, dec = _ids(B, N, Nv, 2), _ids(B, N, Nd, 3)
+    out = K.decoder_input(x, vis, dec, tok, pos, backend="triton")
+    ref = R.decoder_input(x, vis, dec, tok, pos)
+    assert out.dtype == ref.dtype == torch.promote_types(x_dtype, tok_dtype) and out.shape == (B, Nv + Nd, D)
+    p = pos.double()
+    exact = torch.cat([x.detach().double() + p[vis], tok.detach().double().reshape(1, 1, D) + p[dec]], 1)
+    _one_rounding(out, ref, exact, torch.cat([p[vis], p[dec]], 1), x_dtype)
+    grad = torch.randn_like(ref)
+    gx, gt = torch.autograd.grad(out, (x, tok), grad)
+    rx, rt = torch.autograd.grad(ref, (x, tok), grad)
+    assert torch.equal(gx, rx) and gx.dtype == x_dtype
+    tol = 1e-5 if tok_dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(gt.float(), rt.float(), rtol=tol, atol=tol * Nd ** 0.5)
+
+
+def test_mask_token_grad_kernel_many_rows():
+    g = torch.randn(3, 7 + 600, 33)
+    got = triton_ops.mask_token_grad(g, 7)
+    torch.testing.assert_close(got, g[:, 7:].double().sum((0, 1)).float(), rtol=1e-5, atol=1e-4)
+
+
+# -- mask ids -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grid", [(8, 14, 14), (8, 16, 16), (1, 2, 2), (3, 4, 6), (5, 2, 10)])
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_running_cell_ids(grid, ratio):
+    phase = torch.tensor([0, 1, 2, 3, 2])
+    got = K.running_cell_ids(5, grid, ratio, phase, backend="triton")
+    assert torch.equal(got, K.running_cell_ids(5, grid, ratio, phase, backend="torch"))
+
+
+@pytest.mark.parametrize("grid,ratio", [((8, 14, 14), 0.9), ((8, 16, 16), 0.9), ((2, 3, 5), 0.5),
+                                        ((1, 1, 7), 0.0), ((3, 14, 14), 0.95)])
+def test_tube_ids(grid, ratio):
+    g = torch.Generator().manual_seed(4)
+    got = K.tube_ids(3, grid, ratio, g, backend="triton")
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(got, K.tube_ids(3, grid, ratio, g, backend="torch"))
+
+
+def test_tube_ids_ties_break_by_index():
+    keys = torch.tensor([[0.5, 0.5, 0.1, 0.5, 0.9, 0.5]])
+    got = triton_ops.tube_ids(keys, 2, 3)
+    assert torch.equal(got, R.tube_ids(keys, 2, 3))
+    assert got.tolist() == [[3, 4, 5, 9, 10, 11]]  # masked: 0.1 (2), then the first two 0.5s (0, 1)
+
+
+# -- fused reconstruction loss --------------------------------------------------------------------------
+
+LOSS_CASES = [  # (B, T, H, W, patch, Nd)
+    (1, 2, 16, 16, 16, 1),
+    (3, 4, 32, 48, 16, 5),
+    (2, 4, 28, 42, 14, 6),  # P = 2*14*14 = 392: not a power of two
+]
+
+
+@pytest.mark.parametrize("B,T,H,W,p,Nd", LOSS_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize):
+    N = (T // 2) * (H // p) * (W // p)
+    video = torch.randn(B, 3, T, H, W)
+    dec = _ids(B, N, Nd, 5)
+    enc_mask = torch.rand(B, N) < 0.6
+    enc_mask[:, dec[:, 0]] = True  # at least one supervised token per sample
+    pred = torch.randn(B, Nd, 2 * p * p * 3).to(dtype).requires_grad_()
+    kw = dict(patch_size=p, normalize=normalize)
+    loss = K.recon_loss(pred, video, dec, enc_mask, backend="triton", **kw)
+    ref = K.recon_loss(pred, video, dec, enc_mask, backend="torch", **kw)
+    assert loss.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=0)
+    (g,) = torch.autograd.grad(loss, pred)
+    (gr,) = torch.autograd.grad(ref, pred)
+    assert g.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(g, gr, rtol=1e-5, atol=1e-9)
+    else:
+        torch.testing.assert_close(g.float(), gr.float(), rtol=1e-2, atol=1e-6)
+
+
+def test_recon_loss_weights_and_official_equivalence():
+    video = torch.randn(2, 3, 4, 32, 32)
+    dec = _ids(2, 8, 4, 6)
+    w = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    pred = torch.randn(2, 4, 1536)
+    loss = K.recon_loss(pred, video, dec, w, patch_size=16, backend="triton")
+    target = R.recon_target(video, dec, 16, 2, True, MEAN, STD)
+    expected = ((pred - target).pow(2).mean(-1) * w).sum() / w.sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="weights have shape"):
+        K.recon_loss(pred, video, dec, w[:, :3], patch_size=16)
+
+
+@pytest.mark.slow
+def test_vit_b_shapes():
+    """A real ViT-B geometry (8x14x14 tokens, D=768, decoder 384) through every kernel."""
+    B = 2
+    g = torch.Generator().manual_seed(0)
+    vis = K.tube_ids(B, (8, 14, 14), 0.9, g, backend="triton")
+    dec = K.running_cell_ids(B, (8, 14, 14), 0.5, generator=g, backend="triton")
+    x = torch.randn(B, 1568, 768)
+    pos = torch.randn(1568, 768)
+    torch.testing.assert_close(K.token_gather(x, vis, pos, backend="triton"), R.token_gather(x, vis, pos))
+    x_vis, tok, dpos = torch.randn(B, 160, 384), torch.randn(384), torch.randn(1568, 384)
+    assert torch.equal(K.decoder_input(x_vis, vis, dec, tok, dpos, backend="triton"),
+                       R.decoder_input(x_vis, vis, dec, tok, dpos))
+    video = torch.randn(B, 3, 16, 224, 224)
+    enc_mask = torch.ones(B, 1568, dtype=torch.bool).scatter_(1, vis, False)
+    pred = torch.randn(B, 784, 1536)
+    torch.testing.assert_close(K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend="triton"),
+                               K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend="torch"),
+                               rtol=1e-5, atol=0)
+
+
+# -- the op layer ---------------------------------------------------------------------------------------
+
+def _opcheck_cases(backend):
+    x, ids = torch.randn(2, 9, 6, requires_grad=True), _ids(2, 9, 4)
+    pos = torch.randn(9, 6)
+    video, dec = torch.randn(2, 3, 4, 32, 32), _ids(2, 8, 3)
+    return [
+        (ops.token_gather, (x, ids, pos, backend)),
+        (ops.token_scatter, (torch.randn(2, 4, 6, requires_grad=True), ids, 9, backend)),
+        (ops.decoder_input, (torch.randn(2, 4, 6, requires_grad=True), ids, _ids(2, 9, 5),
+                             torch.randn(6, requires_grad=True), pos, backend)),
+        (ops.mask_token_grad, (torch.randn(2, 9, 6), 4, backend)),
+        (ops.running_cell_ids, (torch.tensor([0, 3]), 2, 4, 4, 2, backend)),
+        (ops.tube_ids, (torch.rand(2, 16), 3, 12, backend)),
+        (ops.recon_loss, (torch.randn(2, 3, 1536, requires_grad=True), video, dec, torch.ones(2, 3), 16, 2, True,
+                          MEAN, STD, backend)),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend):
+    for op, args in _opcheck_cases(backend):
+        torch.library.opcheck(op, args)
+
+
+def test_gradcheck_reference_fp64():
+    ids = _ids(2, 7, 3)
+    x = torch.randn(2, 7, 4, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, p: ops.token_gather(a, ids, p, "torch"), (x, pos))
+    src = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: ops.token_scatter(s, ids, 7, "torch"), (src,))
+    xv = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    tok = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    dec = _ids(2, 7, 5, 1)
+    assert torch.autograd.gradcheck(lambda a, t: ops.decoder_input(a, ids, dec, t, pos.detach(), "torch"), (xv, tok))
+    pred = torch.randn(2, 3, 96, dtype=torch.float64, requires_grad=True)
+    video, d = torch.randn(2, 3, 2, 8, 8), _ids(2, 4, 3)
+    w = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    assert torch.autograd.gradcheck(lambda p: ops.recon_loss(p, video, d, w, 4, 2, True, MEAN, STD, "torch"), (pred,))
+
+
+def test_dispatch_reasons_and_forcing(monkeypatch):
+    assert dispatch.choose("token_gather", "cpu") == "torch"  # interpreter is never auto-selected on CPU
+    assert dispatch.choose("token_gather", "cuda") == "triton"
+    refused = dispatch.report("recon_loss", "cpu")
+    assert refused["torch"] == [] and any("not built" in r for r in refused["cpp"])
+    with pytest.raises(RuntimeError, match="cpp.*not built"):
+        dispatch.choose("token_gather", "cpu", "cpp")
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    assert dispatch.choose("tube_ids", "cpu") == "triton"
+    monkeypatch.setenv(dispatch.ENV_VAR, "cuda")
+    with pytest.raises(RuntimeError, match="runs cuda tensors, not cpu.*not built"):
+        K.token_gather(torch.randn(1, 3, 2), torch.tensor([[0, 2]]))
+    monkeypatch.setenv(dispatch.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="unknown kernel backend 'fastest'"):
+        dispatch.choose("token_gather", "cpu")
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert any("TRITON_INTERPRET" in r for r in dispatch.not_supported_reasons("triton", "token_gather", "cpu"))
+
+
+def test_without_triton_everything_falls_back():
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, vmae2_kernels as K\n"
+            "from vmae2_kernels import dispatch\n"
+            "print(dispatch.choose('token_gather', 'cuda'))\n"
+            "print(K.token_gather(torch.randn(1, 3, 2), torch.tensor([[0, 2]])).shape[1])\n"
+            "try:\n    dispatch.choose('token_gather', 'cuda', 'triton')\n"
+            "except RuntimeError as e:\n    print('refused' if 'triton is not importable' in str(e) else e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["torch", "2", "refused"]
+
+
+def test_info_lists_every_op():
+    from vmae2_kernels.info import lines
+
+    text = "\n".join(lines())
+    for op in ops.OPS:
+        assert f"{op:22s} cpu" in text and f"{op:22s} cuda" in text
+    assert "torch" in text and "triton" in text
