@@ -591,9 +591,6 @@ def test_in_memory_dict_without_tensors_raises_value_error():
         load_weights(tiny_finetune(0), {"epoch": 1, "model": {}}, strict=False)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_state_dict returns {} for a .safetensors file without tensors "
-                                       "instead of raising ValueError as it does for .pth; load_weights(..., "
-                                       "strict=False) then silently loads nothing")
 def test_safetensors_file_without_tensors_raises_value_error(tmp_path):
     path = tmp_path / "empty.safetensors"
     safetensors.torch.save_file({}, str(path), metadata={"note": "empty"})
@@ -651,9 +648,6 @@ def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: save_safetensors writes via tempfile.mkstemp, which creates the file "
-                                       "with mode 0600; os.replace keeps it, so saved weights are owner-only "
-                                       "instead of following the umask like a normal write (e.g. 0644)")
 def test_saved_file_permissions_follow_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
@@ -663,3 +657,11 @@ def test_saved_file_permissions_follow_umask(tmp_path):
     safetensors.torch.save_file({"a": torch.zeros(2)}, str(reference))
     path = save_safetensors({"a": torch.zeros(2)}, tmp_path / "atomic.safetensors")
     assert (path.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+@pytest.mark.parametrize("payload", [b"hello world", b"PK\x03\x04truncated"])
+def test_garbage_pth_is_a_clear_value_error(tmp_path, payload):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(payload)
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_state_dict(path)

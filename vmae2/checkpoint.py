@@ -46,6 +46,8 @@ def _torch_load(path: Path, map_location) -> object:
             f"{path} holds pickled objects that safe loading refuses ({detail}). vmae2 never "
             f"unpickles arbitrary objects. If you trust the file, extract the weights yourself with "
             f"torch.load(path, weights_only=False) and save them with vmae2.checkpoint.save_safetensors.") from exc
+    except (RuntimeError, KeyError, EOFError) as exc:  # not a torch file, or a truncated one
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def unwrap(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -85,7 +87,10 @@ def load_state_dict(path: str | os.PathLike, map_location="cpu") -> dict[str, to
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return strip_prefixes(load_file(path, device=str(map_location)))
+        tensors = load_file(path, device=str(map_location))
+        if not tensors:
+            raise ValueError(f"{path} holds no tensors")
+        return strip_prefixes(tensors)
     return unwrap(_torch_load(path, map_location), source=str(path))
 
 
@@ -122,7 +127,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: 
     if mismatched:
         more = f"\n  ... and {len(mismatched) - 8} more" if len(mismatched) > 8 else ""
         raise ValueError(f"{len(mismatched)} weights have the wrong shape (a different model size, patch size, "
-                         f"decoder depth or number of classes?):\n  " + "\n  ".join(mismatched[:8]) + more)
+                         f"decoder width or number of classes?):\n  " + "\n  ".join(mismatched[:8]) + more)
     report.missing = sorted(set(own) - set(state))
     report.unexpected = sorted(set(state) - set(own))
     if strict and (report.missing or report.unexpected):
@@ -142,8 +147,11 @@ def save_safetensors(weights: nn.Module | dict[str, torch.Tensor], path: str | o
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~umask)  # the temp file is 0600; give it the mode a plain open() would
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
