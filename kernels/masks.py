@@ -85,3 +85,22 @@ def tube_ids(batch_size: int, grid: Sequence[int], ratio: float, generator=None,
     check_ratio(ratio)
     keys = torch.rand((batch_size, h * w), generator=generator, device=target_device(device, generator))
     return ops.tube_ids(keys, t, int(ratio * h * w), backend)
+
+
+def mask_to_ids(mask: torch.Tensor, num_kept: int | None = None) -> torch.Tensor:
+    """Kept ids ``[B, K]`` (ascending) of a ``[B, N]`` bool mask (True = masked).
+
+    With ``num_kept`` given this is sync-free; without it ``K`` is read from the mask (one host sync) and
+    every sample must keep the same number of tokens.
+    """
+    if mask.dtype != torch.bool or mask.ndim != 2:
+        raise ValueError(f"mask must be [B, N] bool (True = masked), got {tuple(mask.shape)} {mask.dtype}")
+    if num_kept is None:
+        kept = (~mask).sum(dim=1)
+        lo, hi = int(kept.min()), int(kept.max())
+        if lo != hi:
+            raise ValueError(f"masks keep between {lo} and {hi} tokens per sample; every sample must keep "
+                             f"the same number (the sequence length is fixed per batch)")
+        num_kept = lo
+    # Stable sort of False(0) before True(1): kept ids first, each group ascending.
+    return torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :num_kept]

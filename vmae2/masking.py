@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-from vmae2_kernels.masks import (RUNNING_CELL_RATIOS, check_even, check_grid, check_ratio, running_cell_ids,
-                                 running_cell_masked_per_cell, target_device, tube_ids)
+from vmae2_kernels.masks import (RUNNING_CELL_RATIOS, check_even, check_grid, check_ratio, mask_to_ids,
+                                 running_cell_ids, running_cell_masked_per_cell, target_device, tube_ids)
 
 Grid = Sequence[int]
 
@@ -30,25 +30,6 @@ def _rand(shape, generator, device) -> torch.Tensor:
 
 
 # -- conversions --------------------------------------------------------------------------------------
-
-def mask_to_ids(mask: torch.Tensor, num_kept: int | None = None) -> torch.Tensor:
-    """Kept ids ``[B, K]`` (ascending) of a ``[B, N]`` bool mask (True = masked).
-
-    With ``num_kept`` given this is sync-free; without it ``K`` is read from the mask (one host sync) and
-    every sample must keep the same number of tokens.
-    """
-    if mask.dtype != torch.bool or mask.ndim != 2:
-        raise ValueError(f"mask must be [B, N] bool (True = masked), got {tuple(mask.shape)} {mask.dtype}")
-    if num_kept is None:
-        kept = (~mask).sum(dim=1)
-        lo, hi = int(kept.min()), int(kept.max())
-        if lo != hi:
-            raise ValueError(f"masks keep between {lo} and {hi} tokens per sample; every sample must keep "
-                             f"the same number (the sequence length is fixed per batch)")
-        num_kept = lo
-    # Stable sort of False(0) before True(1): kept ids first, each group ascending.
-    return torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :num_kept]
-
 
 def ids_to_mask(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Inverse of :func:`mask_to_ids`: ``[B, N]`` bool, False at ``ids``, True elsewhere."""
