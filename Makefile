@@ -5,17 +5,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# Triton runs the kernels on GPUs and, through its interpreter, in the CPU tests.
+TRITON_SPEC ?= triton==3.8.0
 PYTEST_ARGS ?= -q
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vmae2-installed
 
-.PHONY: test train install clean
+.PHONY: test train bench install clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(BIN)/pip install -q -e ".[test,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +30,9 @@ train: $(STAMP)
 	@echo "The training loop (python -m vmae2.train) is not built yet; it arrives with the training-loop issue."
 	@echo "Until then vmae2 provides the model zoo, masks, loss, attention backends and checkpoints (see README)."
 	@exit 2
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks/ --benchmark-only -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

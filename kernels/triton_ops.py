@@ -261,6 +261,12 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP,
     return pred, x, ok
 
 
+# One program per token: a [BLOCK_P, 4] fp32 tile (BLOCK_P = 512 for p16 and p14). 4 warps give 16 values per
+# thread per tile (no spills); 8 warps halve that and help when few tokens are in flight (small batches).
+LOSS_CONFIGS = _configs([({}, 4), ({}, 8)])
+
+
+@triton.autotune(configs=LOSS_CONFIGS, key=["ND", "PATCH", "NORMALIZE"], do_bench=_cpu_bench if INTERPRET else None)
 @triton.jit
 def _recon_loss_fwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            out_ptr,  # [B * ND] fp32 weighted per-token MSE
@@ -276,6 +282,7 @@ def _recon_loss_fwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
     tl.store(out_ptr + b * ND + k, mse * w)
 
 
+@triton.autotune(configs=LOSS_CONFIGS, key=["ND", "PATCH", "NORMALIZE"], do_bench=_cpu_bench if INTERPRET else None)
 @triton.jit
 def _recon_loss_bwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            scale_ptr,  # [] fp32: grad_out * 2 / (P * 3 * sum(weights)), read on the device
@@ -308,7 +315,7 @@ def _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, st
 def recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std):
     tensors, scalars, meta, grid = _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     per_token = torch.empty(grid, dtype=torch.float32, device=pred.device)
-    _recon_loss_fwd_kernel[grid](*tensors, per_token, *scalars, NORMALIZE=normalize, num_warps=4, **meta)
+    _recon_loss_fwd_kernel[grid](*tensors, per_token, *scalars, NORMALIZE=normalize, **meta)
     return per_token.sum() / weights.float().sum()
 
 
@@ -316,5 +323,5 @@ def recon_loss_backward(grad_out, pred, video, dec_ids, weights, patch_size, tub
     tensors, scalars, meta, grid = _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     scale = (grad_out.float() * 2.0 / (pred.shape[-1] * weights.float().sum())).reshape(())
     grad = torch.empty_like(tensors[0])
-    _recon_loss_bwd_kernel[grid](*tensors, scale, grad, *scalars, NORMALIZE=normalize, num_warps=4, **meta)
+    _recon_loss_bwd_kernel[grid](*tensors, scale, grad, *scalars, NORMALIZE=normalize, **meta)
     return grad

@@ -164,10 +164,9 @@ def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize):
     (g,) = torch.autograd.grad(loss, pred)
     (gr,) = torch.autograd.grad(ref, pred)
     assert g.dtype == dtype
-    if dtype == torch.float32:
-        torch.testing.assert_close(g, gr, rtol=1e-5, atol=1e-9)
-    else:
-        torch.testing.assert_close(g.float(), gr.float(), rtol=1e-2, atol=1e-6)
+    # Entries where pred ~ target cancel; measure errors against the gradient's scale.
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert (g.float() - gr.float()).abs().max() <= tol * gr.float().abs().max()
 
 
 def test_recon_loss_weights_and_official_equivalence():

@@ -1,0 +1,70 @@
+"""Benchmark configuration: machine info for pytest-benchmark and a per-call summary table.
+
+Unlike ``tests/conftest.py`` this file does NOT set ``TRITON_INTERPRET``: the interpreter says nothing about
+speed, so on a CPU-only machine the Triton providers skip (see ``test_kernel_benchmarks.py``).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+import pytest
+import torch
+
+from vmae2_kernels import dispatch
+from vmae2_kernels.ops import OPS
+
+_ROWS = pytest.StashKey[list]()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_configure(config):
+    config.stash[_ROWS] = []
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """GPU name (or "cpu"), torch / CUDA / triton versions and why each kernel backend can or cannot run."""
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    machine_info["python"] = platform.python_version()
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_cuda"] = torch.version.cuda
+    machine_info["triton"] = _version("triton")
+    machine_info["vmae2"] = _version("vmae2")
+    machine_info["gpu"] = torch.cuda.get_device_name() if cuda else "cpu"
+    if cuda:
+        major, minor = torch.cuda.get_device_capability()
+        machine_info["gpu_capability"] = f"sm_{major}{minor}"
+    machine_info["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "unset")
+    machine_info["vmae2_backend_env"] = os.environ.get(dispatch.ENV_VAR, "unset")
+    machine_info["bench_full"] = os.environ.get("VMAE2_BENCH_FULL", "unset")
+    machine_info["kernel_backends"] = {op: {b: r for b, r in dispatch.report(op, device).items()} for op in OPS}
+
+
+@pytest.fixture
+def bench_rows(request) -> list:
+    """Rows of ``benchmark.extra_info`` collected for the summary table printed at the end of the run."""
+    return request.config.stash[_ROWS]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = config.stash.get(_ROWS, [])
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("vmae2 kernel benchmarks: per call (the pytest-benchmark table above is per round)")
+    head = f"{'op':24s} {'provider':15s} {'shape':6s} {'batch':>5s} {'dtype':8s} {'us/call':>11s} " \
+           f"{'GB/s':>8s} {'calls/rnd':>9s} {'peak extra MiB':>14s}"
+    tr.write_line(head)
+    for r in rows:
+        peak = r.get("peak_extra_mem_mib")
+        tr.write_line(f"{r['op']:24s} {r['provider']:15s} {r['shape']:6s} {r['batch']:5d} {r['dtype']:8s} "
+                      f"{r['us_per_call']:11.1f} {r['gbps']:8.2f} {r['calls_per_round']:9d} "
+                      f"{'' if peak is None else f'{peak:.1f}':>14s}")
