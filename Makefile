@@ -15,7 +15,6 @@ STAMP := $(VENV)/.vmae2-installed
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
 	$(BIN)/pip install -q -e ".[test,bench]"
 	touch $(STAMP)
