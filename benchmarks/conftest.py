@@ -11,7 +11,6 @@ import platform
 
 import pytest
 import torch
-
 from vmae2_kernels import dispatch
 from vmae2_kernels.ops import OPS
 
@@ -42,6 +41,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     if cuda:
         major, minor = torch.cuda.get_device_capability()
         machine_info["gpu_capability"] = f"sm_{major}{minor}"
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cpu_count"] = os.cpu_count()
+    if hasattr(os, "getloadavg"):  # CPU timings on a shared machine are only as good as its idle time
+        machine_info["loadavg_1min"] = os.getloadavg()[0]
     machine_info["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "unset")
     machine_info["vmae2_backend_env"] = os.environ.get(dispatch.ENV_VAR, "unset")
     machine_info["bench_full"] = os.environ.get("VMAE2_BENCH_FULL", "unset")

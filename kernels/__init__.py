@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-
 from vmae2_kernels import ops
 from vmae2_kernels.masks import mask_to_ids, running_cell_ids, tube_ids
 
 __version__ = "0.1.0"
-__all__ = ["token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss", "mask_to_ids",
+__all__ = ["token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss",
+           "mask_to_ids",
            "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "__version__"]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)

@@ -10,7 +10,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
 from vmae2_kernels import dispatch, reference
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from vmae2 import attention
-from vmae2.models import create_model
 from vmae2.masking import running_cell_ids, tube_ids
+from vmae2.models import create_model
 
 
 @pytest.fixture(autouse=True)

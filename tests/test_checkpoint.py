@@ -20,13 +20,13 @@ import pickle
 from pathlib import Path
 
 import pytest
-import torch
-
 import safetensors.torch
+import torch
 from safetensors import safe_open
+
 from vmae2.checkpoint import LoadReport, load_state_dict, load_weights, save_safetensors
 from vmae2.masking import running_cell_ids, tube_ids
-from vmae2.models import PretrainVisionTransformer, ViTConfig, VisionTransformer, create_model
+from vmae2.models import PretrainVisionTransformer, VisionTransformer, ViTConfig, create_model
 
 PRETRAIN_S = "pretrain_videomae_small_patch16_224"
 PRETRAIN_B = "pretrain_videomae_base_patch16_224"

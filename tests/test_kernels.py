@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
-
 import vmae2_kernels as K
-from vmae2_kernels import dispatch, ops, reference as R
+from vmae2_kernels import dispatch, ops
+from vmae2_kernels import reference as R
 
 triton_ops = pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
 

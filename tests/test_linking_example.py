@@ -2,13 +2,13 @@
 import importlib.util
 from pathlib import Path
 
+import official_oracle as O
 import pytest
 import torch
+from vmae2_kernels import dispatch
 
-import official_oracle as O
 from vmae2 import masking
 from vmae2.models import create_model
-from vmae2_kernels import dispatch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "link_official_mae.py"
 

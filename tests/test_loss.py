@@ -99,7 +99,8 @@ def test_unnormalised_target():
     video, enc, dec = _setup()
     dec_ids = masking.mask_to_ids(dec)
     target = reconstruction_target(video, dec_ids, patch_size=16, normalize_target=False)
-    u = video * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
+    std, mean = torch.tensor([0.229, 0.224, 0.225]), torch.tensor([0.485, 0.456, 0.406])
+    u = video * std.view(1, 3, 1, 1, 1) + mean.view(1, 3, 1, 1, 1)
     full = patchify(u, 16).reshape(3, 12, -1)
     torch.testing.assert_close(target, torch.gather(full, 1, dec_ids[..., None].expand(-1, -1, 1536)))
 

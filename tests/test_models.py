@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,9 @@ def test_official_initialisation():
 def test_pos_embed_is_official_sinusoid():
     model = _tiny()
     table = model.encoder.pos_embed
-    n, i = 5, 7  # odd dim -> cos
-    assert table[n, i].item() == pytest.approx(torch.cos(torch.tensor(n / 10000 ** (2 * (i // 2) / 384), dtype=torch.float64)).item(), abs=1e-7)
-    assert table[n, 6].item() == pytest.approx(torch.sin(torch.tensor(n / 10000 ** (6 / 384), dtype=torch.float64)).item(), abs=1e-7)
+    angle = 5 / 10000 ** (6 / 384)  # token 5, dims 6 (sin) and 7 (cos) share the frequency 2*floor(i/2)/d
+    assert table[5, 6].item() == pytest.approx(math.sin(angle), abs=1e-7)
+    assert table[5, 7].item() == pytest.approx(math.cos(angle), abs=1e-7)
     assert model.decoder_pos_embed.shape == (model.num_patches, 192)
 
 

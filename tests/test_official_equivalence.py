@@ -12,13 +12,13 @@ import json
 import math
 
 import numpy as np
+import official_oracle as O
 import pytest
 import torch
 
-import official_oracle as O
 from vmae2 import masking
 from vmae2.loss import reconstruction_loss
-from vmae2.models import PretrainVisionTransformer, SIZES, ViTConfig, create_model
+from vmae2.models import SIZES, PretrainVisionTransformer, ViTConfig, create_model
 
 SHAPES_JSON = "/work/shared/reference/official_state_dict_shapes.json"
 BACKENDS = ["math", "sdpa"]

@@ -1,7 +1,8 @@
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["triton", "flash_attn", "xformers", "nvidia.dali", "torchcodec", "decord"]

@@ -13,9 +13,17 @@ import math
 from typing import Sequence
 
 import torch
-
-from vmae2_kernels.masks import (RUNNING_CELL_RATIOS, check_even, check_grid, check_ratio, mask_to_ids,
-                                 running_cell_ids, running_cell_masked_per_cell, target_device, tube_ids)
+from vmae2_kernels.masks import (
+    RUNNING_CELL_RATIOS,
+    check_even,
+    check_grid,
+    check_ratio,
+    mask_to_ids,
+    running_cell_ids,
+    running_cell_masked_per_cell,
+    target_device,
+    tube_ids,
+)
 
 Grid = Sequence[int]
 

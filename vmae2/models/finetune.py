@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vmae2.models.configs import ViTConfig
-from vmae2.models.layers import Block, drop_path_rates, PatchEmbed, check_geometry, init_trunc_normal, run_blocks, sinusoid_table
+from vmae2.models.layers import PatchEmbed, check_geometry, init_trunc_normal, make_blocks, run_blocks, sinusoid_table
 
 
 class VisionTransformer(nn.Module):
@@ -28,10 +28,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, cfg.patch_size, num_frames, tubelet_size, cfg.embed_dim)
         self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, cfg.embed_dim),
                              persistent=False)
-        rates = drop_path_rates(drop_path_rate, cfg.depth)
-        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, hidden, drop_path=r, init_values=init_values,
-                                          backend=attn_backend) for r in rates)
+        self.blocks = make_blocks(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.depth, drop_path_rate,
+                                  init_values, attn_backend)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_dropout = nn.Dropout(head_drop_rate)
         self.head = nn.Linear(cfg.embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -157,6 +157,14 @@ class Block(nn.Module):
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
+def make_blocks(dim: int, num_heads: int, mlp_ratio: float, depth: int, drop_path_rate: float,
+                init_values: float = 0.0, backend: str = "auto") -> nn.ModuleList:
+    """``depth`` blocks with the linear stochastic-depth schedule and MLP width ``int(dim * mlp_ratio)``."""
+    hidden = int(dim * mlp_ratio)
+    return nn.ModuleList(Block(dim, num_heads, hidden, drop_path=r, init_values=init_values, backend=backend)
+                         for r in drop_path_rates(drop_path_rate, depth))
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
     """Apply ``blocks`` in order, recomputing each block's activations in backward when asked."""
     for blk in blocks:

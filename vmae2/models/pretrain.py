@@ -6,12 +6,12 @@ by sorted ids, never by boolean indexing, so the ids path has no host sync and n
 from __future__ import annotations
 
 import torch
+import vmae2_kernels
 from torch import nn
 
-import vmae2_kernels
 from vmae2.masking import dual_ids
 from vmae2.models.configs import ViTConfig
-from vmae2.models.layers import Block, drop_path_rates, PatchEmbed, check_geometry, init_xavier, run_blocks, sinusoid_table
+from vmae2.models.layers import PatchEmbed, check_geometry, init_xavier, make_blocks, run_blocks, sinusoid_table
 
 
 class PretrainEncoder(nn.Module):
@@ -24,10 +24,8 @@ class PretrainEncoder(nn.Module):
         self.patch_embed = PatchEmbed(img_size, cfg.patch_size, num_frames, tubelet_size, cfg.embed_dim)
         self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, cfg.embed_dim),
                              persistent=False)
-        rates = drop_path_rates(drop_path_rate, cfg.depth)
-        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, hidden, drop_path=r, backend=attn_backend)
-                                    for r in rates)
+        self.blocks = make_blocks(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.depth, drop_path_rate,
+                                  backend=attn_backend)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.use_checkpoint = use_checkpoint
         self.apply(init_xavier)
@@ -47,10 +45,8 @@ class PretrainDecoder(nn.Module):
                  attn_backend: str):
         super().__init__()
         dim = cfg.decoder_embed_dim
-        rates = drop_path_rates(drop_path_rate, depth)
-        hidden = int(dim * cfg.mlp_ratio)
-        self.blocks = nn.ModuleList(Block(dim, cfg.decoder_num_heads, hidden, drop_path=r, backend=attn_backend)
-                                    for r in rates)
+        self.blocks = make_blocks(dim, cfg.decoder_num_heads, cfg.mlp_ratio, depth, drop_path_rate,
+                                  backend=attn_backend)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, out_dim)
         self.use_checkpoint = use_checkpoint
@@ -114,7 +110,6 @@ class PretrainVisionTransformer(nn.Module):
 
     def forward(self, video: torch.Tensor, encoder_mask: torch.Tensor,
                 decoder_mask: torch.Tensor | None = None) -> torch.Tensor:
-        self.encoder.patch_embed.check_input(video)
         vis_ids, dec_ids = dual_ids(encoder_mask, decoder_mask, self.num_patches)
         if vis_ids.shape[0] != video.shape[0]:
             raise ValueError(f"masks have batch {vis_ids.shape[0]} but video has batch {video.shape[0]}")
