@@ -26,6 +26,9 @@ def _version(dist: str) -> str:
 
 def pytest_configure(config):
     config.stash[_ROWS] = []
+    threads = os.environ.get("VMAE2_BENCH_THREADS")
+    if threads:  # e.g. 1 on a shared CPU box, where OpenMP barriers between busy cores wreck the timings
+        torch.set_num_threads(int(threads))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -48,6 +51,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "unset")
     machine_info["vmae2_backend_env"] = os.environ.get(dispatch.ENV_VAR, "unset")
     machine_info["bench_full"] = os.environ.get("VMAE2_BENCH_FULL", "unset")
+    machine_info["bench_batch"] = os.environ.get("VMAE2_BENCH_BATCH", "unset")
     machine_info["kernel_backends"] = {op: {b: r for b, r in dispatch.report(op, device).items()} for op in OPS}
 
 

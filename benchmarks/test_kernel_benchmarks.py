@@ -127,7 +127,7 @@ def randn(*size, dtype=torch.float32, seed=0) -> torch.Tensor:
     return torch.randn(*size, generator=g).to(device=DEVICE, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)
 def make_video(shape: Shape) -> torch.Tensor:
     """A normalised-looking clip batch ``[B, 3, 16, 224, 224]`` fp32 (cached: it is the largest input)."""
     return randn(BATCH, 3, FRAMES, IMAGE, IMAGE, seed=3)
@@ -281,7 +281,8 @@ def check_close(out, ref) -> None:
     if out.dtype in (torch.int64, torch.bool):
         assert torch.equal(out, ref)
     else:
-        tol = 1e-4 if out.dtype == torch.float32 else 2e-2
+        # low-precision inputs: compiled / fused code may skip an intermediate rounding the eager reference does
+        tol = 1e-4 if out.dtype == torch.float32 and DTYPE == torch.float32 else 2e-2
         ref = ref.float()
         torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
 
@@ -293,8 +294,9 @@ def check_close(out, ref) -> None:
 @pytest.mark.parametrize("op", OPS)
 def test_op(benchmark, bench_rows, op, provider, shape):
     if provider == "compiled":
+        compiled = compile_fn(getattr(R, op), shape)  # may skip: before building the inputs
         case = build_case(op, shape)
-        fn = case.reference(compile_fn(getattr(R, op), shape))
+        fn = case.reference(compiled)
     else:
         if provider != "torch":
             skip_unless_backend(provider, op)

@@ -53,10 +53,9 @@ def _gather_setup(ctx, inputs, output):
 
 def _gather_backward(ctx, grad):
     (ids,) = ctx.saved_tensors
-    grad_x = token_scatter(grad, ids, ctx.num_tokens, ctx.backend) if ctx.needs_input_grad[0] else None
-    grad_pos = None
-    if ctx.needs_input_grad[2]:  # learnable position table: sum over the batch
-        grad_pos = token_scatter(grad, ids, ctx.num_tokens, ctx.backend).float().sum(0).to(ctx.pos_dtype)
+    scattered = token_scatter(grad, ids, ctx.num_tokens, ctx.backend)
+    grad_x = scattered if ctx.needs_input_grad[0] else None
+    grad_pos = scattered.float().sum(0).to(ctx.pos_dtype) if ctx.needs_input_grad[2] else None  # summed over B
     return grad_x, None, grad_pos, None
 
 

@@ -94,14 +94,17 @@ def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tu
                  normalize: bool, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """fp32 targets ``[B, Nd, tubelet*p*p*C]`` (layout ``(p0 p1 p2 c)``) of the tokens ``dec_ids``.
 
-    Un-normalise (``x*std + mean`` per channel, python floats: no host-to-device copy), then per patch and
-    channel :func:`normalize_patches`. Only the ``Nd`` selected patches are ever built.
+    Gather the ``Nd`` patches (nothing else is copied), un-normalise (``x*std + mean`` per channel, python floats:
+    no host-to-device copy), then per patch and channel :func:`normalize_patches`.
     """
-    C = video.shape[1]
-    x = torch.stack([video[:, ch].float() * std[ch] + mean[ch] for ch in range(C)], dim=1)
-    patches = patchify(x, patch_size, tubelet_size)  # a view until gathered
-    B, _, P, _ = patches.shape
-    patches = torch.gather(patches, 1, dec_ids[:, :, None, None].expand(-1, -1, P, C))
+    B, C, T, H, W = video.shape
+    t, h, w, p = T // tubelet_size, H // patch_size, W // patch_size, patch_size
+    view = video.reshape(B, C, t, tubelet_size, h, p, w, p).permute(0, 2, 4, 6, 3, 5, 7, 1)  # no copy
+    rows = torch.arange(B, device=video.device)[:, None]
+    patches = view[rows, dec_ids // (h * w), (dec_ids // w) % h, dec_ids % w]  # copies only the Nd patches
+    P = tubelet_size * p * p
+    patches = patches.reshape(B, -1, P, C)
+    patches = torch.stack([patches[..., c].float() * std[c] + mean[c] for c in range(C)], dim=-1)
     if normalize:
         patches = normalize_patches(patches)
     return patches.reshape(B, dec_ids.shape[1], P * C)

@@ -1,0 +1,1 @@
+"""Data side of pretraining: list files, record mixing and sharding."""

@@ -1,0 +1,360 @@
+"""Read the official VideoMAE V2 list files, and mix several lists into one seeded, sharded epoch order.
+
+Formats (whitespace separated, no header, one record a line):
+
+* pre-training list: ``path start_idx total_frames``. ``total_frames < 0`` (``path 0 -1``) is a video file;
+  otherwise ``path`` is a folder of frames ``path/fname_tmpl.format(i + start_idx)``, ``i`` 0-based.
+* fine-tune CSV: videos ``path label``; rawframes ``folder total_frames label``.
+
+Rules shared by every reader:
+
+* Blank lines and lines whose first non-blank character is ``#`` are skipped.
+* Columns are split from the right, so a path may contain spaces (but not start or end with one). A path whose
+  last word is an integer is rejected as ambiguous, since it usually means an extra column (for example a
+  VideoMAE V1 ``path start total label`` line).
+* ``data_root`` is joined with :func:`os.path.join`: a relative list path becomes ``data_root/path``; an
+  absolute path (``/x/y``) or a URI (``s3://...``) is kept as is, ``data_root`` ignored. Relative paths with
+  ``data_root=""`` stay relative to the working directory, as in the official code (not to the list file).
+* Errors are ``ValueError`` naming the file, the 1-based line number, the line and the expected format.
+
+Hybrid naming rules of the official ``HybridVideoMAE`` (rawframe records only, substring match on the joined
+path, SSv2 checked first): ``SomethingV2`` → ``img_{:05}.jpg`` and step ``ssv2_step`` (2: SSv2 frames decoded
+at 12 fps; use 4 for 24 fps); ``AVA2.2`` → ``image_{:06}.jpg``, step unchanged. Video records always keep the
+caller's step, as in the official code.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["VideoRecord", "read_pretrain_list", "read_finetune_csv", "read_list", "MixedList", "MixedSampler",
+           "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
+
+PRETRAIN_FORMAT = "path start_idx total_frames  (total_frames -1 for a video file)"
+VIDEO_FORMAT = "path label"
+RAWFRAMES_FORMAT = "folder total_frames label"
+
+SSV2_TMPL = "img_{:05}.jpg"
+AVA_TMPL = "image_{:06}.jpg"
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One list entry. ``total == -1`` for a video file (frame count known only after decoding);
+    ``label == -1`` when unlabeled; ``fname_tmpl`` is ``""`` for video files."""
+
+    path: str
+    start: int
+    total: int
+    label: int
+    is_video: bool
+    fname_tmpl: str
+    step: int
+    source: str
+
+    def frame_path(self, i: int) -> str:
+        """Path of 0-based frame ``i`` of a rawframe folder: ``path/fname_tmpl.format(i + start)``."""
+        if self.is_video:
+            raise ValueError(f"{self.path} is a video file, it has no per-frame paths")
+        return os.path.join(self.path, self.fname_tmpl.format(i + self.start))
+
+
+# -- parsing helpers ------------------------------------------------------------------------------------
+
+def _join(root: str, path: str) -> str:
+    if not root or "://" in path:
+        return path
+    return os.path.join(root, path)
+
+
+def _data_lines(path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, stripped_line)`` for every non-blank, non-comment line."""
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                yield n, line
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+class _Where:
+    """Formats a located error message."""
+
+    def __init__(self, file, n: int, line: str, fmt: str):
+        self.file, self.n, self.line, self.fmt = file, n, line, fmt
+
+    def error(self, problem: str) -> ValueError:
+        return ValueError(f"{self.file}:{self.n}: {problem}; line: {self.line!r}; expected `{self.fmt}`")
+
+
+def _split(w: _Where, ncols: int) -> list[str]:
+    parts = w.line.rsplit(None, ncols - 1)
+    if len(parts) < ncols:
+        raise w.error(f"expected {ncols} columns, found {len(parts)}")
+    words = parts[0].split()
+    if len(words) > 1 and _is_int(words[-1]):
+        raise w.error(f"too many columns? the path {parts[0]!r} ends with a number; "
+                      "paths with spaces are allowed but must not end in an integer word")
+    return parts
+
+
+def _int(w: _Where, name: str, s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise w.error(f"{name} {s!r} is not an integer") from None
+
+
+def _label(w: _Where, s: str, num_classes: int | None) -> int:
+    label = _int(w, "label", s)
+    if label < 0:
+        raise w.error(f"label {label} is negative; labels must be integers in [0, num_classes)")
+    if num_classes is not None and label >= num_classes:
+        raise w.error(f"label {label} >= num_classes={num_classes}; labels must be in [0, {num_classes}): "
+                      "pass the right num_classes (e.g. 400/600/710/174) or fix the list")
+    return label
+
+
+def _nonempty(records: list, path) -> list:
+    if not records:
+        raise ValueError(f"{path}: no records (only blank or comment lines)")
+    return records
+
+
+# -- readers ----------------------------------------------------------------------------------------------
+
+def read_pretrain_list(path, *, data_root: str = "", fname_tmpl: str = "img_{:05}.jpg", step: int = 4,
+                       hybrid_rules: bool = True, ssv2_step: int = 2, source: str | None = None
+                       ) -> list[VideoRecord]:
+    """Read an official pre-training list (``path start_idx total_frames``). Labels are ``-1``.
+
+    ``step`` is the temporal stride given to every record (official ``--sampling_rate``); the hybrid rules
+    (module docstring; off with ``hybrid_rules=False``) override it for SSv2 rawframes. ``total < 0`` is
+    stored as ``-1``. Rawframe folders need ``total >= 1`` and ``start >= 0``. ``source`` defaults to the
+    list path.
+    """
+    src = str(path) if source is None else source
+    records = []
+    for n, line in _data_lines(path):
+        w = _Where(path, n, line, PRETRAIN_FORMAT)
+        p, start_s, total_s = _split(w, 3)
+        start, total = _int(w, "start_idx", start_s), _int(w, "total_frames", total_s)
+        full = _join(data_root, p)
+        if total < 0:
+            records.append(VideoRecord(full, start, -1, -1, True, "", step, src))
+            continue
+        if start < 0:
+            raise w.error(f"start_idx {start} is negative")
+        if total == 0:
+            raise w.error("total_frames 0: a rawframe folder needs at least one frame (use -1 for a video file)")
+        tmpl, st = fname_tmpl, step
+        if hybrid_rules and "SomethingV2" in full:
+            tmpl, st = SSV2_TMPL, ssv2_step
+        elif hybrid_rules and "AVA2.2" in full:
+            tmpl = AVA_TMPL
+        records.append(VideoRecord(full, start, total, -1, False, tmpl, st, src))
+    return _nonempty(records, path)
+
+
+def _detect_finetune_kind(path) -> str:
+    for n, line in _data_lines(path):
+        words = line.split()
+        if len(words) == 2:
+            return "video"
+        if len(words) == 3 and _is_int(words[1]):
+            return "rawframes"
+        raise ValueError(f"{path}:{n}: cannot tell a video CSV (`{VIDEO_FORMAT}`) from a rawframe CSV "
+                         f"(`{RAWFRAMES_FORMAT}`) from line {line!r}; pass kind='video' or kind='rawframes'")
+    raise ValueError(f"{path}: no records (only blank or comment lines)")
+
+
+def read_finetune_csv(path, *, data_root: str = "", num_classes: int | None = None, kind: str = "auto",
+                      fname_tmpl: str = "img_{:05}.jpg", start_idx: int = 1, step: int = 4,
+                      source: str | None = None) -> list[VideoRecord]:
+    """Read an official fine-tune CSV: videos ``path label`` or rawframes ``folder total_frames label``.
+
+    ``kind="auto"`` decides from the first record (2 words: video, 3 words: rawframes) and then requires every
+    line to have that many words, so paths with spaces need an explicit ``kind`` ("video" or "rawframes").
+    Rawframe records get ``start=start_idx`` (official ``RawFrameClsDataset`` default 1, frames
+    ``img_00001.jpg`` ...) and ``fname_tmpl``. Labels must be non-negative integers, ``< num_classes`` if
+    given.
+    """
+    src = str(path) if source is None else source
+    strict = kind == "auto"
+    if strict:
+        kind = _detect_finetune_kind(path)
+    if kind not in ("video", "rawframes"):
+        raise ValueError(f"kind must be 'auto', 'video' or 'rawframes', got {kind!r}")
+    fmt, ncols = (VIDEO_FORMAT, 2) if kind == "video" else (RAWFRAMES_FORMAT, 3)
+    records = []
+    for n, line in _data_lines(path):
+        w = _Where(path, n, line, fmt)
+        if strict and len(line.split()) != ncols:
+            raise w.error(f"{len(line.split())} words but the file was detected as {kind} ({ncols} columns) from "
+                          "its first record; pass kind= explicitly if paths contain spaces")
+        parts = _split(w, ncols)
+        full = _join(data_root, parts[0])
+        label = _label(w, parts[-1], num_classes)
+        if kind == "video":
+            records.append(VideoRecord(full, 0, -1, label, True, "", step, src))
+        else:
+            total = _int(w, "total_frames", parts[1])
+            if total <= 0:
+                raise w.error(f"total_frames {total} must be >= 1")
+            records.append(VideoRecord(full, start_idx, total, label, False, fname_tmpl, step, src))
+    return _nonempty(records, path)
+
+
+def read_list(path, kind: str = "auto", **kwargs) -> list[VideoRecord]:
+    """Read any official list. ``kind``: "pretrain", "video", "rawframes" or "auto".
+
+    "auto" looks at the first record: 2 words → fine-tune video CSV; 3 words with integer 2nd and 3rd →
+    **pre-training list**. A 3-column fine-tune rawframe CSV (``folder total label``) is indistinguishable
+    from a pre-training list, so it is always read as one under "auto": pass ``kind="rawframes"`` for it.
+    Anything else (e.g. paths with spaces) needs an explicit kind. ``kwargs`` go to the reader.
+    """
+    if kind == "auto":
+        for n, line in _data_lines(path):
+            words = line.split()
+            if len(words) == 2:
+                kind = "video"
+            elif len(words) == 3 and _is_int(words[1]) and _is_int(words[2]):
+                kind = "pretrain"
+            else:
+                raise ValueError(f"{path}:{n}: cannot infer the list kind from {line!r}; pass kind='pretrain', "
+                                 "'video' or 'rawframes'")
+            break
+        else:
+            raise ValueError(f"{path}: no records (only blank or comment lines)")
+    if kind == "pretrain":
+        return read_pretrain_list(path, **kwargs)
+    if kind in ("video", "rawframes"):
+        return read_finetune_csv(path, kind=kind, **kwargs)
+    raise ValueError(f"kind must be 'auto', 'pretrain', 'video' or 'rawframes', got {kind!r}")
+
+
+# -- mixing and sharding ---------------------------------------------------------------------------------
+
+def shard_indices(indices: np.ndarray, rank: int, world_size: int, *, drop_last: bool = False) -> np.ndarray:
+    """Rank ``rank``'s part of ``indices``, like ``DistributedSampler``: every rank gets the same count; the
+    sequence is padded by wrapping around (``drop_last=False``, ``ceil(N / world_size)`` each) or its tail
+    dropped (``drop_last=True``, ``N // world_size`` each); rank ``r`` takes positions ``r, r + W, ...``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    indices = np.asarray(indices)
+    n = len(indices)
+    if drop_last:
+        total = n // world_size * world_size
+        indices = indices[:total]
+    else:
+        total = math.ceil(n / world_size) * world_size
+        if total > n:
+            if n == 0:
+                raise ValueError("cannot pad an empty sequence")
+            indices = np.resize(indices, total)  # repeats the sequence from its start
+    return indices[rank:total:world_size]
+
+
+class MixedList:
+    """Several record lists sampled in proportion to per-list weights (the paper's hybrid data).
+
+    ``MixedList([(k710, 1.0), (ssv2, 0.25)], num_samples=None, seed=0)``. Records are addressed by a global
+    index into :attr:`records` (the lists concatenated in the given order).
+
+    Epoch semantics (:meth:`epoch_indices`):
+
+    * length ``num_samples``, default: total length of the lists with a positive weight;
+    * a weight is the share of the epoch's draws that goes to a *list*, whatever its size: list ``i`` gets
+      ``num_samples * w_i / sum(w)`` draws, rounded (within 1, summing to ``num_samples``), and the sources are
+      interleaved in a random order, so each position comes from list ``i`` with probability ``∝ w_i``. Use
+      ``weight = len(list)`` for the natural proportions; weight 0 excludes a list;
+    * within a list, draws walk through a random permutation of it, starting a fresh permutation each time
+      it is used up, so every record of a list is seen once before any is seen twice (per epoch);
+    * the order depends only on ``(seed, epoch)`` (and the numpy version): same pair, same order.
+
+    Every rank must build the same ``MixedList`` with the same seed; ``rank``/``world_size`` then pick
+    disjoint, equally sized slices of the epoch via :func:`shard_indices`.
+    """
+
+    def __init__(self, sources: Sequence[tuple[Sequence[VideoRecord], float]], *, num_samples: int | None = None,
+                 seed: int = 0):
+        if not sources:
+            raise ValueError("MixedList needs at least one (records, weight) pair")
+        weights = np.array([float(w) for _, w in sources])
+        if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
+        for i, (recs, w) in enumerate(sources):
+            if w > 0 and len(recs) == 0:
+                raise ValueError(f"source {i} is empty but has weight {w}")
+        self.records: list[VideoRecord] = [r for recs, _ in sources for r in recs]
+        self.sizes = [len(recs) for recs, _ in sources]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.weights = weights / weights.sum()
+        if num_samples is None:
+            num_samples = sum(s for s, w in zip(self.sizes, weights) if w > 0)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> VideoRecord:
+        return self.records[i]
+
+    def quotas(self) -> np.ndarray:
+        """Draws per list in one epoch (sums to ``num_samples``)."""
+        # Round the cumulative shares: each quota is within 1 of num_samples * w_i and they sum exactly.
+        bounds = np.rint(np.cumsum(self.weights) * self.num_samples).astype(np.int64)
+        bounds[-1] = self.num_samples
+        return np.diff(bounds, prepend=0)
+
+    def epoch_indices(self, epoch: int, *, rank: int = 0, world_size: int = 1, drop_last: bool = False
+                      ) -> np.ndarray:
+        """Global record indices (int64) for ``epoch``, this rank's shard when ``world_size > 1``."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        quotas = self.quotas()
+        which = np.repeat(np.arange(len(quotas)), quotas)
+        rng.shuffle(which)
+        out = np.empty(self.num_samples, dtype=np.int64)
+        for i, q in enumerate(quotas):
+            if q == 0:
+                continue
+            n = self.sizes[i]
+            walk = np.concatenate([rng.permutation(n) for _ in range(-(-q // n))])[:q]
+            out[which == i] = walk + self.offsets[i]
+        return shard_indices(out, rank, world_size, drop_last=drop_last) if world_size > 1 else out
+
+
+class MixedSampler:
+    """A ``DataLoader`` sampler over a :class:`MixedList` for one rank; call :meth:`set_epoch` every epoch,
+    as with ``DistributedSampler``. Yields global indices into ``mixed.records``."""
+
+    def __init__(self, mixed: MixedList, *, rank: int = 0, world_size: int = 1, drop_last: bool = False):
+        self.mixed, self.rank, self.world_size, self.drop_last = mixed, rank, world_size, drop_last
+        self.epoch = 0
+        shard_indices(np.zeros(1), rank, world_size)  # validate rank/world_size now
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, w = self.mixed.num_samples, self.world_size
+        return n // w if self.drop_last else math.ceil(n / w)
+
+    def __iter__(self) -> Iterator[int]:
+        idx = self.mixed.epoch_indices(self.epoch, rank=self.rank, world_size=self.world_size,
+                                       drop_last=self.drop_last)
+        return iter(idx.tolist())
