@@ -16,7 +16,7 @@ STAMP := $(VENV)/.vmae2-installed
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
-	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/pip install -q -e ".[test,bench,dali]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,8 +39,9 @@ class CodecSpec:
 
 # Options favour speed on a 2-core machine while keeping the picture clean enough to learn from.
 CODECS: dict[str, CodecSpec] = {
-    # H.264 High profile with B-frames (so pts != dts, as in real data) and a 1-second-ish GOP.
-    "h264": CodecSpec("libx264", "mp4", "yuv420p", (("preset", "veryfast"), ("crf", "20"))),
+    # H.264 High profile with B-frames (so pts != dts, as in real data). mbtree=0: with macroblock-tree
+    # rate control this libx264 gave different bitstreams for the same input from run to run.
+    "h264": CodecSpec("libx264", "mp4", "yuv420p", (("preset", "veryfast"), ("crf", "20"), ("mbtree", "0"))),
     # libvpx-vp9 in constant-quality mode (crf with b=0), realtime speed settings.
     "vp9": CodecSpec("libvpx-vp9", "webm", "yuv420p",
                      (("deadline", "realtime"), ("cpu-used", "8"), ("crf", "30"), ("b", "0"),
@@ -153,8 +154,9 @@ def _objects(rng: np.random.Generator, height: int, width: int, num_frames: int)
 def _draw(frame: np.ndarray, obj: _Object, i: int) -> None:
     """Composite object ``obj`` at frame ``i`` into ``frame`` ``[H, W, 3]`` float32, in place, anti-aliased."""
     h, w = frame.shape[:2]
-    r = obj.radius * (1 + obj.pulse * np.sin(2 * np.pi * i / obj.pulse_period + obj.pulse_phase))
-    cx, cy = obj.x[i], obj.y[i]
+    # Python floats keep the pixel math in float32 (numpy scalars would promote it to float64).
+    r = float(obj.radius * (1 + obj.pulse * np.sin(2 * np.pi * i / obj.pulse_period + obj.pulse_phase)))
+    cx, cy = float(obj.x[i]), float(obj.y[i])
     reach = r * (1.5 if obj.square else 1.0) + 2  # a rotated square reaches r*sqrt(2)
     x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 1, w)
     y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, h)
@@ -163,11 +165,11 @@ def _draw(frame: np.ndarray, obj: _Object, i: int) -> None:
     dy, dx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx += 0.5 - cx
     dy += 0.5 - cy
-    c, s = np.cos(obj.angle[i]), np.sin(obj.angle[i])
+    c, s = float(np.cos(obj.angle[i])), float(np.sin(obj.angle[i]))
     u, v = c * dx + s * dy, -s * dx + c * dy  # object-frame coordinates (rotate by -angle)
     dist = np.maximum(np.abs(u), np.abs(v)) if obj.square else np.sqrt(u * u + v * v)
     alpha = np.clip(r - dist + 0.5, 0.0, 1.0)[..., None]
-    p = obj.tex_period
+    p = float(obj.tex_period)
     if obj.texture == 0:
         pattern = 0.5 + 0.5 * np.sin(2 * np.pi * u / p)
     elif obj.texture == 1:
@@ -218,7 +220,8 @@ def encode_clip(frames: np.ndarray, path: str | os.PathLike, codec: str = "h264"
     """Encode ``uint8 [T, H, W, 3]`` RGB ``frames`` to ``path`` with codec ``codec`` (a key of :data:`CODECS`).
 
     ``gop`` is the keyframe interval (default ``fps``); ``threads=1`` keeps the encoder output identical
-    across machines with different core counts. The container format follows the file extension.
+    across machines with different core counts. The container format follows the file extension. Muxing is
+    bit-exact, so with one PyAV build the same frames give byte-identical files.
     """
     av = _import_av()
     if codec not in CODECS:
@@ -232,7 +235,9 @@ def encode_clip(frames: np.ndarray, path: str | os.PathLike, codec: str = "h264"
     spec = CODECS[codec]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", container_options=container_options or {}) as container:
+    # bitexact: no muxer version strings or random Matroska UIDs, so equal input gives equal bytes.
+    options = {"fflags": "+bitexact", **(container_options or {})}
+    with av.open(str(path), mode="w", container_options=options) as container:
         stream = container.add_stream(spec.encoder, rate=fps, options=dict(spec.options))
         stream.width, stream.height, stream.pix_fmt = width, height, spec.pix_fmt
         stream.codec_context.gop_size = gop or fps

@@ -1,0 +1,123 @@
+"""Pretraining clips: plan, decode and augment one list entry, with the bad-file policy.
+
+Bad files never stop a run and are never hidden: a sample whose file fails is replaced by a substitute chosen
+from ``(seed, epoch, index, attempt)`` only (so the result does not depend on timing or worker count), and
+every failure is reported back with its path and reason for counting, logging and the quarantine list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
+from vmae2.data.lists import VideoRecord
+from vmae2.data.sampling import OFFICIAL_SCALES, ClipPlan, Crop, plan_clip, plan_rng
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Official pretraining defaults: 16 frames every 4th, 224 px, scales (1, .875, .75, .66)."""
+
+    clip_len: int = 16
+    input_size: int = 224
+    num_sample: int = 1
+    scales: tuple[float, ...] = OFFICIAL_SCALES
+    min_frames: int = 8
+    max_attempts: int = 20
+    codecs: frozenset[str] | None = None  # allowed codecs (None: any that decodes)
+
+    def __post_init__(self):
+        if self.clip_len < 1 or self.input_size < 1 or self.num_sample < 1:
+            raise ValueError(f"clip_len {self.clip_len}, input_size {self.input_size} and num_sample "
+                             f"{self.num_sample} must be positive")
+
+
+@dataclass
+class PlannedClip:
+    """What the pipeline executes for one batch slot; ``failures`` are the bad files met on the way."""
+
+    slot: int  # position in the epoch order (seeds the plan)
+    record_index: int  # the record actually used (differs from the sampled one after a substitution)
+    record: VideoRecord
+    info: VideoInfo
+    plan: ClipPlan
+    failures: list[BadVideo] = field(default_factory=list)
+
+
+class ClipSource:
+    """Turns epoch positions into planned (and, for the PyTorch path, decoded and augmented) clips."""
+
+    def __init__(self, records: list[VideoRecord], config: ClipConfig = ClipConfig(), seed: int = 0):
+        if not records:
+            raise ValueError("the data list is empty; check --data_path and the list file")
+        self.records, self.config, self.seed = records, config, seed
+        self.epoch = 0
+        self._info: dict[int, VideoInfo] = {}  # probe cache (per process)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def candidates(self, slot: int, record_index: int):
+        """``record_index`` first, then substitutes drawn from ``(seed, epoch, slot)`` alone."""
+        yield record_index
+        rng = np.random.default_rng([self.seed, self.epoch, slot, 0xBAD])
+        for _ in range(self.config.max_attempts - 1):
+            yield int(rng.integers(len(self.records)))
+
+    def _info_for(self, i: int) -> VideoInfo:
+        if i not in self._info:
+            self._info[i] = probe(self.records[i], self.config.min_frames, self.config.codecs)
+        return self._info[i]
+
+    def plan(self, slot: int, record_index: int, failures: list[BadVideo] | None = None,
+             skip=frozenset()) -> PlannedClip:
+        """Probe and plan the clip for epoch position ``slot`` from ``record_index`` (or its first good
+        substitute). ``skip`` holds record indices already known bad for this slot."""
+        failures = [] if failures is None else failures
+        for i in self.candidates(slot, record_index):
+            if i in skip:
+                continue
+            try:
+                info = self._info_for(i)
+            except BadVideo as bad:
+                failures.append(bad)
+                continue
+            rec, cfg = self.records[i], self.config
+            rng = plan_rng(self.seed, self.epoch, slot)
+            plan = plan_clip(info.num_frames, info.width, info.height, rng, clip_len=cfg.clip_len, step=rec.step,
+                             num_sample=cfg.num_sample, input_size=cfg.input_size, scales=cfg.scales)
+            return PlannedClip(slot, i, rec, info, plan, failures)
+        raise RuntimeError(f"{self.config.max_attempts} candidates for slot {slot} were all unreadable; last: "
+                           f"{failures[-1] if failures else 'none'}. Run `python -m vmae2.data.check LIST`.")
+
+    def load_slot(self, slot: int, record_index: int) -> tuple[torch.Tensor, PlannedClip]:
+        """Decoded, augmented views ``[num_sample, 3, T, S, S]`` float32 for one epoch position (PyTorch path)."""
+        failures: list[BadVideo] = []
+        skip: set[int] = set()
+        while True:
+            clip = self.plan(slot, record_index, failures, skip)
+            try:
+                frames = decode_frames(clip.record, clip.plan.frame_ids, clip.info)
+            except BadVideo as bad:
+                failures.append(bad)
+                skip.add(clip.record_index)
+                continue
+            clip.failures = failures
+            views = torch.stack([augment(frames, crop, self.config.input_size) for crop in clip.plan.crops])
+            return views, clip
+
+
+def augment(frames: np.ndarray, crop: Crop, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Crop ``[T, H, W, 3]`` uint8 frames, bilinear (antialiased, like PIL) resize to ``size``, normalise:
+    ``[3, T, size, size]`` float32."""
+    x = torch.from_numpy(frames[:, crop.y:crop.y + crop.h, crop.x:crop.x + crop.w]).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = x.div_(255.0)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return x.transpose(0, 1).contiguous()

@@ -1,0 +1,146 @@
+"""Probing and decoding with PyAV (video files) and Pillow (rawframe folders).
+
+Every failure raises :class:`BadVideo` with a short ``reason`` (``missing``, ``empty``, ``unreadable`` (no
+container could be opened), ``not_a_video`` (no video stream), ``undecodable``, ``truncated``, ``too_short``,
+``wrong_codec``), so callers can count and log it. Frames are RGB uint8
+``[F, H, W, 3]``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from vmae2.data.lists import VideoRecord
+
+# Codecs DALI's CPU video decoder reads; others (H.264, HEVC, ...) go through PyAV on a CPU-only machine.
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+
+
+class BadVideo(Exception):
+    """A file that cannot give a clip. ``reason`` is a short category; ``str(exc)`` has the details."""
+
+    def __init__(self, reason: str, path: str, detail: str = ""):
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason, self.path, self.detail = reason, path, detail
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    width: int
+    height: int
+    fps: float
+    codec: str
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise BadVideo("missing", path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise BadVideo("empty", path, "0 bytes")
+
+
+def _open(path: str):
+    import av
+
+    _check_file(path)
+    try:
+        container = av.open(path)
+    except Exception as exc:  # PyAV raises a family of FFmpeg errors: not a video, or a damaged container
+        raise BadVideo("unreadable", path, f"{type(exc).__name__}: {exc}") from exc
+    if not container.streams.video:
+        container.close()
+        raise BadVideo("not_a_video", path, "no video stream")
+    return container
+
+
+def probe(record: VideoRecord, min_frames: int = 1, codecs=None) -> VideoInfo:
+    """Frame count, size, fps and codec without decoding pixels (packets are counted when the header has no
+    frame count). Raises :class:`BadVideo` for missing/empty/non-video files, ``too_short`` clips and, when
+    ``codecs`` (allowed codec names) is given, ``wrong_codec``."""
+    if not record.is_video:
+        return _probe_rawframes(record, min_frames)
+    container = _open(record.path)
+    try:
+        stream = container.streams.video[0]
+        count = stream.frames
+        if count <= 0:
+            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        ctx = stream.codec_context
+        info = VideoInfo(count, ctx.width, ctx.height, float(stream.average_rate or 0), ctx.name)
+    except BadVideo:
+        raise
+    except Exception as exc:
+        raise BadVideo("undecodable", record.path, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        container.close()
+    if info.width <= 0 or info.height <= 0:
+        raise BadVideo("undecodable", record.path, "no frame size in the stream")
+    if info.num_frames < min_frames:
+        raise BadVideo("too_short", record.path, f"{info.num_frames} frames < {min_frames}")
+    if codecs is not None and info.codec not in codecs:
+        raise BadVideo("wrong_codec", record.path, f"{info.codec} is not one of {sorted(codecs)}")
+    return info
+
+
+def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np.ndarray:
+    """RGB uint8 ``[len(ids), H, W, 3]`` of the frames ``ids`` (0-based, may repeat, ascending)."""
+    if not record.is_video:
+        return _decode_rawframes(record, ids)
+    wanted = sorted(set(int(i) for i in ids))
+    last = wanted[-1]
+    got: dict[int, np.ndarray] = {}
+    container = _open(record.path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                got[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+    except Exception as exc:
+        if not got:
+            raise BadVideo("undecodable", record.path, f"{type(exc).__name__}: {exc}") from exc
+        raise BadVideo("truncated", record.path, f"decoding stopped after frame {max(got)}: {exc}") from exc
+    finally:
+        container.close()
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        reason = "truncated" if got else "undecodable"
+        raise BadVideo(reason, record.path, f"frames {missing[:3]}... not decodable ({len(got)} decoded)")
+    return np.stack([got[int(i)] for i in ids])
+
+
+def _probe_rawframes(record: VideoRecord, min_frames: int) -> VideoInfo:
+    from PIL import Image
+
+    if not os.path.isdir(record.path):
+        raise BadVideo("missing", record.path, "rawframe folder does not exist")
+    first = record.frame_path(0)
+    _check_file(first)
+    try:
+        with Image.open(first) as img:
+            width, height = img.size
+    except Exception as exc:
+        raise BadVideo("undecodable", first, f"{type(exc).__name__}: {exc}") from exc
+    if record.total < min_frames:
+        raise BadVideo("too_short", record.path, f"{record.total} frames < {min_frames}")
+    return VideoInfo(record.total, width, height, 0.0, "rawframes")
+
+
+def _decode_rawframes(record: VideoRecord, ids) -> np.ndarray:
+    from PIL import Image
+
+    frames = {}
+    for i in sorted(set(int(i) for i in ids)):
+        path = record.frame_path(i)
+        _check_file(path)
+        try:
+            with Image.open(path) as img:
+                frames[i] = np.asarray(img.convert("RGB"))
+        except Exception as exc:
+            raise BadVideo("undecodable", path, f"{type(exc).__name__}: {exc}") from exc
+    return np.stack([frames[int(i)] for i in ids])

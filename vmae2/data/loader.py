@@ -1,0 +1,138 @@
+"""Pretraining batches ``[B * num_sample, 3, T, S, S]`` float (ImageNet-normalised), from DALI or plain PyTorch.
+
+Both backends run the same :class:`~vmae2.data.clips.ClipSource` plans, so for one seed they deliver the same
+frames and crops (up to decoder colour conversion and resize rounding). Views are ordered sample-major
+(video0-view0..k-1, video1-view0.., ...) like the official collate.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from vmae2.data.clips import ClipConfig, ClipSource
+from vmae2.data.lists import MixedList, VideoRecord, shard_indices
+from vmae2.data.telemetry import BadFileLedger, Telemetry
+
+BACKENDS = ("auto", "dali", "torch")
+
+
+@dataclass
+class Batch:
+    video: torch.Tensor  # [B * num_sample, 3, T, S, S] float32
+    slots: list[int]  # position of each clip in the epoch order
+    record_indices: list[int]  # the record each clip came from (after substitution)
+
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+class EpochOrder:
+    """Sampler yielding ``(slot, record_index)`` for one rank: ``slot`` is the clip's position in the global
+    epoch order (it seeds the clip's plan), sharded like ``DistributedSampler``."""
+
+    def __init__(self, mixed: MixedList, rank: int, world_size: int, drop_last: bool):
+        self.mixed, self.rank, self.world_size, self.drop_last = mixed, rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def pairs(self) -> list[tuple[int, int]]:
+        order = self.mixed.epoch_indices(self.epoch)
+        slots = shard_indices(np.arange(len(order)), self.rank, self.world_size, drop_last=self.drop_last)
+        return [(int(s), int(order[s])) for s in slots]
+
+    def __len__(self) -> int:
+        return len(self.pairs())
+
+    def __iter__(self):
+        return iter(self.pairs())
+
+
+class _TorchClips(torch.utils.data.Dataset):
+    """Map-style dataset over ``(slot, record_index)`` pairs; failures travel back with the clip."""
+
+    def __init__(self, source: ClipSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.records)
+
+    def __getitem__(self, pair):
+        slot, record_index = pair
+        views, clip = self.source.load_slot(slot, record_index)
+        return views, slot, clip.record_index, clip.failures
+
+
+def _collate(items):
+    views, slots, records, failures = zip(*items)
+    return torch.cat(views), list(slots), list(records), [f for fs in failures for f in fs]
+
+
+class PretrainLoader:
+    """Iterable over pretraining :class:`Batch` es for one epoch at a time; call :meth:`set_epoch` each epoch.
+
+    Args:
+        data: records, or a :class:`MixedList` (weighted hybrid lists).
+        batch_size: videos per batch (each gives ``config.num_sample`` clips).
+        backend: ``dali`` (needs nvidia-dali), ``torch`` (PyAV + PyTorch), or ``auto`` (DALI when installed).
+        device: where batches land (DALI decodes and augments there when it is a GPU).
+        num_workers: PyTorch worker processes (torch backend) or DALI threads.
+        quarantine: file that collects every bad path with its reason.
+    """
+
+    def __init__(self, data: MixedList | Sequence[VideoRecord], *, batch_size: int, config: ClipConfig = ClipConfig(),
+                 seed: int = 0, rank: int = 0, world_size: int = 1, backend: str = "auto", device="cpu",
+                 num_workers: int = 2, quarantine=None, drop_last: bool = True):
+        if backend not in BACKENDS:
+            raise ValueError(f"data backend {backend!r} is unknown; choose one of {BACKENDS}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size} must be >= 1")
+        if backend == "dali" and not dali_available():
+            raise RuntimeError("data backend 'dali' needs nvidia-dali (pip install vmae2[dali]); use 'torch'")
+        self.backend = ("dali" if dali_available() else "torch") if backend == "auto" else backend
+        mixed = data if isinstance(data, MixedList) else MixedList([(list(data), 1.0)], seed=seed)
+        self.source = ClipSource(mixed.records, config, seed)
+        self.order = EpochOrder(mixed, rank, world_size, drop_last=False)
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.device, self.num_workers = torch.device(device), num_workers
+        self.ledger = BadFileLedger(quarantine)
+        self.telemetry = Telemetry(batch_size * config.num_sample)
+        self._dali = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+        self.source.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        pairs = self.order.pairs()
+        return [pairs[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self._dali_batches() if self.backend == "dali" else self._torch_batches()
+        return self.telemetry.wrap(batches)
+
+    def _torch_batches(self) -> Iterator[Batch]:
+        loader = torch.utils.data.DataLoader(
+            _TorchClips(self.source), batch_sampler=self._batches(), num_workers=self.num_workers,
+            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        for video, slots, records, failures in loader:
+            for bad in failures:
+                self.ledger.add(bad)
+            yield Batch(video.to(self.device, non_blocking=True), slots, records)
+
+    def _dali_batches(self) -> Iterator[Batch]:
+        from vmae2.data.dali import DaliRunner
+
+        if self._dali is None:
+            self._dali = DaliRunner(self.source, self.batch_size, self.device, self.num_workers, self.ledger)
+        yield from self._dali.run(self._batches())
