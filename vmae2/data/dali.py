@@ -128,7 +128,8 @@ class DaliRunner:
         for pairs in batches:
             skip: set[int] = set()
             for _ in range(MAX_RETRIES):
-                prepared = list(self.pool.map(lambda p: self._prepare(p, frozenset(skip)), pairs))
+                known_bad = frozenset(skip)
+                prepared = list(self.pool.map(lambda p, kb=known_bad: self._prepare(p, kb), pairs))
                 clips = [c for c, _ in prepared]
                 try:
                     video = self._run([f for _, f in prepared])
@@ -146,6 +147,8 @@ class DaliRunner:
             yield Batch(video, [c.slot for c in clips], [c.record_index for c in clips])
 
     def _find_undecodable(self, clips: list[PlannedClip]) -> set[int]:
+        """After a failed batch: files PyAV cannot decode are bad (ledger); files only DALI fails on are sent
+        through PyAV from now on. Returns the bad record indices."""
         bad_records = set()
         for clip in clips:
             try:
@@ -153,7 +156,32 @@ class DaliRunner:
             except BadVideo as bad:
                 self.ledger.add(bad)
                 bad_records.add(clip.record_index)
-        if not bad_records:  # PyAV reads them all: decode these files with PyAV from now on
-            self.pyav_only |= {c.record_index for c in clips}
-            log.warning("DALI could not decode %d files that PyAV reads; they now go through PyAV", len(clips))
+                continue
+            if not self._dali_decodes(clip):
+                log.warning("DALI cannot decode %s (%s) but PyAV can; it now goes through PyAV", clip.record.path,
+                            clip.info.codec)
+                self.pyav_only.add(clip.record_index)
         return bad_records
+
+    def _dali_decodes(self, clip: PlannedClip) -> bool:
+        """Decode one clip alone in a one-sample DALI pipeline."""
+        from nvidia.dali import fn, pipeline_def, types
+
+        device_id = (self.device.index or 0) if self.on_gpu else None
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, exec_async=False, exec_pipelined=False,
+                      prefetch_queue_depth=1)
+        def single():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8)
+            frame_ids = fn.external_source(name="frame_ids", dtype=types.INT32)
+            return fn.decoders.video(encoded, device="mixed" if self.on_gpu else "cpu", frames=frame_ids)
+
+        pipe = single()
+        try:
+            pipe.build()
+            pipe.feed_input("encoded", [np.fromfile(clip.record.path, dtype=np.uint8)])
+            pipe.feed_input("frame_ids", [np.asarray(clip.plan.frame_ids, dtype=np.int32)])
+            pipe.run()
+            return True
+        except Exception:
+            return False

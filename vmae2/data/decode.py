@@ -89,28 +89,29 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
     """RGB uint8 ``[len(ids), H, W, 3]`` of the frames ``ids`` (0-based, may repeat, ascending)."""
     if not record.is_video:
         return _decode_rawframes(record, ids)
-    wanted = sorted(set(int(i) for i in ids))
-    last = wanted[-1]
+    wanted = set(int(i) for i in ids)
+    last = max(wanted)
     got: dict[int, np.ndarray] = {}
+    decoded = 0  # frames the stream yielded
+    error = None
     container = _open(record.path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for index, frame in enumerate(container.decode(stream)):
-            if index in wanted:
-                got[index] = frame.to_ndarray(format="rgb24")
-            if index >= last:
+        for frame in container.decode(stream):
+            if decoded in wanted:
+                got[decoded] = frame.to_ndarray(format="rgb24")
+            decoded += 1
+            if decoded > last:
                 break
-    except Exception as exc:
-        if not got:
-            raise BadVideo("undecodable", record.path, f"{type(exc).__name__}: {exc}") from exc
-        raise BadVideo("truncated", record.path, f"decoding stopped after frame {max(got)}: {exc}") from exc
+    except Exception as exc:  # a damaged packet: what was decoded so far tells truncated from undecodable
+        error = f"{type(exc).__name__}: {exc}"
     finally:
         container.close()
-    missing = [i for i in wanted if i not in got]
-    if missing:
-        reason = "truncated" if got else "undecodable"
-        raise BadVideo(reason, record.path, f"frames {missing[:3]}... not decodable ({len(got)} decoded)")
+    if len(got) < len(wanted):
+        reason = "truncated" if decoded else "undecodable"
+        detail = f"only {decoded} frames decode, frame {last} was asked for" + (f"; {error}" if error else "")
+        raise BadVideo(reason, record.path, detail)
     return np.stack([got[int(i)] for i in ids])
 
 
