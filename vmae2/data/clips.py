@@ -48,6 +48,7 @@ class PlannedClip:
     info: VideoInfo
     plan: ClipPlan
     failures: list[BadVideo] = field(default_factory=list)
+    views: torch.Tensor | None = None  # [num_sample, 3, T, S, S] once loaded (PyTorch path)
 
 
 class ClipSource:
@@ -96,8 +97,8 @@ class ClipSource:
         raise RuntimeError(f"{self.config.max_attempts} candidates for slot {slot} were all unreadable; last: "
                            f"{failures[-1] if failures else 'none'}. Run `python -m vmae2.data.check LIST`.")
 
-    def load_slot(self, slot: int, record_index: int) -> tuple[torch.Tensor, PlannedClip]:
-        """Decoded, augmented views ``[num_sample, 3, T, S, S]`` float32 for one epoch position (PyTorch path)."""
+    def load_slot(self, slot: int, record_index: int, out: torch.Tensor | None = None) -> PlannedClip:
+        """Decode and augment one epoch position (PyTorch path) into ``out [num_sample, 3, T, S, S]`` float32."""
         failures: list[BadVideo] = []
         skip: set[int] = set()
         while True:
@@ -109,15 +110,27 @@ class ClipSource:
                 skip.add(clip.record_index)
                 continue
             clip.failures = failures
-            views = torch.stack([augment(frames, crop, self.config.input_size) for crop in clip.plan.crops])
-            return views, clip
+            cfg = self.config
+            if out is None:
+                out = torch.empty(cfg.num_sample, 3, cfg.clip_len, cfg.input_size, cfg.input_size)
+            for view, crop in zip(out, clip.plan.crops):
+                augment(frames, crop, cfg.input_size, out=view)
+            clip.views = out
+            return clip
 
 
-def augment(frames: np.ndarray, crop: Crop, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Crop ``[T, H, W, 3]`` uint8 frames, bilinear (antialiased, like PIL) resize to ``size``, normalise:
-    ``[3, T, size, size]`` float32."""
-    x = torch.from_numpy(frames[:, crop.y:crop.y + crop.h, crop.x:crop.x + crop.w]).permute(0, 3, 1, 2).float()
+def augment(frames: np.ndarray, crop: Crop, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop ``[T, H, W, 3]`` uint8 frames, resize to ``size`` and normalise: ``[3, T, size, size]`` float32
+    (written into ``out`` when given).
+
+    The resize runs on uint8 (antialiased bilinear, which equals PIL's ``BILINEAR`` exactly, like the official
+    per-frame PIL resize) before any float conversion, so only the small output is ever made float.
+    """
+    x = torch.from_numpy(frames[:, crop.y:crop.y + crop.h, crop.x:crop.x + crop.w]).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x = x.div_(255.0)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return x.transpose(0, 1).contiguous()
+    out = torch.empty(3, x.shape[0], size, size) if out is None else out
+    out.copy_(x.permute(1, 0, 2, 3))  # uint8 -> float32 and T<->C in one pass
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(3, 1, 1, 1)
+    return out.mul_(scale).sub_(shift)  # (x / 255 - mean) / std

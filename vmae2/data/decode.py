@@ -97,8 +97,10 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
     container = _open(record.path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO"  # frame threads: FFmpeg decodes ahead on the other cores
+        index_of = _seek(container, stream, min(wanted))
         for frame in container.decode(stream):
+            decoded = index_of(frame) if index_of else decoded
             if decoded in wanted:
                 got[decoded] = frame.to_ndarray(format="rgb24")
             decoded += 1
@@ -113,6 +115,23 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
         detail = f"only {decoded} frames decode, frame {last} was asked for" + (f"; {error}" if error else "")
         raise BadVideo(reason, record.path, detail)
     return np.stack([got[int(i)] for i in ids])
+
+
+def _seek(container, stream, first: int):
+    """Jump to the keyframe at or before frame ``first`` (constant frame rate, timestamps present) and return
+    ``frame -> index`` from its timestamp; ``None`` (decode from the start, counting) when that is not safe."""
+    rate, base = stream.average_rate, stream.time_base
+    if first < 2 * (rate or 0) or not rate or not base:  # near the start a seek does not pay
+        return None
+    start = stream.start_time or 0
+    container.seek(start + int(first / (rate * base)), stream=stream, backward=True, any_frame=False)
+
+    def index_of(frame) -> int:
+        if frame.pts is None:
+            raise BadVideo("undecodable", container.name, "frames without timestamps after a seek")
+        return int(round(float((frame.pts - start) * base * rate)))
+
+    return index_of
 
 
 def _probe_rawframes(record: VideoRecord, min_frames: int) -> VideoInfo:
