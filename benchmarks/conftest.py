@@ -11,6 +11,7 @@ import platform
 
 import pytest
 import torch
+
 from vmae2_kernels import dispatch
 from vmae2_kernels.ops import OPS
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+
 import vmae2_kernels as K
 from vmae2_kernels import dispatch, ops
 from vmae2_kernels import reference as R

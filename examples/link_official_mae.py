@@ -9,6 +9,7 @@ the submodules of any model with the official structure (``encoder.patch_embed``
 from __future__ import annotations
 
 import torch
+
 import vmae2_kernels as vk
 
 MEAN, STD = vk.IMAGENET_DEFAULT_MEAN, vk.IMAGENET_DEFAULT_STD

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
 from vmae2_kernels import ops
 from vmae2_kernels.masks import mask_to_ids, running_cell_ids, tube_ids
 

@@ -5,6 +5,7 @@ import importlib.metadata
 import platform
 
 import torch
+
 from vmae2_kernels import dispatch
 from vmae2_kernels.ops import OPS
 

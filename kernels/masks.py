@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
 from vmae2_kernels import ops
 
 RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)

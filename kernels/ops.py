@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
 from vmae2_kernels import dispatch, reference
 
 

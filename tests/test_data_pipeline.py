@@ -86,6 +86,7 @@ def test_same_seed_same_batches_any_worker_count(videos):
 
     a, b = run(0), run(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(run(0, epoch=1), run(2, epoch=1)))
     assert not all(torch.equal(x, y) for x, y in zip(a, run(0, epoch=1)))
     assert not all(torch.equal(x, y) for x, y in zip(a, run(0, seed=6)))
 
@@ -245,3 +246,14 @@ def test_keyframe_seek_gives_the_same_frames(tmp_path):
         for start in (0, 61, 96):
             ids = frame_ids(start, info.num_frames)
             assert np.array_equal(decode_ids(record, ids, info), every[list(ids)]), (record.path, start)
+
+
+def test_persistent_workers_follow_the_epoch(videos):
+    """One loader across epochs (worker processes kept): epoch 1 must equal a fresh loader's epoch 1."""
+    loader = PretrainLoader(videos, batch_size=2, config=SMALL, seed=5, backend="torch", num_workers=2)
+    list(loader)
+    loader.set_epoch(1)
+    second = [b.video for b in loader]
+    fresh = PretrainLoader(videos, batch_size=2, config=SMALL, seed=5, backend="torch", num_workers=0)
+    fresh.set_epoch(1)
+    assert all(torch.equal(x, y) for x, y in zip(second, (b.video for b in fresh)))

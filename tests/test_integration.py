@@ -2,11 +2,11 @@
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from vmae2_kernels import dispatch
 
 from vmae2 import masking
 from vmae2.loss import reconstruction_loss
 from vmae2.models import create_model
+from vmae2_kernels import dispatch
 
 pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
 

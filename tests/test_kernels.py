@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+
 import vmae2_kernels as K
 from vmae2_kernels import dispatch, ops
 from vmae2_kernels import reference as R

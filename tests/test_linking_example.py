@@ -5,10 +5,10 @@ from pathlib import Path
 import official_oracle as O
 import pytest
 import torch
-from vmae2_kernels import dispatch
 
 from vmae2 import masking
 from vmae2.models import create_model
+from vmae2_kernels import dispatch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "link_official_mae.py"
 

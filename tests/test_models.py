@@ -42,7 +42,7 @@ def test_exact_base_counts():
 
 
 def test_list_and_overrides():
-    assert len(list_models()) == 10
+    assert len(list_models()) == 12 and set(PARAMS_M) <= set(list_models())  # + the vmae2-only tiny pair
     with torch.device("meta"):
         m = create_model("vit_huge_patch16_224", num_classes=710, num_frames=8, img_size=160, drop_path_rate=0.2)
         assert m.head.weight.shape == (710, 1280) and m.patch_embed.num_patches == 4 * 10 * 10

@@ -7,11 +7,11 @@ fp32 whatever ``pred``'s dtype. Per patch, per channel: ``(x - mean) / (std_unbi
 from __future__ import annotations
 
 import torch
+
 import vmae2_kernels
+from vmae2.masking import dual_ids, ids_to_mask
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vmae2_kernels.reference import normalize_patches, patchify, recon_target
-
-from vmae2.masking import dual_ids, ids_to_mask
 
 __all__ = ["reconstruction_loss", "reconstruction_target", "patchify", "normalize_patches"]
 

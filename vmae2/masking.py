@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 import torch
+
 from vmae2_kernels.masks import (
     RUNNING_CELL_RATIOS,
     check_even,

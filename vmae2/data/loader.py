@@ -55,7 +55,7 @@ class EpochOrder:
 
 
 class _TorchBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose items are whole batches (a list of ``(slot, record_index)``): each clip writes
+    """Map-style dataset whose items are whole batches (``(epoch, [(slot, record_index), ...])``): each clip writes
     its views straight into the batch tensor, so no collate copy. Failures travel back with the batch."""
 
     def __init__(self, source: ClipSource):
@@ -64,7 +64,9 @@ class _TorchBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source.records)
 
-    def __getitem__(self, pairs):
+    def __getitem__(self, item):
+        epoch, pairs = item
+        self.source.set_epoch(epoch)  # workers hold their own copy of the source
         cfg = self.source.config
         video = torch.empty(len(pairs) * cfg.num_sample, 3, cfg.clip_len, cfg.input_size, cfg.input_size)
         records, failures = [], []
@@ -77,6 +79,19 @@ class _TorchBatches(torch.utils.data.Dataset):
 
 def _as_is(batch):
     return batch
+
+
+class _Pending:
+    """Sampler over the list of batches the loader is about to deliver (set each epoch, read at iteration)."""
+
+    def __init__(self, pending: list):
+        self.pending = pending
+
+    def __iter__(self):
+        return iter(list(self.pending))
+
+    def __len__(self) -> int:
+        return len(self.pending)
 
 
 class PretrainLoader:
@@ -112,6 +127,8 @@ class PretrainLoader:
         self.ledger = BadFileLedger(quarantine)
         self.telemetry = Telemetry(batch_size * config.num_sample)
         self._dali = None
+        self._torch_loader = None
+        self._pending: list = []
 
     def set_epoch(self, epoch: int) -> None:
         self.order.set_epoch(epoch)
@@ -126,21 +143,31 @@ class PretrainLoader:
         return [pairs[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def __iter__(self) -> Iterator[Batch]:
-        batches = self._dali_batches() if self.backend == "dali" else self._torch_batches()
+        return self.iterate()
+
+    def iterate(self, start_batch: int = 0) -> Iterator[Batch]:
+        """This epoch's batches from ``start_batch`` on (resuming mid-epoch skips without decoding)."""
+        batches = self._batches()[start_batch:]
+        batches = self._dali_batches(batches) if self.backend == "dali" else self._torch_batches(batches)
         return self.telemetry.wrap(batches)
 
-    def _torch_batches(self) -> Iterator[Batch]:
-        loader = torch.utils.data.DataLoader(
-            _TorchBatches(self.source), sampler=self._batches(), batch_size=None, num_workers=self.num_workers,
-            collate_fn=_as_is, pin_memory=self.device.type == "cuda")
-        for video, slots, records, failures in loader:
+    def _torch_batches(self, batches) -> Iterator[Batch]:
+        if not batches:
+            return
+        self._pending[:] = [(self.source.epoch, pairs) for pairs in batches]
+        if self._torch_loader is None:  # one loader (and its worker processes) for the whole run
+            self._torch_loader = torch.utils.data.DataLoader(
+                _TorchBatches(self.source), sampler=_Pending(self._pending), batch_size=None,
+                num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0)
+        for video, slots, records, failures in self._torch_loader:
             for bad in failures:
                 self.ledger.add(bad)
             yield Batch(video.to(self.device, non_blocking=True), slots, records)
 
-    def _dali_batches(self) -> Iterator[Batch]:
+    def _dali_batches(self, batches) -> Iterator[Batch]:
         from vmae2.data.dali import DaliRunner
 
         if self._dali is None:
             self._dali = DaliRunner(self.source, self.batch_size, self.device, self.num_workers, self.ledger)
-        yield from self._dali.run(self._batches())
+        yield from self._dali.run(batches)

@@ -1,4 +1,4 @@
-"""Architectures of the official VideoMAE V2 models (S/B/L/H/g)."""
+"""Architectures of the official VideoMAE V2 models (S/B/L/H/g), plus a vmae2-only ``tiny`` for CPU demos."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +18,8 @@ class ViTConfig:
 
 
 SIZES = {
+    # vmae2-only: a tiny ViT for CPU demos and tests (not an official model; no official weights exist).
+    "tiny": ViTConfig(16, 192, 4, 3, 4.0, 96, 3),
     "small": ViTConfig(16, 384, 12, 6, 4.0, 192, 3),
     "base": ViTConfig(16, 768, 12, 12, 4.0, 384, 6),
     "large": ViTConfig(16, 1024, 24, 16, 4.0, 512, 8),

@@ -6,9 +6,9 @@ by sorted ids, never by boolean indexing, so the ids path has no host sync and n
 from __future__ import annotations
 
 import torch
-import vmae2_kernels
 from torch import nn
 
+import vmae2_kernels
 from vmae2.masking import dual_ids
 from vmae2.models.configs import ViTConfig
 from vmae2.models.layers import PatchEmbed, check_geometry, init_xavier, make_blocks, run_blocks, sinusoid_table

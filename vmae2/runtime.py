@@ -1,0 +1,255 @@
+"""The pieces around the training loop: distributed setup, schedules, atomic checkpoints, metrics output."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_GLOB = "checkpoint-*.pt"
+
+
+# -- distributed ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> Dist:
+    """Join the process group ``torchrun`` describes (NCCL on GPU, gloo on CPU); single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, local)
+
+
+def resolve_device(requested: str, d: Dist) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        device = torch.device("cuda", d.local_rank if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    return device
+
+
+# -- schedules --------------------------------------------------------------------------------------------
+
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int) -> np.ndarray:
+    """Official per-iteration schedule: ``linspace(0, base, warmup)`` (end point included), then
+    ``final + (base - final) * (1 + cos(pi * i / L)) / 2`` for the remaining ``L`` steps."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warm = np.linspace(0.0, base, warmup_steps) if warmup_steps > 0 else np.array([])
+    i = np.arange(total_steps - warmup_steps)
+    rest = final + 0.5 * (base - final) * (1 + np.cos(np.pi * i / max(len(i), 1)))
+    return np.concatenate([warm, rest])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups like the official optimizer factory: decay for >=2-D weights; none for 1-D params, biases and
+    the mask token (by name, on the unwrapped model, so compile/DDP prefixes cannot change it)."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "apply_wd": True},
+            {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+
+
+# -- RNG state --------------------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every RNG state in plain containers and tensors (so ``torch.load(weights_only=True)`` reads it)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
+    """A generator for the masks of one micro-batch, from ``(seed, step, micro)`` only: resumable, and the
+    same on every rank (each rank then takes its rows of the global batch)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] >> 1))
+    return g
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------
+
+class Checkpoints:
+    """``DIR/checkpoints/checkpoint-{step:08d}.pt``: written atomically (temporary file, fsync, rename, fsync of
+    the folder), the last ``keep`` kept. A failed write (full disk, crash) leaves the previous one intact."""
+
+    def __init__(self, output_dir: str | os.PathLike, keep: int):
+        self.dir = Path(output_dir) / "checkpoints"
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        return sorted(self.dir.glob(CHECKPOINT_GLOB)) if self.dir.is_dir() else []
+
+    def latest(self) -> Path | None:
+        paths = self.paths()
+        return paths[-1] if paths else None
+
+    def save(self, state: dict, step: int) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"checkpoint-{step:08d}.pt"
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in self.paths()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_output_dir(output_dir: str | os.PathLike, needed_bytes: int) -> None:
+    """Fail before training when the output folder is not writable or the disk cannot hold two checkpoints."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--output_dir {output_dir} is not writable ({exc}); choose another folder") from exc
+    free = shutil.disk_usage(path).free
+    if free < 2 * needed_bytes:
+        raise ValueError(f"--output_dir {output_dir} has {free / 2**30:.2f} GiB free; checkpoints need about "
+                         f"{needed_bytes / 2**30:.2f} GiB each and two must fit. Free space or choose another folder")
+
+
+# -- metrics ----------------------------------------------------------------------------------------------
+
+class MetricsLog:
+    """``DIR/metrics.jsonl`` (one JSON object per log step), a progress line, and TensorBoard when installed."""
+
+    def __init__(self, output_dir: str | os.PathLike, total_steps: int, start_step: int = 0, enabled: bool = True):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.total, self.start_step = total_steps, start_step
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty()
+        self.start = time.perf_counter()
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            except Exception:  # tensorboard not installed: the JSONL file is the record
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, record["step"])
+        step = record["step"]
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(step - self.start_step, 1) * (self.total - step)
+        line = (f"step {step}/{self.total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                f"clips/s {record['clips_per_s']:.1f}  ETA {_duration(eta)}")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
+    """Training FLOPs of one clip (forward + backward = 3x forward; matmuls only, 2 FLOPs per MAC)."""
+    cfg = model.cfg
+
+    def blocks(depth, dim, hidden, tokens):
+        return depth * (2 * tokens * (4 * dim * dim + 2 * dim * hidden) + 4 * tokens * tokens * dim)
+
+    n_dec = num_visible + num_decoded
+    enc = blocks(cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), num_visible)
+    dec = blocks(len(model.decoder.blocks), cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio),
+                 n_dec)
+    embed = 2 * model.num_patches * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
+    head = 2 * num_decoded * cfg.decoder_embed_dim * model.decoder.head.out_features
+    return 3.0 * (enc + dec + embed + head)
+
+
+PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS_BF16.items() if key in name), None)
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

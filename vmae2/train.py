@@ -1,0 +1,348 @@
+"""``python -m vmae2.train``: VideoMAE V2 dual-masking pretraining, from a CPU demo to ``torchrun`` on many nodes.
+
+With no arguments it pretrains the vmae2-only tiny model on generated videos (cached) for a few minutes and
+leaves checkpoints, ``metrics.jsonl`` and ``reconstruction.png`` in ``output/demo``. ``--preset
+vit_g_hybrid_pt --data_path LIST`` runs the official recipe. ``--help`` lists every option.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vmae2 import masking
+from vmae2.checkpoint import load_weights, save_safetensors
+from vmae2.config import TrainConfig, parse_config, to_dict
+from vmae2.data import ClipConfig, MixedList, PretrainLoader, make_videos, read_list
+from vmae2.loss import reconstruction_loss
+from vmae2.models import create_model
+from vmae2.runtime import (
+    Checkpoints,
+    Dist,
+    MetricsLog,
+    check_output_dir,
+    cosine_schedule,
+    model_flops_per_clip,
+    param_groups,
+    peak_flops,
+    peak_memory_mb,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    setup_distributed,
+    step_generator,
+)
+
+log = logging.getLogger("vmae2.train")
+DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_videos_v1"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def demo_list() -> str:
+    """The embedded default data: 64 generated H.264/VP9 clips, made once and cached."""
+    listing = DEMO_DIR / "train.csv"
+    if not listing.exists():
+        print(f"generating the demo videos in {DEMO_DIR} (once) ...", flush=True)
+        make_videos(DEMO_DIR, 64, seed=0, sizes=((160, 128), (192, 160)), num_frames=(48, 64))
+    return str(listing)
+
+
+def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> PretrainLoader:
+    paths = (cfg.data_path or demo_list()).split(",")
+    weights = [float(w) for w in cfg.data_weights.split(",")] if cfg.data_weights else [1.0] * len(paths)
+    if len(weights) != len(paths):
+        raise ValueError(f"--data_weights has {len(weights)} values for {len(paths)} lists in --data_path")
+    lists = [read_list(p, kind="pretrain", data_root=cfg.data_root, step=cfg.sampling_rate) for p in paths]
+    mixed = MixedList(list(zip(lists, weights)), seed=cfg.seed)
+    clip = ClipConfig(clip_len=cfg.num_frames, input_size=cfg.input_size, num_sample=cfg.num_sample)
+    return PretrainLoader(mixed, batch_size=cfg.batch_size, config=clip, seed=cfg.seed, rank=d.rank,
+                          world_size=d.world_size, backend=cfg.data_backend, device=device,
+                          num_workers=cfg.num_workers, quarantine=Path(cfg.output_dir) / "quarantine.tsv")
+
+
+def build_model(cfg: TrainConfig, device: torch.device, d: Dist):
+    """Returns ``(module to run, module whose state_dict is saved)``: keys never carry wrapper prefixes."""
+    model = create_model(cfg.model, num_frames=cfg.num_frames, img_size=cfg.input_size,
+                         tubelet_size=cfg.tubelet_size, decoder_depth=cfg.decoder_depth,
+                         drop_path_rate=cfg.drop_path, use_checkpoint=cfg.with_checkpoint,
+                         attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend)
+    if cfg.init:
+        report = load_weights(model, cfg.init, strict=False)
+        print(f"initialised from {cfg.init}: {report}", flush=True)
+    model.to(device)
+    runner = model
+    if cfg.fsdp and d.world_size > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in [*model.encoder.blocks, *model.decoder.blocks]:
+            fully_shard(block)
+        runner = fully_shard(model)
+    elif d.world_size > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is
+                                                           not None else None)
+    if cfg.compile:
+        runner = torch.compile(runner)
+    return runner, model
+
+
+def make_masks(cfg: TrainConfig, grid, clips_global: int, d: Dist, step: int, micro: int, device):
+    """Encoder/decoder ids for this rank's rows of the global batch: drawn for the whole global batch from
+    ``(seed, step, micro)``, so every world size sees the same masks per clip."""
+    g = step_generator(cfg.seed, step, micro, device)
+    if cfg.mask_type == "tube":
+        enc = masking.tube_ids(clips_global, grid, cfg.mask_ratio, generator=g)
+    else:
+        enc = masking.random_ids(clips_global, grid, cfg.mask_ratio, generator=g)
+    dec = None
+    if cfg.decoder_mask_type != "none":
+        dec = masking.decoder_ids(cfg.decoder_mask_type, clips_global, grid, cfg.decoder_mask_ratio, generator=g)
+
+    def mine(ids):  # rank r holds videos r, r + W, ... of the global batch, each as num_sample rows
+        ids = ids.reshape(-1, cfg.num_sample, ids.shape[-1])[d.rank::d.world_size]
+        return ids.reshape(-1, ids.shape[-1])
+
+    return mine(enc), (mine(dec) if dec is not None else None)
+
+
+def checkpoint_state(cfg, model, optimizer, scaler, step: int, d: Dist) -> dict:
+    if cfg.fsdp and d.world_size > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, optim_state = get_state_dict(model, optimizer, options=opts)
+    else:
+        model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    return {"model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict() if scaler else None,
+            "step": step, "rng": rng_state(), "world_size": d.world_size,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in to_dict(cfg).items()}}
+
+
+def restore(state: dict, cfg, model, optimizer, scaler, d: Dist) -> int:
+    if cfg.fsdp and d.world_size > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    if state.get("world_size", 1) != d.world_size:
+        log.warning("checkpoint was written with world size %s, now %s: the data order changes",
+                    state.get("world_size"), d.world_size)
+    return int(state["step"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_config(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return train(cfg)
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+def train(cfg: TrainConfig) -> int:
+    device = resolve_device(cfg.device, Dist())
+    d = setup_distributed(device.type)
+    device = resolve_device(cfg.device, d)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    loader = build_loader(cfg, d, device)
+    runner, model = build_model(cfg, device, d)
+    n_params = sum(p.numel() for p in model.parameters())
+    if d.is_main:
+        check_output_dir(cfg.output_dir, needed_bytes=n_params * 4 * 3 + 2**20)  # weights + 2 AdamW moments
+    if d.world_size > 1:
+        dist.barrier()
+
+    # Official lr scaling: by the global batch of videos (num_sample is not counted), per optimizer step.
+    global_videos = cfg.batch_size * d.world_size * cfg.accum_steps
+    lr = cfg.lr * global_videos / 256
+    min_lr = cfg.min_lr * global_videos / 256
+    steps_per_epoch = max(len(loader) // cfg.accum_steps, 1)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_epochs * steps_per_epoch)
+    lr_at = cosine_schedule(lr, min_lr, total_steps, warmup)
+    wd_at = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end if cfg.weight_decay_end is not None
+                            else cfg.weight_decay, total_steps, 0)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.opt_betas,
+                                  eps=cfg.opt_eps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    checkpoints = Checkpoints(cfg.output_dir, cfg.keep_last)
+    resume_from = checkpoints.latest() if cfg.resume == "auto" else (None if cfg.resume == "none" else cfg.resume)
+    start_step = 0
+    if resume_from:
+        start_step = restore(Checkpoints.load(resume_from), cfg, model, optimizer, scaler, d)
+        if d.is_main:
+            print(f"resumed from {resume_from} at step {start_step}", flush=True)
+
+    stop_signal = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+    grid = model.grid
+    clips_local = cfg.batch_size * cfg.num_sample
+    metrics = MetricsLog(cfg.output_dir, total_steps, start_step, enabled=d.is_main)
+    if d.is_main:
+        print(f"{cfg.model}: {n_params / 1e6:.2f}M params, {d.world_size} process(es) on {device}, {precision}, "
+              f"{total_steps} steps of {global_videos} videos x {cfg.num_sample} views, lr {lr:.2e}", flush=True)
+
+    # Device-side accumulators: read on the host only on log steps (no per-step sync).
+    loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    recent_slots: deque = deque(maxlen=max(cfg.log_every, 1) * cfg.accum_steps)
+    flops = None
+    window_start, window_steps = time.perf_counter(), 0
+
+    def save(step: int) -> None:
+        bad = int(first_bad.item())  # checked before every save: a checkpoint never holds a diverged model
+        if bad >= 0:
+            raise_nonfinite(bad)
+        state = checkpoint_state(cfg, model, optimizer, scaler, step, d)
+        if d.is_main:
+            checkpoints.save(state, step)
+
+    def raise_nonfinite(bad_step: int) -> None:
+        slots = [s for st, s in recent_slots if st == bad_step]
+        latest = checkpoints.latest()
+        raise NonFiniteLoss(f"the loss became non-finite at step {bad_step} (epoch positions {slots}); stopped "
+                            f"without saving. The last good checkpoint is {latest}. Lower --lr, set --clip_grad, "
+                            f"or check the data; then --resume auto")
+
+    micro_done = start_step * cfg.accum_steps
+    epoch, batch_in_epoch = divmod(micro_done, len(loader))
+    loader.set_epoch(epoch)
+    batches = loader.iterate(batch_in_epoch)
+    step = start_step
+    runner.train()
+    while step < total_steps and not stop_signal:
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr_at[step])
+            if group["apply_wd"]:
+                group["weight_decay"] = float(wd_at[step])
+        for micro in range(cfg.accum_steps):
+            batch = next(batches, None)
+            if batch is None:  # next epoch
+                epoch += 1
+                loader.set_epoch(epoch)
+                batches = loader.iterate(0)
+                batch = next(batches)
+            recent_slots.extend((step, s) for s in batch.slots)
+            video = batch.video
+            enc, dec = make_masks(cfg, grid, clips_local * d.world_size, d, step, micro, device)
+            sync = micro == cfg.accum_steps - 1
+            ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else contextlib.nullcontext()
+            with ctx, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred = runner(video, enc, dec)
+                loss = reconstruction_loss(pred, video, enc, dec, patch_size=model.patch_size,
+                                           tubelet_size=model.tubelet_size, normalize_target=cfg.normalize_target,
+                                           backend=cfg.kernel_backend)
+                if cfg.inject_nan_step is not None and step == cfg.inject_nan_step:
+                    loss = loss * float("nan")
+                scaled = _global_loss(loss, enc, dec, grid, d) if cfg.loss_reduction == "global" else loss
+                objective = scaled / cfg.accum_steps
+                (scaler.scale(objective) if scaler else objective).backward()
+            loss_sum += scaled.detach() / (d.world_size if cfg.loss_reduction == "global" else 1) / cfg.accum_steps
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or float("inf"))
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_steps += 1
+
+        if step % cfg.log_every == 0 or step == total_steps:
+            bad = int(first_bad.item())  # the one host sync, on log steps only
+            if bad >= 0:
+                raise_nonfinite(bad)
+            if d.world_size > 1:
+                dist.all_reduce(loss_sum)
+                loss_sum /= 1 if cfg.loss_reduction == "global" else d.world_size
+            elapsed = time.perf_counter() - window_start
+            clips_per_s = window_steps * cfg.accum_steps * clips_local * d.world_size / elapsed
+            nv = enc.shape[1]
+            nd = dec.shape[1] if dec is not None else model.num_patches - nv
+            tokens = nv + (nv + nd)  # encoder tokens + decoder tokens per clip
+            flops = flops or model_flops_per_clip(model, nv, nd)
+            peak = peak_flops(device)
+            record = {"step": step, "epoch": epoch, "loss": loss_sum.item() / window_steps,
+                      "lr": float(lr_at[step - 1]),
+                      "grad_norm": float(grad_norm), "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens,
+                      "data_wait_frac": loader.telemetry.wait_fraction, "peak_mem_mb": peak_memory_mb(device),
+                      "mfu": clips_per_s * flops / (peak * d.world_size) if peak else None,
+                      "skipped_videos": sum(loader.ledger.encounters.values())}
+            metrics.write(record)
+            loss_sum.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+        if step % cfg.save_every_steps == 0 or step == total_steps or stop_signal:
+            save(step)
+    metrics.close()
+    if stop_signal:
+        if d.is_main:
+            print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
+                  flush=True)
+        return 0
+    if d.is_main:
+        save_safetensors(model, Path(cfg.output_dir) / "model.safetensors")
+        _reconstruction_picture(cfg, model, loader, device)
+        print(f"done: {step} steps; outputs in {cfg.output_dir}", flush=True)
+    if d.world_size > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def _global_loss(loss: torch.Tensor, enc: torch.Tensor, dec, grid, d: Dist) -> torch.Tensor:
+    """Rescale this rank's weighted mean so that DDP's gradient average equals the weighted mean over every
+    rank's supervised tokens (a single process with the global batch gives the same numbers)."""
+    if d.world_size == 1:
+        return loss
+    n = grid[0] * grid[1] * grid[2]
+    dec = masking.complement_ids(enc, n) if dec is None else dec
+    w_local = torch.gather(masking.ids_to_mask(enc, n), 1, dec).sum().float()
+    w_global = w_local.clone()
+    dist.all_reduce(w_global)  # a collective on the device stream, no host sync
+    return loss * w_local / w_global * d.world_size
+
+
+def _reconstruction_picture(cfg, model, loader, device) -> None:
+    from vmae2.visualize import reconstruction_grid
+
+    loader.set_epoch(0)
+    batch = next(loader.iterate(0))
+    video = batch.video[:1]
+    enc, dec = make_masks(cfg, model.grid, cfg.num_sample, Dist(), 0, 0, device)
+    enc, dec = enc[:1], (dec[:1] if dec is not None else None)
+    path = Path(cfg.output_dir) / "reconstruction.png"
+    reconstruction_grid(model, video, enc, dec).save(path)
+    print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""``python -m vmae2.visualize CHECKPOINT VIDEO``: a PNG grid of what the model sees and reconstructs.
+
+Rows (one column per tubelet): original frames, the encoder mask (masked patches greyed), the decoder mask
+(patches the decoder does not reconstruct greyed), and the reconstruction. Predictions are in normalised-patch
+space; they are de-normalised **with the true per-patch mean and std of the original** (as the official
+visualisation does), which flatters the result; the row label says so. Encoder-visible patches show the input;
+patches neither seen nor reconstructed stay grey.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
+from vmae2.masking import ids_to_mask
+from vmae2_kernels.reference import patchify
+
+GREY = 0.5
+ROW_LABELS = ("original", "encoder input (grey = masked)", "decoder targets (grey = not reconstructed)",
+              "reconstruction (de-normalised with the true per-patch mean/std)")
+
+
+def _unpatchify(patches: torch.Tensor, grid, p: int, tub: int) -> torch.Tensor:
+    """``[N, tub*p*p, 3] -> [3, T, H, W]`` (inverse of :func:`patchify` for one clip)."""
+    t, h, w = grid
+    x = patches.reshape(t, h, w, tub, p, p, 3).permute(6, 0, 3, 1, 4, 2, 5)
+    return x.reshape(3, t * tub, h * p, w * p)
+
+
+@torch.no_grad()
+def reconstruction_rows(model, video: torch.Tensor, enc_ids: torch.Tensor, dec_ids: torch.Tensor | None):
+    """Four ``[3, T, H, W]`` tensors in [0, 1]: original, encoder view, decoder targets, reconstruction."""
+    model.eval()
+    p, tub, grid = model.patch_size, model.tubelet_size, model.grid
+    n = model.num_patches
+    dec = dec_ids if dec_ids is not None else torch.sort(
+        torch.argsort(ids_to_mask(enc_ids, n).to(torch.int8), dim=1, stable=True)[:, enc_ids.shape[1]:]).values
+    pred = model(video, enc_ids, dec).float()[0]  # [Nd, P*3]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    original = (video[0].float().cpu() * std + mean).clamp(0, 1)  # [3, T, H, W]
+    patches = patchify(original[None], p, tub)[0]  # [N, P, 3]
+    enc_masked = ids_to_mask(enc_ids[:1].cpu(), n)[0]
+    dec_visible = ~ids_to_mask(dec[:1].cpu(), n)[0]
+    grey = torch.full_like(patches, GREY)
+    encoder_view = torch.where(enc_masked[:, None, None], grey, patches)
+    targets = torch.where(dec_visible[:, None, None], patches, grey)
+    mu = patches.mean(dim=1, keepdim=True)
+    sigma = patches.var(dim=1, unbiased=True, keepdim=True).sqrt() + 1e-6
+    recon = encoder_view.clone()
+    recon[dec[0].cpu()] = torch.where(enc_masked[dec[0].cpu()][:, None, None],
+                                      pred.cpu().reshape(-1, patches.shape[1], 3) * sigma[dec[0].cpu()]
+                                      + mu[dec[0].cpu()], patches[dec[0].cpu()])
+    rows = [original] + [_unpatchify(x, grid, p, tub) for x in (encoder_view, targets, recon.clamp(0, 1))]
+    return rows
+
+
+def reconstruction_grid(model, video, enc_ids, dec_ids, label_height: int = 14) -> Image.Image:
+    """The PNG grid (one column per tubelet's first frame) as a PIL image."""
+    rows = reconstruction_rows(model, video, enc_ids, dec_ids)
+    tub = model.tubelet_size
+    frames = [np.concatenate([(r[:, t].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+                              for t in range(0, r.shape[1], tub)], axis=1) for r in rows]
+    width = frames[0].shape[1]
+    canvas = Image.new("RGB", (width, sum(f.shape[0] + label_height for f in frames)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for label, img in zip(ROW_LABELS, frames):
+        draw.text((2, y + 1), label, fill="black")
+        canvas.paste(Image.fromarray(img), (0, y + label_height))
+        y += img.shape[0] + label_height
+    return canvas
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vmae2 import masking
+    from vmae2.checkpoint import load_weights
+    from vmae2.data.clips import augment
+    from vmae2.data.decode import BadVideo, decode_frames, probe
+    from vmae2.data.lists import VideoRecord
+    from vmae2.data.sampling import Crop, frame_ids
+    from vmae2.models import create_model
+    from vmae2.runtime import Checkpoints
+
+    parser = argparse.ArgumentParser(prog="python -m vmae2.visualize", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a vmae2 training checkpoint (.pt), or weights (.safetensors/.pth) "
+                                           "with --model")
+    parser.add_argument("video", help="a video file")
+    parser.add_argument("--out", default="reconstruction.png")
+    parser.add_argument("--model", default=None, help="model name (read from a vmae2 checkpoint otherwise)")
+    parser.add_argument("--num_frames", type=int, default=None)
+    parser.add_argument("--input_size", type=int, default=None)
+    parser.add_argument("--sampling_rate", type=int, default=4)
+    parser.add_argument("--mask_ratio", type=float, default=0.9)
+    parser.add_argument("--decoder_mask_ratio", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    config = {}
+    if args.checkpoint.endswith(".pt"):
+        state = Checkpoints.load(args.checkpoint)
+        config, weights = state.get("config", {}), state["model"]
+    else:
+        weights = args.checkpoint
+    name = args.model or config.get("model")
+    if name is None:
+        print("error: --model is needed for a plain weights file", file=sys.stderr)
+        return 2
+    num_frames = args.num_frames or config.get("num_frames", 16)
+    size = args.input_size or config.get("input_size", 224)
+    model = create_model(name, num_frames=num_frames, img_size=size,
+                         decoder_depth=config.get("decoder_depth", 4), attn_backend="sdpa")
+    load_weights(model, weights, strict=False)
+    record = VideoRecord(args.video, 0, -1, -1, True, "", args.sampling_rate, "cli")
+    try:
+        info = probe(record)
+        frames = decode_frames(record, frame_ids(0, info.num_frames, num_frames, args.sampling_rate), info)
+    except BadVideo as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    side = min(info.width, info.height)  # centre square crop
+    crop = Crop((info.width - side) // 2, (info.height - side) // 2, side, side)
+    video = augment(frames, crop, size)[None]
+    g = torch.Generator().manual_seed(args.seed)
+    enc = masking.tube_ids(1, model.grid, args.mask_ratio, generator=g)
+    dec = masking.running_cell_ids(1, model.grid, args.decoder_mask_ratio, generator=g)
+    reconstruction_grid(model, video, enc, dec).save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
