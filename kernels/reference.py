@@ -84,10 +84,15 @@ def patchify(video: torch.Tensor, patch_size: int, tubelet_size: int = 2) -> tor
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch per-channel normalisation over dim -2 (pixels): unbiased std, ``eps`` added to the std."""
-    mean = patches.mean(dim=-2, keepdim=True)
-    std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    return (patches - mean) / (std + eps)
+    """Per-patch per-channel normalisation over dim -2 (pixels): unbiased std, ``eps`` added to the std.
+
+    Written as the two-pass sums the fused kernel computes.
+    """
+    n = patches.shape[-2]
+    mean = patches.sum(dim=-2, keepdim=True) / n
+    centred = patches - mean
+    std = (centred.square().sum(dim=-2, keepdim=True) / (n - 1)).sqrt()
+    return centred / (std + eps)
 
 
 def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tubelet_size: int,

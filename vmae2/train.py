@@ -1,8 +1,9 @@
 """``python -m vmae2.train``: VideoMAE V2 dual-masking pretraining, from a CPU demo to ``torchrun`` on many nodes.
 
-With no arguments it pretrains the vmae2-only tiny model on generated videos (cached) for a few minutes and
-leaves checkpoints, ``metrics.jsonl`` and ``reconstruction.png`` in ``output/demo``. ``--preset
-vit_g_hybrid_pt --data_path LIST`` runs the official recipe. ``--help`` lists every option.
+With no arguments (the ``demo`` preset) it pretrains the vmae2-only tiny model on generated videos (cached) for
+a few minutes and leaves checkpoints, ``metrics.jsonl``, ``model.safetensors`` and ``reconstruction.png`` in
+``output/demo``. ``--preset vit_g_hybrid_pt --data_path LIST`` runs the official recipe (with ``torchrun`` for
+many GPUs). ``--help`` lists every option.
 """
 from __future__ import annotations
 
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # bad data lists, output folder, ... found before training
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def train(cfg: TrainConfig) -> int:
@@ -340,7 +344,7 @@ def _reconstruction_picture(cfg, model, loader, device) -> None:
     enc, dec = make_masks(cfg, model.grid, cfg.num_sample, Dist(), 0, 0, device)
     enc, dec = enc[:1], (dec[:1] if dec is not None else None)
     path = Path(cfg.output_dir) / "reconstruction.png"
-    reconstruction_grid(model, video, enc, dec).save(path)
+    reconstruction_grid(model, video, enc, dec, cfg.normalize_target).save(path)
     print(f"wrote {path}", flush=True)
 
 

@@ -1,10 +1,10 @@
 """``python -m vmae2.visualize CHECKPOINT VIDEO``: a PNG grid of what the model sees and reconstructs.
 
 Rows (one column per tubelet): original frames, the encoder mask (masked patches greyed), the decoder mask
-(patches the decoder does not reconstruct greyed), and the reconstruction. Predictions are in normalised-patch
-space; they are de-normalised **with the true per-patch mean and std of the original** (as the official
-visualisation does), which flatters the result; the row label says so. Encoder-visible patches show the input;
-patches neither seen nor reconstructed stay grey.
+(patches the decoder does not reconstruct greyed), and the reconstruction. A model trained on normalised
+targets predicts normalised patches; they are de-normalised **with the true per-patch mean and std of the
+original** (as the official visualisation does), which flatters the result; the row label says so.
+Encoder-visible patches show the input; patches neither seen nor reconstructed stay grey.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from vmae2.masking import ids_to_mask
 from vmae2_kernels.reference import patchify
 
 GREY = 0.5
-ROW_LABELS = ("original", "encoder input (grey = masked)", "decoder targets (grey = not reconstructed)",
-              "reconstruction (de-normalised with the true per-patch mean/std)")
+ROW_LABELS = ("original", "encoder input (grey = masked)", "decoder targets (grey = not reconstructed)")
+RECON_LABEL = {True: "reconstruction (de-normalised with the true per-patch mean/std)",
+               False: "reconstruction (raw pixel predictions)"}
 
 
 def _unpatchify(patches: torch.Tensor, grid, p: int, tub: int) -> torch.Tensor:
@@ -32,8 +33,10 @@ def _unpatchify(patches: torch.Tensor, grid, p: int, tub: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_rows(model, video: torch.Tensor, enc_ids: torch.Tensor, dec_ids: torch.Tensor | None):
-    """Four ``[3, T, H, W]`` tensors in [0, 1]: original, encoder view, decoder targets, reconstruction."""
+def reconstruction_rows(model, video: torch.Tensor, enc_ids: torch.Tensor, dec_ids: torch.Tensor | None,
+                        normalized_target: bool = True):
+    """Four ``[3, T, H, W]`` tensors in [0, 1]: original, encoder view, decoder targets, reconstruction.
+    ``normalized_target``: the model predicts per-patch-normalised pixels (official) rather than raw pixels."""
     model.eval()
     p, tub, grid = model.patch_size, model.tubelet_size, model.grid
     n = model.num_patches
@@ -49,19 +52,22 @@ def reconstruction_rows(model, video: torch.Tensor, enc_ids: torch.Tensor, dec_i
     grey = torch.full_like(patches, GREY)
     encoder_view = torch.where(enc_masked[:, None, None], grey, patches)
     targets = torch.where(dec_visible[:, None, None], patches, grey)
-    mu = patches.mean(dim=1, keepdim=True)
-    sigma = patches.var(dim=1, unbiased=True, keepdim=True).sqrt() + 1e-6
+    ids = dec[0].cpu()
+    shown = pred.cpu().reshape(-1, patches.shape[1], 3)
+    if normalized_target:  # de-normalise with the true statistics of each original patch
+        mu = patches.mean(dim=1, keepdim=True)
+        sigma = patches.var(dim=1, unbiased=True, keepdim=True).sqrt() + 1e-6
+        shown = shown * sigma[ids] + mu[ids]
     recon = encoder_view.clone()
-    recon[dec[0].cpu()] = torch.where(enc_masked[dec[0].cpu()][:, None, None],
-                                      pred.cpu().reshape(-1, patches.shape[1], 3) * sigma[dec[0].cpu()]
-                                      + mu[dec[0].cpu()], patches[dec[0].cpu()])
+    recon[ids] = torch.where(enc_masked[ids][:, None, None], shown, patches[ids])
     rows = [original] + [_unpatchify(x, grid, p, tub) for x in (encoder_view, targets, recon.clamp(0, 1))]
     return rows
 
 
-def reconstruction_grid(model, video, enc_ids, dec_ids, label_height: int = 14) -> Image.Image:
+def reconstruction_grid(model, video, enc_ids, dec_ids, normalized_target: bool = True,
+                        label_height: int = 14) -> Image.Image:
     """The PNG grid (one column per tubelet's first frame) as a PIL image."""
-    rows = reconstruction_rows(model, video, enc_ids, dec_ids)
+    rows = reconstruction_rows(model, video, enc_ids, dec_ids, normalized_target)
     tub = model.tubelet_size
     frames = [np.concatenate([(r[:, t].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                               for t in range(0, r.shape[1], tub)], axis=1) for r in rows]
@@ -69,7 +75,7 @@ def reconstruction_grid(model, video, enc_ids, dec_ids, label_height: int = 14) 
     canvas = Image.new("RGB", (width, sum(f.shape[0] + label_height for f in frames)), "white")
     draw = ImageDraw.Draw(canvas)
     y = 0
-    for label, img in zip(ROW_LABELS, frames):
+    for label, img in zip(ROW_LABELS + (RECON_LABEL[normalized_target],), frames):
         draw.text((2, y + 1), label, fill="black")
         canvas.paste(Image.fromarray(img), (0, y + label_height))
         y += img.shape[0] + label_height
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     enc = masking.tube_ids(1, model.grid, args.mask_ratio, generator=g)
     dec = masking.running_cell_ids(1, model.grid, args.decoder_mask_ratio, generator=g)
-    reconstruction_grid(model, video, enc, dec).save(args.out)
+    reconstruction_grid(model, video, enc, dec, config.get("normalize_target", True)).save(args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,0 +1,198 @@
+"""``python -m vmae2.train`` end to end on a tiny model: options, resume after kill -9, DDP, NaN, signals, outputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("av", reason="PyAV makes the training videos")
+
+from vmae2.config import PRESETS, TrainConfig, build_parser, parse_config  # noqa: E402
+from vmae2.data.synthetic import make_videos  # noqa: E402
+from vmae2.runtime import Checkpoints, cosine_schedule  # noqa: E402
+from vmae2.train import main  # noqa: E402
+
+TINY = ["--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_workers", "0", "--lr", "0.05",
+        "--warmup_steps", "2", "--log_every", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_list(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_videos")
+    make_videos(root, 8, seed=0, sizes=((96, 64),), num_frames=(24,))
+    return str(root / "train.csv")
+
+
+# One intra-op thread: with more, ATen may split a CPU reduction differently from one process to the next and
+# change a loss in its last bit, which the bit-exact resume test would (rightly) report.
+DETERMINISTIC = {"OMP_NUM_THREADS": "1"}
+
+
+def _run(args, env_extra=None, check=True, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **DETERMINISTIC, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "vmae2.train", *args], capture_output=True, text=True, env=env,
+                          check=check, **kw)
+
+
+def _losses(output_dir) -> dict[int, float]:
+    """Per-step loss; a step logged twice (before a kill and after the resume) keeps its last value."""
+    out = {}
+    for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
+
+
+# -- options ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,match", [
+    (["--lr", "-1"], "--lr -1.0"),
+    (["--mask_ratio", "1.2"], "--mask_ratio 1.2"),
+    (["--num_frames", "7"], "--num_frames 7"),
+    (["--decoder_mask_ratio", "0.6"], "--decoder_mask_ratio 0.6"),
+    (["--input_size", "100"], "--input_size 100"),
+    (["--model", "vit_base_patch16_224"], "pretraining model"),
+    (["--batch_size", "0"], "--batch_size 0"),
+])
+def test_bad_values_fail_before_any_work(args, match, capsys, tmp_path):
+    assert main(args + ["--output_dir", str(tmp_path / "never")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_unknown_option_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--no_such_flag", "1"])
+    assert exc.value.code == 2 and "no_such_flag" in capsys.readouterr().err
+    text = build_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name}" in text
+
+
+def test_preset_file_and_flag_precedence(tmp_path):
+    file = tmp_path / "cfg.json"
+    file.write_text(json.dumps({"lr": 0.002, "batch_size": 16}))
+    cfg = parse_config(["--preset", "vit_g_hybrid_pt", "--config", str(file), "--batch_size", "4"])
+    assert cfg.model == "pretrain_videomae_giant_patch14_224" and cfg.clip_grad == 0.02 and cfg.with_checkpoint
+    assert cfg.lr == 0.002 and cfg.batch_size == 4 and cfg.opt_betas == (0.9, 0.95) and cfg.num_sample == 4
+    assert set(PRESETS) >= {"vit_b_hybrid_pt", "vit_l_hybrid_pt", "vit_h_hybrid_pt", "vit_g_hybrid_pt"}
+    file.write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        parse_config(["--config", str(file)])
+
+
+def test_official_schedule():
+    lr = cosine_schedule(1.0, 0.1, 10, 4)
+    assert lr.tolist()[:4] == pytest.approx([0, 1 / 3, 2 / 3, 1.0])  # linspace from 0, end point included
+    assert lr[4] == pytest.approx(1.0) and lr[-1] > 0.1 and len(lr) == 10
+
+
+def test_unwritable_output_dir_is_reported_before_training(data_list, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(TINY + ["--data_path", data_list, "--output_dir", str(blocker / "out"), "--max_steps", "1"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+# -- runs -------------------------------------------------------------------------------------------------
+
+def test_outputs_and_resume_after_kill_9(data_list, tmp_path):
+    args = TINY + ["--data_path", data_list, "--max_steps", "8", "--save_every_steps", "3"]
+    _run(args + ["--output_dir", str(tmp_path / "a")])
+    reference = _losses(tmp_path / "a")
+    assert sorted(reference) == list(range(1, 9))
+    out = tmp_path / "a"
+    assert {p.name for p in out.iterdir()} >= {"checkpoints", "metrics.jsonl", "model.safetensors",
+                                              "reconstruction.png"}
+    assert [p.name for p in Checkpoints(out, 2).paths()] == ["checkpoint-00000006.pt", "checkpoint-00000008.pt"]
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"step", "loss", "lr", "grad_norm", "clips_per_s", "tokens_per_s", "data_wait_frac", "peak_mem_mb",
+            "skipped_videos"} <= set(record)
+    state = Checkpoints.load(Checkpoints(out, 2).latest())
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+
+    # Same run, killed with SIGKILL right after its step-6 checkpoint, then resumed.
+    b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "vmae2.train", *args, "--output_dir", str(b)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **DETERMINISTIC})
+    target = b / "checkpoints" / "checkpoint-00000006.pt"
+    deadline = time.time() + 120
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert target.exists()
+    _run(args + ["--output_dir", str(b)])  # --resume auto is the default
+    assert _losses(b) == reference  # bit for bit (CPU, fp32)
+
+
+def test_nan_stops_the_run_and_keeps_the_checkpoint(data_list, tmp_path):
+    args = TINY + ["--data_path", data_list, "--max_steps", "8", "--save_every_steps", "3", "--inject_nan_step", "4",
+                   "--output_dir", str(tmp_path)]
+    result = _run(args, check=False)
+    assert result.returncode == 3
+    assert "non-finite at step 4" in result.stderr and "checkpoint-00000003.pt" in result.stderr
+    paths = Checkpoints(tmp_path, 2).paths()
+    assert [p.name for p in paths] == ["checkpoint-00000003.pt"]
+    state = Checkpoints.load(paths[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_sigterm_saves_and_exits_cleanly(data_list, tmp_path):
+    args = TINY + ["--data_path", data_list, "--max_steps", "400", "--save_every_steps", "1000",
+                   "--output_dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "vmae2.train", *args], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0 and "stopped by signal" in rest
+    saved = Checkpoints(tmp_path, 2).latest()
+    assert saved is not None and Checkpoints.load(saved)["step"] >= 2
+
+
+def test_two_process_ddp_equals_one_process(data_list, tmp_path):
+    common = ["--num_frames", "4", "--input_size", "64", "--num_workers", "0", "--lr", "0.05", "--warmup_steps",
+              "2", "--log_every", "1", "--data_path", data_list, "--max_steps", "3", "--save_every_steps", "3"]
+    _run(common + ["--batch_size", "4", "--output_dir", str(tmp_path / "one")])
+    env = {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                    "-m", "vmae2.train", *common, "--batch_size", "2", "--output_dir", str(tmp_path / "two")],
+                   check=True, capture_output=True, text=True, env={**os.environ, **env})
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5)
+    w1 = Checkpoints.load(Checkpoints(tmp_path / "one", 2).latest())["model"]
+    w2 = Checkpoints.load(Checkpoints(tmp_path / "two", 2).latest())["model"]
+    assert set(w1) == set(w2)
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+
+
+def test_embedded_default_generates_and_caches_videos(tmp_path):
+    env = {"VMAE2_CACHE": str(tmp_path / "cache")}
+    result = _run(["--max_steps", "2", "--output_dir", str(tmp_path / "out"), "--num_workers", "0"], env_extra=env)
+    assert "generating the demo videos" in result.stdout
+    assert (tmp_path / "cache" / "demo_videos_v1" / "train.csv").exists()
+    assert (tmp_path / "out" / "reconstruction.png").exists()
+
+
+def test_visualize_writes_a_png(data_list, tmp_path):
+    from PIL import Image
+
+    _run(TINY + ["--data_path", data_list, "--max_steps", "1", "--output_dir", str(tmp_path)])
+    video = Path(data_list).parent / "00000_h264_96x64.mp4"
+    out = tmp_path / "viz.png"
+    subprocess.run([sys.executable, "-m", "vmae2.visualize", str(Checkpoints(tmp_path, 2).latest()), str(video),
+                    "--out", str(out), "--sampling_rate", "2"], check=True, capture_output=True)
+    with Image.open(out) as img:
+        img.verify()
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size[0] == 64 * 2 and img.size[1] > 4 * 64
