@@ -157,23 +157,34 @@ def test_sigterm_saves_and_exits_cleanly(data_list, tmp_path):
     assert saved is not None and Checkpoints.load(saved)["step"] >= 2
 
 
-def test_two_process_ddp_equals_one_process(data_list, tmp_path):
+def _torchrun(args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "vmae2.train", *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, **DETERMINISTIC})
+
+
+def test_two_processes_ddp_and_fsdp_equal_one_process(data_list, tmp_path):
     common = ["--num_frames", "4", "--input_size", "64", "--num_workers", "0", "--lr", "0.05", "--warmup_steps",
-              "2", "--log_every", "1", "--data_path", data_list, "--max_steps", "3", "--save_every_steps", "3"]
+              "2", "--log_every", "1", "--data_path", data_list, "--max_steps", "3", "--save_every_steps", "2"]
     _run(common + ["--batch_size", "4", "--output_dir", str(tmp_path / "one")])
-    env = {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                    "-m", "vmae2.train", *common, "--batch_size", "2", "--output_dir", str(tmp_path / "two")],
-                   check=True, capture_output=True, text=True, env={**os.environ, **env})
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-5)
+    _torchrun(common + ["--batch_size", "2", "--output_dir", str(tmp_path / "ddp")])
+    _torchrun(common + ["--batch_size", "2", "--fsdp", "true", "--output_dir", str(tmp_path / "fsdp")])
+    one = _losses(tmp_path / "one")
     w1 = Checkpoints.load(Checkpoints(tmp_path / "one", 2).latest())["model"]
-    w2 = Checkpoints.load(Checkpoints(tmp_path / "two", 2).latest())["model"]
-    assert set(w1) == set(w2)
-    for key in w1:
-        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+    for name in ("ddp", "fsdp"):
+        losses = _losses(tmp_path / name)
+        assert sorted(losses) == [1, 2, 3]
+        for step in one:
+            assert losses[step] == pytest.approx(one[step], rel=1e-5), (name, step)
+        w2 = Checkpoints.load(Checkpoints(tmp_path / name, 2).latest())["model"]
+        assert set(w1) == set(w2)  # full, unprefixed keys from both wrappers
+        for key in w1:
+            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+    # FSDP resume: drop the final checkpoint and continue from step 2.
+    (tmp_path / "fsdp" / "checkpoints" / "checkpoint-00000003.pt").unlink()
+    before = _losses(tmp_path / "fsdp")
+    _torchrun(common + ["--batch_size", "2", "--fsdp", "true", "--output_dir", str(tmp_path / "fsdp")])
+    assert _losses(tmp_path / "fsdp")[3] == before[3]
 
 
 def test_embedded_default_generates_and_caches_videos(tmp_path):

@@ -313,8 +313,13 @@ def train(cfg: TrainConfig) -> int:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)
         return 0
+    weights = model.state_dict() if not (cfg.fsdp and d.world_size > 1) else \
+        checkpoint_state(cfg, model, optimizer, scaler, step, d)["model"]  # gathered on every rank
     if d.is_main:
-        save_safetensors(model, Path(cfg.output_dir) / "model.safetensors")
+        save_safetensors(weights, Path(cfg.output_dir) / "model.safetensors")
+        if cfg.fsdp and d.world_size > 1:  # draw with an unsharded copy: rank 0 alone cannot run the FSDP model
+            model, _ = build_model(cfg, device, Dist())
+            model.load_state_dict(weights)
         _reconstruction_picture(cfg, model, loader, device)
         print(f"done: {step} steps; outputs in {cfg.output_dir}", flush=True)
     if d.world_size > 1:
