@@ -207,3 +207,38 @@ def test_visualize_writes_a_png(data_list, tmp_path):
         img.verify()
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] == 64 * 2 and img.size[1] > 4 * 64
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_runs(data_list, tmp_path, precision):
+    _run(TINY + ["--data_path", data_list, "--max_steps", "2", "--precision", precision, "--output_dir", str(tmp_path)])
+    assert all(loss == loss for loss in _losses(tmp_path).values())  # finite (NaN != NaN)
+
+
+def test_init_from_an_official_style_checkpoint(data_list, tmp_path):
+    import argparse
+
+    from vmae2.models import create_model
+
+    model = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=64)
+    official = tmp_path / "official.pth"
+    torch.save({"model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}, "epoch": 5,
+                "args": argparse.Namespace(lr=1e-3)}, official)
+    result = _run(TINY + ["--data_path", data_list, "--max_steps", "1", "--init", str(official), "--output_dir",
+                          str(tmp_path / "out")])
+    assert f"initialised from {official}: missing 0" in result.stdout
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    ckpt = Checkpoints(tmp_path, keep=2)
+    first = ckpt.save({"step": 1, "w": torch.ones(3)}, 1)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        ckpt.save({"step": 2, "w": torch.zeros(3)}, 2)
+    assert ckpt.paths() == [first] and [p.name for p in ckpt.dir.iterdir()] == [first.name]
+    assert Checkpoints.load(first)["w"].tolist() == [1.0, 1.0, 1.0]
