@@ -242,3 +242,10 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         ckpt.save({"step": 2, "w": torch.zeros(3)}, 2)
     assert ckpt.paths() == [first] and [p.name for p in ckpt.dir.iterdir()] == [first.name]
     assert Checkpoints.load(first)["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_unprefixed_keys(data_list, tmp_path):
+    _run(TINY + ["--data_path", data_list, "--max_steps", "2", "--compile", "true", "--output_dir", str(tmp_path)])
+    state = Checkpoints.load(Checkpoints(tmp_path, 2).latest())
+    assert "mask_token" in state["model"] and not any(k.startswith("_orig_mod.") for k in state["model"])
