@@ -249,3 +249,10 @@ def test_compiled_run_saves_unprefixed_keys(data_list, tmp_path):
     _run(TINY + ["--data_path", data_list, "--max_steps", "2", "--compile", "true", "--output_dir", str(tmp_path)])
     state = Checkpoints.load(Checkpoints(tmp_path, 2).latest())
     assert "mask_token" in state["model"] and not any(k.startswith("_orig_mod.") for k in state["model"])
+
+
+def test_gradient_accumulation_counts_optimizer_steps(data_list, tmp_path):
+    _run(TINY + ["--data_path", data_list, "--max_steps", "3", "--accum_steps", "2", "--output_dir", str(tmp_path)])
+    assert sorted(_losses(tmp_path)) == [1, 2, 3]
+    state = Checkpoints.load(Checkpoints(tmp_path, 2).latest())
+    assert state["step"] == 3 and state["config"]["accum_steps"] == 2
