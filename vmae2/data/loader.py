@@ -38,14 +38,17 @@ class EpochOrder:
     def __init__(self, mixed: MixedList, rank: int, world_size: int, drop_last: bool):
         self.mixed, self.rank, self.world_size, self.drop_last = mixed, rank, world_size, drop_last
         self.epoch = 0
+        self._cache: tuple[int, list] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def pairs(self) -> list[tuple[int, int]]:
-        order = self.mixed.epoch_indices(self.epoch)
-        slots = shard_indices(np.arange(len(order)), self.rank, self.world_size, drop_last=self.drop_last)
-        return [(int(s), int(order[s])) for s in slots]
+        if self._cache is None or self._cache[0] != self.epoch:  # computed once per epoch
+            order = self.mixed.epoch_indices(self.epoch)
+            slots = shard_indices(np.arange(len(order)), self.rank, self.world_size, drop_last=self.drop_last)
+            self._cache = (self.epoch, [(int(s), int(order[s])) for s in slots])
+        return self._cache[1]
 
     def __len__(self) -> int:
         return len(self.pairs())

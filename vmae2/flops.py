@@ -1,0 +1,249 @@
+"""FLOP / MAC counting for the pretraining model, with the formulas ``FlopCounterMode`` lacks.
+
+``torch.utils.flop_counter.FlopCounterMode`` counts matmul-like ops only (``mm``, ``addmm``, ``bmm``,
+``convolution`` and their backwards, the CUDA SDPA kernels). Two gaps matter here, and
+:func:`register_flop_formulas` closes both (once, idempotently, in torch's global ``flop_registry``):
+
+* **CPU SDPA.** ``F.scaled_dot_product_attention`` on CPU tensors runs
+  ``aten._scaled_dot_product_flash_attention_for_cpu`` (+ ``_backward``), which torch does not count, so an
+  ``attn_backend="sdpa"`` model would silently lose all of its attention FLOPs. They are counted with torch's
+  own SDPA formulas: forward ``4*B*H*Nq*Nk*D`` (``Q K^T`` and ``P V``), backward 2.5x forward (flash-style
+  backward recomputes ``Q K^T``; the ``math`` backend's autograd graph costs 2x forward, so fwd+bwd counts of
+  the two backends differ by that recomputation, forward counts are equal).
+* **The ``vmae2::`` custom ops** (``token_gather``, ``token_scatter``, ``decoder_input``, ``mask_token_grad``,
+  ``running_cell_ids``, ``tube_ids``, ``recon_loss``, ``recon_loss_backward``). They are registered with a
+  formula of **0 FLOPs**: the token ops are memory-bound data movement, and the fused loss is elementwise
+  (subtract, square, per-patch mean/std, weighted sum: a few FLOPs per target element, about 0.01 % of a
+  ViT-B step). 0 is also what ``FlopCounterMode`` charges every elementwise aten op (the official eager MSE
+  loss, LayerNorm, softmax, GELU), so the fused and the eager loss are counted alike. Registering them keeps
+  them visible in ``by_op`` (as 0) and stops the counter from trying to decompose them.
+
+Counts are FLOPs (a multiply-accumulate = 2 FLOPs); the VideoMAE V2 paper's "FLOPs" are multiply-accumulates,
+so compare ``flops / 2`` with the paper (:func:`macs_per_clip` does). Counting works on ``meta`` tensors
+(no memory, no compute: ViT-g in well under a second), where SDPA is decomposed into ``bmm`` and counted as
+such; on CPU tensors the registered CPU-SDPA formula gives the same forward count.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import flop_counter as _fc
+
+__all__ = ["register_flop_formulas", "count_flops", "token_counts", "macs_per_clip", "mfu"]
+
+_LOCK = threading.Lock()
+_REGISTERED = False
+
+
+# -- formulas ------------------------------------------------------------------------------------------------
+
+def _bmm(b: int, m: int, k: int, n: int) -> int:
+    return 2 * b * m * k * n
+
+
+def _sdpa_fwd_count(q, k, v) -> int:
+    if hasattr(_fc, "sdpa_flop_count"):
+        return _fc.sdpa_flop_count(q, k, v)
+    b, h, sq, d = q
+    sk, dv = k[2], v[3]
+    return _bmm(b * h, sq, d, sk) + _bmm(b * h, sq, sk, dv)  # pragma: no cover - older/newer torch only
+
+
+def _sdpa_bwd_count(go, q, k, v) -> int:
+    if hasattr(_fc, "sdpa_backward_flop_count"):
+        return _fc.sdpa_backward_flop_count(go, q, k, v)
+    b, h, sq, d = q  # pragma: no cover - older/newer torch only
+    sk, dv = k[2], v[3]
+    # recompute Q K^T; dP = dO V^T; dV = P^T dO; dQ = dS K; dK = dS^T Q
+    return (_bmm(b * h, sq, d, sk) + _bmm(b * h, sq, dv, sk) + _bmm(b * h, sk, sq, dv)
+            + _bmm(b * h, sq, sk, d) + _bmm(b * h, d, sq, sk))
+
+
+def _cpu_sdpa_fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _sdpa_fwd_count(query, key, value)
+
+
+def _cpu_sdpa_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _sdpa_bwd_count(grad_out, query, key, value)
+
+
+def _zero(*args, out_shape=None, **kwargs) -> int:
+    return 0
+
+
+def _register(packet, formula) -> bool:
+    if packet in _fc.flop_registry:  # torch (or an earlier call) already counts it: keep that formula
+        return False
+    _fc.register_flop_formula([packet])(formula)
+    return True
+
+
+def register_flop_formulas() -> list[str]:
+    """Register the CPU-SDPA and ``vmae2::`` op formulas in torch's ``flop_registry`` (once; thread-safe).
+
+    Returns the names registered by this call (empty when already done). Must run before a
+    ``FlopCounterMode`` is constructed: the mode copies the registry at construction. :func:`count_flops`
+    calls it for you.
+    """
+    global _REGISTERED
+    with _LOCK:
+        if _REGISTERED:
+            return []
+        import vmae2_kernels.ops  # noqa: F401  (defines torch.ops.vmae2.*)
+
+        done = []
+        aten = torch.ops.aten
+        for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_fwd),
+                              ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_bwd)):
+            if hasattr(aten, name) and _register(getattr(aten, name), formula):
+                done.append(f"aten.{name}")
+        for name in vmae2_kernels.ops.OPS:
+            if _register(getattr(torch.ops.vmae2, name), _zero):
+                done.append(f"vmae2.{name}")
+        _REGISTERED = True
+        return done
+
+
+# -- counting -----------------------------------------------------------------------------------------------
+
+def _snapshot(counter: _fc.FlopCounterMode) -> dict[str, dict[str, int]]:
+    return {mod: {str(op): int(n) for op, n in ops.items()} for mod, ops in counter.get_flop_counts().items()}
+
+
+def _by_op(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    return dict(sorted(counts.get("Global", {}).items(), key=lambda kv: -kv[1]))
+
+
+def _by_module(counts: dict[str, dict[str, int]], root: str) -> dict[str, int]:
+    """``{module name as in named_modules() ("" = the model): FLOPs}``, the model's own modules only."""
+    out = {}
+    for mod, ops in counts.items():
+        if mod == root:
+            name = ""
+        elif mod.startswith(root + "."):
+            name = mod[len(root) + 1:]
+        else:  # "Global", or backward-pass tags that name no module of the model
+            continue
+        out[name] = out.get(name, 0) + sum(ops.values())
+    return out
+
+
+def _minus(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    keys = list(a) + [k for k in b if k not in a]
+    return {k: a.get(k, 0) - b.get(k, 0) for k in keys}
+
+
+def count_flops(model: nn.Module, video: torch.Tensor, enc_ids: torch.Tensor, dec_ids: torch.Tensor | None, *,
+                backward: bool = False) -> dict[str, Any]:
+    """FLOPs of one ``model(video, enc_ids, dec_ids)`` call (and of the loss backward with ``backward=True``).
+
+    Args:
+        model: a :class:`~vmae2.models.PretrainVisionTransformer` (real or ``meta`` parameters).
+        video: ``[B, 3, T, H, W]`` on the model's device (``meta`` is fine: nothing is computed).
+        enc_ids: encoder-visible ids ``[B, Nv]`` (a bool mask also works on real tensors, not on ``meta``).
+        dec_ids: decoder-visible ids ``[B, Nd]``, or ``None`` for VideoMAE v1 (decode every masked token).
+        backward: also run the official loss (:func:`vmae2.loss.reconstruction_loss`, the fused op, counted
+            as 0) and ``backward()`` through it. Gradients are left in the parameters' ``.grad``.
+    Returns a dict:
+        ``total_flops`` (forward + backward), ``forward_flops``, ``backward_flops`` (0 without ``backward``),
+        ``forward_macs`` (``forward_flops / 2``, the unit of the paper's "FLOPs"), ``batch``;
+        ``by_op`` / ``forward_by_op`` / ``backward_by_op``: ``{"aten.addmm": flops, ...}`` largest first
+        (the ``vmae2.*`` ops appear with 0); ``by_module`` / ``forward_by_module``: ``{name: flops}`` with
+        names as in ``model.named_modules()`` (``""`` = the whole model; every FLOP of a module is also
+        counted in each of its parents). Backward FLOPs are attributed to modules only as far as torch's
+        ``ModuleTracker`` manages; ``by_op`` is always complete.
+    """
+    register_flop_formulas()
+    root = type(model).__name__
+    counter = _fc.FlopCounterMode(display=False)
+    with counter:
+        if backward:
+            pred = model(video, enc_ids, dec_ids)
+            fwd = _snapshot(counter)
+            from vmae2.loss import reconstruction_loss
+
+            loss = reconstruction_loss(pred, video, enc_ids, dec_ids, patch_size=model.patch_size,
+                                       tubelet_size=model.tubelet_size)
+            loss.backward()
+        else:
+            with torch.no_grad():
+                model(video, enc_ids, dec_ids)
+            fwd = _snapshot(counter)
+    total = _snapshot(counter)
+    by_op, fwd_by_op = _by_op(total), _by_op(fwd)
+    forward = sum(fwd_by_op.values())
+    everything = sum(by_op.values())
+    return {
+        "total_flops": everything,
+        "forward_flops": forward,
+        "backward_flops": everything - forward,
+        "forward_macs": forward / 2,
+        "batch": int(video.shape[0]),
+        "by_op": by_op,
+        "forward_by_op": fwd_by_op,
+        "backward_by_op": {k: v for k, v in _minus(by_op, fwd_by_op).items() if v or k in fwd_by_op},
+        "by_module": _by_module(total, root),
+        "forward_by_module": _by_module(fwd, root),
+    }
+
+
+def token_counts(grid: tuple[int, int, int], mask_ratio: float = 0.9, decoder_mask_ratio: float | None = 0.5,
+                 decoder_mask_type: str = "run_cell") -> tuple[int, int]:
+    """``(encoder-visible, decoder-visible)`` tokens per clip for tube masking at ``mask_ratio`` and the
+    decoder mask ``decoder_mask_type`` at ``decoder_mask_ratio`` (``None`` = v1: every encoder-masked token).
+
+    ViT-B 16x224 (grid 8x14x14): ``(160, 784)``; with ``None``: ``(160, 1408)``.
+    """
+    from vmae2.masking import DECODER_MASK_TYPES, running_cell_num_kept
+
+    t, h, w = grid
+    n = t * h * w
+    num_visible = t * (h * w - int(mask_ratio * h * w))  # official TubeMaskingGenerator
+    if decoder_mask_ratio is None:
+        return num_visible, n - num_visible
+    if decoder_mask_type == "run_cell":
+        return num_visible, running_cell_num_kept(grid, decoder_mask_ratio)
+    if decoder_mask_type == "frame":
+        return num_visible, (t - int(decoder_mask_ratio * t)) * h * w
+    if decoder_mask_type == "random":
+        return num_visible, n - int(decoder_mask_ratio * n)
+    raise ValueError(f"decoder mask type {decoder_mask_type!r} is unknown; choose one of {DECODER_MASK_TYPES}")
+
+
+def macs_per_clip(model_name: str, mask_ratio: float = 0.9, decoder_mask_ratio: float | None = 0.5, *,
+                  decoder_mask_type: str = "run_cell", **model_overrides) -> float:
+    """Forward GMACs (``FLOPs / 2 / 1e9``) per clip of ``model_name``, the unit of the paper's "FLOPs" column.
+
+    The model is built on the ``meta`` device (no memory, no compute; ViT-g takes well under a second).
+    ``decoder_mask_ratio=None`` is VideoMAE v1 (no decoder masking). ``model_overrides`` go to
+    :func:`vmae2.models.create_model` (e.g. ``num_frames``, ``decoder_depth``).
+    Paper (ViT-B, tube 0.9): 35.48 G without decoder masking, 25.87 G with running cell 0.5.
+    """
+    from vmae2.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(model_name, **model_overrides)
+        pe = model.encoder.patch_embed
+        nv, nd = token_counts(model.grid, mask_ratio, decoder_mask_ratio, decoder_mask_type)
+        video = torch.empty(1, 3, pe.num_frames, pe.img_size, pe.img_size)
+        enc_ids = torch.empty(1, nv, dtype=torch.int64)
+        dec_ids = None if decoder_mask_ratio is None else torch.empty(1, nd, dtype=torch.int64)
+    return count_flops(model, video, enc_ids, dec_ids)["forward_macs"] / 1e9
+
+
+def mfu(flops_per_step: float, step_time_s: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: ``flops_per_step / step_time_s / peak_flops`` (a fraction, 1.0 = peak).
+
+    ``flops_per_step`` in FLOPs (2 per MAC; e.g. ``count_flops(..., backward=True)["total_flops"]`` for the
+    whole batch), ``peak_flops`` in FLOP/s of the device at the dtype used (dense, no sparsity).
+    """
+    for name, value in (("flops_per_step", flops_per_step), ("step_time_s", step_time_s),
+                        ("peak_flops", peak_flops)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)) or value < 0 or \
+                (value == 0 and name != "flops_per_step"):
+            raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return flops_per_step / step_time_s / peak_flops
