@@ -30,7 +30,7 @@ def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = 
                  backend: str = "auto") -> torch.Tensor:
     """``out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]])``: ``[B, N, C], [B, K] (, [N, C]) -> [B, K, C]``.
 
-    Replaces ``(x + pos)[~mask].reshape(B, -1, C)``. Differentiable w.r.t. ``x`` (and ``pos``).
+    Replaces the official add-then-boolean-gather. Differentiable w.r.t. ``x`` (and ``pos``).
     """
     return ops.token_gather(x, ids, pos, backend)
 

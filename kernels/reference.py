@@ -13,7 +13,8 @@ import torch
 def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
     """``out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]])``: ``[B, N, C], [B, K] -> [B, K, C]``.
 
-    The official boolean gather ``x[~mask].reshape(B, -1, C)`` when ``ids`` are the ascending kept positions.
+    Equals the official boolean-mask gather (``x`` indexed by the inverted mask, reshaped to ``[B, K, C]``) when
+    ``ids`` are the ascending kept positions.
     """
     out = torch.gather(x, 1, ids[:, :, None].expand(-1, -1, x.shape[-1]))
     if pos is not None:

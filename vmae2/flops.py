@@ -149,7 +149,8 @@ def count_flops(model: nn.Module, video: torch.Tensor, enc_ids: torch.Tensor, de
         backward: also run the official loss (:func:`vmae2.loss.reconstruction_loss`, the fused op, counted
             as 0) and ``backward()`` through it. Gradients are left in the parameters' ``.grad``.
     Returns a dict:
-        ``total_flops`` (forward + backward), ``forward_flops``, ``backward_flops`` (0 without ``backward``),
+        ``total_flops`` (forward + backward), ``forward_flops``, ``backward_flops`` (loss + backward; 0
+        without ``backward``),
         ``forward_macs`` (``forward_flops / 2``, the unit of the paper's "FLOPs"), ``batch``;
         ``by_op`` / ``forward_by_op`` / ``backward_by_op``: ``{"aten.addmm": flops, ...}`` largest first
         (the ``vmae2.*`` ops appear with 0); ``by_module`` / ``forward_by_module``: ``{name: flops}`` with
@@ -185,7 +186,7 @@ def count_flops(model: nn.Module, video: torch.Tensor, enc_ids: torch.Tensor, de
         "batch": int(video.shape[0]),
         "by_op": by_op,
         "forward_by_op": fwd_by_op,
-        "backward_by_op": {k: v for k, v in _minus(by_op, fwd_by_op).items() if v or k in fwd_by_op},
+        "backward_by_op": {k: v for k, v in _minus(by_op, fwd_by_op).items() if v or k not in fwd_by_op},
         "by_module": _by_module(total, root),
         "forward_by_module": _by_module(fwd, root),
     }
