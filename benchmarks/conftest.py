@@ -40,6 +40,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["torch_cuda"] = torch.version.cuda
     machine_info["triton"] = _version("triton")
+    machine_info["dali"] = _version("nvidia-dali-cuda130")
     machine_info["vmae2"] = _version("vmae2")
     machine_info["gpu"] = torch.cuda.get_device_name() if cuda else "cpu"
     if cuda:

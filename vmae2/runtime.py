@@ -226,7 +226,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
-    """Training FLOPs of one clip (forward + backward = 3x forward; matmuls only, 2 FLOPs per MAC)."""
+    """Training FLOPs of one clip for MFU: 3x the forward matmul FLOPs (2 per MAC), the usual convention
+    (``vmae2.flops.count_flops`` counts exactly; its forward matches this forward to the MAC)."""
     cfg = model.cfg
 
     def blocks(depth, dim, hidden, tokens):
@@ -237,8 +238,9 @@ def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
     dec = blocks(len(model.decoder.blocks), cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio),
                  n_dec)
     embed = 2 * model.num_patches * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
+    e2d = 2 * num_visible * cfg.embed_dim * cfg.decoder_embed_dim
     head = 2 * num_decoded * cfg.decoder_embed_dim * model.decoder.head.out_features
-    return 3.0 * (enc + dec + embed + head)
+    return 3.0 * (enc + dec + embed + e2d + head)
 
 
 PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

@@ -173,6 +173,9 @@ def train(cfg: TrainConfig) -> int:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     loader = build_loader(cfg, d, device)
+    if len(loader) < cfg.accum_steps:
+        raise ValueError(f"the data gives {len(loader)} batches per epoch per process; need at least --accum_steps "
+                         f"{cfg.accum_steps}: add videos or lower --batch_size {cfg.batch_size}")
     runner, model = build_model(cfg, device, d)
     n_params = sum(p.numel() for p in model.parameters())
     if d.is_main:
@@ -216,14 +219,20 @@ def train(cfg: TrainConfig) -> int:
     # Device-side accumulators: read on the host only on log steps (no per-step sync).
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    recent_slots: deque = deque(maxlen=max(cfg.log_every, 1) * cfg.accum_steps)
+    recent_slots: deque = deque(maxlen=cfg.log_every * cfg.accum_steps * cfg.batch_size)
     flops = None
     window_start, window_steps = time.perf_counter(), 0
 
-    def save(step: int) -> None:
-        bad = int(first_bad.item())  # checked before every save: a checkpoint never holds a diverged model
+    def check_finite() -> None:
+        """The host reads the first non-finite step (agreed by all ranks, so every rank stops together)."""
+        if d.world_size > 1:
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+        bad = int(first_bad.item())
         if bad >= 0:
             raise_nonfinite(bad)
+
+    def save(step: int) -> None:
+        check_finite()  # before every save: a checkpoint never holds a diverged model
         state = checkpoint_state(cfg, model, optimizer, scaler, step, d)
         if d.is_main:
             checkpoints.save(state, step)
@@ -283,9 +292,7 @@ def train(cfg: TrainConfig) -> int:
         window_steps += 1
 
         if step % cfg.log_every == 0 or step == total_steps:
-            bad = int(first_bad.item())  # the one host sync, on log steps only
-            if bad >= 0:
-                raise_nonfinite(bad)
+            check_finite()  # the one host sync, on log steps only
             if d.world_size > 1:
                 dist.all_reduce(loss_sum)
                 loss_sum /= 1 if cfg.loss_reduction == "global" else d.world_size

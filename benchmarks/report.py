@@ -1,0 +1,349 @@
+"""Markdown + PNG report of a pytest-benchmark JSON file.
+
+    pytest benchmarks/ --benchmark-only --benchmark-json=results.json
+    python -m benchmarks.report results.json --out report/        # or: python benchmarks/report.py ...
+
+Writes ``report/report.md`` (machine header, then one table per benchmark group) and ``report/report.png``
+(horizontal bars of the per-call time, one panel per group, each with its own scale; drawn with Pillow,
+no matplotlib).
+
+Per benchmark, from pytest-benchmark's ``stats`` and the suite's ``extra_info`` (every field optional):
+
+* **arm**: ``extra_info`` ``provider``, ``loader`` or ``arm``; else the test id in brackets; else the name.
+* **median**: ``stats.median``, the time of one round (one timed call of the benchmarked function).
+* **per call**: ``us_per_call``; else ``median / calls_per_round``; else the median (one call per round).
+  Rounds of different arms may hold different numbers of calls, so ratios use per-call times.
+* **throughput**: ``gbps`` (GB/s) and/or ``clips_per_s``.
+* **speed-up** ``= baseline per-call time / this per-call time`` (> 1: faster than the baseline), shown when
+  the group has a baseline arm: one whose ``extra_info`` says ``is_baseline: true``, or whose arm/name equals
+  a ``baseline`` field of any ``extra_info`` in the group; else the first ``--baseline`` arm found in the
+  group; else (marked "guessed") an arm whose label starts with ``official``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+NO_GROUP = "(no group)"
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    name: str
+    arm: str
+    median_s: float | None
+    per_call_s: float | None
+    rounds: int | None
+    gbps: float | None
+    clips_per_s: float | None
+    extra: dict = field(default_factory=dict)
+    is_baseline: bool = False
+    speedup: float | None = None
+
+
+@dataclass
+class Group:
+    name: str
+    rows: list[Row]
+    baseline: Row | None = None
+    baseline_guessed: bool = False
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for anything missing / non-numeric / nan."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _arm(bench: dict, extra: dict) -> str:
+    for key in ("provider", "loader", "arm"):
+        if extra.get(key) not in (None, ""):
+            return str(extra[key])
+    name = str(bench.get("name") or bench.get("fullname") or "?")
+    m = re.search(r"\[(.*)\]$", name)
+    return m.group(1) if m else name
+
+
+def _row(bench: dict) -> Row:
+    stats = bench.get("stats")
+    extra = bench.get("extra_info")
+    extra = extra if isinstance(extra, dict) else {}
+    if not isinstance(stats, dict):
+        stats = {}
+    median = _num(stats.get("median"))
+    per_call = _num(extra.get("us_per_call"))
+    if per_call is not None:
+        per_call *= 1e-6
+    elif median is not None:
+        calls = _num(extra.get("calls_per_round"))
+        per_call = median / calls if calls and calls > 0 else median
+    rounds = _num(stats.get("rounds"))
+    return Row(name=str(bench.get("name") or bench.get("fullname") or "?"), arm=_arm(bench, extra),
+               median_s=median, per_call_s=per_call, rounds=None if rounds is None else int(rounds),
+               gbps=_num(extra.get("gbps")), clips_per_s=_num(extra.get("clips_per_s")), extra=extra,
+               is_baseline=extra.get("is_baseline") is True)
+
+
+def _pick_baseline(rows: list[Row], preferred: Sequence[str]) -> tuple[Row | None, bool]:
+    timed = [r for r in rows if r.per_call_s]
+    for r in timed:
+        if r.is_baseline:
+            return r, False
+    named = [str(r.extra["baseline"]) for r in rows if isinstance(r.extra.get("baseline"), str)]
+    for want in named:
+        for r in timed:
+            if want in (r.arm, r.name):
+                return r, False
+    for want in preferred:
+        for r in timed:
+            if want in (r.arm, r.name):
+                return r, False
+    for r in timed:
+        if r.arm.lower().startswith("official"):
+            return r, True
+    return None, False
+
+
+def load(path: str | Path, baselines: Sequence[str] = ()) -> tuple[dict, list[Group]]:
+    """``(json document, groups in order of first appearance)`` with baselines and speed-ups resolved."""
+    doc = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a pytest-benchmark JSON document (top level is {type(doc).__name__})")
+    groups: dict[str, list[Row]] = {}
+    for bench in doc.get("benchmarks") or []:
+        if not isinstance(bench, dict):
+            continue
+        row = _row(bench)
+        groups.setdefault(str(bench.get("group") or NO_GROUP), []).append(row)
+    out = []
+    for name, rows in groups.items():
+        base, guessed = _pick_baseline(rows, baselines)
+        if base is not None:
+            for r in rows:
+                r.speedup = base.per_call_s / r.per_call_s if r.per_call_s else None
+        out.append(Group(name, rows, base, guessed))
+    return doc, out
+
+
+# -- formatting ---------------------------------------------------------------------------------------------
+
+def fmt_time(seconds: float | None, micro: str = "µs") -> str:
+    """``703 ms``, ``5 µs``; ``micro="us"`` for fonts without a µ glyph (Pillow's built-in one)."""
+    if seconds is None:
+        return "—"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), (micro, 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else f"{seconds / scale:.0f} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def fmt_us(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    us = seconds * 1e6
+    return f"{us:,.1f}" if us < 1e5 else f"{us:,.0f}"
+
+
+def _throughput(r: Row) -> str:
+    parts = []
+    if r.gbps is not None:
+        parts.append(f"{r.gbps:.2f} GB/s")
+    if r.clips_per_s is not None:
+        parts.append(f"{r.clips_per_s:.1f} clips/s")
+    return ", ".join(parts) or "—"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _version(info: dict, *keys: str) -> str:
+    for k in keys:
+        v = info.get(k)
+        if v not in (None, ""):
+            return str(v)
+    return "not recorded"
+
+
+def machine_lines(doc: dict) -> list[str]:
+    info = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
+    cpu = info.get("cpu") if isinstance(info.get("cpu"), dict) else {}
+    cpu_name = cpu.get("brand_raw") or cpu.get("brand") or info.get("processor") or info.get("machine") or "unknown"
+    cores = info.get("cpu_count") or cpu.get("count")
+    gpu = info.get("gpu") or "not recorded"
+    if info.get("gpu_capability"):
+        gpu = f"{gpu} ({info['gpu_capability']})"
+    lines = [
+        f"- **CPU**: {cpu_name}" + (f", {cores} logical cores" if cores else "")
+        + (f", torch threads {info['torch_threads']}" if info.get("torch_threads") else "")
+        + (f", 1-min load {float(info['loadavg_1min']):.2f}" if _num(info.get("loadavg_1min")) is not None else ""),
+        f"- **GPU**: {gpu}",
+        f"- **torch** {_version(info, 'torch')}"
+        + (f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else "")
+        + f", **triton** {_version(info, 'triton')}, **DALI** {_version(info, 'dali', 'nvidia_dali', 'nvidia-dali')}"
+        + f", **python** {_version(info, 'python', 'python_version')}",
+    ]
+    env = [f"{k}={info[k]}" for k in ("triton_interpret", "vmae2_backend_env", "bench_full", "bench_batch")
+           if info.get(k) not in (None, "", "unset")]
+    if env:
+        lines.append("- **env**: " + ", ".join(env))
+    when = [x for x in (doc.get("datetime"), doc.get("version") and f"pytest-benchmark {doc['version']}") if x]
+    commit = doc.get("commit_info") if isinstance(doc.get("commit_info"), dict) else {}
+    if commit.get("id"):
+        when.append(f"commit {str(commit['id'])[:12]}" + (" (dirty)" if commit.get("dirty") else ""))
+    if when:
+        lines.append("- **run**: " + ", ".join(str(w) for w in when))
+    return lines
+
+
+def markdown(doc: dict, groups: list[Group], source: str = "") -> str:
+    out = ["# Benchmark report", ""]
+    if source:
+        out += [f"Source: `{source}`", ""]
+    out += machine_lines(doc) + [""]
+    out.append("Median = one round (pytest-benchmark); per call = median / calls per round (`us_per_call` when "
+               "the suite records it). Speed-up = baseline per-call time / per-call time (> 1 = faster).")
+    out.append("")
+    if not groups:
+        out.append("_No benchmarks in this file._")
+    for g in groups:
+        out += [f"## {_cell(g.name)}", ""]
+        if g.baseline is not None:
+            out += [f"Baseline: `{_cell(g.baseline.arm)}`" + (" (guessed from its name)" if g.baseline_guessed
+                                                              else ""), ""]
+        head = ["benchmark", "provider / arm", "median", "per call (µs)", "throughput", "rounds"]
+        if g.baseline is not None:
+            head.append(f"speed-up vs {g.baseline.arm}")
+        out += ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+        for r in g.rows:
+            cells = [r.name, r.arm, fmt_time(r.median_s), fmt_us(r.per_call_s), _throughput(r),
+                     "—" if r.rounds is None else r.rounds]
+            if g.baseline is not None:
+                cells.append("—" if r.speedup is None else
+                             (f"**{r.speedup:.2f}x**" if r is not g.baseline else "1.00x (baseline)"))
+            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+# -- chart --------------------------------------------------------------------------------------------------
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable built-in font
+    except TypeError:  # pragma: no cover - older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_w(draw, text: str, font) -> int:
+    box = draw.textbbox((0, 0), text, font=font)
+    return box[2] - box[0]
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if _text_w(draw, text, font) <= width:
+        return text
+    while text and _text_w(draw, text + "…", font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def chart(groups: list[Group], path: str | Path, title: str = "", width: int = 1100) -> tuple[int, int]:
+    """Horizontal bars of per-call time, one panel per group (own scale); returns the image size."""
+    from PIL import Image, ImageDraw
+
+    font, bold, small = _font(15), _font(17), _font(13)
+    row_h, head_h, gap, pad = 26, 30, 14, 16
+    label_w = min(380, width // 3)
+    value_w = 230
+    bar_x0 = pad + label_w + 10
+    bar_max = width - bar_x0 - value_w - pad
+    n_rows = sum(len(g.rows) for g in groups)
+    height = pad + (head_h if title else 0) + len(groups) * (head_h + gap) + max(n_rows, 1) * row_h + pad + 20
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    y = pad
+    if title:
+        draw.text((pad, y), _fit(draw, title, bold, width - 2 * pad), fill="black", font=bold)
+        y += head_h
+    if not groups:
+        draw.text((pad, y), "no benchmarks", fill="gray", font=font)
+    for g in groups:
+        sub = "per call time, shorter is faster"
+        if g.baseline is not None:
+            sub += f"; speed-up vs {g.baseline.arm}" + (" (guessed)" if g.baseline_guessed else "")
+        draw.text((pad, y + 4), _fit(draw, g.name, bold, width - 2 * pad), fill="black", font=bold)
+        w = _text_w(draw, g.name, bold)
+        if pad + w + 20 < width - pad:
+            draw.text((pad + w + 8, y + 7), _fit(draw, sub, small, width - 2 * pad - w - 8), fill="dimgray",
+                      font=small)
+        y += head_h
+        times = [r.per_call_s for r in g.rows if r.per_call_s]
+        top = max(times) if times else 1.0
+        for r in g.rows:
+            draw.text((pad, y + 5), _fit(draw, r.arm, font, label_w), fill="black", font=font)
+            draw.line((bar_x0, y, bar_x0, y + row_h), fill="gray")
+            if r.per_call_s:
+                length = max(2, int(bar_max * r.per_call_s / top))
+                color = (150, 150, 150) if r is g.baseline else (66, 133, 204)
+                if r.speedup is not None and r is not g.baseline and r.speedup < 1:
+                    color = (214, 96, 77)  # slower than the baseline
+                draw.rectangle((bar_x0, y + 4, bar_x0 + length, y + row_h - 4), fill=color)
+                text = fmt_time(r.per_call_s, micro="us")
+                if r.speedup is not None:
+                    text += "  (baseline)" if r is g.baseline else f"  {r.speedup:.2f}x"
+                draw.text((bar_x0 + length + 6, y + 5), text, fill="black", font=font)
+            else:
+                draw.text((bar_x0 + 6, y + 5), "no timing", fill="gray", font=font)
+            y += row_h
+        y += gap
+    draw.text((pad, height - pad - 12), "blue: faster than or equal to the baseline (or no baseline); "
+              "red: slower; gray: baseline", fill="dimgray", font=small)
+    img.save(path)
+    return img.size
+
+
+# -- CLI ----------------------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="pytest-benchmark JSON (pytest ... --benchmark-json=FILE)")
+    parser.add_argument("--out", default="benchmark_report", help="output folder (default: %(default)s)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="ARM",
+                        help="arm (provider / loader / test id) to compare against in groups whose extra_info "
+                             "names no baseline; repeat to give fallbacks, e.g. --baseline official "
+                             "--baseline torch")
+    args = parser.parse_args(argv)
+    try:
+        doc, groups = load(args.results, args.baseline)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(doc, groups, source=str(args.results)) + "\n")
+    info = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
+    title = f"{Path(args.results).name}: {info.get('gpu') or 'device not recorded'}, torch {info.get('torch', '?')}"
+    size = chart(groups, out / "report.png", title=title)
+    print(f"wrote {out / 'report.md'} and {out / 'report.png'} ({size[0]}x{size[1]}), "
+          f"{sum(len(g.rows) for g in groups)} benchmarks in {len(groups)} groups")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

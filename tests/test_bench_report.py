@@ -1,0 +1,157 @@
+"""benchmarks/report.py on a hand-built pytest-benchmark JSON: markdown content, PNG, CLI."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("vmae2_bench_report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_report()
+
+
+def _stats(median: float, rounds: int = 5) -> dict:
+    # The fields pytest-benchmark 5 writes per benchmark.
+    return {"min": median * 0.9, "max": median * 1.2, "mean": median * 1.02, "stddev": median * 0.05,
+            "rounds": rounds, "median": median, "iqr": median * 0.04, "q1": median * 0.98, "q3": median * 1.02,
+            "iqr_outliers": 0, "stddev_outliers": 1, "outliers": "1;0", "ld15iqr": median * 0.9,
+            "hd15iqr": median * 1.2, "ops": 1 / median, "total": median * rounds, "iterations": 1}
+
+
+def _bench(group, name, median, extra=None, rounds=5) -> dict:
+    return {"group": group, "name": name, "fullname": f"benchmarks/test_x.py::{name}", "params": None,
+            "param": None, "extra_info": extra if extra is not None else {}, "options": {"disable_gc": False},
+            "stats": _stats(median, rounds)}
+
+
+def _kernel_info(provider, us, calls, gbps, **kw):
+    return {"op": "token_gather", "provider": provider, "shape": "B", "batch": 2, "dtype": "float32",
+            "device": "cpu", "calls_per_round": calls, "us_per_call": us, "bytes": 123456, "gbps": gbps, **kw}
+
+
+DOC = {
+    "machine_info": {
+        "node": "box", "processor": "x86_64", "machine": "x86_64", "python_implementation": "CPython",
+        "python_version": "3.11.9", "cpu": {"brand_raw": "Test CPU 9000", "count": 2},
+        "python": "3.11.9", "torch": "2.13.0+cpu", "torch_cuda": None, "triton": "3.8.0", "vmae2": "0.1.0",
+        "gpu": "cpu", "torch_threads": 2, "cpu_count": 2, "loadavg_1min": 0.5, "triton_interpret": "unset",
+        "vmae2_backend_env": "unset", "bench_full": "unset", "bench_batch": "unset", "kernel_backends": {},
+    },
+    "commit_info": {"id": "0123456789abcdef", "dirty": True, "branch": "main"},
+    "benchmarks": [
+        # per-round medians differ from per-call times: calls per round differ between arms
+        _bench("token_gather B B=2", "test_op[token_gather-torch-B]", 50 * 20e-6,
+               _kernel_info("torch", 20.0, 50, 1.5, baseline="torch")),
+        _bench("token_gather B B=2", "test_op[token_gather-compiled-B]", 10 * 5e-6,
+               _kernel_info("compiled", 5.0, 10, 6.0)),
+        _bench("token_gather B B=2", "test_op[token_gather-cpp-B]", 50 * 40e-6,
+               _kernel_info("cpp|x", 40.0, 50, 0.75)),
+        _bench("data-cpu", "test_official_style_loader", 0.703,
+               {"loader": "official-style (PyAV + PIL per frame)", "clips_per_epoch": 32, "clips_per_s": 45.52},
+               rounds=3),
+        _bench("data-cpu", "test_vmae2_torch_loader", 0.468,
+               {"loader": "vmae2 torch (PyAV + batched resize)", "clips_per_epoch": 32, "clips_per_s": 68.38},
+               rounds=3),
+        _bench(None, "test_bare[a-b]", 0.002, None),  # no group, no extra_info
+        _bench("odd", "test_odd", 0.001, {"us_per_call": "n/a", "gbps": None}),  # junk fields
+    ],
+    "datetime": "2030-01-01T00:00:00.000000+00:00",
+    "version": "5.3.1",
+}
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(DOC))
+    return path
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_markdown_tables(results, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([str(results), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    # header: machine info
+    assert "Test CPU 9000" in md and "2 logical cores" in md
+    assert "**GPU**: cpu" in md
+    assert "**torch** 2.13.0+cpu" in md and "**triton** 3.8.0" in md and "**DALI** not recorded" in md
+    assert "commit 0123456789ab (dirty)" in md
+    # kernel group: baseline named in extra_info; ratios from per-call times, not per-round medians
+    k = _section(md, "token_gather B B=2")
+    assert "Baseline: `torch`" in k and "guessed" not in k
+    assert "| test_op[token_gather-torch-B] | torch | 1 ms | 20.0 | 1.50 GB/s | 5 | 1.00x (baseline) |" in k
+    assert "| compiled | 50 µs | 5.0 | 6.00 GB/s | 5 | **4.00x** |" in k
+    assert "cpp\\|x" in k and "**0.50x**" in k  # pipes escaped
+    # data group: baseline guessed from the "official" label, clips/s shown
+    d = _section(md, "data-cpu")
+    assert "Baseline: `official-style (PyAV + PIL per frame)` (guessed from its name)" in d
+    assert "703 ms" in d and "45.5 clips/s" in d and "68.4 clips/s" in d
+    assert "**1.50x**" in d
+    # missing extra_info and group: a row with the test id as arm and no ratio column
+    bare = _section(md, report.NO_GROUP)
+    assert "| test_bare[a-b] | a-b | 2 ms | 2,000.0 | — | 5 |" in bare
+    assert "speed-up" not in bare
+    odd = _section(md, "odd")
+    assert "| test_odd | test_odd | 1 ms | 1,000.0 | — | 5 |" in odd
+
+
+def test_png(results, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([str(results), "--out", str(out)]) == 0
+    with Image.open(out / "report.png") as img:
+        img.load()
+        assert img.format == "PNG" and img.mode == "RGB"
+        w, h = img.size
+        assert 800 <= w <= 2000 and 7 * 20 < h < 2000
+        colors = {c for _, c in img.getcolors(maxcolors=1 << 20)}
+    assert (66, 133, 204) in colors and (150, 150, 150) in colors and (214, 96, 77) in colors  # bars drawn
+
+
+def test_cli_baseline_option_and_module_entry_point(results, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", str(results), "--out", str(out),
+                           "--baseline", "compiled"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "7 benchmarks in 4 groups" in proc.stdout
+    md = (out / "report.md").read_text()
+    # extra_info's baseline wins over --baseline; --baseline applies where none is named
+    assert "Baseline: `torch`" in _section(md, "token_gather B B=2")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(results), "--out",
+                           str(tmp_path / "script"), "--baseline", "vmae2 torch (PyAV + batched resize)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    d = _section((tmp_path / "script" / "report.md").read_text(), "data-cpu")
+    assert "Baseline: `vmae2 torch (PyAV + batched resize)`" in d and "**0.67x**" in d
+
+
+def test_empty_and_bad_input(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    assert report.main([str(empty), "--out", str(tmp_path / "e")]) == 0
+    assert "No benchmarks" in (tmp_path / "e" / "report.md").read_text()
+    with Image.open(tmp_path / "e" / "report.png") as img:
+        assert img.size[0] > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert report.main([str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "m")]) == 2
