@@ -57,16 +57,16 @@ def vmae2_epoch(records, backend: str) -> int:
     return sum(batch.video.shape[0] for batch in loader)
 
 
-def _run(benchmark, fn, *args, name):
+def _run(benchmark, fn, *args, name, baseline=False):
     clips = fn(*args)  # warm-up (imports, DALI pipeline build) outside the timing
     benchmark.pedantic(fn, args=args, rounds=3, iterations=1)
-    benchmark.extra_info.update({"loader": name, "clips_per_epoch": clips,
+    benchmark.extra_info.update({"loader": name, "clips_per_epoch": clips, "is_baseline": baseline,
                                  "clips_per_s": round(clips / benchmark.stats.stats.median, 2)})
 
 
 @pytest.mark.benchmark(group="data-cpu")
 def test_official_style_loader(benchmark, records):
-    _run(benchmark, official_style_epoch, records, name="official-style (PyAV + PIL per frame)")
+    _run(benchmark, official_style_epoch, records, name="official-style (PyAV + PIL per frame)", baseline=True)
 
 
 @pytest.mark.benchmark(group="data-cpu")
