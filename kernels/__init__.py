@@ -45,8 +45,8 @@ def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Ten
     """The whole decoder sequence in one launch: ``[x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]``.
 
     ``x_vis [B, Nv, D]``, ``vis_ids [B, Nv]``, ``dec_ids [B, Nd]``, ``mask_token`` (D elements), ``pos [N, D]``
-    -> ``[B, Nv + Nd, D]`` in the promoted dtype of ``x_vis`` and ``mask_token``. Gradients flow to ``x_vis``
-    and ``mask_token``.
+    -> ``[B, Nv + Nd, D]`` in the promoted dtype of the three inputs (fp32 for an fp32 table, as the official
+    decoder). Gradients flow to ``x_vis``, ``mask_token`` (and a learnable ``pos``).
     """
     return ops.decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos, backend)
 

@@ -85,7 +85,7 @@ def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: T
 
 @decoder_input.register_fake
 def _(x_vis, vis_ids, dec_ids, mask_token, pos, backend):
-    dtype = torch.promote_types(x_vis.dtype, mask_token.dtype)
+    dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
     return x_vis.new_empty(x_vis.shape[0], x_vis.shape[1] + dec_ids.shape[1], x_vis.shape[2], dtype=dtype)
 
 

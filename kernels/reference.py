@@ -35,12 +35,11 @@ def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Ten
 
     ``x_vis [B, Nv, D]``, ``vis_ids [B, Nv]``, ``dec_ids [B, Nd]``, ``mask_token`` with ``D`` elements,
     ``pos [N, D]``. Mask tokens go to *every* decoder-visible position, including ones the encoder also saw
-    (the official behaviour). ``pos`` is cast to ``x_vis.dtype``; the result has the promoted dtype of
-    ``x_vis`` and ``mask_token`` (under autocast: bf16 ``x_vis`` + fp32 ``mask_token`` -> fp32, exactly as
-    the official decoder, whose residual stream therefore stays fp32).
+    (the official behaviour). The result has the promoted dtype of the three inputs: the official decoder takes
+    its position table in the input video's dtype (fp32), so under autocast bf16 ``x_vis`` + fp32 table gives
+    an fp32 decoder input and an fp32 residual stream.
     """
     d = x_vis.shape[-1]
-    pos = pos.to(x_vis.dtype)
     visible = x_vis + pos[vis_ids]
     masked = mask_token.reshape(1, 1, d) + pos[dec_ids]
     return torch.cat([visible, masked], dim=1)  # cat promotes dtypes

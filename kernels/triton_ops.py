@@ -108,12 +108,11 @@ def _decoder_input_kernel(x_ptr,  # [B, NV, D] encoder output (decoder width)
     vis_tok = tl.load(vis_ids_ptr + b * NV + r, mask=r_ok & visible, other=0)
     dec_tok = tl.load(dec_ids_ptr + b * ND + (r - NV), mask=r_ok & (r >= NV), other=0)
     token = tl.where(visible, vis_tok, dec_tok).to(tl.int64)
-    x_dtype = x_ptr.dtype.element_ty
-    pos = tl.load(pos_ptr + token[:, None] * D + d[None, :], mask=ok).to(x_dtype).to(tl.float32)
+    pos = tl.load(pos_ptr + token[:, None] * D + d[None, :], mask=ok).to(tl.float32)
     x = tl.load(x_ptr + (b * NV + r[:, None]) * D + d[None, :], mask=ok & visible[:, None], other=0.0)
     mask_token = tl.load(token_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-    vis_val = (x.to(tl.float32) + pos).to(x_dtype).to(tl.float32)  # rounded like the x_vis-dtype add
-    val = tl.where(visible[:, None], vis_val, mask_token[None, :] + pos)
+    # fp32 sums, one rounding to the output dtype (the promoted dtype of x, mask token and table).
+    val = tl.where(visible[:, None], x.to(tl.float32), mask_token[None, :]) + pos
     tl.store(out_ptr + (b * L + r[:, None]) * D + d[None, :], val.to(out_ptr.dtype.element_ty), mask=ok)
 
 
@@ -121,7 +120,8 @@ def decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos):
     x_vis, vis_ids, dec_ids = x_vis.contiguous(), vis_ids.contiguous(), dec_ids.contiguous()
     B, NV, D = x_vis.shape
     ND = dec_ids.shape[1]
-    out = x_vis.new_empty(B, NV + ND, D, dtype=torch.promote_types(x_vis.dtype, mask_token.dtype))
+    dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
+    out = x_vis.new_empty(B, NV + ND, D, dtype=dtype)
     grid = lambda meta: (B, triton.cdiv(NV + ND, meta["BLOCK_K"]), triton.cdiv(D, meta["BLOCK_C"]))
     _decoder_input_kernel[grid](x_vis, vis_ids, dec_ids, mask_token.contiguous().reshape(-1), pos.contiguous(),
                                 out, NV, ND, NV + ND, D)

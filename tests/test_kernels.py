@@ -85,19 +85,25 @@ def test_learnable_pos_gradient():
 # -- decoder input --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B,N,D,Nv,Nd", [(1, 8, 1, 2, 4), (3, 40, 100, 7, 20), (2, 24, 1536, 3, 12)])
-@pytest.mark.parametrize("x_dtype,tok_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                                               (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)])
-def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype):
+@pytest.mark.parametrize("x_dtype,tok_dtype,pos_dtype", [
+    (torch.float32,) * 3,
+    (torch.bfloat16, torch.float32, torch.float32),  # the official decoder under autocast: an fp32 result
+    (torch.float16, torch.float16, torch.float32),
+    (torch.bfloat16,) * 3,
+    (torch.float16,) * 3,
+])
+def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype):
     x = torch.randn(B, Nv, D).to(x_dtype).requires_grad_()
     tok = (0.02 * torch.randn(1, 1, D)).to(tok_dtype).requires_grad_()
-    pos = torch.randn(N, D)
+    pos = torch.randn(N, D).to(pos_dtype)
     vis, dec = _ids(B, N, Nv, 2), _ids(B, N, Nd, 3)
     out = K.decoder_input(x, vis, dec, tok, pos, backend="triton")
     ref = R.decoder_input(x, vis, dec, tok, pos)
-    assert out.dtype == ref.dtype == torch.promote_types(x_dtype, tok_dtype) and out.shape == (B, Nv + Nd, D)
+    expected_dtype = torch.promote_types(torch.promote_types(x_dtype, tok_dtype), pos_dtype)
+    assert out.dtype == ref.dtype == expected_dtype and out.shape == (B, Nv + Nd, D)
     p = pos.double()
     exact = torch.cat([x.detach().double() + p[vis], tok.detach().double().reshape(1, 1, D) + p[dec]], 1)
-    _one_rounding(out, ref, exact, torch.cat([p[vis], p[dec]], 1), x_dtype)
+    _one_rounding(out, ref, exact, torch.zeros_like(exact), expected_dtype)  # one rounding of the exact sum
     grad = torch.randn_like(ref)
     gx, gt = torch.autograd.grad(out, (x, tok), grad)
     rx, rt = torch.autograd.grad(ref, (x, tok), grad)

@@ -26,7 +26,9 @@ def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
     table = torch.empty_like(angle)
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])
-    return table.to(torch.float32)
+    # On the default device (e.g. inside ``with torch.device("cuda")``); kept on the CPU when building on meta.
+    target = torch.get_default_device()
+    return table.to(torch.float32).to(target if target.type != "meta" else "cpu")
 
 
 def drop_path_rates(max_rate: float, depth: int) -> list[float]:
