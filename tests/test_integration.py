@@ -41,14 +41,15 @@ def test_triton_path_matches_torch_path_fp32():
 
 def test_triton_path_matches_torch_path_bf16_autocast():
     """bf16: loss within 1e-2 relative; every output and gradient no further from the fp32 result than twice
-    torch's own bf16 error (the interpreter truncates bf16 casts, so bit equality is not expected here)."""
+    torch's own bf16 error plus 1e-2 of its scale (the interpreter truncates bf16 casts, so bit equality is not
+    expected here)."""
     pred_t, loss_t, grads_t = _step(_tiny("triton"), "triton", autocast=True)
     pred_b, loss_b, grads_b = _step(_tiny("torch"), "torch", autocast=True)
     pred_f, _, grads_f = _step(_tiny("torch"), "torch")
     assert abs(loss_t.item() - loss_b.item()) <= 1e-2 * abs(loss_b.item())
 
     def within(a, b, exact):
-        return (a.float() - exact).abs().max() <= 2 * (b.float() - exact).abs().max() + 1e-3 * exact.abs().max()
+        return (a.float() - exact).abs().max() <= 2 * (b.float() - exact).abs().max() + 1e-2 * exact.abs().max()
 
     assert within(pred_t, pred_b, pred_f)
     for name, g in grads_f.items():
