@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmae2.runtime import clip_or_norm
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -328,10 +330,10 @@ class OfficialStep:
 
 def vmae2_optimizer(model, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95),
                     eps: float = 1e-8) -> torch.optim.AdamW:
-    """The optimizer ``vmae2.train`` builds: AdamW over ``vmae2.runtime.param_groups``."""
-    from vmae2.runtime import param_groups
+    """The optimizer ``vmae2.train`` builds."""
+    from vmae2.runtime import build_optimizer
 
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    return build_optimizer(model, lr, weight_decay, betas, eps)
 
 
 class Vmae2Step:
@@ -368,7 +370,7 @@ class Vmae2Step:
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), 0, self.first_bad)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        self.last_grad_norm = clip_or_norm(self.model.parameters(), None)  # as vmae2.train (no clipping)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
