@@ -42,7 +42,7 @@ import torch
 
 from vmae2 import attention, masking
 from vmae2.models import create_model
-from vmae2.runtime import model_flops_per_clip
+from vmae2.runtime import model_flops_per_clip, peak_flops
 from vmae2_kernels import dispatch
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -237,6 +237,8 @@ def run_arm(benchmark, comparison: str, size: Size, precision: str, arm: str) ->
                     torch_threads=torch.get_num_threads(), activation_checkpointing=size.checkpoint,
                     rounds=ROUNDS, ms_per_step=sec * 1e3, clips_per_s=BATCH / sec,
                     achieved_tflops=facts["model_tflop_per_step"] / sec, first_loss=first_loss, **facts, **memory)
+        peak = peak_flops(torch.device("cuda")) if ON_CUDA else None  # bf16 dense peak of A100/H100
+        info["mfu"] = info["achieved_tflops"] * 1e12 / peak if peak else None
         if arm == COMPARISONS[comparison][1]:
             ratio_of(comparison, key, info)
         benchmark.extra_info.update(info)
