@@ -236,6 +236,7 @@ def run_arm(benchmark, comparison: str, size: Size, precision: str, arm: str) ->
                     precision=precision, device=torch.cuda.get_device_name() if ON_CUDA else "cpu",
                     torch_threads=torch.get_num_threads(), activation_checkpointing=size.checkpoint,
                     rounds=ROUNDS, ms_per_step=sec * 1e3, clips_per_s=BATCH / sec,
+                    is_baseline=arm == COMPARISONS[comparison][0],
                     achieved_tflops=facts["model_tflop_per_step"] / sec, first_loss=first_loss, **facts, **memory)
         peak = peak_flops(torch.device("cuda")) if ON_CUDA else None  # bf16 dense peak of A100/H100
         info["mfu"] = info["achieved_tflops"] * 1e12 / peak if peak else None
