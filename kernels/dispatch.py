@@ -30,20 +30,26 @@ def triton_status() -> tuple[object, str | None]:
 def native_status() -> tuple[object, str | None]:
     """``(native extension module, None)`` or ``(None, reason)``; tried once."""
     try:
-        return importlib.import_module("vmae2_kernels._C"), None
+        return importlib.import_module("vmae2_kernels.native"), None
     except Exception as exc:
-        return None, f"the native extension vmae2_kernels._C (csrc/) is not built ({type(exc).__name__})"
+        return None, f"the native extension (csrc/) is unavailable: {exc}"
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def not_supported_reasons(backend: str, op: str, device_type: str) -> list[str]:
-    """Why ``backend`` cannot run ``op`` on ``device_type`` tensors (empty = it can)."""
+FUSED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on ``device_type`` tensors of ``dtype`` (empty = it can)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS} or 'auto'")
     reasons = []
+    name = str(dtype).replace("torch.", "") if dtype is not None else None
+    if backend != "torch" and name is not None and name not in FUSED_DTYPES:
+        reasons.append(f"dtype {name} is not supported (fused kernels take {', '.join(FUSED_DTYPES)})")
     if backend == "triton":
         if device_type == "cpu" and not interpreting():
             reasons.append("CPU tensors run Triton kernels only under TRITON_INTERPRET=1 (the interpreter)")
@@ -66,23 +72,23 @@ def not_supported_reasons(backend: str, op: str, device_type: str) -> list[str]:
     return reasons
 
 
-def choose(op: str, device_type: str, requested: str = "auto") -> str:
-    """The backend that runs ``op`` on ``device_type`` tensors (see the module docstring)."""
+def choose(op: str, device_type: str, requested: str = "auto", dtype=None) -> str:
+    """The backend that runs ``op`` on ``device_type`` tensors of ``dtype`` (see the module docstring)."""
     if requested == "auto":
         requested = os.environ.get(ENV_VAR, "auto") or "auto"
-    return _choose(op, device_type, requested, interpreting())
+    return _choose(op, device_type, requested, interpreting(), dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _choose(op: str, device_type: str, requested: str, interpret: bool) -> str:
+def _choose(op: str, device_type: str, requested: str, interpret: bool, dtype) -> str:
     if requested != "auto":
-        reasons = not_supported_reasons(requested, op, device_type)
+        reasons = not_supported_reasons(requested, op, device_type, dtype)
         if reasons:
             raise RuntimeError(f"kernel backend {requested!r} cannot run {op} on {device_type} tensors: "
                                + "; ".join(reasons))
         return requested
     for name in AUTO_ORDER.get(device_type, ("torch",)):
-        if not not_supported_reasons(name, op, device_type):
+        if not not_supported_reasons(name, op, device_type, dtype):
             return name
     return "torch"
 

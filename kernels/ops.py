@@ -14,8 +14,8 @@ from torch import Tensor
 from vmae2_kernels import dispatch, reference
 
 
-def _impl(op: str, device: torch.device, backend: str):
-    name = dispatch.choose(op, device.type, backend)
+def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None = None):
+    name = dispatch.choose(op, device.type, backend, dtype)
     if name == "torch":
         return getattr(reference, op)
     if name == "triton":
@@ -27,7 +27,7 @@ def _impl(op: str, device: torch.device, backend: str):
 
 @torch.library.custom_op("vmae2::token_gather", mutates_args=())
 def token_gather(x: Tensor, ids: Tensor, pos: Optional[Tensor], backend: str) -> Tensor:
-    return _impl("token_gather", x.device, backend)(x, ids, pos)
+    return _impl("token_gather", x.device, backend, x.dtype)(x, ids, pos)
 
 
 @token_gather.register_fake
@@ -37,7 +37,7 @@ def _(x, ids, pos, backend):
 
 @torch.library.custom_op("vmae2::token_scatter", mutates_args=())
 def token_scatter(src: Tensor, ids: Tensor, num_tokens: int, backend: str) -> Tensor:
-    return _impl("token_scatter", src.device, backend)(src, ids, num_tokens)
+    return _impl("token_scatter", src.device, backend, src.dtype)(src, ids, num_tokens)
 
 
 @token_scatter.register_fake
@@ -80,7 +80,8 @@ token_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 @torch.library.custom_op("vmae2::decoder_input", mutates_args=())
 def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: Tensor, pos: Tensor,
                   backend: str) -> Tensor:
-    return _impl("decoder_input", x_vis.device, backend)(x_vis, vis_ids, dec_ids, mask_token, pos)
+    dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
+    return _impl("decoder_input", x_vis.device, backend, dtype)(x_vis, vis_ids, dec_ids, mask_token, pos)
 
 
 @decoder_input.register_fake
@@ -91,7 +92,7 @@ def _(x_vis, vis_ids, dec_ids, mask_token, pos, backend):
 
 @torch.library.custom_op("vmae2::mask_token_grad", mutates_args=())
 def mask_token_grad(grad: Tensor, num_visible: int, backend: str) -> Tensor:
-    return _impl("mask_token_grad", grad.device, backend)(grad, num_visible)
+    return _impl("mask_token_grad", grad.device, backend, grad.dtype)(grad, num_visible)
 
 
 @mask_token_grad.register_fake
@@ -151,8 +152,8 @@ def _(keys, num_frames, num_masked, backend):
 @torch.library.custom_op("vmae2::recon_loss", mutates_args=())
 def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
                normalize: bool, mean: list[float], std: list[float], backend: str) -> Tensor:
-    return _impl("recon_loss", pred.device, backend)(pred, video, dec_ids, weights, patch_size, tubelet_size,
-                                                     normalize, mean, std)
+    return _impl("recon_loss", pred.device, backend, pred.dtype)(pred, video, dec_ids, weights, patch_size,
+                                                                 tubelet_size, normalize, mean, std)
 
 
 @recon_loss.register_fake
@@ -164,8 +165,8 @@ def _(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, 
 def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor,
                         patch_size: int, tubelet_size: int, normalize: bool, mean: list[float], std: list[float],
                         backend: str) -> Tensor:
-    return _impl("recon_loss_backward", pred.device, backend)(grad_out, pred, video, dec_ids, weights, patch_size,
-                                                              tubelet_size, normalize, mean, std)
+    return _impl("recon_loss_backward", pred.device, backend, pred.dtype)(
+        grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std)
 
 
 @recon_loss_backward.register_fake

@@ -16,6 +16,17 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
+def _runs(name):
+    reasons = dispatch.not_supported_reasons(name, "token_gather", "cpu")
+    return pytest.mark.skipif(bool(reasons), reason=f"{name} backend: {'; '.join(reasons)}")
+
+
+@pytest.fixture(params=[pytest.param("triton", marks=_runs("triton")), pytest.param("cpp", marks=_runs("cpp"))])
+def backend(request):
+    """The fused backends checked against the reference: Triton (interpreter on CPU) and the native C++ ops."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dispatch():
     dispatch.reset()
@@ -46,37 +57,37 @@ GATHER_SHAPES = [(1, 5, 1, 3), (3, 37, 1000, 13), (2, 50, 1536, 7), (3, 196, 24,
 
 @pytest.mark.parametrize("B,N,C,Kk", GATHER_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_token_gather_forward(B, N, C, Kk, dtype):
+def test_token_gather_forward(B, N, C, Kk, dtype, backend):
     x = torch.randn(B, N, C).to(dtype)
     ids, pos = _ids(B, N, Kk), torch.randn(N, C)
-    assert torch.equal(K.token_gather(x, ids, backend="triton"), R.token_gather(x, ids))  # pure data movement
+    assert torch.equal(K.token_gather(x, ids, backend=backend), R.token_gather(x, ids))  # pure data movement
     exact = R.token_gather(x.double(), ids, pos.double())
-    _one_rounding(K.token_gather(x, ids, pos, backend="triton"), R.token_gather(x, ids, pos), exact,
+    _one_rounding(K.token_gather(x, ids, pos, backend=backend), R.token_gather(x, ids, pos), exact,
                   pos.double()[ids], dtype)
 
 
 @pytest.mark.parametrize("B,N,C,Kk", GATHER_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_token_gather_backward_and_scatter(B, N, C, Kk, dtype):
+def test_token_gather_backward_and_scatter(B, N, C, Kk, dtype, backend):
     ids = _ids(B, N, Kk, seed=1)
     x = torch.randn(B, N, C).to(dtype).requires_grad_()
     grad = torch.randn(B, Kk, C).to(dtype)
-    (gx,) = torch.autograd.grad(K.token_gather(x, ids, backend="triton"), x, grad)
+    (gx,) = torch.autograd.grad(K.token_gather(x, ids, backend=backend), x, grad)
     (gr,) = torch.autograd.grad(R.token_gather(x, ids), x, grad)
     assert torch.equal(gx, gr)
     src = torch.randn(B, Kk, C).to(dtype).requires_grad_()
-    out = K.token_scatter(src, ids, N, backend="triton")
+    out = K.token_scatter(src, ids, N, backend=backend)
     assert torch.equal(out, R.token_scatter(src, ids, N))
     (gs,) = torch.autograd.grad(out, src, torch.randn(B, N, C).to(dtype))
     assert gs.shape == src.shape
 
 
-def test_learnable_pos_gradient():
+def test_learnable_pos_gradient(backend):
     x = torch.randn(2, 9, 5, requires_grad=True)
     pos = torch.randn(9, 5, requires_grad=True)
     ids = _ids(2, 9, 4)
     grad = torch.randn(2, 4, 5)
-    got = torch.autograd.grad(K.token_gather(x, ids, pos, backend="triton"), (x, pos), grad)
+    got = torch.autograd.grad(K.token_gather(x, ids, pos, backend=backend), (x, pos), grad)
     want = torch.autograd.grad(R.token_gather(x, ids, pos), (x, pos), grad)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
@@ -92,12 +103,12 @@ def test_learnable_pos_gradient():
     (torch.bfloat16,) * 3,
     (torch.float16,) * 3,
 ])
-def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype):
+def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype, backend):
     x = torch.randn(B, Nv, D).to(x_dtype).requires_grad_()
     tok = (0.02 * torch.randn(1, 1, D)).to(tok_dtype).requires_grad_()
     pos = torch.randn(N, D).to(pos_dtype)
     vis, dec = _ids(B, N, Nv, 2), _ids(B, N, Nd, 3)
-    out = K.decoder_input(x, vis, dec, tok, pos, backend="triton")
+    out = K.decoder_input(x, vis, dec, tok, pos, backend=backend)
     ref = R.decoder_input(x, vis, dec, tok, pos)
     expected_dtype = torch.promote_types(torch.promote_types(x_dtype, tok_dtype), pos_dtype)
     assert out.dtype == ref.dtype == expected_dtype and out.shape == (B, Nv + Nd, D)
@@ -112,9 +123,9 @@ def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype):
     torch.testing.assert_close(gt.float(), rt.float(), rtol=tol, atol=tol * Nd ** 0.5)
 
 
-def test_mask_token_grad_kernel_many_rows():
+def test_mask_token_grad_kernel_many_rows(backend):
     g = torch.randn(3, 7 + 600, 33)
-    got = triton_ops.mask_token_grad(g, 7)
+    got = ops.mask_token_grad(g, 7, backend)
     torch.testing.assert_close(got, g[:, 7:].double().sum((0, 1)).float(), rtol=1e-5, atol=1e-4)
 
 
@@ -122,24 +133,24 @@ def test_mask_token_grad_kernel_many_rows():
 
 @pytest.mark.parametrize("grid", [(8, 14, 14), (8, 16, 16), (1, 2, 2), (3, 4, 6), (5, 2, 10)])
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
-def test_running_cell_ids(grid, ratio):
+def test_running_cell_ids(grid, ratio, backend):
     phase = torch.tensor([0, 1, 2, 3, 2])
-    got = K.running_cell_ids(5, grid, ratio, phase, backend="triton")
+    got = K.running_cell_ids(5, grid, ratio, phase, backend=backend)
     assert torch.equal(got, K.running_cell_ids(5, grid, ratio, phase, backend="torch"))
 
 
 @pytest.mark.parametrize("grid,ratio", [((8, 14, 14), 0.9), ((8, 16, 16), 0.9), ((2, 3, 5), 0.5),
                                         ((1, 1, 7), 0.0), ((3, 14, 14), 0.95)])
-def test_tube_ids(grid, ratio):
+def test_tube_ids(grid, ratio, backend):
     g = torch.Generator().manual_seed(4)
-    got = K.tube_ids(3, grid, ratio, g, backend="triton")
+    got = K.tube_ids(3, grid, ratio, g, backend=backend)
     g = torch.Generator().manual_seed(4)
     assert torch.equal(got, K.tube_ids(3, grid, ratio, g, backend="torch"))
 
 
-def test_tube_ids_ties_break_by_index():
+def test_tube_ids_ties_break_by_index(backend):
     keys = torch.tensor([[0.5, 0.5, 0.1, 0.5, 0.9, 0.5]])
-    got = triton_ops.tube_ids(keys, 2, 3)
+    got = ops.tube_ids(keys, 2, 3, backend)
     assert torch.equal(got, R.tube_ids(keys, 2, 3))
     assert got.tolist() == [[3, 4, 5, 9, 10, 11]]  # masked: 0.1 (2), then the first two 0.5s (0, 1)
 
@@ -156,7 +167,7 @@ LOSS_CASES = [  # (B, T, H, W, patch, Nd)
 @pytest.mark.parametrize("B,T,H,W,p,Nd", LOSS_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalize", [True, False])
-def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize):
+def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize, backend):
     N = (T // 2) * (H // p) * (W // p)
     video = torch.randn(B, 3, T, H, W)
     dec = _ids(B, N, Nd, 5)
@@ -164,7 +175,7 @@ def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize):
     enc_mask[:, dec[:, 0]] = True  # at least one supervised token per sample
     pred = torch.randn(B, Nd, 2 * p * p * 3).to(dtype).requires_grad_()
     kw = dict(patch_size=p, normalize=normalize)
-    loss = K.recon_loss(pred, video, dec, enc_mask, backend="triton", **kw)
+    loss = K.recon_loss(pred, video, dec, enc_mask, backend=backend, **kw)
     ref = K.recon_loss(pred, video, dec, enc_mask, backend="torch", **kw)
     assert loss.dtype == ref.dtype == torch.float32
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=0)
@@ -176,12 +187,12 @@ def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize):
     assert (g.float() - gr.float()).abs().max() <= tol * gr.float().abs().max()
 
 
-def test_recon_loss_weights_and_official_equivalence():
+def test_recon_loss_weights_and_official_equivalence(backend):
     video = torch.randn(2, 3, 4, 32, 32)
     dec = _ids(2, 8, 4, 6)
     w = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
     pred = torch.randn(2, 4, 1536)
-    loss = K.recon_loss(pred, video, dec, w, patch_size=16, backend="triton")
+    loss = K.recon_loss(pred, video, dec, w, patch_size=16, backend=backend)
     target = R.recon_target(video, dec, 16, 2, True, MEAN, STD)
     expected = ((pred - target).pow(2).mean(-1) * w).sum() / w.sum()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
@@ -190,22 +201,22 @@ def test_recon_loss_weights_and_official_equivalence():
 
 
 @pytest.mark.slow
-def test_vit_b_shapes():
+def test_vit_b_shapes(backend):
     """A real ViT-B geometry (8x14x14 tokens, D=768, decoder 384) through every kernel."""
     B = 2
     g = torch.Generator().manual_seed(0)
-    vis = K.tube_ids(B, (8, 14, 14), 0.9, g, backend="triton")
-    dec = K.running_cell_ids(B, (8, 14, 14), 0.5, generator=g, backend="triton")
+    vis = K.tube_ids(B, (8, 14, 14), 0.9, g, backend=backend)
+    dec = K.running_cell_ids(B, (8, 14, 14), 0.5, generator=g, backend=backend)
     x = torch.randn(B, 1568, 768)
     pos = torch.randn(1568, 768)
-    torch.testing.assert_close(K.token_gather(x, vis, pos, backend="triton"), R.token_gather(x, vis, pos))
+    torch.testing.assert_close(K.token_gather(x, vis, pos, backend=backend), R.token_gather(x, vis, pos))
     x_vis, tok, dpos = torch.randn(B, 160, 384), torch.randn(384), torch.randn(1568, 384)
-    assert torch.equal(K.decoder_input(x_vis, vis, dec, tok, dpos, backend="triton"),
+    assert torch.equal(K.decoder_input(x_vis, vis, dec, tok, dpos, backend=backend),
                        R.decoder_input(x_vis, vis, dec, tok, dpos))
     video = torch.randn(B, 3, 16, 224, 224)
     enc_mask = torch.ones(B, 1568, dtype=torch.bool).scatter_(1, vis, False)
     pred = torch.randn(B, 784, 1536)
-    torch.testing.assert_close(K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend="triton"),
+    torch.testing.assert_close(K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend=backend),
                                K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend="torch"),
                                rtol=1e-5, atol=0)
 
@@ -229,7 +240,8 @@ def _opcheck_cases(backend):
     ]
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=_runs("triton")),
+                                     pytest.param("cpp", marks=_runs("cpp"))])
 def test_opcheck(backend):
     for op, args in _opcheck_cases(backend):
         torch.library.opcheck(op, args)
@@ -253,8 +265,13 @@ def test_gradcheck_reference_fp64():
 
 
 def test_dispatch_reasons_and_forcing(monkeypatch):
-    assert dispatch.choose("token_gather", "cpu") == "torch"  # interpreter is never auto-selected on CPU
+    built = not dispatch.not_supported_reasons("cpp", "token_gather", "cpu")
+    assert dispatch.choose("token_gather", "cpu") == ("cpp" if built else "torch")  # never the interpreter
     assert dispatch.choose("token_gather", "cuda") == "triton"
+    monkeypatch.setattr(dispatch, "native_status", lambda: (None, "the native extension (csrc/) is unavailable: "
+                                                                    "not built"))
+    dispatch._choose.cache_clear()
+    assert dispatch.choose("token_gather", "cpu") == "torch"
     refused = dispatch.report("recon_loss", "cpu")
     assert refused["torch"] == [] and any("not built" in r for r in refused["cpp"])
     with pytest.raises(RuntimeError, match="cpp.*not built"):
@@ -291,3 +308,10 @@ def test_info_lists_every_op():
     for op in ops.OPS:
         assert f"{op:22s} cpu" in text and f"{op:22s} cuda" in text
     assert "torch" in text and "triton" in text
+
+
+def test_fused_backends_refuse_float64():
+    """fp64 (gradcheck, oracles) always runs the reference; forcing a fused backend names the dtype."""
+    assert dispatch.choose("token_gather", "cpu", "auto", torch.float64) == "torch"
+    with pytest.raises(RuntimeError, match="dtype float64"):
+        K.token_gather(torch.randn(1, 3, 2, dtype=torch.float64), torch.tensor([[0, 2]]), backend="triton")
