@@ -174,32 +174,26 @@ at::Tensor tube_ids(const at::Tensor& keys_in, int64_t num_frames, int64_t num_m
   return out;
 }
 
-// One token's target [P, 3] (pixel-major, channel fastest) from the video, never stored beyond this buffer.
+// One token's target, channel-major [3][P] (the caller interleaves to (p0 p1 p2 c)); never stored beyond `out`.
+// `offs[i]` is pixel i's offset inside a patch, so the loads are contiguous runs of `patch` elements.
 template <typename vid_t>
-void token_target(const vid_t* vp, const at::IntArrayRef& strides, int64_t b, int64_t n, int64_t hp, int64_t wp,
-                  int64_t patch, int64_t tub, bool normalize, const std::vector<double>& mean,
-                  const std::vector<double>& std, float* target) {
-  const int64_t t = n / (hp * wp), hh = (n / wp) % hp, ww = n % wp, P = tub * patch * patch;
+void token_target(const vid_t* vp, const at::IntArrayRef& st, const std::vector<int64_t>& offs, int64_t b,
+                  int64_t n, int64_t hp, int64_t wp, int64_t patch, int64_t tub, bool normalize,
+                  const std::vector<double>& mean, const std::vector<double>& std, float* out) {
+  const int64_t t = n / (hp * wp), hh = (n / wp) % hp, ww = n % wp, P = static_cast<int64_t>(offs.size());
   for (int64_t c = 0; c < 3; ++c) {
     const float s = static_cast<float>(std[c]), m = static_cast<float>(mean[c]);
-    for (int64_t i = 0; i < P; ++i) {
-      const int64_t p0 = i / (patch * patch), p1 = (i / patch) % patch, p2 = i % patch;
-      const int64_t off = b * strides[0] + c * strides[1] + (t * tub + p0) * strides[2] +
-                          (hh * patch + p1) * strides[3] + (ww * patch + p2) * strides[4];
-      target[i * 3 + c] = float(vp[off]) * s + m;
-    }
-    if (normalize) {
-      float sum = 0.f;
-      for (int64_t i = 0; i < P; ++i) sum += target[i * 3 + c];
-      const float mu = sum / P;
-      float sq = 0.f;
-      for (int64_t i = 0; i < P; ++i) {
-        const float d = target[i * 3 + c] - mu;
-        sq += d * d;
-      }
-      const float sigma = std::sqrt(sq / (P - 1)) + 1e-6f;
-      for (int64_t i = 0; i < P; ++i) target[i * 3 + c] = (target[i * 3 + c] - mu) / sigma;
-    }
+    const vid_t* base = vp + b * st[0] + c * st[1] + t * tub * st[2] + hh * patch * st[3] + ww * patch * st[4];
+    float* x = out + c * P;
+    for (int64_t i = 0; i < P; ++i) x[i] = float(base[offs[i]]) * s + m;
+    if (!normalize) continue;
+    float sum = 0.f;
+    for (int64_t i = 0; i < P; ++i) sum += x[i];
+    const float mu = sum / P;
+    float sq = 0.f;
+    for (int64_t i = 0; i < P; ++i) sq += (x[i] - mu) * (x[i] - mu);
+    const float inv = 1.f / (std::sqrt(sq / (P - 1)) + 1e-6f);
+    for (int64_t i = 0; i < P; ++i) x[i] = (x[i] - mu) * inv;
   }
 }
 
@@ -221,14 +215,17 @@ void for_each_token(const at::Tensor& pred, const at::Tensor& video, const at::T
   const int64_t B = ids.size(0), Nd = ids.size(1), P = tub * patch * patch;
   const int64_t hp = video.size(3) / patch, wp = video.size(4) / patch;
   const int64_t* ip = ids.data_ptr<int64_t>();
+  const auto st = video.strides();
+  std::vector<int64_t> offs(P);
+  for (int64_t i = 0; i < P; ++i)
+    offs[i] = (i / (patch * patch)) * st[2] + ((i / patch) % patch) * st[3] + (i % patch) * st[4];
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(), "recon_loss", [&] {
     const scalar_t* vp = video.data_ptr<scalar_t>();
-    const auto strides = video.strides();
     at::parallel_for(0, B * Nd, 8, [&](int64_t begin, int64_t end) {
       std::vector<float> target(P * 3);
       for (int64_t r = begin; r < end; ++r) {
-        token_target(vp, strides, r / Nd, ip[r], hp, wp, patch, tub, normalize, mean, std, target.data());
-        fn(r, target.data());
+        token_target(vp, st, offs, r / Nd, ip[r], hp, wp, patch, tub, normalize, mean, std, target.data());
+        fn(r, target.data(), P);
       }
     });
   });
@@ -247,13 +244,15 @@ at::Tensor recon_loss(const at::Tensor& pred_in, const at::Tensor& video, const 
   const float* pp = pred.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* tp = per_token.data_ptr<float>();
-  for_each_token(pred, video, ids, patch, tub, normalize, mean.vec(), std.vec(), [&](int64_t r, const float* tgt) {
+  for_each_token(pred, video, ids, patch, tub, normalize, mean.vec(), std.vec(),
+                 [&](int64_t r, const float* tgt, int64_t P) {  // tgt is [3][P]; pred rows are (p c)
     float sq = 0.f;
     const float* row = pp + r * F;
-    for (int64_t f = 0; f < F; ++f) {
-      const float d = row[f] - tgt[f];
-      sq += d * d;
-    }
+    for (int64_t i = 0; i < P; ++i)
+      for (int64_t c = 0; c < 3; ++c) {
+        const float d = row[i * 3 + c] - tgt[c * P + i];
+        sq += d * d;
+      }
     tp[r] = sq / F * wp[r];
   });
   return per_token.sum() / w.sum();
@@ -273,9 +272,11 @@ at::Tensor recon_loss_backward(const at::Tensor& grad_out, const at::Tensor& pre
   const float* pp = pred.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* gp = grad.data_ptr<float>();
-  for_each_token(pred, video, ids, patch, tub, normalize, mean.vec(), std.vec(), [&](int64_t r, const float* tgt) {
+  for_each_token(pred, video, ids, patch, tub, normalize, mean.vec(), std.vec(),
+                 [&](int64_t r, const float* tgt, int64_t P) {
     const float k = scale * wp[r];
-    for (int64_t f = 0; f < F; ++f) gp[r * F + f] = (pp[r * F + f] - tgt[f]) * k;
+    for (int64_t i = 0; i < P; ++i)
+      for (int64_t c = 0; c < 3; ++c) gp[r * F + i * 3 + c] = (pp[r * F + i * 3 + c] - tgt[c * P + i]) * k;
   });
   return grad.to(pred_in.scalar_type());
 }
