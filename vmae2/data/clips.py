@@ -48,7 +48,6 @@ class PlannedClip:
     info: VideoInfo
     plan: ClipPlan
     failures: list[BadVideo] = field(default_factory=list)
-    views: torch.Tensor | None = None  # [num_sample, 3, T, S, S] once loaded (PyTorch path)
 
 
 class ClipSource:
@@ -115,7 +114,6 @@ class ClipSource:
                 out = torch.empty(cfg.num_sample, 3, cfg.clip_len, cfg.input_size, cfg.input_size)
             for view, crop in zip(out, clip.plan.crops):
                 augment(frames, crop, cfg.input_size, out=view)
-            clip.views = out
             return clip
 
 
