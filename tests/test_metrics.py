@@ -1,0 +1,224 @@
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from vmae2.data.lists import shard_indices
+from vmae2.metrics import (
+    ViewPredictions,
+    confusion_matrix,
+    gather_views,
+    merge_views,
+    per_class_accuracy,
+    save_confusion_png,
+    topk_accuracy,
+)
+
+# -- the official merge, re-stated ------------------------------------------------------------------------
+
+
+def _softmax(x):
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def official_merge(rank_lines):
+    """Plain re-statement of the official ``engine_for_finetuning.merge`` + ``compute_video``.
+
+    ``rank_lines``: per rank (in rank order, as ``0.txt, 1.txt, ...`` are read), a list of lines
+    ``(name, logits, label, chunk_nb, split_nb)`` with ``chunk_nb``/``split_nb`` strings, as parsed from the
+    files. Returns ``(top1 %, top5 %, {name: mean softmax})``.
+    """
+    dict_feats, dict_label, dict_pos = {}, {}, {}
+    for lines in rank_lines:
+        for name, logits, label, chunk_nb, split_nb in lines:
+            data = _softmax(np.asarray(logits, dtype=np.float64))
+            if name not in dict_feats:
+                dict_feats[name] = []
+                dict_label[name] = 0
+                dict_pos[name] = []
+            if chunk_nb + split_nb in dict_pos[name]:
+                continue
+            dict_feats[name].append(data)
+            dict_pos[name].append(chunk_nb + split_nb)
+            dict_label[name] = label
+    top1, top5, means = [], [], {}
+    for name in dict_feats:
+        feat = np.mean(dict_feats[name], axis=0)
+        pred = np.argmax(feat)
+        top1.append((int(pred) == int(dict_label[name])) * 1.0)
+        top5.append((int(dict_label[name]) in np.argsort(-feat)[:5]) * 1.0)
+        means[name] = feat
+    return float(np.mean(top1)) * 100, float(np.mean(top5)) * 100, means
+
+
+def _random_eval(seed, num_videos=23, chunks=5, crops=3, k=12, world=3):
+    """Random per-rank view outputs with repeats (sampler padding, and repeats carrying different logits)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (num_videos,), generator=g)
+    rows = [(v, c, s) for v in range(num_videos) for c in range(chunks) for s in range(crops)
+            if not (v % 7 == 3 and (c + s) % 4 == 0)]  # some videos miss some views
+    rows = [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
+    rows += rows[:5]  # DistributedSampler-style padding (same views again)
+    logits = torch.randn(len(rows), k, generator=g, dtype=torch.float64) * 3
+    shards = [shard_indices(np.arange(len(rows)), r, world) for r in range(world)]
+    return rows, logits, labels, shards
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_views_matches_official_merge(seed):
+    crops = 3
+    rows, logits, labels, shards = _random_eval(seed, crops=crops)
+    rank_lines = [[(f"vid{rows[i][0]}", logits[i].numpy(), int(labels[rows[i][0]]), str(rows[i][1]), str(rows[i][2]))
+                   for i in shard] for shard in shards]
+    top1, top5, means = official_merge(rank_lines)
+    order = np.concatenate(shards)  # ranks concatenated in rank order
+    video = torch.tensor([rows[i][0] for i in order])
+    view = torch.tensor([rows[i][1] * crops + rows[i][2] for i in order])
+    for dtype in (torch.float64, torch.float32):
+        ids, probs = merge_views(video, view, logits[order].to(dtype), num_videos=len(labels))
+        assert torch.equal(ids, torch.arange(len(labels)))
+        acc = topk_accuracy(probs, labels[ids], ks=(1, 5))
+        assert acc[1] == pytest.approx(top1) and acc[5] == pytest.approx(top5)
+        expect = torch.tensor(np.stack([means[f"vid{v}"] for v in ids.tolist()]))
+        torch.testing.assert_close(probs.double(), expect, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_merge_views_first_occurrence_and_distinct_views():
+    # video 0: view 0 twice (the second row must be ignored), view 1 once -> mean of 2 views, not 3
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-5.0, 5.0], [1.0, 1.0]])
+    video = torch.tensor([0, 0, 0, 4])
+    view = torch.tensor([0, 1, 0, 7])
+    ids, probs = merge_views(video, view, logits)
+    assert ids.tolist() == [0, 4]
+    sm = torch.softmax(logits, 1)
+    torch.testing.assert_close(probs[0], (sm[0] + sm[1]) / 2)
+    torch.testing.assert_close(probs[1], sm[3])
+    torch.testing.assert_close(probs.sum(1), torch.ones(2))
+    with pytest.raises(ValueError, match=r"3 of 5 videos have no prediction \(first: \[1, 2, 3\]\)"):
+        merge_views(video, view, logits, num_videos=5)
+    with pytest.raises(ValueError, match="video index 4 >= num_videos=3"):
+        merge_views(video, view, logits, num_videos=3)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        merge_views(torch.tensor([-1]), torch.tensor([0]), logits[:1])
+    with pytest.raises(ValueError, match=r"view_index must be \[N\]"):
+        merge_views(video, view[:3], logits)
+    with pytest.raises(ValueError, match="integer"):
+        merge_views(video.float(), view, logits)
+    # fp16 logits are merged in float32
+    _, p16 = merge_views(video, view, logits.half())
+    assert p16.dtype == torch.float32
+
+
+def test_view_predictions_accumulator():
+    rows, logits, labels, _ = _random_eval(3, world=1)
+    video = torch.tensor([r[0] for r in rows])
+    view = torch.tensor([r[1] * 3 + r[2] for r in rows])
+    acc = ViewPredictions()
+    for chunk in torch.arange(len(rows)).split(7):
+        acc.add(video[chunk], view[chunk], logits[chunk].float())
+    assert len(acc) == len(rows)
+    ids, probs = acc.compute(num_videos=len(labels))
+    ids2, probs2 = merge_views(video, view, logits.float())
+    assert torch.equal(ids, ids2) and torch.equal(probs, probs2)
+    assert torch.equal(acc.gather()[1], probs)  # no process group: same as compute
+    with pytest.raises(ValueError, match="classes"):
+        acc.add(video[:2], view[:2], torch.zeros(2, 3))
+    acc.reset()
+    with pytest.raises(ValueError, match="no predictions"):
+        acc.compute()
+
+
+# -- accuracies, confusion matrix --------------------------------------------------------------------------
+
+def test_topk_and_per_class_and_confusion():
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0],   # true 0: top1
+                          [0.1, 0.2, 0.3, 0.4],   # true 1: rank 3
+                          [0.5, 0.1, 0.4, 0.0],   # true 2: rank 2
+                          [0.05, 0.1, 0.15, 0.7]])  # true 0: rank 4
+    labels = torch.tensor([0, 1, 2, 0])
+    acc = topk_accuracy(probs, labels, ks=(1, 2, 3, 10))
+    assert acc == {1: 25.0, 2: 50.0, 3: 75.0, 10: 100.0}
+    cm = confusion_matrix(probs, labels, 5)
+    assert cm.dtype == torch.long and cm.shape == (5, 5)
+    assert cm[0, 0] == 1 and cm[0, 3] == 1 and cm[1, 3] == 1 and cm[2, 0] == 1 and cm.sum() == 4
+    assert torch.equal(confusion_matrix(probs.argmax(1), labels, 5), cm)
+    pc = per_class_accuracy(probs, labels, 5)
+    assert pc[:3].tolist() == [50.0, 0.0, 0.0] and torch.isnan(pc[3:]).all()
+    assert float(torch.nanmean(pc)) == pytest.approx(50 / 3)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        confusion_matrix(torch.tensor([0]), torch.tensor([3]), 3)
+
+
+def test_save_confusion_png(tmp_path):
+    cm = torch.tensor([[5, 0, 0], [1, 3, 0], [0, 0, 0]])
+    p = tmp_path / "sub" / "cm.png"
+    save_confusion_png(cm, p, class_names=["abseiling", "air drumming", "zumba"])
+    img = Image.open(p).convert("RGB")
+    assert img.width > 3 * 40 and img.height > 3 * 40  # cells of 40 px plus labels
+    # many classes: one pixel per cell, no labels, diagonal bright (yellow), off-diagonal dark
+    k = 300
+    save_confusion_png(torch.eye(k, dtype=torch.long) * 3, tmp_path / "big.png", max_size=256)
+    big = np.asarray(Image.open(tmp_path / "big.png").convert("RGB"))
+    top = big.shape[0] - k - 2
+    assert big.shape[1] == k + 2
+    assert tuple(big[top + 10, 10]) == (253, 231, 37) and tuple(big[top + 10, 20]) == (68, 1, 84)
+    with pytest.raises(ValueError, match="square"):
+        save_confusion_png(torch.zeros(2, 3), tmp_path / "x.png")
+
+
+# -- distributed gather ------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather_worker(rank, world, port, data, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        video, view, logits, num_videos = data
+        idx = torch.from_numpy(shard_indices(np.arange(len(video)), rank, world))  # padded with repeats
+        if rank == 0:
+            idx = torch.cat([idx, idx[:2]])  # unequal row counts across ranks
+        acc = ViewPredictions()
+        for chunk in idx.split(4):
+            acc.add(video[chunk], view[chunk], logits[chunk])
+        result = {"acc": acc.gather(num_videos=num_videos),
+                  "fn": gather_views(video[idx], view[idx], logits[idx].half())}
+        # a rank with no predictions still takes part
+        empty = ViewPredictions()
+        if rank == 1:
+            empty.add(video, view, logits)
+        result["empty"] = empty.gather(num_videos=num_videos)
+        torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_views_two_gloo_ranks(tmp_path):
+    # 2 ranks, an odd number of views: DistributedSampler-style padding repeats the first view on rank 1.
+    g = torch.Generator().manual_seed(5)
+    num_videos, views, k = 9, 5, 7
+    pairs = torch.tensor([(v, w) for v in range(num_videos) for w in range(views)])
+    pairs = pairs[torch.randperm(len(pairs), generator=g)]
+    video, view = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+    logits = torch.randn(len(pairs), k, generator=g)
+    assert len(pairs) % 2 == 1
+    mp.spawn(_gather_worker, args=(2, _free_port(), (video, view, logits, num_videos), str(tmp_path)), nprocs=2,
+             join=True)
+    ids, probs = merge_views(video, view, logits, num_videos=num_videos)
+    _, probs16 = merge_views(video, view, logits.half())
+    for rank in range(2):
+        res = torch.load(tmp_path / f"{rank}.pt")
+        for key, expect in (("acc", probs), ("empty", probs), ("fn", probs16)):
+            got_ids, got = res[key]
+            assert torch.equal(got_ids, ids), key
+            torch.testing.assert_close(got, expect, rtol=0, atol=1e-6, msg=key)
