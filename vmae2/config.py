@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
 from vmae2.models import list_models
@@ -172,18 +172,35 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vmae2.train",
-        description="VideoMAE V2 pretraining. With no arguments: the demo preset, a tiny model on generated videos "
-                    "(a few minutes on a CPU). Precedence: defaults < --preset < --config < flags. Defaults "
-                    "below are the official run_mae_pretraining.py ones; the preset replaces some of them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                        help="official script settings (vit_*_hybrid_pt), or demo (tiny model, generated videos)")
+@dataclass(frozen=True)
+class Command:
+    """What an entry point parses: its config dataclass, named presets and help texts."""
+
+    prog: str
+    description: str
+    config_cls: type
+    presets: dict
+    default_preset: str
+    preset_help: str
+
+
+PRETRAIN = Command(
+    "python -m vmae2.train",
+    "VideoMAE V2 pretraining. With no arguments: the demo preset, a tiny model on generated videos (a few minutes "
+    "on a CPU). Precedence: defaults < --preset < --config < flags. Defaults below are the official "
+    "run_mae_pretraining.py ones; the preset replaces some of them.",
+    TrainConfig, PRESETS, "demo",
+    "official script settings (vit_*_hybrid_pt), or demo (tiny model, generated videos)")
+
+
+def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=command.prog, description=command.description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(command.presets), default=command.default_preset,
+                        help=command.preset_help)
     parser.add_argument("--config", default=None, help="JSON or YAML file of option: value pairs")
-    hints = get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
+    hints = get_type_hints(command.config_cls)
+    for f in fields(command.config_cls):
         kw = {"help": f.metadata["help"], "default": argparse.SUPPRESS, "type": _field_parser(f.name, hints[f.name])}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
@@ -209,14 +226,14 @@ def _read_file(path: str) -> dict:
     return data
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Parse ``argv`` into a validated :class:`TrainConfig` (raises ``SystemExit`` / ``ValueError``)."""
-    args = vars(build_parser().parse_args(argv))
-    values: dict = dict(PRESETS[args.pop("preset")])
+def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
+    """Parse ``argv`` into a validated ``command.config_cls`` (raises ``SystemExit`` / ``ValueError``)."""
+    args = vars(build_parser(command).parse_args(argv))
+    values: dict = dict(command.presets[args.pop("preset")])
     config_file = args.pop("config", None)
     if config_file:
         from_file = _read_file(config_file)
-        known = {f.name for f in fields(TrainConfig)}
+        known = {f.name for f in fields(command.config_cls)}
         unknown = sorted(set(from_file) - known)
         if unknown:
             raise ValueError(f"--config {config_file}: unknown options {unknown}")
@@ -224,12 +241,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     values.update(args)
     if "opt_betas" in values:
         values["opt_betas"] = tuple(float(b) for b in values["opt_betas"])
-    return TrainConfig(**values).validate()
+    return command.config_cls(**values).validate()
 
 
-def to_dict(config: TrainConfig) -> dict:
-    return asdict(config)
-
-
-def defaults() -> dict:
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+def to_dict(config) -> dict:
+    """The config as plain JSON-able values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}

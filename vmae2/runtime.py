@@ -67,24 +67,53 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
     return np.concatenate([warm, rest])
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups like the official optimizer factory: decay for >=2-D weights; none for 1-D params, biases and
-    the mask token (by name, on the unwrapped model, so compile/DDP prefixes cannot change it)."""
+def layer_id(name: str, depth: int) -> int:
+    """Official layer-decay layer of a parameter: 0 for the embedding (``patch_embed``, ``pos_embed``,
+    ``cls_token``, ``mask_token``), ``k + 1`` for ``blocks.k``, ``depth + 1`` for the rest (``fc_norm``, head)."""
+    name = name.removeprefix("encoder.")
+    if name.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW groups like the official optimizer factory: decay for >=2-D weights; none for 1-D params, biases
+    and the mask token (by name, on the unwrapped model, so compile/DDP prefixes cannot change it). With
+    ``layer_decay`` (fine-tuning), each group also carries ``lr_scale = layer_decay ** (depth + 1 - layer)``
+    (:func:`layer_id`); the training loop multiplies the scheduled lr by it."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    depth = len(getattr(model, "blocks", getattr(getattr(model, "encoder", None), "blocks", [])))
+    groups: dict[tuple[bool, int], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "apply_wd": True},
-            {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+        decay = not (p.ndim <= 1 or name.endswith(".bias") or name in skip)
+        layer = layer_id(name, depth) if layer_decay is not None else 0
+        key = (decay, layer)
+        if key not in groups:
+            scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
+            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "apply_wd": decay,
+                           "lr_scale": scale, "layer": layer}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float,
-                    fused: bool = True) -> torch.optim.AdamW:
+                    fused: bool = True, layer_decay: float | None = None) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; fused (one kernel for all parameters, ~3x faster than the
     per-parameter loop on CPU) unless the parameters are FSDP-sharded."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay), lr=lr, betas=tuple(betas), eps=eps,
+                             fused=fused)
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """This step's lr (times each group's ``lr_scale``) and weight decay (groups that take decay)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if group["apply_wd"]:
+            group["weight_decay"] = weight_decay
 
 
 def clip_or_norm(parameters, max_norm: float | None) -> torch.Tensor:

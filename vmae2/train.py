@@ -39,6 +39,7 @@ from vmae2.runtime import (
     resolve_device,
     rng_state,
     set_rng_state,
+    set_schedule,
     setup_distributed,
     step_generator,
 )
@@ -127,7 +128,7 @@ def checkpoint_state(cfg, model, optimizer, scaler, step: int, d: Dist) -> dict:
         model_state, optim_state = model.state_dict(), optimizer.state_dict()
     return {"model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict() if scaler else None,
             "step": step, "rng": rng_state(), "world_size": d.world_size,
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in to_dict(cfg).items()}}
+            "config": to_dict(cfg)}
 
 
 def restore(state: dict, cfg, model, optimizer, scaler, d: Dist) -> int:
@@ -251,10 +252,7 @@ def train(cfg: TrainConfig) -> int:
     step = start_step
     runner.train()
     while step < total_steps and not stop_signal:
-        for group in optimizer.param_groups:
-            group["lr"] = float(lr_at[step])
-            if group["apply_wd"]:
-                group["weight_decay"] = float(wd_at[step])
+        set_schedule(optimizer, float(lr_at[step]), float(wd_at[step]))
         for micro in range(cfg.accum_steps):
             batch = next(batches, None)
             if batch is None:  # next epoch

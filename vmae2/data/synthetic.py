@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 __all__ = ["CODECS", "CodecSpec", "clip_name", "clip_plan", "render_clip", "encode_clip", "make_videos",
+           "MOTIONS", "render_motion_clip", "make_labeled_videos",
            "make_bad_files", "decode_frames", "write_list"]
 
 
@@ -325,6 +326,55 @@ def make_videos(out_dir: str | os.PathLike, count: int, *, seed: int = 0,
 
 
 _write_list = write_list  # make_videos' keyword argument shadows the function name
+
+
+# -- labeled sets ----------------------------------------------------------------------------------------
+
+MOTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
+
+
+def render_motion_clip(seed: int, index: int, motion: str, width: int, height: int, num_frames: int,
+                       speed: tuple[float, float] = (1.5, 3.0)) -> np.ndarray:
+    """A camera pan across a random texture in direction ``motion`` (a key of :data:`MOTIONS`) at a random
+    speed in pixels/frame: ``uint8 [num_frames, height, width, 3]``. The classes differ only in the direction
+    of motion, so a classifier must use time (a single frame says nothing about the label); a horizontal flip
+    swaps left and right (train such sets without flips, like SSv2)."""
+    if motion not in MOTIONS:
+        raise ValueError(f"unknown motion {motion!r}; choose from {sorted(MOTIONS)}")
+    rng = np.random.default_rng([int(seed), int(index), 0x10BE1])
+    v = rng.uniform(*speed)
+    travel = int(np.ceil(v * num_frames)) + 2
+    canvas = _background(rng, height + travel, width + travel)
+    dx, dy = MOTIONS[motion]
+    t = np.arange(num_frames)
+    # the window moves by (dx, dy) * v per frame, starting from the side it moves away from
+    ox = np.rint((travel - 1) * (dx < 0) + dx * v * t).astype(int) if dx else np.full(num_frames, travel // 2)
+    oy = np.rint((travel - 1) * (dy < 0) + dy * v * t).astype(int) if dy else np.full(num_frames, travel // 2)
+    frames = np.stack([canvas[y:y + height, x:x + width] for x, y in zip(ox, oy)])
+    return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_labeled_videos(out_dir: str | os.PathLike, per_class: dict[str, int], *, seed: int = 0,
+                        motions: Sequence[str] = tuple(MOTIONS), size: tuple[int, int] = (96, 80),
+                        num_frames: int = 40, codec: str = "h264", fps: int = 25) -> dict[str, Path]:
+    """Write a labeled motion-direction set: for each split (``{"train": 16, "test": 4}``: clips per class)
+    the clips ``{split}/{motion}_{i:03d}.{ext}`` and an official fine-tune CSV ``{split}.csv`` (``path label``,
+    absolute paths), plus ``classes.txt`` (one class name per line, line = label). Returns the list paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("".join(f"{m}\n" for m in motions))
+    lists, offset = {}, 0
+    for split, count in per_class.items():
+        lines = []
+        for label, motion in enumerate(motions):
+            for i in range(count):
+                frames = render_motion_clip(seed, offset + label * count + i, motion, *size, num_frames)
+                path = encode_clip(frames, out / split / f"{motion}_{i:03d}.{CODECS[codec].ext}", codec, fps=fps)
+                lines.append(f"{path.resolve()} {label}\n")
+        offset += count * len(motions)
+        lists[split] = out / f"{split}.csv"
+        lists[split].write_text("".join(lines))
+    return lists
 
 
 # -- deliberately broken inputs ------------------------------------------------------------------------

@@ -2,6 +2,12 @@
 
 Mean pooling over all tokens + ``fc_norm`` (no class token, no ``norm.*`` keys), head dropout, head
 initialised with truncated normal (std 0.02) scaled by ``init_scale``.
+
+Position embedding: the fixed sinusoid table of the model's own token grid (official). When the encoder was
+pretrained on another grid (e.g. 16 frames, fine-tuning on 32), pass ``pos_embed_grid`` = the pretraining grid
+``(t, h, w)``: the pretraining table is then resampled onto this model's grid (see
+:func:`~vmae2.models.layers.interpolate_pos_table`). The table is a function of the constructor arguments, so
+checkpoints keep exactly the official keys.
 """
 from __future__ import annotations
 
@@ -9,7 +15,15 @@ import torch
 from torch import nn
 
 from vmae2.models.configs import ViTConfig
-from vmae2.models.layers import PatchEmbed, check_geometry, init_trunc_normal, make_blocks, run_blocks, sinusoid_table
+from vmae2.models.layers import (
+    PatchEmbed,
+    check_geometry,
+    init_trunc_normal,
+    interpolate_pos_table,
+    make_blocks,
+    run_blocks,
+    sinusoid_table,
+)
 
 
 class VisionTransformer(nn.Module):
@@ -18,7 +32,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: ViTConfig, *, num_classes: int = 400, img_size: int = 224, num_frames: int = 16,
                  tubelet_size: int = 2, drop_path_rate: float = 0.0, head_drop_rate: float = 0.0,
                  init_values: float = 0.0, init_scale: float = 0.001, use_checkpoint: bool = False,
-                 attn_backend: str = "auto"):
+                 attn_backend: str = "auto", pos_embed_grid: tuple[int, int, int] | None = None):
         super().__init__()
         check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
         if num_classes < 0:
@@ -26,8 +40,14 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(img_size, cfg.patch_size, num_frames, tubelet_size, cfg.embed_dim)
-        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, cfg.embed_dim),
-                             persistent=False)
+        grid = self.patch_embed.grid
+        src = tuple(pos_embed_grid) if pos_embed_grid is not None else grid
+        if len(src) != 3 or min(src) < 1:
+            raise ValueError(f"pos_embed_grid {pos_embed_grid} must be the pretraining token grid (t, h, w), e.g. "
+                             f"(8, 14, 14) for 16 frames at 224 px with patch 16")
+        self.pos_embed_grid = src
+        table = interpolate_pos_table(sinusoid_table(src[0] * src[1] * src[2], cfg.embed_dim), src, grid)
+        self.register_buffer("pos_embed", table, persistent=False)
         self.blocks = make_blocks(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.depth, drop_path_rate,
                                   init_values, attn_backend)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)

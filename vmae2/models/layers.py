@@ -31,6 +31,32 @@ def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
     return table.to(torch.float32).to(target if target.type != "meta" else "cpu")
 
 
+def interpolate_pos_table(table: torch.Tensor, src_grid: tuple[int, int, int],
+                          dst_grid: tuple[int, int, int]) -> torch.Tensor:
+    """Resample a position table ``[t*h*w, D]`` laid out over ``src_grid`` (t, h, w) onto ``dst_grid``.
+
+    Each spatial slice is resized bicubically (``align_corners=False``, as the official spatial path), then
+    every spatial position is resized linearly along time. The official fine-tuning code instead reshapes the
+    table of the *new* model assuming 8 temporal slices, which is wrong (and fails) for clips of T != 16
+    frames; here the table the encoder was pretrained with is mapped onto the new grid, so each new token gets
+    the embedding of the space-time location it covers. ``src_grid == dst_grid`` returns the table unchanged.
+    """
+    (ts, hs, ws), (td, hd, wd) = src_grid, dst_grid
+    if table.ndim != 2 or table.shape[0] != ts * hs * ws:
+        raise ValueError(f"position table of shape {tuple(table.shape)} does not cover the grid {src_grid} "
+                         f"({ts * hs * ws} tokens)")
+    if tuple(src_grid) == tuple(dst_grid):
+        return table.clone()
+    dim = table.shape[1]
+    x = table.to(torch.float64).reshape(ts, hs, ws, dim).permute(0, 3, 1, 2)  # [t, D, h, w]
+    if (hs, ws) != (hd, wd):
+        x = F.interpolate(x, size=(hd, wd), mode="bicubic", align_corners=False)
+    x = x.permute(2, 3, 1, 0).reshape(hd * wd, dim, ts)  # [h*w, D, t]
+    if ts != td:
+        x = F.interpolate(x, size=td, mode="linear", align_corners=False)
+    return x.reshape(hd, wd, dim, td).permute(3, 0, 1, 2).reshape(td * hd * wd, dim).to(table.dtype)
+
+
 def drop_path_rates(max_rate: float, depth: int) -> list[float]:
     """Linear stochastic-depth schedule ``linspace(0, max_rate, depth)`` (float32 steps, as timm)."""
     return torch.linspace(0, max_rate, depth, device="cpu").tolist()

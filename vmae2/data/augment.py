@@ -1,0 +1,759 @@
+"""Fine-tuning augmentations for video classification, following the official VideoMAE V2 training view.
+
+Official per-view order (``dataset/datasets.py::_aug_frame``, reference §6.5), composed by
+:class:`FinetuneAugment`::
+
+    uint8 frames [T, H, W, C] -> RandAugment ``rand-m7-n4-mstd0.5-inc1`` (one draw per clip, bicubic, fill 128)
+    -> float / 255 -> ImageNet normalise -> random resized crop (scale [0.08, 1], ratio [0.75, 1.3333],
+    bilinear ``F.interpolate``) -> horizontal flip p=0.5 (not for SSv2) -> random erasing (p 0.25, pixel mode,
+    one box shared by all frames)
+
+and per batch :class:`Mixup` (mixup α 0.8 / cutmix α 1.0, switch 0.5, batch mode, label smoothing 0.1 folded into
+soft targets) with :func:`soft_target_cross_entropy`.
+
+Conventions
+-----------
+* A decoded clip is a uint8 tensor ``[T, H, W, C]`` (RGB); :class:`RandAugment` works on that layout.
+* A normalised clip is float ``[C, T, H, W]``; :func:`random_resized_crop`, :func:`horizontal_flip` and
+  :func:`random_erasing` work on that layout.
+* A batch is ``[B, C, T, H, W]`` (any ``[B, ..., H, W]`` works for :class:`Mixup`).
+* Every random choice comes from an explicit :class:`numpy.random.Generator` passed by the caller; nothing reads the
+  global ``random`` / ``numpy.random`` / torch RNG, so a seed fixes the output. Per-sample draws happen on the host;
+  the batch op (:class:`Mixup`) draws λ and the box on the host and applies them with slicing and arithmetic, so it
+  never synchronises a device.
+
+RandAugment ops re-state the PIL semantics the official code runs (``ImageOps`` / ``ImageEnhance`` /
+``Image.transform``), vectorised over frames in torch: the LUT ops and the ``ImageEnhance`` blends re-state
+Pillow's integer / float32 arithmetic, and the affine ops re-state Pillow's generic transform (pixel-centre mapping,
+its bicubic kernel with a = −1, edge clamping, truncation, fill outside) in float64; all of them are bit-exact with
+Pillow 13 in the tests.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFICIAL_RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
+MAX_LEVEL = 10.0
+FILL = 128
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "OFFICIAL_RAND_AUGMENT", "RAND_OPS", "RAND_INCREASING_OPS",
+    "RandAugmentConfig", "parse_rand_augment", "RandAugment", "AugOp",
+    "auto_contrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "color", "contrast",
+    "brightness", "sharpness", "affine", "rotate", "shear_x", "shear_y", "translate_x_rel", "translate_y_rel",
+    "sample_resized_crop_box", "random_resized_crop", "horizontal_flip", "sample_erase_boxes", "random_erasing",
+    "MixParams", "Mixup", "rand_bbox", "smooth_one_hot", "mix_targets", "soft_target_cross_entropy",
+    "FinetuneAugment",
+]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Per-frame/per-channel LUT machinery (uint8 [T, H, W, C])
+# ------------------------------------------------------------------------------------------------------------------
+
+def _check_clip(clip: torch.Tensor) -> None:
+    if clip.dtype != torch.uint8 or clip.dim() != 4:
+        raise ValueError(f"expected a uint8 clip [T, H, W, C], got {tuple(clip.shape)} {clip.dtype}")
+
+
+def _lut_offsets(clip: torch.Tensor) -> torch.Tensor:
+    t, _, _, c = clip.shape
+    return (torch.arange(t * c, device=clip.device).view(t, 1, 1, c)) * 256
+
+
+def _apply_lut(clip: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Map values through ``lut``: ``[256]`` (shared) or ``[T, C, 256]`` (one table per frame and channel)."""
+    lut = lut.to(device=clip.device, dtype=torch.uint8)
+    if lut.dim() == 1:
+        return lut[clip.long()]
+    return lut.reshape(-1)[clip.long() + _lut_offsets(clip)]
+
+
+def _histogram(clip: torch.Tensor) -> torch.Tensor:
+    """Per frame and channel 256-bin histograms ``[T, C, 256]`` (int64): ``PIL.Image.histogram`` per frame."""
+    t, _, _, c = clip.shape
+    idx = (clip.long() + _lut_offsets(clip)).reshape(-1)
+    return torch.bincount(idx, minlength=t * c * 256).view(t, c, 256)
+
+
+def _blend(degenerate: torch.Tensor, clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """``PIL.Image.blend(degenerate, clip, factor)``: ``trunc(d + f·(x − d))`` in float32, clipped to [0, 255]."""
+    d = degenerate.to(torch.float32)
+    f = torch.tensor(factor, dtype=torch.float32, device=clip.device)
+    v = d + f * (clip.to(torch.float32) - d)
+    return v.trunc().clamp_(0, 255).to(torch.uint8)
+
+
+def _to_luma(clip: torch.Tensor) -> torch.Tensor:
+    """PIL ``convert("L")`` (ITU-R 601-2, 16-bit fixed point): ``(R·19595 + G·38470 + B·7471 + 2^15) >> 16``.
+    Returns int64 ``[T, H, W, 1]``."""
+    x = clip.long()
+    return (x[..., 0:1] * 19595 + x[..., 1:2] * 38470 + x[..., 2:3] * 7471 + 0x8000) >> 16
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pixel ops (uint8 [T, H, W, C] in, same out; the same arguments for every frame)
+# ------------------------------------------------------------------------------------------------------------------
+
+def invert(clip: torch.Tensor) -> torch.Tensor:
+    """``ImageOps.invert``: ``255 − x``. uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    return 255 - clip
+
+
+def posterize(clip: torch.Tensor, bits: int) -> torch.Tensor:
+    """``ImageOps.posterize``: keep the top ``bits`` bits. uint8 ``[T, H, W, C]``.
+
+    ``bits <= 0`` gives black, as Pillow < 10 did (the official environment); Pillow ≥ 10 refuses 0 bits."""
+    _check_clip(clip)
+    if bits >= 8:
+        return clip.clone()
+    mask = (~(2 ** (8 - max(bits, 0)) - 1)) & 0xFF
+    return clip & mask
+
+
+def solarize(clip: torch.Tensor, threshold: int) -> torch.Tensor:
+    """``ImageOps.solarize``: values ``>= threshold`` become ``255 − x``. uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    return torch.where(clip.long() < threshold, clip, 255 - clip)
+
+
+def solarize_add(clip: torch.Tensor, add: int, threshold: int = 128) -> torch.Tensor:
+    """timm ``solarize_add``: values ``< threshold`` become ``min(255, x + add)``. uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    x = clip.long()
+    return torch.where(x < threshold, (x + add).clamp(max=255), x).to(torch.uint8)
+
+
+def auto_contrast(clip: torch.Tensor) -> torch.Tensor:
+    """``ImageOps.autocontrast`` (cutoff 0) per frame and channel: stretch ``[lo, hi]`` to ``[0, 255]`` with
+    ``int(ix·255/(hi−lo) − lo·255/(hi−lo))``; identity where ``hi <= lo``. uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    present = _histogram(clip) > 0
+    lo = present.to(torch.uint8).argmax(-1, keepdim=True)
+    hi = 255 - present.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
+    ix = torch.arange(256, device=clip.device, dtype=torch.float64)
+    scale = 255.0 / (hi - lo).clamp(min=1).to(torch.float64)
+    offset = (-lo).to(torch.float64) * scale
+    lut = (ix * scale + offset).trunc().clamp(0, 255)
+    lut = torch.where(hi > lo, lut, ix)
+    return _apply_lut(clip, lut)
+
+
+def equalize(clip: torch.Tensor) -> torch.Tensor:
+    """``ImageOps.equalize`` per frame and channel: ``step = (N − h[last]) // 255``,
+    ``lut[i] = (step//2 + Σ_{j<i} h[j]) // step``; identity when at most one value is present or ``step == 0``.
+    uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    h = _histogram(clip)
+    present = h > 0
+    last = 255 - present.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
+    step = (h.sum(-1, keepdim=True) - h.gather(-1, last)) // 255
+    valid = (present.sum(-1, keepdim=True) > 1) & (step > 0)
+    n = step // 2 + (h.cumsum(-1) - h)
+    ix = torch.arange(256, device=clip.device)
+    lut = torch.where(valid, (n // step.clamp(min=1)).clamp(max=255), ix)  # Pillow clips its LUT to 255
+    return _apply_lut(clip, lut)
+
+
+def color(clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """``ImageEnhance.Color``: blend the grey (PIL ``L``) version towards the clip by ``factor``.
+    uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    return _blend(_to_luma(clip), clip, factor)
+
+
+def contrast(clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """``ImageEnhance.Contrast``: blend a flat image at each frame's rounded mean grey level towards the clip.
+    uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    luma = _to_luma(clip)
+    mean = luma.sum(dim=(1, 2, 3), keepdim=True).to(torch.float64) / luma[0].numel()
+    return _blend(torch.floor(mean + 0.5), clip, factor)
+
+
+def brightness(clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """``ImageEnhance.Brightness``: blend black towards the clip. uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    return _blend(torch.zeros((), dtype=torch.uint8, device=clip.device), clip, factor)
+
+
+_SMOOTH = [np.float32(1 / 13), np.float32(5 / 13)]
+
+
+def _smooth(clip: torch.Tensor) -> torch.Tensor:
+    """PIL ``ImageFilter.SMOOTH`` (3×3, weights 1 and a centre 5, / 13): float32 sums with +0.5 then truncation;
+    the one-pixel border keeps its input values, as in Pillow."""
+    t, h, w, c = clip.shape
+    if h < 3 or w < 3:
+        return clip.clone()
+    x = clip.to(torch.float32)
+    k1 = torch.tensor(_SMOOTH[0], device=clip.device)
+    k5 = torch.tensor(_SMOOTH[1], device=clip.device)
+
+    def row(r: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:  # (a·k0 + b·k1) + c·k2, Pillow's order
+        return (r[:, :, :-2] * k1 + r[:, :, 1:-1] * centre) + r[:, :, 2:] * k1
+
+    ss = torch.full((t, h - 2, w - 2, c), 0.5, dtype=torch.float32, device=clip.device)
+    ss = ss + row(x[:, 2:], k1)
+    ss = ss + row(x[:, 1:-1], k5)
+    ss = ss + row(x[:, :-2], k1)
+    out = clip.clone()
+    out[:, 1:-1, 1:-1] = ss.trunc().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """``ImageEnhance.Sharpness``: blend the SMOOTH-filtered clip towards the clip. uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    return _blend(_smooth(clip), clip, factor)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Geometric ops: Pillow's Image.transform(AFFINE) re-stated in torch, one sampling grid shared by all frames
+# ------------------------------------------------------------------------------------------------------------------
+
+def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Pillow's transform bicubic (Keys, a = −1) ``v2 + d·(p2 + d·(p3 + d·p4))``, in its evaluation order
+    (written in place; every step rounds exactly as Pillow's C expression). Consumes ``v1``'s buffer."""
+    p2 = v3 - v1
+    p3 = (v1 - v2).mul_(2).add_(v3).sub_(v4)
+    p4 = v1.neg_().add_(v2).sub_(v3).add_(v4)
+    return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
+
+
+_AFFINE_CHUNK = 8192  # output pixels per step: [chunk, T·C] float64 working set stays in cache
+
+
+def affine(clip: torch.Tensor, matrix: Sequence[float], interpolation: str = "bicubic",
+           fill: int | Sequence[int] = FILL) -> torch.Tensor:
+    """``Image.transform(size, AFFINE, matrix, resample, fillcolor=fill)`` on every frame. uint8 ``[T, H, W, C]``.
+
+    ``matrix = (a, b, c, d, e, f)`` maps an output pixel centre ``(x', y') = (x + .5, y + .5)`` to the input point
+    ``(a·x' + b·y' + c, d·x' + e·y' + f)``; points outside ``[0, W) × [0, H)`` get ``fill``; inside, ``bicubic``
+    (Pillow's a = −1 kernel) or ``bilinear`` sample with edge-clamped neighbours and truncate, in float64, as Pillow's
+    generic transform does (bit-exact with Pillow). ``nearest`` is not offered: Pillow runs it through an incremental
+    fast path whose rounding this grid formulation does not reproduce.
+
+    All frames share one sampling grid: the clip is laid out ``[H·W, T·C]`` so each tap is one row gather."""
+    _check_clip(clip)
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
+    t, h, w, c = clip.shape
+    a0, a1, a2, a3, a4, a5 = (float(v) for v in matrix)
+    dev = clip.device
+    xs = torch.arange(w, dtype=torch.float64, device=dev).view(1, w) + 0.5
+    ys = torch.arange(h, dtype=torch.float64, device=dev).view(h, 1) + 0.5
+    xin = (a0 * xs + a1 * ys + a2).reshape(-1)
+    yin = (a3 * xs + a4 * ys + a5).reshape(-1)
+    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).nonzero().squeeze(1)
+    src = clip.permute(1, 2, 0, 3).reshape(h * w, t * c)
+    fill_row = torch.as_tensor(fill, dtype=torch.uint8, device=dev).expand(t, c).reshape(1, t * c)
+    out = fill_row.expand(h * w, t * c).clone()
+    taps = range(-1, 3) if interpolation == "bicubic" else range(0, 2)
+    for start in range(0, inside.numel(), _AFFINE_CHUNK):
+        sel = inside[start:start + _AFFINE_CHUNK]
+        xf = xin[sel] - 0.5
+        yf = yin[sel] - 0.5
+        x0 = xf.floor()
+        y0 = yf.floor()
+        dx = (xf - x0).unsqueeze(1)
+        dy = (yf - y0).unsqueeze(1)
+        cols = [(x0.long() + k).clamp_(0, w - 1) for k in taps]
+        rows = [(y0.long() + k).clamp_(0, h - 1).mul_(w) for k in taps]
+
+        def tap(r: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+            return src.index_select(0, r + cc).to(torch.float64)
+
+        if interpolation == "bicubic":
+            v = _cubic(*(_cubic(*(tap(r, cc) for cc in cols), dx) for r in rows), dy)
+            v = torch.where(v <= 0, 0.0, torch.where(v >= 255, 255.0, v.trunc()))
+        else:  # Pillow: a + (b − a)·d per row, then between the rows
+            rv = []
+            for r in rows:
+                left = tap(r, cols[0])
+                rv.append(tap(r, cols[1]).sub_(left).mul_(dx).add_(left))
+            v = rv[1].sub_(rv[0]).mul_(dy).add_(rv[0]).trunc_().clamp_(0, 255)
+        out[sel] = v.to(torch.uint8)
+    return out.view(h, w, t, c).permute(2, 0, 1, 3).contiguous()
+
+
+def rotate(clip: torch.Tensor, degrees: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
+    """``Image.rotate(degrees, resample, fillcolor=fill)`` (counter-clockwise about the image centre, same size).
+    uint8 ``[T, H, W, C]``."""
+    _check_clip(clip)
+    h, w = clip.shape[1:3]
+    angle = degrees % 360.0
+    if angle == 0:
+        return clip.clone()
+    if angle == 180:
+        return clip.flip(1, 2)
+    if angle in (90, 270) and w == h:
+        return clip.transpose(1, 2).flip(1 if angle == 90 else 2)
+    rad = -math.radians(angle)
+    m = [round(math.cos(rad), 15), round(math.sin(rad), 15), 0.0,
+         round(-math.sin(rad), 15), round(math.cos(rad), 15), 0.0]
+    cx, cy = w / 2.0, h / 2.0
+    m[2] = m[0] * -cx + m[1] * -cy + m[2] + cx
+    m[5] = m[3] * -cx + m[4] * -cy + m[5] + cy
+    return affine(clip, m, interpolation, fill)
+
+
+def shear_x(clip: torch.Tensor, factor: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
+    """timm ``shear_x``: affine ``(1, factor, 0, 0, 1, 0)``. uint8 ``[T, H, W, C]``."""
+    return affine(clip, (1, factor, 0, 0, 1, 0), interpolation, fill)
+
+
+def shear_y(clip: torch.Tensor, factor: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
+    """timm ``shear_y``: affine ``(1, 0, 0, factor, 1, 0)``. uint8 ``[T, H, W, C]``."""
+    return affine(clip, (1, 0, 0, factor, 1, 0), interpolation, fill)
+
+
+def translate_x_rel(clip: torch.Tensor, pct: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
+    """timm ``translate_x_rel``: shift by ``pct·W`` pixels (content moves left for ``pct > 0``).
+    uint8 ``[T, H, W, C]``."""
+    return affine(clip, (1, 0, pct * clip.shape[2], 0, 1, 0), interpolation, fill)
+
+
+def translate_y_rel(clip: torch.Tensor, pct: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
+    """timm ``translate_y_rel``: shift by ``pct·H`` pixels (content moves up for ``pct > 0``).
+    uint8 ``[T, H, W, C]``."""
+    return affine(clip, (1, 0, 0, 0, 1, pct * clip.shape[1]), interpolation, fill)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RandAugment
+# ------------------------------------------------------------------------------------------------------------------
+
+RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RAND_INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                       "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                       "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+def _negate(v: float, rng: np.random.Generator) -> float:
+    return -v if rng.random() > 0.5 else v
+
+
+# level -> op arguments (timm's ``LEVEL_TO_ARG``); ``m`` is the clipped magnitude in [0, 10]
+_LEVELS: dict[str, Callable[[float, np.random.Generator, float], tuple]] = {
+    "AutoContrast": lambda m, rng, tp: (),
+    "Equalize": lambda m, rng, tp: (),
+    "Invert": lambda m, rng, tp: (),
+    "Rotate": lambda m, rng, tp: (_negate(m / MAX_LEVEL * 30.0, rng),),
+    "Posterize": lambda m, rng, tp: (int(m / MAX_LEVEL * 4),),
+    "PosterizeIncreasing": lambda m, rng, tp: (4 - int(m / MAX_LEVEL * 4),),
+    "Solarize": lambda m, rng, tp: (int(m / MAX_LEVEL * 256),),
+    "SolarizeIncreasing": lambda m, rng, tp: (256 - int(m / MAX_LEVEL * 256),),
+    "SolarizeAdd": lambda m, rng, tp: (int(m / MAX_LEVEL * 110),),
+    "ShearX": lambda m, rng, tp: (_negate(m / MAX_LEVEL * 0.3, rng),),
+    "ShearY": lambda m, rng, tp: (_negate(m / MAX_LEVEL * 0.3, rng),),
+    "TranslateXRel": lambda m, rng, tp: (_negate(m / MAX_LEVEL * tp, rng),),
+    "TranslateYRel": lambda m, rng, tp: (_negate(m / MAX_LEVEL * tp, rng),),
+}
+for _name in ("Color", "Contrast", "Brightness", "Sharpness"):
+    _LEVELS[_name] = lambda m, rng, tp: (m / MAX_LEVEL * 1.8 + 0.1,)
+    _LEVELS[_name + "Increasing"] = lambda m, rng, tp: (1.0 + _negate(m / MAX_LEVEL * 0.9, rng),)
+
+_PIXEL_FNS: dict[str, Callable[..., torch.Tensor]] = {
+    "AutoContrast": auto_contrast, "Equalize": equalize, "Invert": invert, "Posterize": posterize,
+    "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color, "Contrast": contrast,
+    "Brightness": brightness, "Sharpness": sharpness,
+}
+_GEOMETRIC_FNS: dict[str, Callable[..., torch.Tensor]] = {
+    "Rotate": rotate, "ShearX": shear_x, "ShearY": shear_y, "TranslateXRel": translate_x_rel,
+    "TranslateYRel": translate_y_rel,
+}
+
+
+def _op_fn(name: str) -> tuple[Callable[..., torch.Tensor], bool]:
+    base = name[: -len("Increasing")] if name.endswith("Increasing") else name
+    if base in _GEOMETRIC_FNS:
+        return _GEOMETRIC_FNS[base], True
+    return _PIXEL_FNS[base], False
+
+
+@dataclass(frozen=True)
+class RandAugmentConfig:
+    """Parsed ``rand-m{M}-n{N}-mstd{S}-inc{0|1}`` string (timm syntax; defaults M=10, N=2, S=0, inc0)."""
+
+    magnitude: float = 10.0
+    num_ops: int = 2
+    magnitude_std: float = 0.0
+    increasing: bool = False
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return RAND_INCREASING_OPS if self.increasing else RAND_OPS
+
+
+def parse_rand_augment(config: str) -> RandAugmentConfig:
+    """Parse a timm RandAugment string, e.g. the official ``rand-m7-n4-mstd0.5-inc1``.
+
+    Keys: ``m`` magnitude (0..10), ``n`` ops per clip, ``mstd`` gaussian std on the magnitude, ``inc`` the
+    "increasing" op set. Unknown keys (timm's ``w`` choice weights, ``mmax``, ``p``) raise ``ValueError``."""
+    parts = config.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"RandAugment config must start with 'rand', got {config!r}")
+    kw: dict = {}
+    for part in parts[1:]:
+        if part.startswith("mstd"):
+            kw["magnitude_std"] = float(part[4:])
+        elif part.startswith("inc"):
+            kw["increasing"] = bool(int(part[3:]))
+        elif part.startswith("m") and part[1:2].isdigit():
+            kw["magnitude"] = float(int(part[1:]))
+        elif part.startswith("n") and part[1:].isdigit():
+            kw["num_ops"] = int(part[1:])
+        else:
+            raise ValueError(f"unsupported RandAugment key {part!r} in {config!r}")
+    return RandAugmentConfig(**kw)
+
+
+@dataclass(frozen=True)
+class AugOp:
+    """One sampled op of a clip's plan: its name and the arguments every frame gets."""
+
+    name: str
+    args: tuple
+
+
+class RandAugment:
+    """timm/official RandAugment for a clip: uint8 ``[T, H, W, C]`` in, uint8 ``[T, H, W, C]`` out.
+
+    Per clip, :meth:`sample` draws ``n`` ops uniformly with replacement; each is kept with probability ``prob``
+    (0.5), gets a magnitude ``clip(N(m, mstd), 0, 10)`` and, for signed ops, a random sign; :meth:`apply` then
+    runs the plan on every frame with the same arguments (one draw per clip, as the official ``AugmentOp`` applied
+    to the frame list). Draw order follows the official code: op indices, then per op keep / magnitude / sign.
+
+    Geometric ops use ``interpolation`` (official fine-tuning: ``bicubic``) and ``fill`` 128.
+    ``TranslateXRel``/``YRel`` shift by ``translate_pct·magnitude/10`` of the frame width/height (timm default
+    ``translate_pct`` 0.45): the official code passes ``translate_const = int(224·0.45)`` but only the absolute
+    ``TranslateX``/``Y`` ops read it and they are not in the RandAugment op sets, so it has no effect there.
+    """
+
+    def __init__(self, config: str | RandAugmentConfig = OFFICIAL_RAND_AUGMENT, *, prob: float = 0.5,
+                 interpolation: str = "bicubic", fill: int | Sequence[int] = FILL, translate_pct: float = 0.45):
+        self.config = parse_rand_augment(config) if isinstance(config, str) else config
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
+        self.prob = prob
+        self.interpolation = interpolation
+        self.fill = fill
+        self.translate_pct = translate_pct
+
+    def __repr__(self) -> str:
+        return (f"RandAugment({self.config}, prob={self.prob}, interpolation={self.interpolation!r}, "
+                f"fill={self.fill}, translate_pct={self.translate_pct})")
+
+    def sample(self, rng: np.random.Generator) -> list[AugOp]:
+        """The ops one clip gets (skipped ops left out)."""
+        ops = self.config.ops
+        cfg = self.config
+        plan = []
+        for i in rng.integers(0, len(ops), size=cfg.num_ops):
+            name = ops[int(i)]
+            if self.prob < 1.0 and rng.random() > self.prob:
+                continue
+            m = cfg.magnitude
+            if cfg.magnitude_std > 0:
+                m = rng.normal(m, cfg.magnitude_std)
+            m = min(MAX_LEVEL, max(0.0, float(m)))
+            plan.append(AugOp(name, _LEVELS[name](m, rng, self.translate_pct)))
+        return plan
+
+    def apply(self, clip: torch.Tensor, plan: Sequence[AugOp]) -> torch.Tensor:
+        """Run ``plan`` on every frame of a uint8 ``[T, H, W, C]`` clip."""
+        _check_clip(clip)
+        for op in plan:
+            fn, geometric = _op_fn(op.name)
+            clip = fn(clip, *op.args, interpolation=self.interpolation, fill=self.fill) if geometric \
+                else fn(clip, *op.args)
+        return clip
+
+    def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        return self.apply(clip, self.sample(rng))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Random resized crop and flip (float [C, T, H, W])
+# ------------------------------------------------------------------------------------------------------------------
+
+def sample_resized_crop_box(height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                            ratio: tuple[float, float] = (0.75, 4 / 3), *, rng: np.random.Generator,
+                            attempts: int = 10) -> tuple[int, int, int, int]:
+    """The official ``_get_param_spatial_crop`` (torchvision ``RandomResizedCrop`` algorithm): ``(top, left, h, w)``.
+
+    Up to ``attempts`` tries of area ``U(scale)·H·W`` and log-uniform aspect ``w/h`` in ``ratio``, with
+    ``w = round(√(area·r))``, ``h = round(√(area/r))``; accepted when it fits, then a uniform position. Otherwise the
+    centre crop of the whole frame with its aspect clamped into ``ratio``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(attempts):
+        target_area = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(clip: torch.Tensor, size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (0.75, 4 / 3), *, rng: np.random.Generator) -> torch.Tensor:
+    """Crop one box (:func:`sample_resized_crop_box`) from every frame of a float ``[C, T, H, W]`` clip and resize
+    it to ``size`` with ``F.interpolate(bilinear, align_corners=False)``, as the official code."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    top, left, h, w = sample_resized_crop_box(clip.shape[-2], clip.shape[-1], scale, ratio, rng=rng)
+    crop = clip[..., top:top + h, left:left + w]
+    return F.interpolate(crop, size=(out_h, out_w), mode="bilinear", align_corners=False)
+
+
+def horizontal_flip(clip: torch.Tensor, *, rng: np.random.Generator, p: float = 0.5) -> torch.Tensor:
+    """Flip every frame of a ``[..., H, W]`` clip left-right with probability ``p`` (one draw per clip)."""
+    return clip.flip(-1) if rng.random() < p else clip
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Random erasing (normalised float [C, T, H, W]; one box for all frames)
+# ------------------------------------------------------------------------------------------------------------------
+
+def sample_erase_boxes(height: int, width: int, *, rng: np.random.Generator, p: float = 0.25, count: int = 1,
+                       area: tuple[float, float] = (0.02, 1 / 3), min_aspect: float = 0.3,
+                       max_aspect: float | None = None, attempts: int = 100) -> list[tuple[int, int, int, int]]:
+    """The boxes ``(top, left, h, w)`` the official cube ``RandomErasing._erase_cube`` picks for one clip.
+
+    With probability ``1 − p`` none. Otherwise ``k`` boxes (``k = count`` if ``count == 1`` else uniform in
+    ``1..count``); each takes up to ``attempts`` tries of area ``U(area)·H·W/k`` and log-uniform aspect ``h/w`` in
+    ``[min_aspect, max_aspect or 1/min_aspect]`` with ``h = round(√(area·r))``, ``w = round(√(area/r))``, accepted
+    when ``h < H`` and ``w < W``, then a uniform position; a box that finds no fit is dropped."""
+    if rng.random() > p:
+        return []
+    max_aspect = max_aspect or 1 / min_aspect
+    log_aspect = (math.log(min_aspect), math.log(max_aspect))
+    k = count if count == 1 else int(rng.integers(1, count + 1))
+    total = height * width
+    boxes = []
+    for _ in range(k):
+        for _ in range(attempts):
+            target_area = rng.uniform(*area) * total / k
+            aspect = math.exp(rng.uniform(*log_aspect))
+            h = int(round(math.sqrt(target_area * aspect)))
+            w = int(round(math.sqrt(target_area / aspect)))
+            if w < width and h < height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                boxes.append((top, left, h, w))
+                break
+    return boxes
+
+
+def random_erasing(clip: torch.Tensor, *, rng: np.random.Generator, p: float = 0.25, mode: str = "pixel",
+                   count: int = 1, area: tuple[float, float] = (0.02, 1 / 3), min_aspect: float = 0.3,
+                   max_aspect: float | None = None, attempts: int = 100) -> torch.Tensor:
+    """Official video ``RandomErasing`` on a normalised float ``[C, T, H, W]`` clip (returns a new tensor).
+
+    The box (:func:`sample_erase_boxes`) is shared by all frames; its content is replaced, per frame, by
+    ``pixel``: i.i.d. N(0, 1) per element, ``rand``: one N(0, 1) per channel, ``const``: 0. Noise comes from
+    ``rng`` (float32 standard normal)."""
+    if mode not in ("pixel", "rand", "const"):
+        raise ValueError(f"mode must be pixel, rand or const, got {mode!r}")
+    boxes = sample_erase_boxes(clip.shape[-2], clip.shape[-1], rng=rng, p=p, count=count, area=area,
+                               min_aspect=min_aspect, max_aspect=max_aspect, attempts=attempts)
+    if not boxes:
+        return clip
+    clip = clip.clone()
+    c, t = clip.shape[:2]
+    for top, left, h, w in boxes:
+        if mode == "pixel":
+            noise = rng.standard_normal((t, c, h, w), dtype=np.float32).transpose(1, 0, 2, 3)
+        elif mode == "rand":
+            noise = rng.standard_normal((t, c, 1, 1), dtype=np.float32).transpose(1, 0, 2, 3)
+        else:
+            noise = np.zeros((c, t, 1, 1), dtype=np.float32)
+        clip[:, :, top:top + h, left:left + w] = torch.from_numpy(np.ascontiguousarray(noise)).to(clip)
+    return clip
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Mixup / CutMix (batch mode) and the soft-target loss
+# ------------------------------------------------------------------------------------------------------------------
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """``[B]`` int labels → ``[B, num_classes]`` float32 with ``off = s/K`` and ``on = 1 − s + off``."""
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    out = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
+    return out.scatter_(1, labels.long().view(-1, 1), on)
+
+
+def mix_targets(labels: torch.Tensor, num_classes: int, lam: float, smoothing: float = 0.0) -> torch.Tensor:
+    """timm ``mixup_target``: ``λ·onehot_s(y) + (1 − λ)·onehot_s(y.flip(0))``, ``[B, num_classes]`` float32."""
+    y1 = smooth_one_hot(labels, num_classes, smoothing)
+    y2 = smooth_one_hot(labels.flip(0), num_classes, smoothing)
+    return y1 * lam + y2 * (1.0 - lam)
+
+
+def rand_bbox(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """timm ``rand_bbox``: a box with sides ``int(H·√(1−λ))``, ``int(W·√(1−λ))`` centred at a uniform pixel and
+    clipped to the image; returns ``(y_lo, y_hi, x_lo, x_hi)`` (half-open)."""
+    r = np.sqrt(1 - lam)
+    cut_h, cut_w = int(height * r), int(width * r)
+    cy = int(rng.integers(0, height))
+    cx = int(rng.integers(0, width))
+    yl, yh = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
+    xl, xh = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+    return yl, yh, xl, xh
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """One batch's draw: the label weight ``lam`` of the un-flipped sample and the cutmix box (None for mixup or no
+    mixing). With a box, ``lam`` is already ``1 − box_area / (H·W)``."""
+
+    lam: float
+    box: tuple[int, int, int, int] | None = None
+
+
+class Mixup:
+    """timm ``Mixup`` in ``batch`` mode, as the official fine-tuning uses it.
+
+    ``mix(video [B, ..., H, W], labels [B] int64) -> (video, soft_targets [B, num_classes] float32)``: one λ per
+    batch; every sample is mixed with ``video.flip(0)``. With probability ``prob`` the batch is mixed: cutmix
+    (probability ``switch_prob`` when both alphas are > 0) draws λ ~ Beta(cutmix_alpha), pastes the box of
+    :func:`rand_bbox` from the flipped batch and corrects λ to the pasted area; otherwise mixup draws
+    λ ~ Beta(mixup_alpha) and returns ``λ·x + (1 − λ)·x.flip(0)``. All dimensions between B and (H, W) share the
+    box and λ (the official code views the video as ``[B, C·T, H, W]``). Label smoothing is folded into the
+    targets (:func:`mix_targets`). Both alphas 0 (or ``prob`` 0) gives the unmixed video and smoothed one-hot.
+
+    Randomness: a numpy Generator given as ``rng`` to the constructor (an int seeds one) or to each call; draws
+    happen on the host, so a device batch is never synchronised. Draw order: mix?, cutmix?, λ, box centre (y, x).
+    The input is not modified. Batch size must be even (the official assertion).
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
+                 switch_prob: float = 0.5, label_smoothing: float = 0.1, correct_lam: bool = True,
+                 rng: np.random.Generator | int | None = None):
+        self.num_classes = num_classes
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.prob = prob
+        self.switch_prob = switch_prob
+        self.label_smoothing = label_smoothing
+        self.correct_lam = correct_lam
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    def sample(self, height: int, width: int, rng: np.random.Generator | None = None) -> MixParams:
+        """Draw one batch's λ and box for frames of ``height × width``."""
+        rng = self.rng if rng is None else rng
+        if not self.enabled or not rng.random() < self.prob:
+            return MixParams(1.0)
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            use_cutmix = bool(rng.random() < self.switch_prob)
+        else:
+            use_cutmix = self.cutmix_alpha > 0
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = float(rng.beta(alpha, alpha))
+        if lam == 1.0:
+            return MixParams(1.0)
+        if not use_cutmix:
+            return MixParams(lam)
+        box = rand_bbox(height, width, lam, rng)
+        if self.correct_lam:
+            yl, yh, xl, xh = box
+            lam = 1.0 - (yh - yl) * (xh - xl) / float(height * width)
+        return MixParams(lam, box)
+
+    def apply(self, video: torch.Tensor, labels: torch.Tensor, params: MixParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix ``video`` with ``video.flip(0)`` according to ``params`` and build the soft targets."""
+        if params.box is not None:
+            yl, yh, xl, xh = params.box
+            video = video.clone()
+            video[..., yl:yh, xl:xh] = video.flip(0)[..., yl:yh, xl:xh]
+        elif params.lam != 1.0:
+            video = video * params.lam + video.flip(0) * (1.0 - params.lam)
+        return video, mix_targets(labels, self.num_classes, params.lam, self.label_smoothing)
+
+    def __call__(self, video: torch.Tensor, labels: torch.Tensor,
+                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if video.shape[0] % 2 != 0:
+            raise ValueError(f"Mixup batch mode needs an even batch size (it pairs x with x.flip(0)), "
+                             f"got {video.shape[0]}")
+        return self.apply(video, labels, self.sample(video.shape[-2], video.shape[-1], rng))
+
+    mix = __call__
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """timm ``SoftTargetCrossEntropy``: ``mean_b Σ_k −t_bk · log_softmax(logits)_bk``."""
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The per-view training pipeline
+# ------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class FinetuneAugment:
+    """The official fine-tuning training view: uint8 ``[T, H, W, C]`` (torch or numpy) → float32 ``[C, T, S, S]``.
+
+    RandAugment (``auto_augment``, None to skip) → ``/255`` → ImageNet normalise → random resized crop to
+    ``input_size`` → horizontal flip (``flip=False`` for SSv2) → random erasing (``reprob`` 0 to skip). All draws come
+    from the ``rng`` passed per call, in that order. Defaults are the official ones (note ``ratio`` upper bound
+    1.3333, as the official code writes it)."""
+
+    input_size: int = 224
+    auto_augment: str | None = OFFICIAL_RAND_AUGMENT
+    interpolation: str = "bicubic"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    flip: bool = True
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        self.rand_augment = RandAugment(self.auto_augment, interpolation=self.interpolation) \
+            if self.auto_augment else None
+
+    def __call__(self, frames: torch.Tensor | np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        clip = torch.as_tensor(frames)
+        _check_clip(clip)
+        if self.rand_augment is not None:
+            clip = self.rand_augment(clip, rng)
+        x = clip.to(torch.float32).div(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
+        x = ((x - mean) / std).permute(3, 0, 1, 2)
+        x = random_resized_crop(x, self.input_size, self.scale, self.ratio, rng=rng)
+        if self.flip:
+            x = horizontal_flip(x, rng=rng)
+        if self.reprob > 0:
+            x = random_erasing(x, rng=rng, p=self.reprob, mode=self.remode, count=self.recount)
+        return x.contiguous()
