@@ -26,7 +26,8 @@ RandAugment ops re-state the PIL semantics the official code runs (``ImageOps`` 
 ``Image.transform``), vectorised over frames in torch: the LUT ops and the ``ImageEnhance`` blends re-state
 Pillow's integer / float32 arithmetic, and the affine ops re-state Pillow's generic transform (pixel-centre mapping,
 its bicubic kernel with a = −1, edge clamping, truncation, fill outside) in float64; all of them are bit-exact with
-Pillow 13 in the tests.
+Pillow 13 in the tests. :class:`RandAugment` can also run the same plan through Pillow frame by frame (``backend``);
+the two backends give identical pixels, Pillow being the faster one on a CPU.
 """
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def _to_luma(clip: torch.Tensor) -> torch.Tensor:
     """PIL ``convert("L")`` (ITU-R 601-2, 16-bit fixed point): ``(R·19595 + G·38470 + B·7471 + 2^15) >> 16``.
     Returns int64 ``[T, H, W, 1]``."""
     x = clip.long()
+    if clip.shape[-1] == 1:
+        return x
     return (x[..., 0:1] * 19595 + x[..., 1:2] * 38470 + x[..., 2:3] * 7471 + 0x8000) >> 16
 
 
@@ -141,7 +144,8 @@ def auto_contrast(clip: torch.Tensor) -> torch.Tensor:
     lo = present.to(torch.uint8).argmax(-1, keepdim=True)
     hi = 255 - present.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
     ix = torch.arange(256, device=clip.device, dtype=torch.float64)
-    scale = 255.0 / (hi - lo).clamp(min=1).to(torch.float64)
+    # a true division (Python's 255.0 / (hi − lo)); ``255.0 / tensor`` would be 255·(1/t), rounded twice
+    scale = torch.full_like(lo, 255, dtype=torch.float64).div_((hi - lo).clamp(min=1))
     offset = (-lo).to(torch.float64) * scale
     lut = (ix * scale + offset).trunc().clamp(0, 255)
     lut = torch.where(hi > lo, lut, ix)
@@ -230,6 +234,15 @@ def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tenso
     return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
 
 
+def _interp_taps(v: list[torch.Tensor], d: torch.Tensor, interpolation: str) -> torch.Tensor:
+    """One 1-D pass over the taps ``v`` (one tap: no interpolation needed); Pillow's bilinear is a + (b − a)·d."""
+    if len(v) == 1:
+        return v[0]
+    if interpolation == "bicubic":
+        return _cubic(*v, d)
+    return v[1].sub_(v[0]).mul_(d).add_(v[0])
+
+
 _AFFINE_CHUNK = 8192  # output pixels per step: [chunk, T·C] float64 working set stays in cache
 
 
@@ -258,31 +271,26 @@ def affine(clip: torch.Tensor, matrix: Sequence[float], interpolation: str = "bi
     src = clip.permute(1, 2, 0, 3).reshape(h * w, t * c)
     fill_row = torch.as_tensor(fill, dtype=torch.uint8, device=dev).expand(t, c).reshape(1, t * c)
     out = fill_row.expand(h * w, t * c).clone()
+    # A direction whose fractional offset is exactly 0 everywhere (x for ShearY/TranslateY, y for ShearX/
+    # TranslateX at integer shifts) needs no interpolation: Pillow's v2 + 0·(…) is exactly v2.
     taps = range(-1, 3) if interpolation == "bicubic" else range(0, 2)
+    centre = 1 if interpolation == "bicubic" else 0
+    xf_all, yf_all = xin - 0.5, yin - 0.5
+    x_flat = bool((xf_all.floor() == xf_all).all())
+    y_flat = bool((yf_all.floor() == yf_all).all())
+    srcf = src.to(torch.float64)
     for start in range(0, inside.numel(), _AFFINE_CHUNK):
         sel = inside[start:start + _AFFINE_CHUNK]
-        xf = xin[sel] - 0.5
-        yf = yin[sel] - 0.5
-        x0 = xf.floor()
-        y0 = yf.floor()
+        xf, yf = xf_all[sel], yf_all[sel]
+        x0, y0 = xf.floor(), yf.floor()
         dx = (xf - x0).unsqueeze(1)
         dy = (yf - y0).unsqueeze(1)
-        cols = [(x0.long() + k).clamp_(0, w - 1) for k in taps]
-        rows = [(y0.long() + k).clamp_(0, h - 1).mul_(w) for k in taps]
+        cols = [(x0.long() + k).clamp_(0, w - 1) for k in (taps[centre:centre + 1] if x_flat else taps)]
+        rows = [(y0.long() + k).clamp_(0, h - 1).mul_(w) for k in (taps[centre:centre + 1] if y_flat else taps)]
 
-        def tap(r: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
-            return src.index_select(0, r + cc).to(torch.float64)
-
-        if interpolation == "bicubic":
-            v = _cubic(*(_cubic(*(tap(r, cc) for cc in cols), dx) for r in rows), dy)
-            v = torch.where(v <= 0, 0.0, torch.where(v >= 255, 255.0, v.trunc()))
-        else:  # Pillow: a + (b − a)·d per row, then between the rows
-            rv = []
-            for r in rows:
-                left = tap(r, cols[0])
-                rv.append(tap(r, cols[1]).sub_(left).mul_(dx).add_(left))
-            v = rv[1].sub_(rv[0]).mul_(dy).add_(rv[0]).trunc_().clamp_(0, 255)
-        out[sel] = v.to(torch.uint8)
+        rv = [_interp_taps([srcf.index_select(0, r + cc) for cc in cols], dx, interpolation) for r in rows]
+        v = _interp_taps(rv, dy, interpolation)
+        out[sel] = v.trunc_().clamp_(0, 255).to(torch.uint8)  # Pillow: <= 0 → 0, >= 255 → 255, else truncate
     return out.view(h, w, t, c).permute(2, 0, 1, 3).contiguous()
 
 
@@ -427,6 +435,55 @@ class AugOp:
     args: tuple
 
 
+def _pil_op(img, name: str, args: tuple, interpolation: str, fill):
+    """One op on one PIL frame, as the official ``rand_augment.py`` calls Pillow (the ``pil`` backend)."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    base = name[: -len("Increasing")] if name.endswith("Increasing") else name
+    resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    bands = len(img.getbands())
+    fillcolor = (fill,) * bands if isinstance(fill, int) else tuple(fill)  # an int means only the first band
+    if base == "AutoContrast":
+        return ImageOps.autocontrast(img)
+    if base == "Equalize":
+        return ImageOps.equalize(img)
+    if base == "Invert":
+        return ImageOps.invert(img)
+    if base == "Posterize":
+        bits = args[0]
+        if bits >= 8:
+            return img
+        return ImageOps.posterize(img, bits) if bits > 0 else Image.new(img.mode, img.size, 0)
+    if base == "Solarize":
+        return ImageOps.solarize(img, args[0])
+    if base == "SolarizeAdd":
+        lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
+        return img.point(lut * bands)
+    if base in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return getattr(ImageEnhance, base)(img).enhance(args[0])
+    if base == "Rotate":
+        return img.rotate(args[0], resample=resample, fillcolor=fillcolor)
+    w, h = img.size
+    matrix = {"ShearX": (1, args[0], 0, 0, 1, 0), "ShearY": (1, 0, 0, args[0], 1, 0),
+              "TranslateXRel": (1, 0, args[0] * w, 0, 1, 0), "TranslateYRel": (1, 0, 0, 0, 1, args[0] * h)}[base]
+    return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=fillcolor)
+
+
+def _apply_plan_pil(clip: torch.Tensor, plan: Sequence[AugOp], interpolation: str, fill) -> torch.Tensor:
+    from PIL import Image
+
+    frames = clip.cpu().numpy()
+    squeeze = frames.shape[-1] == 1
+    out = []
+    for frame in frames:
+        img = Image.fromarray(frame[..., 0] if squeeze else frame)
+        for op in plan:
+            img = _pil_op(img, op.name, op.args, interpolation, fill)
+        out.append(np.asarray(img))
+    result = torch.from_numpy(np.stack(out))
+    return (result.unsqueeze(-1) if squeeze else result).to(clip.device)
+
+
 class RandAugment:
     """timm/official RandAugment for a clip: uint8 ``[T, H, W, C]`` in, uint8 ``[T, H, W, C]`` out.
 
@@ -439,21 +496,31 @@ class RandAugment:
     ``TranslateXRel``/``YRel`` shift by ``translate_pct·magnitude/10`` of the frame width/height (timm default
     ``translate_pct`` 0.45): the official code passes ``translate_const = int(224·0.45)`` but only the absolute
     ``TranslateX``/``Y`` ops read it and they are not in the RandAugment op sets, so it has no effect there.
+
+    ``backend``: ``torch`` runs the vectorised torch ops above (any device); ``pil`` runs Pillow frame by frame, as
+    the official code does (CPU; RGB or single-channel clips). The two give identical pixels (tested), so the
+    choice is speed only: on one CPU thread Pillow is several times faster for 320p frames (bicubic rotate of
+    16×320×427: ~0.1 s vs ~0.5 s), torch wins on a GPU. ``auto`` (default) picks ``pil`` for CPU clips and
+    ``torch`` otherwise.
     """
 
     def __init__(self, config: str | RandAugmentConfig = OFFICIAL_RAND_AUGMENT, *, prob: float = 0.5,
-                 interpolation: str = "bicubic", fill: int | Sequence[int] = FILL, translate_pct: float = 0.45):
+                 interpolation: str = "bicubic", fill: int | Sequence[int] = FILL, translate_pct: float = 0.45,
+                 backend: str = "auto"):
         self.config = parse_rand_augment(config) if isinstance(config, str) else config
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
+        if backend not in ("auto", "torch", "pil"):
+            raise ValueError(f"backend must be auto, torch or pil, got {backend!r}")
         self.prob = prob
         self.interpolation = interpolation
         self.fill = fill
         self.translate_pct = translate_pct
+        self.backend = backend
 
     def __repr__(self) -> str:
         return (f"RandAugment({self.config}, prob={self.prob}, interpolation={self.interpolation!r}, "
-                f"fill={self.fill}, translate_pct={self.translate_pct})")
+                f"fill={self.fill}, translate_pct={self.translate_pct}, backend={self.backend!r})")
 
     def sample(self, rng: np.random.Generator) -> list[AugOp]:
         """The ops one clip gets (skipped ops left out)."""
@@ -471,9 +538,16 @@ class RandAugment:
             plan.append(AugOp(name, _LEVELS[name](m, rng, self.translate_pct)))
         return plan
 
-    def apply(self, clip: torch.Tensor, plan: Sequence[AugOp]) -> torch.Tensor:
-        """Run ``plan`` on every frame of a uint8 ``[T, H, W, C]`` clip."""
+    def apply(self, clip: torch.Tensor, plan: Sequence[AugOp], backend: str | None = None) -> torch.Tensor:
+        """Run ``plan`` on every frame of a uint8 ``[T, H, W, C]`` clip (``backend`` overrides the instance's)."""
         _check_clip(clip)
+        backend = backend or self.backend
+        if backend == "auto":
+            backend = "pil" if clip.device.type == "cpu" and clip.shape[-1] in (1, 3) else "torch"
+        if not plan:
+            return clip
+        if backend == "pil":
+            return _apply_plan_pil(clip, plan, self.interpolation, self.fill)
         for op in plan:
             fn, geometric = _op_fn(op.name)
             clip = fn(clip, *op.args, interpolation=self.interpolation, fill=self.fill) if geometric \
