@@ -1,4 +1,5 @@
-// Native CPU implementations of the vmae2_kernels ops, registered as torch.ops.vmae2_native.*.
+// Native CPU implementations of the vmae2_kernels ops, registered as torch.ops.vmae2_native.*. This file also
+// defines every schema (TORCH_LIBRARY, once); cuda/vmae2_cuda_binding.cpp adds the CUDA kernels when built with CUDA.
 //
 // Conventions (as kernels/reference.py): tokens [B, N, C] in (t, h, w) order; ids int64 [B, K], unique and
 // ascending per row; arithmetic in fp32 (one rounding to the output dtype); fp32/bf16/fp16 inputs.
@@ -12,13 +13,12 @@
 #include <numeric>
 #include <vector>
 
+#include "vmae2_checks.h"
+
 namespace {
 
-void check_ids(const at::Tensor& ids, int64_t batch, const char* name) {
-  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == batch, name, " must be [B, K] with B = ", batch, ", got ",
-              ids.sizes());
-  TORCH_CHECK(ids.scalar_type() == at::kLong, name, " must be int64, got ", ids.scalar_type());
-}
+using vmae2::check_ids;
+using vmae2::check_loss_args;
 
 // out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]] rounded to x's dtype), the add in fp32.
 at::Tensor token_gather(const at::Tensor& x_in, const at::Tensor& ids_in, const c10::optional<at::Tensor>& pos_in) {
@@ -195,16 +195,6 @@ void token_target(const vid_t* vp, const at::IntArrayRef& st, const std::vector<
     const float inv = 1.f / (std::sqrt(sq / (P - 1)) + 1e-6f);
     for (int64_t i = 0; i < P; ++i) x[i] = (x[i] - mu) * inv;
   }
-}
-
-void check_loss_args(const at::Tensor& pred, const at::Tensor& video, const at::Tensor& ids, const at::Tensor& w,
-                     int64_t patch, int64_t tub) {
-  TORCH_CHECK(video.dim() == 5 && video.size(1) == 3, "video must be [B, 3, T, H, W], got ", video.sizes());
-  check_ids(ids, video.size(0), "dec_ids");
-  TORCH_CHECK(pred.dim() == 3 && pred.size(0) == ids.size(0) && pred.size(1) == ids.size(1) &&
-                  pred.size(2) == 3 * tub * patch * patch,
-              "pred must be [B, Nd, ", 3 * tub * patch * patch, "], got ", pred.sizes());
-  TORCH_CHECK(w.sizes() == ids.sizes(), "weights must be ", ids.sizes(), ", got ", w.sizes());
 }
 
 // Shared loop of the fused loss: per token, build the target and hand (pred row, target) to `fn`.

@@ -1,35 +1,144 @@
-"""``python -m vmae2_kernels.build``: compile the native CPU extension (``csrc/vmae2_cpu.cpp``) with ninja.
+"""Build configuration of the native extension (``csrc/``), shared by ``setup.py`` and the JIT build.
 
-About 30 s on 2 cores (``MAX_JOBS`` defaults to 2); ``make install``/``make test`` run it. The library goes to
-``kernels/_build/`` (or ``$VMAE2_EXT_DIR``) beside ``build_info.json``, which records the torch version so a
-mismatch is reported instead of crashing. A failed build never breaks vmae2: the ops fall back to Triton/torch.
+``python -m vmae2_kernels.build`` compiles it in place with ninja (``torch.utils.cpp_extension.load``): the path for
+source checkouts and editable installs (``make install``/``make test`` run it; ~15-40 s on 2 cores for the CPU
+part). The library goes to ``kernels/_build/`` (or ``$VMAE2_EXT_DIR``) beside ``build_info.json``.
+A regular ``pip install --no-build-isolation .`` builds the same sources through ``setup.py`` into the package
+(``vmae2_kernels/_vmae2_native*.so`` beside ``_vmae2_native.json``). :mod:`vmae2_kernels.native` loads the first
+build that matches the running torch, in the order of :func:`candidates`.
+
+What is built: the CPU ops always (``csrc/vmae2_cpu.cpp``, which also registers every schema); the CUDA kernels
+and their torch binding (``csrc/cuda/``) too when torch is a CUDA build and ``nvcc`` is found, unless
+``VMAE2_BUILD_CUDA=0``. ``TORCH_CUDA_ARCH_LIST`` is respected; unset, one architecture is compiled: the visible
+GPU's, else 9.0. ``MAX_JOBS`` defaults to ``min(4, cpu count)``. The build info records the torch, CUDA and
+compiler versions so a mismatch is reported by name instead of crashing the loader.
+
+This module imports torch only inside functions: ``setup.py`` loads it by path before knowing torch is there.
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-SOURCES = [ROOT.parent / "csrc" / "vmae2_cpu.cpp"]
+ROOT = Path(__file__).resolve().parent  # kernels/ (the vmae2_kernels package)
+CSRC = ROOT.parent / "csrc"
+NAME = "vmae2_native"
+CPU_SOURCES = [CSRC / "vmae2_cpu.cpp"]
+CUDA_SOURCES = [CSRC / "cuda" / "vmae2_cuda.cu", CSRC / "cuda" / "vmae2_cuda_binding.cpp"]
+HEADERS = [CSRC / "vmae2_checks.h", CSRC / "cuda" / "vmae2_cuda.h"]
 BUILD_DIR = Path(os.environ.get("VMAE2_EXT_DIR", ROOT / "_build"))
-LIBRARY = BUILD_DIR / "vmae2_native.so"
+LIBRARY = BUILD_DIR / f"{NAME}.so"  # the JIT build
 INFO = BUILD_DIR / "build_info.json"
+PACKAGE_STEM = f"_{NAME}"  # setup.py's build: vmae2_kernels/_vmae2_native<ext suffix> + _vmae2_native.json
+DEFAULT_ARCH = "9.0"
+CXX_FLAGS = ["-O3"]
+NVCC_FLAGS = ["-O3", "-std=c++17"]
+
+
+def candidates() -> list[tuple[Path, Path]]:
+    """``(library, build info)`` pairs the loader tries, in order: the JIT build (``$VMAE2_EXT_DIR`` or
+    ``kernels/_build``: an explicit developer step, so it wins in a checkout), then the one ``setup.py`` put in the
+    installed package."""
+    installed = sorted(p for p in ROOT.glob(f"{PACKAGE_STEM}.*") if p.suffix in (".so", ".pyd", ".dylib"))
+    pairs = [(LIBRARY, INFO)]
+    pairs += [(lib, ROOT / f"{PACKAGE_STEM}.json") for lib in installed[:1]]
+    if not installed:
+        pairs.append((ROOT / f"{PACKAGE_STEM}.so", ROOT / f"{PACKAGE_STEM}.json"))  # named in "not built" messages
+    return pairs
+
+
+def max_jobs() -> str:
+    """Ninja's parallelism: ``$MAX_JOBS`` if set, else ``min(4, cpu count)`` (nvcc jobs take GBs of memory)."""
+    return os.environ.get("MAX_JOBS") or str(max(1, min(4, os.cpu_count() or 1)))
+
+
+def nvcc_path() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def cuda_skip_reason() -> str | None:
+    """Why the CUDA part is not built (None: it is)."""
+    import torch
+
+    if os.environ.get("VMAE2_BUILD_CUDA") == "0":
+        return "VMAE2_BUILD_CUDA=0"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build (the binding needs libtorch_cuda)"
+    if nvcc_path() is None:
+        return "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    return None
+
+
+def cuda_arch_list() -> str:
+    """``$TORCH_CUDA_ARCH_LIST`` if set, else the visible GPU's capability, else ``9.0``: one architecture."""
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"{major}.{minor}"
+    return DEFAULT_ARCH
+
+
+def nvcc_version() -> str | None:
+    nvcc = nvcc_path()
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[-1] if out.strip() else None
+
+
+def plan() -> dict:
+    """What to build here: ``{"cuda": bool, "cuda_skipped": reason, "sources": [...], "arch": ..., "jobs": ...}``;
+    sets ``MAX_JOBS`` and (for CUDA) ``TORCH_CUDA_ARCH_LIST`` in the environment, which torch's build reads."""
+    missing = [str(s) for s in CPU_SOURCES + CUDA_SOURCES + HEADERS if not s.exists()]
+    if missing:
+        raise FileNotFoundError(f"native sources not found: {missing} (the extension builds from a source checkout)")
+    os.environ["MAX_JOBS"] = max_jobs()
+    reason = cuda_skip_reason()
+    sources = CPU_SOURCES + ([] if reason else CUDA_SOURCES)
+    arch = None
+    if reason is None:
+        arch = os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+    return {"cuda": reason is None, "cuda_skipped": reason, "sources": [str(s) for s in sources], "arch": arch,
+            "jobs": os.environ["MAX_JOBS"]}
+
+
+def build_info(built: dict, builder: str) -> dict:
+    """Recorded next to the library; :mod:`vmae2_kernels.native` compares it with the running torch."""
+    import torch
+
+    return {"torch": torch.__version__, "cuda": torch.version.cuda if built["cuda"] else None,
+            "backends": ["cpu", "cuda"] if built["cuda"] else ["cpu"], "cuda_arch_list": built["arch"],
+            "cuda_skipped": built["cuda_skipped"], "nvcc": nvcc_version() if built["cuda"] else None,
+            "python": platform.python_version(), "platform": platform.platform(), "builder": builder}
 
 
 def build(verbose: bool = False) -> Path:
-    import torch
+    """JIT-build into ``BUILD_DIR`` with ninja; returns the library path."""
     from torch.utils import cpp_extension
 
-    missing = [str(s) for s in SOURCES if not s.exists()]
-    if missing:
-        raise FileNotFoundError(f"native sources not found: {missing} (the extension builds from a source checkout)")
+    built = plan()
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MAX_JOBS", "2")
-    cpp_extension.load(name="vmae2_native", sources=[str(s) for s in SOURCES], build_directory=str(BUILD_DIR),
-                       extra_cflags=["-O3"], is_python_module=False, verbose=verbose)
-    INFO.write_text(json.dumps({"torch": torch.__version__}))
+    INFO.unlink(missing_ok=True)  # a failed build leaves no info: the loader then reports "not built"
+    cpp_extension.load(name=NAME, sources=built["sources"], build_directory=str(BUILD_DIR),
+                       extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS, with_cuda=built["cuda"],
+                       is_python_module=False, verbose=verbose)
+    INFO.write_text(json.dumps(build_info(built, "jit (python -m vmae2_kernels.build)"), indent=1))
+    if built["cuda_skipped"]:
+        print(f"vmae2: CPU ops only ({built['cuda_skipped']})", file=sys.stderr)
     return LIBRARY
 
 

@@ -68,7 +68,9 @@ def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -
         if reason:
             reasons.append(reason)
         elif not hasattr(module, f"{op}_{want}"):
-            reasons.append(f"the native extension has no {want} kernel for {op}")
+            skipped = getattr(module, "BUILD_INFO", {}).get("cuda_skipped") if want == "cuda" else None
+            reasons.append(f"the native extension has no {want} kernel for {op}"
+                           + (f" (built without CUDA: {skipped})" if skipped else ""))
     return reasons
 
 

@@ -21,6 +21,15 @@ def lines() -> list[str]:
     out = [f"python {platform.python_version()}  torch {torch.__version__} (CUDA {torch.version.cuda})",
            f"triton {_version('triton')}  vmae2 {_version('vmae2')}  "
            f"TRITON_INTERPRET={'1' if dispatch.interpreting() else 'unset'}"]
+    native, reason = dispatch.native_status()
+    if native is None:
+        out.append(f"native extension: {reason}")
+    else:
+        info = native.BUILD_INFO
+        cuda = (f"CUDA {info.get('cuda')} for {info.get('cuda_arch_list')}" if "cuda" in info.get("backends", [])
+                else f"no CUDA kernels: {info.get('cuda_skipped')}")
+        out.append(f"native extension: {native.LIBRARY} (torch {info.get('torch')}, built by {info.get('builder')}; "
+                   f"{cuda})")
     if torch.cuda.is_available():
         cap = torch.cuda.get_device_capability()
         out.append(f"GPU {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")

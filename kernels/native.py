@@ -1,32 +1,64 @@
-"""The native CPU extension (``csrc/vmae2_cpu.cpp``) as ``<op>_cpu`` callables for the dispatcher.
+"""The native extension (``csrc/``) as ``<op>_cpu`` / ``<op>_cuda`` callables for the dispatcher.
 
-Importing this module only *loads* an existing build (``python -m vmae2_kernels.build`` makes one); a missing or
-mismatched build is an ImportError with the reason, which the dispatcher reports before falling back.
+Importing this module only *loads* an existing build; a missing or mismatched build is an ImportError with the
+reason, which the dispatcher reports before falling back. Lookup order (:func:`vmae2_kernels.build.candidates`):
+the JIT build (``$VMAE2_EXT_DIR`` or ``kernels/_build/``, made by ``python -m vmae2_kernels.build``), then the
+library ``setup.py`` installed in the package. The first one whose build info matches the running torch (version
+and, for a CUDA build, CUDA version) is loaded; the others are not touched (two libraries cannot both define the
+``vmae2_native`` namespace). ``<op>_cuda`` exists only when the loaded build has CUDA kernels.
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
-from vmae2_kernels.build import INFO, LIBRARY
+from vmae2_kernels.build import candidates
 
 OPS = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
        "recon_loss", "recon_loss_backward")
+REBUILD = "rebuild with `python -m vmae2_kernels.build` (or reinstall vmae2 with --no-build-isolation)"
+
+LIBRARY: Path | None = None  # the library this process loaded
+BUILD_INFO: dict = {}
+
+
+def mismatch(info: dict) -> str | None:
+    """Why a build described by ``info`` cannot run with this torch (None: it can)."""
+    if info.get("torch") != torch.__version__:
+        return f"built for torch {info.get('torch')}, you have {torch.__version__}; {REBUILD}"
+    if "cuda" in info.get("backends", ["cpu"]) and info.get("cuda") != torch.version.cuda:
+        have = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only torch"
+        return f"built with CUDA {info.get('cuda')} kernels, you have {have}; {REBUILD}"
+    return None
 
 
 def _load() -> None:
-    if not LIBRARY.exists():
-        raise ImportError(f"not built (run `python -m vmae2_kernels.build`; expected {LIBRARY})")
-    built_for = json.loads(INFO.read_text()).get("torch") if INFO.exists() else None
-    if built_for != torch.__version__:
-        raise ImportError(f"built for torch {built_for}, you have {torch.__version__}; rebuild with "
-                          f"`python -m vmae2_kernels.build`")
-    if not hasattr(torch.ops.vmae2_native, "token_gather"):
-        torch.ops.load_library(str(LIBRARY))
+    global LIBRARY, BUILD_INFO
+    reasons = []
+    for library, info_path in candidates():
+        if not library.exists():
+            reasons.append(f"{library} not built")
+            continue
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        why = mismatch(info) if info else f"no build info beside it ({info_path.name}); {REBUILD}"
+        if why:
+            reasons.append(f"{library}: {why}")
+            continue
+        if not hasattr(torch.ops.vmae2_native, "token_gather"):
+            torch.ops.load_library(str(library))
+        LIBRARY, BUILD_INFO = library, info
+        return
+    raise ImportError("; ".join(reasons) + " (run `python -m vmae2_kernels.build`)")
 
 
 _load()
+
+
+def has_kernel(name: str, device: str) -> bool:
+    """Whether the loaded library registered a kernel for ``vmae2_native::name`` on ``device`` (cpu / cuda)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"vmae2_native::{name}", device.upper())
 
 
 def _bind(name: str):
@@ -37,4 +69,6 @@ def _bind(name: str):
 
 
 for _name in OPS:
-    globals()[f"{_name}_cpu"] = _bind(_name)
+    for _device in ("cpu", "cuda"):
+        if has_kernel(_name, _device):
+            globals()[f"{_name}_{_device}"] = _bind(_name)

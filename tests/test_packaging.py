@@ -1,8 +1,15 @@
+import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import pytest
 import tomllib
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["triton", "flash_attn", "xformers", "nvidia.dali", "torchcodec", "decord"]
@@ -36,3 +43,110 @@ def test_dependencies_are_floors_not_pins():
     assert specs and not any("==" in s for s in specs)
     gpu_only = ("triton", "flash-attn", "xformers", "nvidia-dali")
     assert not any(s.startswith(gpu_only) for s in project["dependencies"])
+
+
+# -- the native extension in setup.py and its loader ---------------------------------------------------------
+
+NATIVE_TREE = ["setup.py", "pyproject.toml", "README.md", "kernels", "csrc", "vmae2"]
+
+
+@pytest.fixture
+def source_copy(tmp_path):
+    """The files a build needs, copied (build/ and egg-info land in the copy, not in the checkout)."""
+    dest = tmp_path / "src"
+    dest.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "_build", "*.so", "*.json")
+    for name in NATIVE_TREE:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def _pip_wheel(src: Path, out: Path, **env) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index", "-v",
+           "-w", str(out), str(src)]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+
+
+def test_setup_py_does_not_import_torch():
+    code = ("import runpy, sys; sys.argv = ['setup.py', '--name']; runpy.run_path('setup.py'); "
+            "assert 'torch' not in sys.modules, 'setup.py imported torch'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("vmae2"), out.stderr
+
+
+def test_editable_install_skips_the_native_build(source_copy, tmp_path):
+    """`pip install -e .` (make install) stays fast: setup.py points to the JIT build instead of compiling."""
+    code = f"from setuptools import build_meta; print(build_meta.build_editable({str(tmp_path)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=source_copy, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "editable install: build it in place with `python -m vmae2_kernels.build`" in out.stderr
+    assert not list(source_copy.rglob("_vmae2_native*.so"))
+
+
+@pytest.mark.slow
+def test_wheel_builds_the_native_extension_and_the_install_loads_it(source_copy, tmp_path):
+    """A regular build (`pip wheel --no-build-isolation .`, as `pip install` does) compiles csrc/ with ninja into the
+    package; the unpacked wheel finds it (no JIT build there), records this torch, and dispatches CPU ops to it."""
+    out = _pip_wheel(source_copy, tmp_path / "wheels")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "vmae2: building the native extension (CPU" in out.stdout + out.stderr
+    (wheel,) = (tmp_path / "wheels").glob("vmae2-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        zf.extractall(site)
+    assert any(re.fullmatch(r"vmae2_kernels/_vmae2_native\..*\.so", n) for n in names), names
+    info = json.loads((site / "vmae2_kernels" / "_vmae2_native.json").read_text())
+    assert info["torch"] == torch.__version__ and info["backends"][0] == "cpu" and info["builder"] == "setup.py"
+    code = "\n".join([
+        "import torch, vmae2_kernels as K, vmae2_kernels.native as n",
+        "from vmae2_kernels import dispatch, reference as R",
+        "print(n.LIBRARY)",
+        "print(dispatch.choose('recon_loss', 'cpu'))",
+        "keys = torch.rand(3, 49)",
+        "print(torch.equal(K.ops.tube_ids(keys, 4, 20, 'cpp'), R.tube_ids(keys, 4, 20)))",
+    ])
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    library, chosen, equal = run.stdout.split()
+    assert Path(library).parent == site / "vmae2_kernels" and chosen == "cpp" and equal == "True"
+
+
+def test_a_failed_native_build_does_not_fail_the_install(source_copy, tmp_path):
+    cpu = source_copy / "csrc" / "vmae2_cpu.cpp"
+    cpu.write_text("#error vmae2 test: this source does not compile\n" + cpu.read_text())
+    out = _pip_wheel(source_copy, tmp_path / "wheels")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "the native extension (csrc/) is not built: the build failed" in out.stdout + out.stderr
+    (wheel,) = (tmp_path / "wheels").glob("vmae2-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert "vmae2_kernels/ops.py" in names and not any("_vmae2_native" in n for n in names)
+
+
+def test_no_compiler_is_a_warning_not_an_error(source_copy, tmp_path):
+    out = _pip_wheel(source_copy, tmp_path / "wheels", CXX="/nonexistent/c++")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no C++ compiler" in out.stdout + out.stderr
+
+
+def test_loader_reports_a_build_for_another_torch(tmp_path):
+    """A build recorded for another torch (or CUDA) is refused by name, and the ops fall back."""
+    from vmae2_kernels import native
+
+    assert native.mismatch({"torch": torch.__version__, "backends": ["cpu"]}) is None
+    assert "built for torch 0.0.1" in native.mismatch({"torch": "0.0.1"})
+    cuda = native.mismatch({"torch": torch.__version__, "backends": ["cpu", "cuda"], "cuda": "0.1"})
+    assert (cuda is None) == (torch.version.cuda == "0.1") and (cuda is None or "built with CUDA 0.1" in cuda)
+    (tmp_path / "vmae2_native.so").write_bytes(b"")
+    (tmp_path / "build_info.json").write_text(json.dumps({"torch": "0.0.1"}))
+    code = "from vmae2_kernels import dispatch\nprint(dispatch.report('token_gather', 'cpu')['cpp'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "VMAE2_EXT_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert f"{tmp_path / 'vmae2_native.so'}: built for torch 0.0.1" in out.stdout

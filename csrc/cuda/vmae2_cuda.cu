@@ -1,10 +1,15 @@
-// CUDA device code of the vmae2_kernels ops, free of torch headers (compiles with plain nvcc for sm_80/sm_90).
-// A thin torch binding (not in this file) launches these on the current stream; CI compiles this file and
-// checks ptxas' register/spill report. Conventions as kernels/reference.py: ids int64 [B, K] ascending and
-// unique per row; fp32 arithmetic with one rounding to the output type; T in {float, __half, __nv_bfloat16}.
+// CUDA kernels of the vmae2_kernels ops and their host launchers (vmae2_cuda.h), free of torch headers: plain nvcc
+// compiles this file for sm_80/sm_90 in CI, which also checks ptxas' register/spill report. The torch binding
+// (vmae2_cuda_binding.cpp) calls the launchers on the current stream. Conventions as kernels/reference.py: ids
+// int64 [B, K] ascending and unique per row; fp32 arithmetic with one rounding to the output type;
+// T in {float, __half, __nv_bfloat16}.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 #include <cstdint>
+
+#include "vmae2_cuda.h"
 
 namespace vmae2 {
 
@@ -16,16 +21,18 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// One block per (sample, row): out[b, k] = x[b, ids[b, k]] (+ pos[ids] rounded to T). Rows are copied with
-// 16-byte vectors when C * sizeof(T) is a multiple of 16 (every ViT width), else element by element.
+// One block per (sample, row): out[b, k] = x[b, ids[b, k]] (+ pos[ids] rounded to T). Without pos, rows are copied
+// with 16-byte vectors when the launcher found C * sizeof(T) a multiple of 16 and both pointers 16-byte aligned
+// (every ViT width), else element by element.
 template <typename T, bool HAS_POS>
 __global__ void token_gather_kernel(const T* __restrict__ x, const int64_t* __restrict__ ids,
-                                    const T* __restrict__ pos, T* __restrict__ out, int64_t N, int64_t K, int64_t C) {
+                                    const T* __restrict__ pos, T* __restrict__ out, int64_t N, int64_t K, int64_t C,
+                                    bool vec16) {
   const int64_t r = blockIdx.x;  // b * K + k
   const int64_t b = r / K, token = ids[r];
   const T* src = x + (b * N + token) * C;
   T* dst = out + r * C;
-  if (!HAS_POS && (C * sizeof(T)) % 16 == 0) {
+  if (!HAS_POS && vec16) {
     const int64_t n16 = C * sizeof(T) / 16;
     const int4* s4 = reinterpret_cast<const int4*>(src);
     int4* d4 = reinterpret_cast<int4*>(dst);
@@ -89,6 +96,32 @@ __global__ void running_cell_ids_kernel(const int64_t* __restrict__ phase, int64
     int slot = 0;
     for (int n = 0; n < HW; ++n)
       if (keep[n]) out[(static_cast<int64_t>(b) * T + t) * kept + slot++] = static_cast<int64_t>(t) * HW + n;
+  }
+}
+
+// Encoder-visible ids of tube masks; one block per sample. Each key's rank (ties: lower index first) decides
+// masked (rank < M) or kept; a kept position's slot is the number of kept positions before it. O(HW^2 / threads)
+// compares, no sort: HW is at most a few hundred (196 for ViT-B, 256 for ViT-g).
+__global__ void tube_ids_kernel(const float* __restrict__ keys, int64_t* __restrict__ out, int HW, int T, int M) {
+  extern __shared__ float tube_smem[];  // [HW] keys, then [HW] keep flags
+  float* key = tube_smem;
+  int* keep = reinterpret_cast<int*>(tube_smem + HW);
+  const int64_t b = blockIdx.x;
+  for (int n = threadIdx.x; n < HW; n += blockDim.x) key[n] = keys[b * HW + n];
+  __syncthreads();
+  for (int n = threadIdx.x; n < HW; n += blockDim.x) {
+    const float k = key[n];
+    int rank = 0;
+    for (int j = 0; j < HW; ++j) rank += (key[j] < k) || (key[j] == k && j < n);
+    keep[n] = rank >= M;
+  }
+  __syncthreads();
+  const int kept = HW - M;
+  for (int n = threadIdx.x; n < HW; n += blockDim.x) {
+    if (!keep[n]) continue;
+    int slot = 0;
+    for (int j = 0; j < n; ++j) slot += keep[j];
+    for (int t = 0; t < T; ++t) out[(b * T + t) * kept + slot] = static_cast<int64_t>(t) * HW + n;
   }
 }
 
@@ -166,27 +199,122 @@ __global__ void recon_loss_kernel(const P* __restrict__ pred, const V* __restric
   }
 }
 
-// Explicit instantiations: everything the binding launches is compiled (and checked by ptxas) in CI.
-#define VMAE2_INSTANTIATE(T)                                                                                    \
-  template __global__ void token_gather_kernel<T, false>(const T*, const int64_t*, const T*, T*, int64_t,     \
-                                                         int64_t, int64_t);                                    \
-  template __global__ void token_gather_kernel<T, true>(const T*, const int64_t*, const T*, T*, int64_t,      \
-                                                        int64_t, int64_t);                                     \
-  template __global__ void token_scatter_kernel<T>(const T*, const int64_t*, T*, int64_t, int64_t, int64_t); \
-  template __global__ void decoder_input_kernel<T, float>(const T*, const int64_t*, const int64_t*,          \
-                                                          const float*, const float*, float*, int64_t,        \
-                                                          int64_t, int64_t);                                   \
-  template __global__ void mask_token_grad_kernel<T>(const T*, float*, int64_t, int64_t, int64_t, int64_t,   \
-                                                     int64_t);                                                 \
-  template __global__ void recon_loss_kernel<T, float, false>(                                                \
-      const T*, const float*, const int64_t*, const float*, const float*, float*, T*, int64_t, int, int, int, \
-      int, bool, int64_t, int64_t, int64_t, int64_t, float, float, float, float, float, float);               \
-  template __global__ void recon_loss_kernel<T, float, true>(                                                 \
-      const T*, const float*, const int64_t*, const float*, const float*, float*, T*, int64_t, int, int, int, \
-      int, bool, int64_t, int64_t, int64_t, int64_t, float, float, float, float, float, float);
 
-VMAE2_INSTANTIATE(float)
-VMAE2_INSTANTIATE(__half)
-VMAE2_INSTANTIATE(__nv_bfloat16)
+// -- host launchers (vmae2_cuda.h) -----------------------------------------------------------------------------
+
+namespace {
+
+template <typename T> struct Tag { using type = T; };
+
+// Calls fn(Tag<T>{}) with the CUDA type of `dtype`; every launcher instantiates its kernels for all three types.
+template <typename Fn>
+void by_dtype(DType dtype, Fn fn) {
+  switch (dtype) {
+    case DType::kFloat32: fn(Tag<float>{}); break;
+    case DType::kFloat16: fn(Tag<__half>{}); break;
+    case DType::kBFloat16: fn(Tag<__nv_bfloat16>{}); break;
+  }
+}
+
+// Threads for a block striding over `work` elements: a multiple of 32 (the reductions use full-warp shuffles).
+int threads_for(int64_t work, int most = 256) {
+  return static_cast<int>(std::min<int64_t>(most, std::max<int64_t>(32, (work + 31) / 32 * 32)));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+constexpr int64_t kMaskGradRows = 64;  // rows summed per block of the mask-token gradient
+
+}  // namespace
+
+cudaError_t launch_token_gather(DType dtype, const void* x, const int64_t* ids, const void* pos, void* out, int64_t B,
+                                int64_t N, int64_t K, int64_t C, cudaStream_t stream) {
+  if (B * K == 0 || C == 0) return cudaSuccess;
+  by_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* xp = static_cast<const T*>(x);
+    T* op = static_cast<T*>(out);
+    if (pos != nullptr) {
+      token_gather_kernel<T, true><<<B * K, threads_for(C), 0, stream>>>(xp, ids, static_cast<const T*>(pos), op, N,
+                                                                          K, C, false);
+    } else {
+      const bool vec16 = (C * sizeof(T)) % 16 == 0 && aligned16(x) && aligned16(out);
+      token_gather_kernel<T, false><<<B * K, threads_for(vec16 ? C * sizeof(T) / 16 : C), 0, stream>>>(
+          xp, ids, nullptr, op, N, K, C, vec16);
+    }
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_token_scatter(DType dtype, const void* src, const int64_t* ids, void* out, int64_t B, int64_t N,
+                                 int64_t K, int64_t C, cudaStream_t stream) {
+  if (B * K == 0 || C == 0) return cudaSuccess;
+  by_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    token_scatter_kernel<T><<<B * K, threads_for(C), 0, stream>>>(static_cast<const T*>(src), ids,
+                                                                   static_cast<T*>(out), N, K, C);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vis, const int64_t* dec,
+                                 const float* token, const float* pos, float* out, int64_t B, int64_t Nv, int64_t Nd,
+                                 int64_t D, cudaStream_t stream) {
+  if (B * (Nv + Nd) == 0 || D == 0) return cudaSuccess;
+  by_dtype(x_dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    decoder_input_kernel<T, float><<<B * (Nv + Nd), threads_for(D), 0, stream>>>(static_cast<const T*>(x), vis, dec,
+                                                                                  token, pos, out, Nv, Nd, D);
+  });
+  return cudaGetLastError();
+}
+
+int64_t mask_token_grad_blocks(int64_t rows) { return std::max<int64_t>(1, (rows + kMaskGradRows - 1) / kMaskGradRows); }
+
+cudaError_t launch_mask_token_grad(DType dtype, const void* grad, float* partial, int64_t B, int64_t Nv, int64_t L,
+                                   int64_t D, cudaStream_t stream) {
+  const int64_t rows = B * (L - Nv);
+  if (D == 0) return cudaSuccess;
+  const int threads = threads_for(D, 128);
+  const dim3 grid(static_cast<unsigned>((D + threads - 1) / threads), static_cast<unsigned>(mask_token_grad_blocks(rows)));
+  by_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    mask_token_grad_kernel<T><<<grid, threads, 0, stream>>>(static_cast<const T*>(grad), partial, Nv, L, D, rows,
+                                                            kMaskGradRows);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_running_cell_ids(const int64_t* phase, int64_t* out, int64_t B, int T, int H, int W, int m,
+                                    cudaStream_t stream) {
+  if (B * T == 0 || H * W == 0) return cudaSuccess;
+  running_cell_ids_kernel<<<B * T, threads_for(H * W), H * W * sizeof(int), stream>>>(phase, out, T, H, W, m);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_tube_ids(const float* keys, int64_t* out, int64_t B, int HW, int T, int M, cudaStream_t stream) {
+  if (B == 0 || HW == 0) return cudaSuccess;
+  tube_ids_kernel<<<B, threads_for(HW), HW * (sizeof(float) + sizeof(int)), stream>>>(keys, out, HW, T, M);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_recon_loss(const ReconLossArgs& a, cudaStream_t stream) {
+  if (a.B * a.Nd == 0) return cudaSuccess;
+  const int pixels = a.tub * a.patch * a.patch;
+  const size_t smem = (3 * pixels + 64) * sizeof(float);  // target [3][pixels] + 2 x 32 reduction slots
+  const int threads = threads_for(pixels);
+  by_dtype(a.pred_dtype, [&](auto ptag) {
+    using P = typename decltype(ptag)::type;
+    by_dtype(a.video_dtype, [&](auto vtag) {
+      using V = typename decltype(vtag)::type;
+      auto kernel = a.backward ? recon_loss_kernel<P, V, true> : recon_loss_kernel<P, V, false>;
+      kernel<<<a.B * a.Nd, threads, smem, stream>>>(
+          static_cast<const P*>(a.pred), static_cast<const V*>(a.video), a.ids, a.weight, a.scale, a.per_token,
+          static_cast<P*>(a.grad), a.Nd, a.hp, a.wp, a.patch, a.tub, a.normalize, a.stride_b, a.stride_c,
+          a.stride_t, a.stride_h, a.mean[0], a.mean[1], a.mean[2], a.std[0], a.std[1], a.std[2]);
+    });
+  });
+  return cudaGetLastError();
+}
 
 }  // namespace vmae2

@@ -1,0 +1,60 @@
+// Host launchers of the CUDA kernels in vmae2_cuda.cu: raw device pointers, sizes and a stream, no torch types.
+// The torch binding (vmae2_cuda_binding.cpp) allocates outputs, converts dtypes and checks shapes; these only launch.
+// Every launcher returns cudaGetLastError() after its launches (cudaSuccess when nothing was launched).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace vmae2 {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]]); pos (nullable) has x's dtype; out is [B, K, C].
+cudaError_t launch_token_gather(DType dtype, const void* x, const int64_t* ids, const void* pos, void* out, int64_t B,
+                                int64_t N, int64_t K, int64_t C, cudaStream_t stream);
+
+// out[b, ids[b, k]] = src[b, k] on an output [B, N, C] the caller has zeroed (ids unique per row).
+cudaError_t launch_token_scatter(DType dtype, const void* src, const int64_t* ids, void* out, int64_t B, int64_t N,
+                                 int64_t K, int64_t C, cudaStream_t stream);
+
+// fp32 out [B, Nv + Nd, D] = [x + pos[vis] | token + pos[dec]]; token [D] and pos [N, D] fp32.
+cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vis, const int64_t* dec,
+                                 const float* token, const float* pos, float* out, int64_t B, int64_t Nv, int64_t Nd,
+                                 int64_t D, cudaStream_t stream);
+
+// Rows of `partial` [mask_token_grad_blocks(B * (L - Nv)), D] that launch_mask_token_grad fills; the caller sums
+// them (fixed order: deterministic).
+int64_t mask_token_grad_blocks(int64_t rows);
+cudaError_t launch_mask_token_grad(DType dtype, const void* grad, float* partial, int64_t B, int64_t Nv, int64_t L,
+                                   int64_t D, cudaStream_t stream);
+
+// Decoder-visible ids [B, T*H*W*(4-m)/4] of running-cell masks from int64 phases [B].
+cudaError_t launch_running_cell_ids(const int64_t* phase, int64_t* out, int64_t B, int T, int H, int W, int m,
+                                    cudaStream_t stream);
+
+// Encoder-visible ids [B, T * (HW - M)] of tube masks from fp32 keys [B, HW]: the M smallest keys (ties: lower
+// index) are masked in every frame, the rest kept in ascending order.
+cudaError_t launch_tube_ids(const float* keys, int64_t* out, int64_t B, int HW, int T, int M, cudaStream_t stream);
+
+// The fused reconstruction loss, forward (per_token [B * Nd] = w * mean((pred - target)^2)) or backward
+// (grad = (pred - target) * scale[0] * w, in pred's dtype). video [B, 3, T, H, W] with unit stride on W.
+struct ReconLossArgs {
+  DType pred_dtype, video_dtype;
+  const void* pred;        // [B, Nd, 3 * tub * patch * patch], contiguous, layout (p0 p1 p2 c)
+  const void* video;       // strides below (elements), last dimension contiguous
+  const int64_t* ids;      // [B, Nd] decoder-visible token ids
+  const float* weight;     // [B, Nd]
+  const float* scale;      // backward: one device float, grad_out * 2 / (F * sum(w))
+  float* per_token;        // forward output [B * Nd]
+  void* grad;              // backward output, pred's shape and dtype
+  int64_t B, Nd;
+  int hp, wp, patch, tub;  // token grid (H / patch, W / patch), patch size, tubelet size
+  bool normalize, backward;
+  int64_t stride_b, stride_c, stride_t, stride_h;
+  float mean[3], std[3];
+};
+cudaError_t launch_recon_loss(const ReconLossArgs& args, cudaStream_t stream);
+
+}  // namespace vmae2
