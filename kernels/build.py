@@ -37,7 +37,7 @@ INFO = BUILD_DIR / "build_info.json"
 PACKAGE_STEM = f"_{NAME}"  # setup.py's build: vmae2_kernels/_vmae2_native<ext suffix> + _vmae2_native.json
 DEFAULT_ARCH = "9.0"
 CXX_FLAGS = ["-O3"]
-NVCC_FLAGS = ["-O3", "-std=c++17"]
+NVCC_FLAGS = ["-O3"]  # torch adds -std=c++20 and its -D__CUDA_NO_HALF_OPERATORS__ family
 
 
 def candidates() -> list[tuple[Path, Path]]:

@@ -41,8 +41,12 @@ def cuda_include() -> Path | None:
 
 
 def nvcc_object(source: Path, arch: str, out: Path) -> str:
-    result = subprocess.run([NVCC, "-c", "-std=c++17", "-O3", f"-arch={arch}", str(source), "-o", str(out),
-                             "-Xptxas", "-v"], capture_output=True, text=True)
+    """nvcc with the flags torch's extension build adds (C++20, no implicit half/bfloat16 operators)."""
+    from torch.utils import cpp_extension
+
+    torch_flags = getattr(cpp_extension, "COMMON_NVCC_FLAGS", [])
+    result = subprocess.run([NVCC, "-c", "-std=c++20", "-O3", *torch_flags, f"-arch={arch}", str(source), "-o",
+                             str(out), "-Xptxas", "-v"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 

@@ -150,3 +150,29 @@ def test_loader_reports_a_build_for_another_torch(tmp_path):
                          env={**os.environ, "VMAE2_EXT_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert f"{tmp_path / 'vmae2_native.so'}: built for torch 0.0.1" in out.stdout
+
+
+def test_build_plan_cuda_choice_arch_and_jobs(monkeypatch):
+    """CUDA is added only for a CUDA torch with nvcc; one architecture unless TORCH_CUDA_ARCH_LIST says otherwise."""
+    from vmae2_kernels import build
+
+    for var in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "VMAE2_BUILD_CUDA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    plan = build.plan()
+    assert not plan["cuda"] and "not a CUDA build" in plan["cuda_skipped"]
+    assert plan["sources"] == [str(s) for s in build.CPU_SOURCES] and plan["jobs"] == str(min(4, os.cpu_count()))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(build, "nvcc_path", lambda: "/usr/local/cuda/bin/nvcc")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = build.plan()
+    assert plan["cuda"] and plan["arch"] == "9.0" and os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert plan["sources"][-2:] == [str(s) for s in build.CUDA_SOURCES]
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    monkeypatch.setenv("MAX_JOBS", "1")
+    assert build.plan()["arch"] == "8.0;9.0+PTX" and build.plan()["jobs"] == "1"
+    monkeypatch.setenv("VMAE2_BUILD_CUDA", "0")
+    assert build.plan()["cuda_skipped"] == "VMAE2_BUILD_CUDA=0"
+    monkeypatch.setattr(build, "nvcc_path", lambda: None)
+    monkeypatch.delenv("VMAE2_BUILD_CUDA")
+    assert "nvcc was not found" in build.plan()["cuda_skipped"]
