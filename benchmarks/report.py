@@ -18,6 +18,11 @@ Per benchmark, from pytest-benchmark's ``stats`` and the suite's ``extra_info`` 
   the group has a baseline arm: one whose ``extra_info`` says ``is_baseline: true``, or whose arm/name equals
   a ``baseline`` field of any ``extra_info`` in the group; else the first ``--baseline`` arm found in the
   group; else (marked "guessed") an arm whose label starts with ``official``.
+* **predicted GPU time**: for groups whose ``extra_info`` names an ``op``, ``shape``, ``batch`` and ``dtype`` the
+  roofline model knows (``kernels/roofline.py``), the PREDICTED device time of the Triton implementation on an
+  A100-80GB and an H100-80GB at that batch and dtype, with the floor (bytes / bandwidth): a model, not a
+  measurement, shown beside whatever was measured (CPU times on a CPU run). When the run itself was on an A100 or
+  H100, each row also gets ``measured / predicted`` for that GPU.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class Group:
     rows: list[Row]
     baseline: Row | None = None
     baseline_guessed: bool = False
+    predictions: list = field(default_factory=list)  # roofline.Prediction per modelled GPU (A100, H100)
 
 
 def _num(value: Any) -> float | None:
@@ -117,6 +123,45 @@ def _pick_baseline(rows: list[Row], preferred: Sequence[str]) -> tuple[Row | Non
     return None, False
 
 
+def roofline_module():
+    """``kernels/roofline.py`` loaded by path (pure Python: no torch import), else ``vmae2_kernels.roofline``,
+    else None (no predictions)."""
+    import importlib
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "kernels" / "roofline.py"
+    name = "vmae2_bench_roofline"
+    if name in sys.modules:
+        return sys.modules[name]
+    if path.exists():
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        try:
+            spec.loader.exec_module(module)
+            return module
+        except Exception:  # pragma: no cover - a broken checkout: try the installed package
+            del sys.modules[name]
+    try:
+        return importlib.import_module("vmae2_kernels.roofline")
+    except Exception:  # pragma: no cover
+        return None
+
+
+def predictions_for(rows: list[Row]) -> list:
+    """PREDICTED GPU times of the op a group measures (first row naming op, shape, batch), one per modelled GPU."""
+    model = roofline_module()
+    if model is None:
+        return []
+    for r in rows:
+        op, shape, batch = r.extra.get("op"), r.extra.get("shape"), _num(r.extra.get("batch"))
+        if op in model.OPS and shape in model.SHAPES and batch and batch >= 1:
+            dtype = str(r.extra.get("dtype") or "float32").replace("torch.", "")
+            dtype = dtype if dtype in model.DTYPES else "float32"
+            return [model.predict(op, shape, int(batch), dtype, gpu) for gpu in model.GPUS]
+    return []
+
+
 def load(path: str | Path, baselines: Sequence[str] = ()) -> tuple[dict, list[Group]]:
     """``(json document, groups in order of first appearance)`` with baselines and speed-ups resolved."""
     doc = json.loads(Path(path).read_text())
@@ -134,7 +179,7 @@ def load(path: str | Path, baselines: Sequence[str] = ()) -> tuple[dict, list[Gr
         if base is not None:
             for r in rows:
                 r.speedup = base.per_call_s / r.per_call_s if r.per_call_s else None
-        out.append(Group(name, rows, base, guessed))
+        out.append(Group(name, rows, base, guessed, predictions_for(rows)))
     return doc, out
 
 
@@ -209,6 +254,41 @@ def machine_lines(doc: dict) -> list[str]:
     return lines
 
 
+def run_gpu(doc: dict) -> str | None:
+    """The modelled GPU ("A100-80GB" / "H100-80GB") this run was measured on, if any."""
+    info = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
+    model = roofline_module()
+    gpu = model.gpu_for(str(info.get("gpu") or "")) if model is not None else None
+    return gpu.name if gpu is not None else None
+
+
+def _prediction_cell(p) -> str:
+    return f"{fmt_us(p.predicted_s)} (floor {fmt_us(p.floor_s)}, {p.bound}-bound)"
+
+
+def prediction_summary(groups: list[Group], on_gpu: str | None) -> list[str]:
+    """One line per group with a prediction: the fastest measured arm beside the PREDICTED GPU times."""
+    rows = [g for g in groups if g.predictions]
+    if not rows:
+        return []
+    gpus = [p.gpu for p in rows[0].predictions]
+    out = ["## Measured here vs PREDICTED on GPU", "",
+           "Predicted = roofline model of the Triton implementation (`python -m vmae2_kernels.roofline`, "
+           "`kernels/roofline.py`): device time at the benchmark's batch and dtype, not a measurement. "
+           + ("This run was on " + on_gpu + ": compare its rows with that column." if on_gpu else
+              "This run was not on a modelled GPU: the measured column is what ran here (e.g. CPU), the predicted "
+              "columns are what an A100 / H100 should show for the same call."), ""]
+    head = ["group", "fastest measured (arm)", "per call (µs)"] + [f"PREDICTED {g} (µs)" for g in gpus]
+    out += ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    for g in rows:
+        timed = [r for r in g.rows if r.per_call_s]
+        best = min(timed, key=lambda r: r.per_call_s) if timed else None
+        cells = [g.name, best.arm if best else "—", fmt_us(best.per_call_s) if best else "—"]
+        cells += [_prediction_cell(p) for p in g.predictions]
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return out + [""]
+
+
 def markdown(doc: dict, groups: list[Group], source: str = "") -> str:
     out = ["# Benchmark report", ""]
     if source:
@@ -217,6 +297,8 @@ def markdown(doc: dict, groups: list[Group], source: str = "") -> str:
     out.append("Median = one round (pytest-benchmark); per call = median / calls per round (`us_per_call` when "
                "the suite records it). Speed-up = baseline per-call time / per-call time (> 1 = faster).")
     out.append("")
+    on_gpu = run_gpu(doc)
+    out += prediction_summary(groups, on_gpu)
     if not groups:
         out.append("_No benchmarks in this file._")
     for g in groups:
@@ -224,9 +306,12 @@ def markdown(doc: dict, groups: list[Group], source: str = "") -> str:
         if g.baseline is not None:
             out += [f"Baseline: `{_cell(g.baseline.arm)}`" + (" (guessed from its name)" if g.baseline_guessed
                                                               else ""), ""]
+        match = next((p for p in g.predictions if p.gpu == on_gpu), None)
         head = ["benchmark", "provider / arm", "median", "per call (µs)", "throughput", "rounds"]
         if g.baseline is not None:
             head.append(f"speed-up vs {g.baseline.arm}")
+        if match is not None:
+            head.append(f"measured / PREDICTED {match.gpu}")
         out += ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
         for r in g.rows:
             cells = [r.name, r.arm, fmt_time(r.median_s), fmt_us(r.per_call_s), _throughput(r),
@@ -234,7 +319,15 @@ def markdown(doc: dict, groups: list[Group], source: str = "") -> str:
             if g.baseline is not None:
                 cells.append("—" if r.speedup is None else
                              (f"**{r.speedup:.2f}x**" if r is not g.baseline else "1.00x (baseline)"))
+            if match is not None:
+                cells.append("—" if not r.per_call_s else f"{r.per_call_s / match.predicted_s:.2f}x")
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        if g.predictions:
+            p0 = g.predictions[0]
+            out += ["", f"PREDICTED on GPU (model, not measured; Triton implementation, batch {p0.batch}, {p0.dtype}, "
+                        f"{p0.traffic.bytes / 1e6:.1f} MB must move): "
+                    + "; ".join(f"{p.gpu} **{fmt_us(p.predicted_s)} µs** (floor {fmt_us(p.floor_s)} µs, "
+                                f"{p.bound}-bound)" for p in g.predictions)]
         out.append("")
     return "\n".join(out)
 
@@ -287,6 +380,9 @@ def chart(groups: list[Group], path: str | Path, title: str = "", width: int = 1
         sub = "per call time, shorter is faster"
         if g.baseline is not None:
             sub += f"; speed-up vs {g.baseline.arm}" + (" (guessed)" if g.baseline_guessed else "")
+        if g.predictions:
+            sub += "; predicted " + ", ".join(f"{p.gpu.split('-')[0]} {fmt_time(p.predicted_s, micro='us')}"
+                                              for p in g.predictions)
         draw.text((pad, y + 4), _fit(draw, g.name, bold, width - 2 * pad), fill="black", font=bold)
         w = _text_w(draw, g.name, bold)
         if pad + w + 20 < width - pad:

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vmae2_kernels.roofline import LOSS_TILES, ROW_TILES
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -21,21 +23,19 @@ def _cpu_bench(kernel_call, quantiles=None, **_):
     return [1.0, 1.0, 1.0] if quantiles else 1.0
 
 
-def _configs(pairs):
-    """Autotune configs from ``(block kwargs, num_warps)``; a single config under the interpreter."""
-    configs = [triton.Config(kw, num_warps=w) for kw, w in pairs]
+def _configs(tiles):
+    """Autotune configs from :mod:`vmae2_kernels.roofline`'s ``(block kwargs, num_warps, num_stages, reason)``
+    candidates; a single config under the interpreter."""
+    configs = [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s, _ in tiles]
     return configs[:1] if INTERPRET else configs
 
 
 # -- token gather / scatter -----------------------------------------------------------------------------
 # One program moves a BLOCK_K x BLOCK_C tile of rows. Rows are 2*C bytes (bf16) to 4*C bytes: the row copy
 # is pure bandwidth; 128-bit accesses need C % 8 == 0 (bf16) or C % 4 == 0 (fp32), true for every ViT width.
-ROW_CONFIGS = _configs([
-    ({"BLOCK_K": 16, "BLOCK_C": 256}, 4),
-    ({"BLOCK_K": 32, "BLOCK_C": 128}, 4),
-    ({"BLOCK_K": 8, "BLOCK_C": 512}, 4),
-    ({"BLOCK_K": 64, "BLOCK_C": 64}, 4),
-])
+# The candidates, and why each one, are in roofline.ROW_TILES (chosen with the roofline / occupancy model; the
+# compile report `python -m vmae2_kernels.gpu_report` shows their registers, 128-bit accesses and occupancy).
+ROW_CONFIGS = _configs(ROW_TILES)
 
 
 @triton.autotune(configs=ROW_CONFIGS, key=["K", "C"], do_bench=_cpu_bench if INTERPRET else None)
@@ -232,7 +232,9 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP,
                  PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
     """Load one token's prediction ``[BLOCK_P, 4]`` and build its target from the video (never stored).
 
-    Returns ``(pred, target, ok)`` as fp32 tiles over (pixel (p0 p1 p2), channel padded 3 -> 4).
+    Returns ``(pred, target, ok)`` as fp32 tiles over (pixel (p0 p1 p2), channel padded 3 -> 4). The video is
+    read along the tile's pixel axis (``p2`` runs are contiguous: 128-bit loads for patch 16); the prediction
+    row is read flat (contiguous, 128-bit) and moved to the tile by :func:`_flat_to_tile`.
     """
     P: tl.constexpr = TUB * PATCH * PATCH
     n = tl.load(ids_ptr + b * ND + k).to(tl.int64)
@@ -256,14 +258,34 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP,
         xc = tl.where(ok, x - mu[None, :], 0.0)
         sigma = tl.sqrt(tl.sum(xc * xc, axis=0) / (P - 1))
         x = xc / (sigma + 1e-6)[None, :]
+    f = tl.arange(0, 4 * BLOCK_P)
     row = (b * ND + k) * (P * 3)
-    pred = tl.load(pred_ptr + row + i[:, None] * 3 + c[None, :], mask=ok, other=0.0).to(tl.float32)
-    return pred, x, ok
+    flat = tl.load(pred_ptr + row + f, mask=f < P * 3, other=0.0).to(tl.float32)
+    return _flat_to_tile(flat, BLOCK_P), x, ok
 
 
-# One program per token: a [BLOCK_P, 4] fp32 tile (BLOCK_P = 512 for p16 and p14). 4 warps give 16 values per
-# thread per tile (no spills); 8 warps halve that and help when few tokens are in flight (small batches).
-LOSS_CONFIGS = _configs([({}, 4), ({}, 8)])
+@triton.jit
+def _flat_to_tile(flat, BLOCK_P: tl.constexpr):
+    """``[4 * BLOCK_P]`` values in ``(pixel, channel)`` order, 3 channels -> the ``[BLOCK_P, 4]`` tile.
+
+    Element ``(i, c)`` of the tile is ``flat[3 * i + c]`` (``c = 3`` picks a neighbour; callers mask it). A
+    register/shared-memory gather: a stride-3 global access cannot be 128-bit, this one stays contiguous.
+    """
+    j = tl.arange(0, 4 * BLOCK_P)
+    return tl.reshape(tl.gather(flat, (j // 4) * 3 + j % 4, 0), (BLOCK_P, 4))
+
+
+@triton.jit
+def _tile_to_flat(tile, BLOCK_P: tl.constexpr):
+    """Inverse of :func:`_flat_to_tile`: flat index ``f < 3 * BLOCK_P`` takes ``tile[f // 3, f % 3]``."""
+    f = tl.arange(0, 4 * BLOCK_P)
+    src = tl.minimum((f // 3) * 4 + f % 3, 4 * BLOCK_P - 1)  # f >= 3 * BLOCK_P: padding, masked by the caller
+    return tl.gather(tl.reshape(tile, (4 * BLOCK_P,)), src, 0)
+
+
+# One program per token: [BLOCK_P, 4] fp32 tiles (BLOCK_P = 512 for p16 and p14). Candidates and reasons:
+# roofline.LOSS_TILES (4 warps by default, 8 for small batches).
+LOSS_CONFIGS = _configs(LOSS_TILES)
 
 
 @triton.autotune(configs=LOSS_CONFIGS, key=["ND", "PATCH", "NORMALIZE"], do_bench=_cpu_bench if INTERPRET else None)
@@ -294,11 +316,10 @@ def _recon_loss_bwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
     pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
                                     mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
     scale = tl.load(scale_ptr) * tl.load(weight_ptr + b * ND + k).to(tl.float32)
-    i = tl.arange(0, BLOCK_P)
-    c = tl.arange(0, 4)
-    row = (b * ND + k) * (TUB * PATCH * PATCH * 3)
-    grad = (pred - target) * scale
-    tl.store(grad_ptr + row + i[:, None] * 3 + c[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
+    F: tl.constexpr = TUB * PATCH * PATCH * 3
+    f = tl.arange(0, 4 * BLOCK_P)
+    grad = _tile_to_flat((pred - target) * scale, BLOCK_P)  # contiguous row: 128-bit stores
+    tl.store(grad_ptr + (b * ND + k) * F + f, grad.to(grad_ptr.dtype.element_ty), mask=f < F)
 
 
 def _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std):

@@ -155,3 +155,54 @@ def test_empty_and_bad_input(tmp_path):
     bad.write_text("[1, 2]")
     assert report.main([str(bad), "--out", str(tmp_path / "b")]) == 2
     assert report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "m")]) == 2
+
+
+def _real_group_doc(gpu: str) -> dict:
+    """Two ops at a real shape, as the kernel benchmark suite records them (op, shape, batch, dtype)."""
+    info = lambda provider, us, **kw: {"op": "token_gather", "provider": provider, "shape": "ViT-B", "batch": 32,  # noqa
+                                       "dtype": "bfloat16", "device": gpu, "calls_per_round": 10, "us_per_call": us,
+                                       **kw}
+    loss = {"op": "recon_loss_fwd_bwd", "provider": "triton", "shape": "ViT-B", "batch": 32, "dtype": "bfloat16",
+            "us_per_call": 400.0, "calls_per_round": 10}
+    return {"machine_info": {**DOC["machine_info"], "gpu": gpu},
+            "benchmarks": [_bench("token_gather ViT-B B=32", "test_op[token_gather-torch-ViT-B]", 10 * 40e-6,
+                                  info("torch", 40.0, baseline="torch")),
+                           _bench("token_gather ViT-B B=32", "test_op[token_gather-triton-ViT-B]", 10 * 20e-6,
+                                  info("triton", 20.0)),
+                           _bench("recon_loss_fwd_bwd ViT-B B=32", "test_loss_fwd_bwd[triton-ViT-B]", 10 * 400e-6,
+                                  loss),
+                           _bench("data-cpu", "test_vmae2_torch_loader", 0.468, {"loader": "torch"})]}
+
+
+def test_predicted_gpu_times_beside_cpu_measurements(tmp_path):
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(_real_group_doc("cpu")))
+    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    model = report.roofline_module()
+    gather = {p.gpu: p for p in (model.predict("token_gather", "ViT-B", 32, "bfloat16", g) for g in model.GPUS)}
+    summary = _section(md, "Measured here vs PREDICTED on GPU")
+    assert "not on a modelled GPU" in summary
+    assert (f"| token_gather ViT-B B=32 | triton | 20.0 | {report._prediction_cell(gather['A100-80GB'])} | "
+            f"{report._prediction_cell(gather['H100-80GB'])} |") in summary
+    assert "recon_loss_fwd_bwd ViT-B B=32" in summary and "data-cpu" not in summary  # no model for data loading
+    g = _section(md, "token_gather ViT-B B=32")
+    assert "PREDICTED on GPU (model, not measured" in g and "batch 32, bfloat16" in g
+    assert f"H100-80GB **{report.fmt_us(gather['H100-80GB'].predicted_s)} µs**" in g
+    assert "measured / PREDICTED" not in md  # a CPU run: no ratio column
+    assert "PREDICTED" not in _section(md, "data-cpu")
+    with Image.open(tmp_path / "out" / "report.png") as img:
+        assert img.size[0] > 0
+
+
+def test_measured_over_predicted_on_a_modelled_gpu(tmp_path):
+    path = tmp_path / "h100.json"
+    path.write_text(json.dumps(_real_group_doc("NVIDIA H100 80GB HBM3")))
+    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "This run was on H100-80GB" in md
+    g = _section(md, "token_gather ViT-B B=32")
+    assert "measured / PREDICTED H100-80GB" in g
+    model = report.roofline_module()
+    ratio = 20e-6 / model.predict("token_gather", "ViT-B", 32, "bfloat16", "H100").predicted_s
+    assert f"| {ratio:.2f}x |" in g

@@ -1,0 +1,263 @@
+"""GPU code checked without a GPU: every Triton kernel compiled ahead of time for sm_80 and sm_90 (ViT-B shapes,
+fp32 and bf16 activations, every autotune config) through ``python -m vmae2_kernels.gpu_report``; the CUDA
+sources through nvcc; and the roofline model's arithmetic. The full ViT-B/L/g set is the CLI's default run.
+
+Fails when a kernel spills, uses local memory, needs more shared memory (or registers) than its budget, or a
+memory-bound kernel's bulk streams are not 128-bit in the PTX.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmae2_kernels import gpu_report as G
+from vmae2_kernels import roofline as R
+
+ROOT = Path(__file__).resolve().parents[1]
+TRITON_KERNELS = {"_row_copy_kernel", "_decoder_input_kernel", "_masked_rows_sum_kernel", "_running_cell_kernel",
+                  "_tube_kernel", "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"}
+
+
+def _has_triton_nvidia() -> str | None:
+    try:
+        import triton  # noqa: F401
+        from triton import knobs
+
+        return None if Path(knobs.nvidia.ptxas.path).exists() else "the Triton wheel ships no ptxas"
+    except Exception as exc:  # pragma: no cover - triton missing
+        return f"triton with its NVIDIA backend is not importable ({exc})"
+
+
+SKIP = _has_triton_nvidia()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One CLI run (ViT-B, fp32 + bf16, sm_80 + sm_90, nvcc when present); the interpreter is switched off for it."""
+    if SKIP:
+        pytest.skip(SKIP)
+    out = tmp_path_factory.mktemp("gpu_report")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "vmae2_kernels.gpu_report", "--shape", "ViT-B", "--quiet",
+                           "--json", str(out / "report.json"), "--markdown", str(out / "report.md")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    doc = json.loads((out / "report.json").read_text())
+    return proc, doc, (out / "report.md").read_text()
+
+
+def _rows(doc):
+    return doc["kernels"]
+
+
+def test_cli_passes_and_compiles_every_kernel_for_both_archs(report):
+    proc, doc, md = report
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert doc["problems"] == []
+    seen = {(r["kernel"], r["arch"]) for r in _rows(doc)}
+    assert seen == {(k, a) for k in TRITON_KERNELS for a in ("sm_80", "sm_90")}
+    # every autotune config, for both activation dtypes and every launcher that uses the kernel
+    for kernel, tiles, ops in (("_row_copy_kernel", R.ROW_TILES, {"token_gather", "token_scatter"}),
+                               ("_decoder_input_kernel", R.ROW_TILES, {"decoder_input"}),
+                               ("_recon_loss_fwd_kernel", R.LOSS_TILES, {"recon_loss"}),
+                               ("_recon_loss_bwd_kernel", R.LOSS_TILES, {"recon_loss_backward"})):
+        for arch in ("sm_80", "sm_90"):
+            for dtype in ("float32", "bfloat16"):
+                for op in ops:
+                    configs = {r["config"] for r in _rows(doc) if r["kernel"] == kernel and r["arch"] == arch
+                               and f"{op} ViT-B {dtype}" in [f"{r['op']} {r['shape']} {r['dtype']}"] + r["also"]}
+                    assert configs == {R.config_label(kw, w, s) for kw, w, s, _ in tiles}, (kernel, op, arch, dtype)
+    assert "All " in md and "0 spills" in md
+
+
+def test_no_spills_no_local_memory(report):
+    _, doc, _ = report
+    for r in _rows(doc):
+        assert (r["spill_stores"], r["spill_loads"], r["local_bytes"]) == (0, 0, 0), r
+        assert not any(k.startswith(("LDL", "STL")) for k in r["sass"]), r["sass"]
+        assert not any(k.startswith(("ld.local", "st.local")) for k in r["ptx"]), r["ptx"]
+
+
+def test_registers_and_shared_memory_within_budget(report):
+    """The roofline model's assumed resources (the shared-memory budgets) hold for every compiled kernel."""
+    _, doc, _ = report
+    for r in _rows(doc):
+        regs, smem = R.ASSUMED_RESOURCES[r["kernel"]]
+        gpu = R.GPU_BY_ARCH[r["arch"]]
+        assert r["regs"] <= regs, f"{r['kernel']} [{r['config']}] {r['arch']}: {r['regs']} > {regs} registers"
+        assert r["smem"] <= min(smem, gpu.smem_per_block), (r["kernel"], r["config"], r["arch"], r["smem"])
+        assert r["occupancy"]["limiter"] != "shared memory" and r["occupancy"]["blocks_per_sm"] >= 1, r
+
+
+def test_memory_bound_kernels_are_128_bit(report):
+    _, doc, _ = report
+    for r in _rows(doc):
+        if r["kernel"] not in G.STREAMS:
+            assert r["vectorised"] is None and r["kernel"] in G.NOT_MEMORY_BOUND
+            continue
+        assert r["vectorised"] is True, (r["kernel"], r["config"], r["arch"], r["dtype"], r["vector_note"])
+        assert r["streams"] and all(widths == [128] for widths in r["streams"].values()), r["streams"]
+        assert r["sass"].get("LDG.128", 0) > 0 and r["ptx"].get("ld.global.v4", 0) > 0
+        assert not any(k in r["sass"] for k in ("LDG.8", "LDG.16", "STG.8", "STG.16"))  # no element-wise bf16
+    # the fused loss reads pred (and writes the gradient) as contiguous rows: no stride-3 access left
+    bwd = [r for r in _rows(doc) if r["kernel"] == "_recon_loss_bwd_kernel"]
+    assert bwd and all(r["sass"].get("STG.128", 0) > 0 for r in bwd)
+
+
+def test_occupancy_in_report_matches_the_model(report):
+    _, doc, _ = report
+    for r in _rows(doc):
+        occ = R.occupancy(R.GPU_BY_ARCH[r["arch"]], r["regs"], 32 * r["num_warps"], r["smem"])
+        assert r["occupancy"]["blocks_per_sm"] == occ.blocks_per_sm
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_sources_in_the_report(report):
+    _, doc, md = report
+    rows = doc["cuda"]
+    assert rows and all(r.get("kernel") for r in rows), [r for r in rows if not r.get("kernel")]
+    for arch in ("sm_80", "sm_90"):
+        assert sum(r["arch"] == arch for r in rows) >= 20
+    assert all((r["spill_stores"], r["spill_loads"]) == (0, 0) for r in rows)
+    assert "CUDA sources" in md
+
+
+# -- the checks themselves (no compiler needed) -------------------------------------------------------------
+
+def _ptx(lines):
+    return '\t.file\t1 "{}"\n'.format(ROOT / "kernels" / "triton_ops.py") + "\n".join(lines)
+
+
+def _line(pattern):
+    text = (ROOT / "kernels" / "triton_ops.py").read_text().splitlines()
+    return next(i + 1 for i, t in enumerate(text) if pattern in t)
+
+
+def _fn():
+    """The Python function of a kernel (source file and lines), under the interpreter too."""
+    from vmae2_kernels import triton_ops as T
+
+    obj = T._recon_loss_bwd_kernel
+    while not callable(getattr(obj, "__code__", None)) and hasattr(obj, "fn"):
+        obj = obj.fn
+    holder = type("F", (), {})()
+    holder.fn = obj
+    return holder
+
+
+def test_vector_verdict_flags_a_narrow_stream():
+    """A stride-3 (element-wise) pred load or grad store fails; the ViT-g video exemption needs PATCH=14."""
+    pytest.importorskip("triton")
+    fn = _fn()
+    video, pred, grad = (_line("tl.load(video_ptr"), _line("tl.load(pred_ptr"), _line("tl.store(grad_ptr"))
+
+    def asm(line, text):
+        return ["// begin inline asm", f"\t.loc\t1 {line} 12", "mov.u32 %r1, 0x0;", f"\t.loc\t1 {line + 1} 12",
+                text, "// end inline asm"]
+
+    good = (asm(video, "@%p1 ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];")
+            + asm(pred, "@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd2 + 0 ];")
+            + asm(grad, "@%p1 st.global.v4.b32 [ %rd3 + 0 ], { %r5, %r6, %r7, %r8 };"))
+    ok, streams, _ = G.vector_verdict(fn, "_recon_loss_bwd_kernel", _ptx(good), {"PATCH": 16})
+    assert ok and streams == {"video patch": [128], "pred row": [128], "grad row": [128]}
+    narrow = good[:6] + asm(pred, "@%p1 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];") + good[12:]
+    ok, streams, note = G.vector_verdict(fn, "_recon_loss_bwd_kernel", _ptx(narrow), {"PATCH": 16})
+    assert not ok and streams["pred row"] == [16] and "pred row" in note
+    video64 = asm(video, "@%p1 ld.global.v2.b32 { %r1, %r2 }, [ %rd1 + 0 ];") + good[6:]
+    assert not G.vector_verdict(fn, "_recon_loss_bwd_kernel", _ptx(video64), {"PATCH": 16})[0]
+    ok, _, note = G.vector_verdict(fn, "_recon_loss_bwd_kernel", _ptx(video64), {"PATCH": 14})
+    assert ok and note.startswith("EXEMPT video patch")
+    missing = good[:6] + good[12:]
+    assert not G.vector_verdict(fn, "_recon_loss_bwd_kernel", _ptx(missing), {"PATCH": 16})[0]
+
+
+def test_problems_flags_spills_local_memory_and_smem():
+    base = dict(op="x", kernel="_recon_loss_fwd_kernel", shape="ViT-B", dtype="bfloat16", arch="sm_80", config="w4",
+                num_warps=4, num_stages=1, constexprs={}, signature="", grid=[1, 1, 1], regs=40, spill_stores=0,
+                spill_loads=0, stack=0, local_bytes=0, smem=8192, sass={"LDG.128": 4}, ptx={}, global_bytes=64,
+                vector_share=1.0, streams={}, occupancy={"blocks_per_sm": 12, "limiter": "registers"},
+                memory_bound=True, vectorised=True, vector_note="", compile_s=0.1)
+    assert G.problems([G.KernelReport(**base)]) == []
+    bad = G.KernelReport(**{**base, "spill_stores": 8, "local_bytes": 8, "sass": {"STL.32": 1}, "smem": 9000,
+                            "vectorised": False, "vector_note": "pred row: 16-bit"})
+    found = "\n".join(G.problems([bad]))
+    assert "spills 8 B" in found and "local memory" in found and "budget of 8192" in found and "16-bit" in found
+
+
+def test_ptxas_and_sass_parsers():
+    log = ("ptxas info    : Compiling entry function 'k' for 'sm_80'\n"
+           "    16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n"
+           "ptxas info    : Used 255 registers, used 1 barriers, 2048 bytes smem, 400 bytes cmem[0]\n")
+    assert G.parse_ptxas(log) == {"regs": 255, "stack": 16, "spill_stores": 8, "spill_loads": 4,
+                                  "static_smem": 2048}
+    sass = ("        /*0100*/                   LDG.E.128 R4, desc[UR4][R2.64] ;\n"
+            "        /*0110*/              @P0 LDG.E.U16 R9, desc[UR4][R6.64] ;\n"
+            "        /*0120*/                   STG.E.64 desc[UR4][R2.64], R4 ;\n"
+            "        /*0130*/                   STL [R1], R4 ;\n"
+            "        /*0140*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;\n")
+    assert G.sass_mix(sass) == {"BAR": 1, "LDG.128": 1, "LDG.16": 1, "STG.64": 1, "STL.32": 1}
+
+
+# -- roofline -------------------------------------------------------------------------------------------------
+
+def test_shapes_match_the_models_and_the_benchmarks():
+    from vmae2.models.configs import SIZES
+
+    for name, size in (("ViT-B", "base"), ("ViT-L", "large"), ("ViT-g", "giant")):
+        s, cfg = R.SHAPES[name], SIZES[size]
+        assert (s.patch, s.dim, s.dec_dim) == (cfg.patch_size, cfg.embed_dim, cfg.decoder_embed_dim)
+    assert [(s.num_tokens, s.num_visible, s.num_dec, s.pred_dim) for s in R.SHAPES.values()] == [
+        (1568, 160, 784, 1536), (1568, 160, 784, 1536), (2048, 208, 1024, 1176)]
+
+
+def test_occupancy_rules():
+    a100, h100 = R.GPUS["A100"], R.GPUS["H100"]
+    assert R.occupancy(a100, 32, 128).blocks_per_sm == 16  # 2048 threads
+    assert R.occupancy(a100, 40, 128).blocks_per_sm == 12  # 40 regs -> 1280 per warp -> 51 warps -> 12 CTAs
+    assert R.occupancy(a100, 40, 128).limiter == "registers"
+    assert R.occupancy(a100, 16, 32).blocks_per_sm == 32  # the block limit
+    assert R.occupancy(a100, 32, 128, smem=40 * 1024).blocks_per_sm == 4  # 164 KB / 41 KB
+    assert R.occupancy(h100, 32, 128, smem=40 * 1024).blocks_per_sm == 5  # 228 KB / 41 KB
+    assert R.occupancy(a100, 32, 128, smem=200 * 1024).blocks_per_sm == 0  # above the per-CTA maximum
+
+
+def test_traffic_and_predictions():
+    b = R.traffic("token_gather", "ViT-B", 32, "bfloat16")
+    rows = 32 * 160 * 768
+    assert b.bytes == rows * 2 + 32 * 160 * 8 + 1568 * 768 * 4 + rows * 2  # table rows once (1568 < 32 * 160)
+    assert b.logical_bytes == rows * (2 + 4 + 2) + 32 * 160 * 8 and b.flops == rows
+    loss = R.traffic("recon_loss", "ViT-B", 32, "bfloat16")
+    assert loss.bytes == 32 * 784 * (1536 * 2 + 1536 * 4 + 8 + 4 + 4)
+    assert R.sector_overfetch(R.SHAPES["ViT-B"]) == 1.0 and 1.4 < R.sector_overfetch(R.SHAPES["ViT-g"]) < 1.45
+    for op in R.OPS:
+        for gpu in R.GPUS:
+            p = R.predict(op, "ViT-B", 32, "bfloat16", gpu)
+            assert 0 < p.floor_s <= p.predicted_s < 1e-3, (op, gpu)
+    for op in ("token_gather", "decoder_input", "mask_token_grad", "recon_loss", "recon_loss_backward"):
+        a, h = R.predict(op, "ViT-B", gpu="A100"), R.predict(op, "ViT-B", gpu="H100")
+        assert a.bound == h.bound == "memory" and h.predicted_s < a.predicted_s
+        assert a.predicted_s < 2 * a.floor_s  # bandwidth-bound kernels land near the floor
+    assert R.predict("running_cell_ids", "ViT-B").bound == "launch"
+    assert R.gpu_for("NVIDIA H100 80GB HBM3").name == "H100-80GB" and R.gpu_for("cpu") is None
+
+
+def test_triton_configs_come_from_the_roofline_tiles():
+    pytest.importorskip("triton")
+    from vmae2_kernels import triton_ops as T
+
+    first = [(c.kwargs, c.num_warps, c.num_stages) for c in T.ROW_CONFIGS]
+    tiles = [(kw, w, s) for kw, w, s, _ in R.ROW_TILES]
+    assert first == (tiles[:1] if T.INTERPRET else tiles)
+    assert all(reason for *_, reason in R.ROW_TILES + R.LOSS_TILES)
+
+
+def test_roofline_cli():
+    proc = subprocess.run([sys.executable, "-m", "vmae2_kernels.roofline", "--batch", "32"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "PREDICTED" in proc.stdout and "| token_gather | ViT-B |" in proc.stdout
