@@ -6,8 +6,8 @@ target set (``--init`` the K710 checkpoint, ``--init_head_index label_710to400.j
 layer-wise lr decay, AdamW, warm-up + cosine, RandAugment, random erasing, mixup/cutmix with label smoothing,
 repeated sampling, gradient accumulation; per-epoch validation (best weights kept) and multi-view testing.
 
-With no arguments (``demo`` preset) it fine-tunes the tiny model on generated motion-direction videos for a
-few minutes on a CPU. Checkpoints are atomic and step-exact (``--resume auto``), like pretraining.
+With no arguments (``demo`` preset) it fine-tunes the tiny model on generated still/moving videos for a
+minute or two on a CPU. Checkpoints are atomic and step-exact (``--resume auto``), like pretraining.
 """
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ from vmae2.runtime import (
 )
 
 log = logging.getLogger("vmae2.finetune")
-DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_motion_v1"
+DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_motion_v4"
+
+
+DEMO_MOTIONS = ("still", "right")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -57,11 +60,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 def demo_lists() -> dict[str, Path]:
-    """Generated motion-direction clips (4 classes), made once and cached."""
+    """Generated clips of a still or moving texture (2 classes), made once and cached."""
     lists = {split: DEMO_DIR / f"{split}.csv" for split in ("train", "val", "test")}
     if not all(p.exists() for p in lists.values()):
         print(f"generating the demo videos in {DEMO_DIR} (once) ...", flush=True)
-        lists = make_labeled_videos(DEMO_DIR, {"train": 24, "val": 6, "test": 6}, seed=0)
+        lists = make_labeled_videos(DEMO_DIR, {"train": 32, "val": 8, "test": 8}, seed=0, motions=DEMO_MOTIONS)
     return lists
 
 
@@ -167,7 +170,7 @@ def finetune(cfg: FinetuneConfig) -> int:
                           short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample, num_sample=cfg.num_sample,
                           num_segments=cfg.test_num_segment, num_crops=cfg.test_num_crop, num_classes=cfg.nb_classes)
     transform = FinetuneAugment(cfg.input_size, auto_augment=None if cfg.aa == "none" else cfg.aa,
-                                reprob=cfg.reprob, flip=cfg.flip)
+                                scale=tuple(cfg.crop_scale), reprob=cfg.reprob, flip=cfg.flip)
     common = dict(config=clip, seed=cfg.seed, rank=d.rank, world_size=d.world_size, num_workers=cfg.num_workers,
                   device=device, quarantine=out / "quarantine.tsv")
     loader = ClassifyLoader(records, mode="train", batch_size=cfg.batch_size, transform=transform, **common)

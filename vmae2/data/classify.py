@@ -233,7 +233,7 @@ class ClassifyLoader:
             self._loader = torch.utils.data.DataLoader(
                 _Batches(self.source), sampler=_Pending(self._pending), batch_size=None,
                 num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.device.type == "cuda",
-                persistent_workers=self.num_workers > 0)
+                persistent_workers=self.num_workers > 0, generator=torch.Generator())  # not the global RNG
         for video, labels, vids, views, slots, failures in self._loader:
             for bad in failures:
                 self.ledger.add(bad)

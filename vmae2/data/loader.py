@@ -162,7 +162,7 @@ class PretrainLoader:
             self._torch_loader = torch.utils.data.DataLoader(
                 _TorchBatches(self.source), sampler=_Pending(self._pending), batch_size=None,
                 num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.device.type == "cuda",
-                persistent_workers=self.num_workers > 0)
+                persistent_workers=self.num_workers > 0, generator=torch.Generator())  # not the global RNG
         for video, slots, records, failures in self._torch_loader:
             for bad in failures:
                 self.ledger.add(bad)

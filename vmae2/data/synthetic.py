@@ -330,21 +330,23 @@ _write_list = write_list  # make_videos' keyword argument shadows the function n
 
 # -- labeled sets ----------------------------------------------------------------------------------------
 
-MOTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
+MOTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0), "still": (0.0, 0.0)}
 
 
 def render_motion_clip(seed: int, index: int, motion: str, width: int, height: int, num_frames: int,
-                       speed: tuple[float, float] = (1.5, 3.0)) -> np.ndarray:
-    """A camera pan across a random texture in direction ``motion`` (a key of :data:`MOTIONS`) at a random
-    speed in pixels/frame: ``uint8 [num_frames, height, width, 3]``. The classes differ only in the direction
-    of motion, so a classifier must use time (a single frame says nothing about the label); a horizontal flip
-    swaps left and right (train such sets without flips, like SSv2)."""
+                       speed: tuple[float, float] = (4.0, 8.0)) -> np.ndarray:
+    """A camera pan across a random block texture in direction ``motion`` (a key of :data:`MOTIONS`; ``still``
+    does not move) at a random speed in pixels/frame: ``uint8 [num_frames, height, width, 3]``. The classes
+    differ only in motion, so a classifier must use time (a single frame says nothing about the label); a
+    horizontal flip swaps left and right (train such sets without flips, like SSv2)."""
     if motion not in MOTIONS:
         raise ValueError(f"unknown motion {motion!r}; choose from {sorted(MOTIONS)}")
     rng = np.random.default_rng([int(seed), int(index), 0x10BE1])
     v = rng.uniform(*speed)
     travel = int(np.ceil(v * num_frames)) + 2
-    canvas = _background(rng, height + travel, width + travel)
+    cell = int(rng.integers(3, 7))  # sharp random blocks: motion is visible inside every 16 px patch
+    blocks = rng.uniform(0.0, 1.0, ((height + travel) // cell + 2, (width + travel) // cell + 2, 3))
+    canvas = np.repeat(np.repeat(blocks, cell, axis=0), cell, axis=1)[:height + travel, :width + travel]
     dx, dy = MOTIONS[motion]
     t = np.arange(num_frames)
     # the window moves by (dx, dy) * v per frame, starting from the side it moves away from
@@ -355,9 +357,9 @@ def render_motion_clip(seed: int, index: int, motion: str, width: int, height: i
 
 
 def make_labeled_videos(out_dir: str | os.PathLike, per_class: dict[str, int], *, seed: int = 0,
-                        motions: Sequence[str] = tuple(MOTIONS), size: tuple[int, int] = (96, 80),
-                        num_frames: int = 40, codec: str = "h264", fps: int = 25) -> dict[str, Path]:
-    """Write a labeled motion-direction set: for each split (``{"train": 16, "test": 4}``: clips per class)
+                        motions: Sequence[str] = tuple(MOTIONS), size: tuple[int, int] = (80, 64),
+                        num_frames: int = 32, codec: str = "h264", fps: int = 25) -> dict[str, Path]:
+    """Write a labeled motion set: for each split (``{"train": 16, "test": 4}``: clips per class)
     the clips ``{split}/{motion}_{i:03d}.{ext}`` and an official fine-tune CSV ``{split}.csv`` (``path label``,
     absolute paths), plus ``classes.txt`` (one class name per line, line = label). Returns the list paths."""
     out = Path(out_dir)
