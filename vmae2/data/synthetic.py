@@ -357,7 +357,7 @@ def render_motion_clip(seed: int, index: int, motion: str, width: int, height: i
 
 
 def make_labeled_videos(out_dir: str | os.PathLike, per_class: dict[str, int], *, seed: int = 0,
-                        motions: Sequence[str] = tuple(MOTIONS), size: tuple[int, int] = (80, 64),
+                        motions: Sequence[str] = ("up", "down", "left", "right"), size: tuple[int, int] = (80, 64),
                         num_frames: int = 32, codec: str = "h264", fps: int = 25) -> dict[str, Path]:
     """Write a labeled motion set: for each split (``{"train": 16, "test": 4}``: clips per class)
     the clips ``{split}/{motion}_{i:03d}.{ext}`` and an official fine-tune CSV ``{split}.csv`` (``path label``,
