@@ -106,3 +106,52 @@ def test_progressive_demo_beats_chance_on_held_out_clips(tmp_path):
     test = json.loads((out / "test_metrics.json").read_text())
     assert test["videos_scored"] == 24
     assert test["top1"] >= 75.0, test
+
+
+EVAL = ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--num_frames", "4", "--sampling_rate", "2",
+        "--input_size", "32", "--short_side_size", "32", "--test_num_segment", "2", "--test_num_crop", "3",
+        "--num_workers", "0", "--batch_size", "1"]
+
+
+def test_two_process_evaluation_equals_one_process(lists, tmp_path):
+    """3 test videos on 2 ranks: the sampler pads rank 1 with a repeat, which the merge counts once."""
+    from vmae2.checkpoint import save_safetensors
+    from vmae2.models import create_model
+
+    torch.manual_seed(3)
+    save_safetensors(create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32),
+                     tmp_path / "w.safetensors")
+    listing = tmp_path / "three.csv"
+    listing.write_text("".join(lists["test"].read_text().splitlines(keepends=True)[:3]))
+    args = EVAL + ["--weights", str(tmp_path / "w.safetensors"), "--data_path", str(listing)]
+    _run("vmae2.evaluate", args + ["--output_dir", str(tmp_path / "one")])
+    env = {**os.environ, **DETERMINISTIC}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(29500 + os.getpid() % 1000), "-m", "vmae2.evaluate", *args, "--output_dir",
+                    str(tmp_path / "two")], env=env, check=True, capture_output=True, text=True)
+    one = json.loads((tmp_path / "one" / "test_metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "test_metrics.json").read_text())
+    assert one == two and one["videos_scored"] == 3
+    assert (tmp_path / "one" / "predictions.csv").read_text() == (tmp_path / "two" / "predictions.csv").read_text()
+
+
+def test_lists_with_their_own_label_maps_are_merged(lists, tmp_path):
+    """K710-style: list A labels (still, right), list B labels (right, up) -> 3 classes; B repeats one video of A
+    (same file name stem = same video id), which is dropped."""
+    lines = lists["train"].read_text().splitlines()
+    a_lines = [ln for ln in lines if ln.endswith(" 0")][:2] + [ln for ln in lines if ln.endswith(" 1")][:2]
+    (tmp_path / "a.txt").write_text("still\nright\n")
+    (tmp_path / "b.txt").write_text("Right\nup\n")
+    (tmp_path / "a.csv").write_text("\n".join(a_lines) + "\n")
+    right = [ln for ln in a_lines if ln.rsplit(" ", 1)[1] == "1"]
+    (tmp_path / "b.csv").write_text(f"{right[0].rsplit(' ', 1)[0]} 0\n{a_lines[0].rsplit(' ', 1)[0]} 1\n")
+    result = _run("vmae2.finetune", SMALL[:-4] + ["--nb_classes", "3", "--lr", "0.01", "--max_steps", "1",
+                                                  "--data_path", f"{tmp_path / 'a.csv'},{tmp_path / 'b.csv'}",
+                                                  "--label_maps", f"{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}",
+                                                  "--output_dir", str(tmp_path / "out")])
+    assert "4 videos, 3 classes" in result.stdout and "duplicates 2" in result.stdout
+    both = ["--data_path", f"{tmp_path / 'a.csv'},{tmp_path / 'b.csv'}",
+            "--label_maps", f"{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}"]
+    bad = _run("vmae2.finetune", SMALL + ["--max_steps", "1", *both, "--output_dir", str(tmp_path / "bad")],
+               check=False)
+    assert bad.returncode == 2 and "--nb_classes 3" in bad.stderr
