@@ -155,3 +155,14 @@ def test_lists_with_their_own_label_maps_are_merged(lists, tmp_path):
     bad = _run("vmae2.finetune", SMALL + ["--max_steps", "1", *both, "--output_dir", str(tmp_path / "bad")],
                check=False)
     assert bad.returncode == 2 and "--nb_classes 3" in bad.stderr
+
+
+def test_divergence_stops_with_exit_3_and_keeps_the_good_checkpoint(lists, tmp_path):
+    out = tmp_path / "nan"
+    result = _run("vmae2.finetune", SMALL[:-2] + ["--lr", "1e36", "--data_path", str(lists["train"]), "--max_steps",
+                                                  "6", "--save_every_steps", "1", "--output_dir", str(out)],
+                  check=False)
+    assert result.returncode == 3 and "non-finite" in result.stderr, result.stderr
+    kept = [p.name for p in Checkpoints(out, 5).paths()]
+    bad_step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
+    assert kept and all(int(name[11:19]) <= bad_step for name in kept)  # nothing saved after the bad step
