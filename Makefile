@@ -1,5 +1,6 @@
 # `make test`: create .venv, install vmae2 with its test dependencies, run the test suite.
 # `make train`: create .venv and run the main job: `python -m vmae2.train` (the demo pretraining run).
+# `make finetune`: the fine-tuning demo, `python -m vmae2.finetune` (pretrain, fine-tune, multi-view test).
 # TORCH_SPEC picks the torch build: the default resolves to the CPU wheel on CPU machines;
 # on a GPU cluster use e.g. `make test TORCH_SPEC="torch --index-url <your CUDA wheel index>"`.
 PYTHON ?= python3
@@ -11,7 +12,7 @@ PYTEST_ARGS ?= -q
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vmae2-installed
 
-.PHONY: test train bench install clean
+.PHONY: test train finetune bench install clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ test: $(STAMP)
 # The embedded demo: a tiny model on generated videos for a few minutes; results in output/demo.
 train: $(STAMP)
 	$(BIN)/python -m vmae2.train
+
+finetune: $(STAMP)
+	$(BIN)/python -m vmae2.finetune
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks/ --benchmark-only -q

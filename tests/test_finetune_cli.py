@@ -30,7 +30,7 @@ def lists(tmp_path_factory):
 def _run(module, args, check=True):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **DETERMINISTIC}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          check=check)
+                          check=check, timeout=600)
 
 
 @pytest.mark.parametrize("args,match", [
@@ -128,7 +128,7 @@ def test_two_process_evaluation_equals_one_process(lists, tmp_path):
     env = {**os.environ, **DETERMINISTIC}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                     str(29500 + os.getpid() % 1000), "-m", "vmae2.evaluate", *args, "--output_dir",
-                    str(tmp_path / "two")], env=env, check=True, capture_output=True, text=True)
+                    str(tmp_path / "two")], env=env, check=True, capture_output=True, text=True, timeout=300)
     one = json.loads((tmp_path / "one" / "test_metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "test_metrics.json").read_text())
     assert one == two and one["videos_scored"] == 3
@@ -166,3 +166,29 @@ def test_divergence_stops_with_exit_3_and_keeps_the_good_checkpoint(lists, tmp_p
     kept = [p.name for p in Checkpoints(out, 5).paths()]
     bad_step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
     assert kept and all(int(name[11:19]) <= bad_step for name in kept)  # nothing saved after the bad step
+
+
+def test_two_processes_train_like_one_with_the_global_batch(lists, tmp_path):
+    """Without mixup and drop path (whose draws are per process), DDP on 2 gloo processes with batch 2 each
+    sees the clips (and augmentations, drawn per global position) of 1 process with batch 4, and ends with the
+    same weights up to float summation order."""
+    common = SMALL[:-2] + ["--lr", "0.05", "--mixup", "0", "--cutmix", "0", "--drop_path", "0", "--max_steps", "2",
+                           "--data_path", str(lists["train"])]
+    one = tmp_path / "one"
+    _run("vmae2.finetune", [*common, "--batch_size", "4", "--output_dir", str(one)])
+    two = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(30500 + os.getpid() % 1000), "-m", "vmae2.finetune", *common, "--batch_size", "2",
+                    "--output_dir", str(two)], env={**os.environ, **DETERMINISTIC}, check=True, capture_output=True,
+                   text=True, timeout=300)
+    a = Checkpoints.load(Checkpoints(one, 2).latest())["model"]
+    b = Checkpoints.load(Checkpoints(two, 2).latest())["model"]
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert not torch.equal(a["head.weight"], create_head_at_init())
+
+
+def create_head_at_init():
+    from vmae2.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32).head.weight.detach()

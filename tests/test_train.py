@@ -160,7 +160,7 @@ def test_sigterm_saves_and_exits_cleanly(data_list, tmp_path):
 def _torchrun(args):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                            "-m", "vmae2.train", *args], check=True, capture_output=True, text=True,
-                          env={**os.environ, **DETERMINISTIC})
+                          env={**os.environ, **DETERMINISTIC}, timeout=300)  # a hang fails instead of blocking CI
 
 
 def test_two_processes_ddp_and_fsdp_equal_one_process(data_list, tmp_path):

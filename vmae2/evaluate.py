@@ -21,7 +21,7 @@ from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_finetune_csv
 from vmae2.metrics import ViewPredictions, confusion_matrix, per_class_accuracy, save_confusion_png, topk_accuracy
-from vmae2.runtime import Dist, resolve_device, setup_distributed
+from vmae2.runtime import Dist, finish_distributed, resolve_device, setup_distributed
 
 
 @torch.no_grad()
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['videos_listed']} videos scored" + (f"; {bad} unreadable on rank 0, see quarantine.tsv"
                                                              if bad else "") + f"); report in {args.output_dir}")
     if d.world_size > 1:
-        torch.distributed.destroy_process_group()
+        finish_distributed()
     return 0
 
 

@@ -42,6 +42,7 @@ from vmae2.runtime import (
     check_output_dir,
     clip_or_norm,
     cosine_schedule,
+    finish_distributed,
     resolve_device,
     rng_state,
     set_rng_state,
@@ -189,6 +190,9 @@ def finetune(cfg: FinetuneConfig) -> int:
     records, names = read_train_records(cfg)
     if cfg.class_names:
         names = list(LabelMap.read(cfg.class_names).names)
+    if names is not None and len(names) != cfg.nb_classes:
+        raise ValueError(f"{len(names)} class names ({cfg.class_names or '--label_maps'}) for --nb_classes "
+                         f"{cfg.nb_classes}; they must agree")
     clip = ClassifyConfig(clip_len=cfg.num_frames, rate=cfg.sampling_rate, input_size=cfg.input_size,
                           short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample, num_sample=cfg.num_sample,
                           num_segments=cfg.test_num_segment, num_crops=cfg.test_num_crop, num_classes=cfg.nb_classes)
@@ -327,6 +331,9 @@ def finetune(cfg: FinetuneConfig) -> int:
         if d.is_main:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)
+        if d.world_size > 1:
+            del runner
+            finish_distributed()
         return 0
     if d.is_main:
         save_safetensors(model.state_dict(), out / "model.safetensors")
@@ -343,7 +350,8 @@ def finetune(cfg: FinetuneConfig) -> int:
     if d.is_main:
         print(f"done: {step} steps; outputs in {out}", flush=True)
     if d.world_size > 1:
-        dist.destroy_process_group()
+        del runner
+        finish_distributed()
     return 0
 
 

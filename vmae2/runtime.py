@@ -1,6 +1,7 @@
 """The pieces around the training loop: distributed setup, schedules, atomic checkpoints, metrics output."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -41,6 +42,17 @@ def setup_distributed(device_kind: str) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank, world_size=world)
     return Dist(rank, world, local)
+
+
+def finish_distributed() -> None:
+    """Leave the process group cleanly. Drop DDP wrappers first (``del runner``): if a wrapper's reducer holds the
+    last reference to a gloo group, destroying it joins gloo's worker threads while holding the GIL, and a worker
+    still freeing a finished job's tensors waits for the GIL: a deadlock at exit (seen with torch 2.13). Barriers
+    let every job finish before the group goes."""
+    dist.barrier()
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def resolve_device(requested: str, d: Dist) -> torch.device:

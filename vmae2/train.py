@@ -33,6 +33,7 @@ from vmae2.runtime import (
     check_output_dir,
     clip_or_norm,
     cosine_schedule,
+    finish_distributed,
     model_flops_per_clip,
     peak_flops,
     peak_memory_mb,
@@ -317,6 +318,9 @@ def train(cfg: TrainConfig) -> int:
         if d.is_main:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)
+        if d.world_size > 1:
+            del runner
+            finish_distributed()
         return 0
     weights = model.state_dict() if not (cfg.fsdp and d.world_size > 1) else \
         checkpoint_state(cfg, model, optimizer, scaler, step, d)["model"]  # gathered on every rank
@@ -328,7 +332,8 @@ def train(cfg: TrainConfig) -> int:
         _reconstruction_picture(cfg, model, loader, device)
         print(f"done: {step} steps; outputs in {cfg.output_dir}", flush=True)
     if d.world_size > 1:
-        dist.destroy_process_group()
+        del runner
+        finish_distributed()
     return 0
 
 
