@@ -160,8 +160,8 @@ class ClassifySource:
             views += list(range(len(v)))
         c = self.config
         video = torch.cat(videos) if videos else torch.empty(0, 3, c.clip_len, c.input_size, c.input_size)
-        as_long = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
-        return video, as_long(labels), as_long(vids), as_long(views), [s for s, _ in pairs], failures
+        labels, vids, views = (torch.tensor(x, dtype=torch.int64) for x in (labels, vids, views))
+        return video, labels, vids, views, [s for s, _ in pairs], failures
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -239,5 +239,5 @@ class ClassifyLoader:
                 self.ledger.add(bad)
             if len(video) == 0:
                 continue
-            to = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
-            yield LabeledBatch(to(video), to(labels), to(vids), to(views), slots)
+            video, labels, vids, views = (x.to(self.device, non_blocking=True) for x in (video, labels, vids, views))
+            yield LabeledBatch(video, labels, vids, views, slots)
