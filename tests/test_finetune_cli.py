@@ -192,3 +192,12 @@ def create_head_at_init():
 
     torch.manual_seed(0)
     return create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32).head.weight.detach()
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_low_precision_fine_tuning_runs(lists, tmp_path, precision):
+    out = tmp_path / precision
+    _run("vmae2.finetune", SMALL + ["--data_path", str(lists["train"]), "--max_steps", "2", "--precision", precision,
+                                    "--accum_steps", "2", "--output_dir", str(out)])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == r["loss"] for r in records)

@@ -192,3 +192,16 @@ def test_ranks_split_the_test_set_with_padding(motion_lists):
     assert all(len(s) == 2 for s in shares)  # padded to equal shares
     assert {i for s in shares for _, i in s} == set(range(4))
     np.testing.assert_array_equal(sorted(i for s in shares for _, i in s), [0, 0, 1, 1, 2, 3])
+
+
+def test_sparse_test_views_follow_the_segments(motion_lists):
+    """SSv2-style TSN views on a video record: each view takes one frame per segment, views differ."""
+    records = read_finetune_csv(motion_lists["test"], num_classes=4)
+    config = ClassifyConfig(clip_len=4, input_size=32, short_side_size=32, sparse=True, num_segments=2, num_crops=3,
+                            num_classes=4)
+    loader = ClassifyLoader(records[:1], mode="test", batch_size=1, config=config, num_workers=0)
+    batch = next(iter(loader))
+    assert batch.video.shape == (6, 3, 4, 32, 32) and batch.view_index.tolist() == list(range(6))
+    assert not torch.equal(batch.video[0], batch.video[3])  # the two temporal views sample other frames
+    val = ClassifyLoader(records[:1], mode="val", batch_size=1, config=config, num_workers=0)
+    assert next(iter(val)).video.shape == (1, 3, 4, 32, 32)
