@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -38,16 +37,18 @@ from vmae2.runtime import (
     Checkpoints,
     Dist,
     MetricsLog,
+    NonFiniteLoss,
     build_optimizer,
     check_output_dir,
-    clip_or_norm,
     cosine_schedule,
     finish_distributed,
+    optimizer_step,
     resolve_device,
     rng_state,
     set_rng_state,
     set_schedule,
     setup_distributed,
+    stop_signals,
 )
 
 log = logging.getLogger("vmae2.finetune")
@@ -56,9 +57,6 @@ DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2"))
 
 DEMO_MOTIONS = ("still", "right")
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def demo_lists() -> dict[str, Path]:
@@ -249,9 +247,7 @@ def finetune(cfg: FinetuneConfig) -> int:
         if d.is_main:
             checkpoints.save(state, at)
 
-    stop_signal: list = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+    stop_signal = stop_signals()
     metrics = MetricsLog(out, total_steps, step, enabled=d.is_main)
     if d.is_main:
         print(f"{cfg.model}: {n_params / 1e6:.2f}M params, {cfg.nb_classes} classes, {len(records)} training videos, "
@@ -283,15 +279,7 @@ def finetune(cfg: FinetuneConfig) -> int:
                 (scaler.scale(objective) if scaler else objective).backward()
             loss_sum += loss.detach() / cfg.accum_steps
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = clip_or_norm(model.parameters(), cfg.clip_grad)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(optimizer, scaler, model.parameters(), cfg.clip_grad)
         step += 1
         window_steps += 1
         epoch_done = (step * cfg.accum_steps) % len(loader) < cfg.accum_steps or step == total_steps

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -126,6 +127,32 @@ def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: floa
         group["lr"] = lr * group.get("lr_scale", 1.0)
         if group["apply_wd"]:
             group["weight_decay"] = weight_decay
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf: the run stops (exit 3) without saving."""
+
+
+def stop_signals() -> list[int]:
+    """Catch SIGTERM/SIGINT: the returned list collects them; the loop saves and exits when it is not empty."""
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    return received
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_norm: float | None) -> torch.Tensor:
+    """Unscale (fp16), clip or measure the gradient norm, step, zero the gradients; returns the norm (no sync)."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = clip_or_norm(parameters, max_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def clip_or_norm(parameters, max_norm: float | None) -> torch.Tensor:

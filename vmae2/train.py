@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections import deque
@@ -29,12 +28,13 @@ from vmae2.runtime import (
     Checkpoints,
     Dist,
     MetricsLog,
+    NonFiniteLoss,
     build_optimizer,
     check_output_dir,
-    clip_or_norm,
     cosine_schedule,
     finish_distributed,
     model_flops_per_clip,
+    optimizer_step,
     peak_flops,
     peak_memory_mb,
     resolve_device,
@@ -43,14 +43,12 @@ from vmae2.runtime import (
     set_schedule,
     setup_distributed,
     step_generator,
+    stop_signals,
 )
 
 log = logging.getLogger("vmae2.train")
 DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_videos_v1"
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def demo_list() -> str:
@@ -207,9 +205,7 @@ def train(cfg: TrainConfig) -> int:
         if d.is_main:
             print(f"resumed from {resume_from} at step {start_step}", flush=True)
 
-    stop_signal = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+    stop_signal = stop_signals()
 
     grid = model.grid
     clips_local = cfg.batch_size * cfg.num_sample
@@ -278,15 +274,7 @@ def train(cfg: TrainConfig) -> int:
                 (scaler.scale(objective) if scaler else objective).backward()
             loss_sum += scaled.detach() / (d.world_size if cfg.loss_reduction == "global" else 1) / cfg.accum_steps
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = clip_or_norm(model.parameters(), cfg.clip_grad)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(optimizer, scaler, model.parameters(), cfg.clip_grad)
         step += 1
         window_steps += 1
 
