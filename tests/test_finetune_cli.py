@@ -9,14 +9,15 @@ import torch
 
 pytest.importorskip("av", reason="PyAV makes the labeled videos")
 
+from vmae2.checkpoint import stored_pos_grid  # noqa: E402
 from vmae2.data.synthetic import make_labeled_videos  # noqa: E402
 from vmae2.finetune import main  # noqa: E402
 from vmae2.runtime import Checkpoints  # noqa: E402
 
-SMALL = ["--num_frames", "4", "--sampling_rate", "2", "--input_size", "32", "--short_side_size", "32",
-         "--batch_size", "2", "--num_sample", "2", "--num_workers", "0", "--drop_path", "0.1", "--log_every", "1",
-         "--warmup_steps", "1", "--test_num_segment", "2", "--test_num_crop", "2", "--flip", "false",
-         "--aa", "rand-m7-n4-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
+SMALL = ["--preset", "demo", "--num_frames", "4", "--sampling_rate", "2", "--input_size", "32",
+         "--short_side_size", "32", "--batch_size", "2", "--num_sample", "2", "--num_workers", "0", "--drop_path",
+         "0.1", "--log_every", "1", "--warmup_steps", "1", "--test_num_segment", "2", "--test_num_crop", "2",
+         "--flip", "false", "--aa", "rand-m7-n4-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
          "--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--lr", "0.01"]
 DETERMINISTIC = {"OMP_NUM_THREADS": "1"}
 
@@ -39,6 +40,9 @@ def _run(module, args, check=True):
     (["--smoothing", "2"], "--smoothing 2.0"),
     (["--crop_scale", "0.5", "0.2"], "--crop_scale"),
     (["--label_maps", "a.txt"], "needs --data_path"),
+    (["--data_path", "missing.csv"], "--data_path 'missing.csv'"),
+    (["--batch_size", "3", "--num_sample", "1", "--mixup", "0.8"], "must be even"),
+    (["--init_head_index", "x.json"], "--init_head_index"),
 ])
 def test_bad_values_fail_before_any_work(args, match, capsys, tmp_path):
     assert main(args + ["--output_dir", str(tmp_path / "never")]) == 2
@@ -91,7 +95,35 @@ def test_init_from_a_pretraining_checkpoint_on_another_grid(lists, tmp_path):
                                              "--init", str(tmp_path / "pre.safetensors"), "--init_num_frames", "8",
                                              "--init_input_size", "64", "--output_dir", str(out)])
     assert "initialised from" in result.stdout and "fc_norm.weight" in result.stdout
-    assert (out / "model.safetensors").exists()
+    # the grid the table came from travels with the weights, so evaluation rebuilds the same table
+    assert stored_pos_grid(out / "model.safetensors") == (4, 4, 4)
+
+
+def test_demo_preset_only_without_data(tmp_path):
+    from vmae2.config import parse_config
+    from vmae2.finetune_config import FINETUNE
+
+    assert parse_config([], FINETUNE).model == "vit_tiny_patch16_224"
+    listing = tmp_path / "l.csv"
+    listing.write_text("a.mp4 0\n")
+    cfg = parse_config(["--data_path", str(listing)], FINETUNE)
+    assert cfg.model == "vit_base_patch16_224" and cfg.aa == "rand-m7-n4-mstd0.5-inc1" and cfg.test_num_segment == 10
+
+
+def test_evaluation_scores_the_readable_videos(lists, tmp_path):
+    from vmae2.checkpoint import save_safetensors
+    from vmae2.models import create_model
+
+    save_safetensors(create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32),
+                     tmp_path / "w.safetensors")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    listing = tmp_path / "with_bad.csv"
+    listing.write_text(lists["test"].read_text() + f"{tmp_path / 'empty.mp4'} 1\n")
+    _run("vmae2.evaluate", EVAL + ["--weights", str(tmp_path / "w.safetensors"), "--data_path", str(listing),
+                                   "--output_dir", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "test_metrics.json").read_text())
+    assert summary["videos_listed"] == 5 and summary["videos_scored"] == 4 and summary["videos_unreadable"] == 1
+    assert "empty.mp4" in (tmp_path / "out" / "quarantine.tsv").read_text()
 
 
 def test_progressive_demo_beats_chance_on_held_out_clips(tmp_path):

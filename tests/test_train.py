@@ -17,8 +17,8 @@ from vmae2.data.synthetic import make_videos  # noqa: E402
 from vmae2.runtime import Checkpoints, cosine_schedule  # noqa: E402
 from vmae2.train import main  # noqa: E402
 
-TINY = ["--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_workers", "0", "--lr", "0.05",
-        "--warmup_steps", "2", "--log_every", "1"]
+TINY = ["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_workers", "0",
+        "--lr", "0.05", "--warmup_steps", "2", "--log_every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,8 @@ def _torchrun(args):
 
 
 def test_two_processes_ddp_and_fsdp_equal_one_process(data_list, tmp_path):
-    common = ["--num_frames", "4", "--input_size", "64", "--num_workers", "0", "--lr", "0.05", "--warmup_steps",
+    common = ["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--num_workers", "0", "--lr", "0.05",
+              "--warmup_steps",
               "2", "--log_every", "1", "--data_path", data_list, "--max_steps", "3", "--save_every_steps", "2"]
     _run(common + ["--batch_size", "4", "--output_dir", str(tmp_path / "one")])
     _torchrun(common + ["--batch_size", "2", "--output_dir", str(tmp_path / "ddp")])

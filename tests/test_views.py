@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2.data.views import crop_starts, dense_ids, short_side_resize, sparse_ids, spatial_views, temporal_windows
+from vmae2.data.views import (
+    crop_starts,
+    dense_ids,
+    short_side_resize,
+    sparse_ids,
+    sparse_test_ids,
+    spatial_views,
+    temporal_windows,
+)
 
 
 def official_dense(n, clip_len, rate, end=None):
@@ -35,17 +43,32 @@ def test_dense_training_ends_cover_the_video():
     assert ends == set(range(64, 80))
 
 
-def test_sparse_segments():
-    n = 50
-    seg = (n - 1) / 16
-    bounds = [(int(np.round(seg * i)), int(np.round(seg * (i + 1)))) for i in range(16)]
-    np.testing.assert_array_equal(sparse_ids(n, 16), [(lo + hi) // 2 for lo, hi in bounds])
-    for s in range(20):
+def official_sparse(n, clip_len, mode, offsets=None, chunk=0, num_chunks=1):
+    """V2 ``RawFrameClsDataset`` frame choice (train offsets given explicitly), re-stated."""
+    if mode == "test":
+        tick = n / float(clip_len)
+        return [int(chunk * tick / num_chunks + tick * x) for x in range(clip_len)]
+    avg = n // clip_len
+    if avg > 0:
+        add = [avg // 2] * clip_len if mode == "validation" else offsets
+        return [k * avg + a for k, a in zip(range(clip_len), add)]
+    return [0] * (clip_len - n) + list(range(n))
+
+
+@pytest.mark.parametrize("n", [50, 48, 16, 17, 10])
+def test_sparse_sampling_is_the_official_v2_rule(n):
+    np.testing.assert_array_equal(sparse_ids(n, 16), official_sparse(n, 16, "validation"))
+    for s in range(10):
         ids = sparse_ids(n, 16, np.random.default_rng(s))
-        assert all(lo <= i <= hi for i, (lo, hi) in zip(ids, bounds))
-    views = [sparse_ids(n, 16, None, v, 2) for v in range(2)]
-    assert all(lo <= a <= b <= hi for a, b, (lo, hi) in zip(*views, bounds))
-    assert not np.array_equal(*views)
+        if n >= 16:
+            avg = n // 16
+            offsets = ids - np.arange(16) * avg
+            assert offsets.min() >= 0 and offsets.max() < avg  # one uniform frame per segment
+            np.testing.assert_array_equal(ids, official_sparse(n, 16, "train", offsets))
+        else:
+            np.testing.assert_array_equal(ids, official_sparse(n, 16, "train"))
+    for chunk in range(2):
+        np.testing.assert_array_equal(sparse_test_ids(n, 16, chunk, 2), official_sparse(n, 16, "test", None, chunk, 2))
 
 
 def test_test_windows_and_crops_follow_the_official_starts():

@@ -136,6 +136,21 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: 
     return report
 
 
+POS_GRID_KEY = "vmae2.pos_embed_grid"  # safetensors metadata: the (t, h, w) grid a classifier's table came from
+
+
+def stored_pos_grid(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """The position-table source grid that ``vmae2.finetune`` stored in a ``.safetensors`` file's metadata, or
+    ``None`` (other files, or none stored)."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        value = (f.metadata() or {}).get(POS_GRID_KEY)
+    return tuple(int(n) for n in value.split(",")) if value else None
+
+
 def save_safetensors(weights: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> Path:
     """Write weights to ``path`` atomically (temp file + rename): a crash never leaves a half file."""

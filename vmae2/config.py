@@ -196,8 +196,9 @@ PRETRAIN = Command(
 def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=command.prog, description=command.description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(command.presets), default=command.default_preset,
-                        help=command.preset_help)
+    parser.add_argument("--preset", choices=sorted(command.presets), default=None,
+                        help=command.preset_help + f" (default: {command.default_preset} without --data_path, "
+                                                   "official_defaults with it)")
     parser.add_argument("--config", default=None, help="JSON or YAML file of option: value pairs")
     hints = get_type_hints(command.config_cls)
     for f in fields(command.config_cls):
@@ -229,15 +230,17 @@ def _read_file(path: str) -> dict:
 def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     """Parse ``argv`` into a validated ``command.config_cls`` (raises ``SystemExit`` / ``ValueError``)."""
     args = vars(build_parser(command).parse_args(argv))
-    values: dict = dict(command.presets[args.pop("preset")])
+    preset = args.pop("preset")
     config_file = args.pop("config", None)
-    if config_file:
-        from_file = _read_file(config_file)
-        known = {f.name for f in fields(command.config_cls)}
-        unknown = sorted(set(from_file) - known)
-        if unknown:
-            raise ValueError(f"--config {config_file}: unknown options {unknown}")
-        values.update(from_file)
+    from_file = _read_file(config_file) if config_file else {}
+    known = {f.name for f in fields(command.config_cls)}
+    unknown = sorted(set(from_file) - known)
+    if unknown:
+        raise ValueError(f"--config {config_file}: unknown options {unknown}")
+    if preset is None:  # the demo only when no data is named; real data gets the official defaults
+        preset = command.default_preset if "data_path" not in args and "data_path" not in from_file \
+            else "official_defaults"
+    values: dict = {**command.presets[preset], **from_file}
     values.update(args)
     if "opt_betas" in values:
         values["opt_betas"] = tuple(float(b) for b in values["opt_betas"])

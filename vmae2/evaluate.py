@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from vmae2.checkpoint import stored_pos_grid
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_finetune_csv
@@ -43,7 +44,8 @@ def predict(model: torch.nn.Module, loader: ClassifyLoader, amp_dtype: torch.dty
 
 def score(views: ViewPredictions, records: list[VideoRecord], num_classes: int, d: Dist) -> dict:
     """Merge the views of every rank and compute the metrics (every rank gets them)."""
-    video_ids, probs = views.gather(num_videos=len(records)) if d.world_size > 1 else views.compute(len(records))
+    # Unreadable videos have no views: they are reported (videos_scored < videos_listed), not an error.
+    video_ids, probs = views.gather() if d.world_size > 1 else views.compute()
     labels = torch.tensor([records[int(i)].label for i in video_ids.tolist()])
     acc = topk_accuracy(probs, labels, ks=(1, 5))
     per_class = per_class_accuracy(probs, labels, num_classes)
@@ -93,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--short_side_size", type=int, default=224)
     p.add_argument("--tubelet_size", type=int, default=2)
+    p.add_argument("--init_num_frames", type=int, default=None,
+                   help="frames the encoder was pretrained on, if the weights were fine-tuned on another grid "
+                        "(default: what vmae2.finetune stored in the .safetensors metadata, else --num_frames)")
+    p.add_argument("--init_input_size", type=int, default=None, help="pretraining input size (as --init_num_frames)")
     p.add_argument("--test_num_segment", type=int, default=5)
     p.add_argument("--test_num_crop", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=4, help="videos per batch (each gives all its views)")
@@ -119,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         if names is not None and len(names) != args.nb_classes:
             raise ValueError(f"--class_names {args.class_names} has {len(names)} classes, --nb_classes is "
                              f"{args.nb_classes}")
+        grid = stored_pos_grid(args.weights)
+        if args.init_num_frames or args.init_input_size:
+            patch = 14 if "patch14" in args.model else 16
+            size = args.init_input_size or args.input_size
+            grid = ((args.init_num_frames or args.num_frames) // args.tubelet_size, size // patch, size // patch)
         model = create_model(args.model, num_classes=args.nb_classes, num_frames=args.num_frames,
-                             img_size=args.input_size, tubelet_size=args.tubelet_size, attn_backend=args.attn_backend)
+                             img_size=args.input_size, tubelet_size=args.tubelet_size, attn_backend=args.attn_backend,
+                             pos_embed_grid=grid)
         report = load_classifier_weights(model, args.weights, head_index=args.head_index, strict=True)
         config = ClassifyConfig(clip_len=args.num_frames, rate=args.sampling_rate, input_size=args.input_size,
                                 short_side_size=args.short_side_size, sparse=args.sparse_sample,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vmae2.checkpoint import LoadReport, load_state_dict, load_weights, save_safetensors
+from vmae2.checkpoint import POS_GRID_KEY, LoadReport, load_state_dict, load_weights, save_safetensors, stored_pos_grid
 from vmae2.config import parse_config, to_dict
 from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
@@ -38,6 +38,7 @@ from vmae2.runtime import (
     Dist,
     MetricsLog,
     NonFiniteLoss,
+    agreed_stop,
     build_optimizer,
     check_output_dir,
     cosine_schedule,
@@ -79,9 +80,9 @@ def demo_pretrain(train_list: Path, out_dir: Path) -> str:
         out_dir.mkdir(parents=True, exist_ok=True)
         listing.write_text("".join(f"{line.split()[0]} 0 -1\n" for line in train_list.read_text().splitlines()))
         print("demo: pretraining the tiny model on the training clips first (100 steps) ...", flush=True)
-        rc = pretrain(["--data_path", str(listing), "--num_frames", "8", "--input_size", "64", "--sampling_rate", "2",
-                       "--batch_size", "8", "--num_workers", "2", "--lr", "0.032", "--warmup_steps", "10",
-                       "--max_steps", "100", "--normalize_target", "false", "--log_every", "50",
+        rc = pretrain(["--preset", "demo", "--data_path", str(listing), "--num_frames", "8", "--input_size", "64",
+                       "--sampling_rate", "2", "--batch_size", "8", "--num_workers", "2", "--lr", "0.032",
+                       "--warmup_steps", "10", "--max_steps", "100", "--normalize_target", "false", "--log_every", "50",
                        "--output_dir", str(out_dir / "pretrain")])
         if rc != 0:
             raise ValueError(f"the demo pretraining failed (exit {rc}); see the messages above")
@@ -135,7 +136,7 @@ def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
     model = create_model(cfg.model, num_classes=cfg.nb_classes, num_frames=cfg.num_frames, img_size=cfg.input_size,
                          tubelet_size=cfg.tubelet_size, drop_path_rate=cfg.drop_path, head_drop_rate=cfg.head_drop,
                          init_scale=cfg.init_scale, use_checkpoint=cfg.with_checkpoint, attn_backend=cfg.attn_backend,
-                         pos_embed_grid=cfg.pretrain_grid())
+                         pos_embed_grid=cfg.pretrain_grid() or (stored_pos_grid(cfg.init) if cfg.init else None))
     if cfg.init:
         report = load_classifier_weights(model, cfg.init, head_index=cfg.init_head_index)
         if d.is_main:
@@ -150,9 +151,15 @@ def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
     return runner, model
 
 
-def micro_rng(seed: int, step: int, micro: int) -> np.random.Generator:
-    """The mixup draws of one micro-batch: from ``(seed, step, micro)`` only (resumable, equal on every rank)."""
-    return np.random.default_rng([seed, step, micro, 0x313])
+def micro_rng(seed: int, rank: int, step: int, micro: int) -> np.random.Generator:
+    """The mixup draws of one rank's micro-batch: from ``(seed, rank, step, micro)`` only (resumable; each rank
+    draws its own lambda and box, as the official per-rank seeding gives)."""
+    return np.random.default_rng([seed, rank, step, micro, 0x313])
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the torch RNG (drop path) for one rank's step."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +185,8 @@ def finetune(cfg: FinetuneConfig) -> int:
     out = Path(cfg.output_dir)
 
     if cfg.data_path is None:  # the demo data
+        if d.world_size > 1:
+            raise ValueError("the demo (no --data_path) runs in one process; give --data_path to use torchrun")
         demo = demo_lists()
         cfg.data_path = str(demo["train"])
         cfg.val_data_path = cfg.val_data_path or str(demo["val"])
@@ -213,6 +222,7 @@ def finetune(cfg: FinetuneConfig) -> int:
                   switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing, num_classes=cfg.nb_classes)
 
     runner, model = build_model(cfg, device, d)
+    grid_meta = {POS_GRID_KEY: ",".join(str(n) for n in model.pos_embed_grid)}
     n_params = sum(p.numel() for p in model.parameters())
     if d.is_main:
         check_output_dir(out, needed_bytes=n_params * 4 * 3 + 2**20)
@@ -239,8 +249,21 @@ def finetune(cfg: FinetuneConfig) -> int:
         step, best = int(state["step"]), dict(state["best"])
         if d.is_main:
             print(f"resumed from {resume_from} at step {step}", flush=True)
+            if state.get("world_size", 1) != d.world_size:
+                log.warning("checkpoint was written with world size %s, now %s: the data order and epoch "
+                            "positions change", state.get("world_size"), d.world_size)
+
+    def check_finite() -> None:
+        """Every rank agrees on the first non-finite step (the host reads it: log and save steps only)."""
+        if d.world_size > 1:
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+        if int(first_bad.item()) >= 0:
+            raise NonFiniteLoss(f"the loss became non-finite at step {int(first_bad)}; stopped without saving. "
+                                f"The last good checkpoint is {checkpoints.latest()}. Lower --lr or set "
+                                "--clip_grad, then --resume auto")
 
     def save(at: int) -> None:
+        check_finite()  # a checkpoint never holds a diverged model
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler else None, "step": at, "best": best, "rng": rng_state(),
                  "world_size": d.world_size, "config": to_dict(cfg)}
@@ -261,8 +284,10 @@ def finetune(cfg: FinetuneConfig) -> int:
     loader.set_epoch(epoch)
     batches = loader.iterate(batch_in_epoch)
     runner.train()
-    while step < total_steps and not stop_signal:
+    stopping = False
+    while step < total_steps and not stopping:
         set_schedule(optimizer, float(lr_at[step]), cfg.weight_decay)
+        torch.manual_seed(step_seed(cfg.seed, d.rank, step))  # drop path: per rank and step, resumable
         for micro in range(cfg.accum_steps):
             batch = next(batches, None)
             if batch is None:
@@ -270,7 +295,7 @@ def finetune(cfg: FinetuneConfig) -> int:
                 loader.set_epoch(epoch)
                 batches = loader.iterate(0)
                 batch = next(batches)
-            video, targets = mixup(batch.video, batch.labels, micro_rng(cfg.seed, step, micro))
+            video, targets = mixup(batch.video, batch.labels, micro_rng(cfg.seed, d.rank, step, micro))
             sync = micro == cfg.accum_steps - 1
             ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else contextlib.nullcontext()
             with ctx, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -283,17 +308,16 @@ def finetune(cfg: FinetuneConfig) -> int:
         step += 1
         window_steps += 1
         epoch_done = (step * cfg.accum_steps) % len(loader) < cfg.accum_steps or step == total_steps
+        if d.world_size == 1:
+            stopping = bool(stop_signal)
 
         record = None
         if step % cfg.log_every == 0 or step == total_steps or epoch_done:
+            check_finite()
+            stopping = agreed_stop(stop_signal, d, device)
             if d.world_size > 1:
-                dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
                 dist.all_reduce(loss_sum)
                 loss_sum /= d.world_size
-            if int(first_bad.item()) >= 0:  # the host sync, on log steps only
-                raise NonFiniteLoss(f"the loss became non-finite at step {int(first_bad)}; stopped without saving. "
-                                    f"The last good checkpoint is {checkpoints.latest()}. Lower --lr or set "
-                                    "--clip_grad, then --resume auto")
             elapsed = time.perf_counter() - window_start
             record = {"step": step, "epoch": epoch, "loss": loss_sum.item() / max(window_steps, 1),
                       "lr": float(lr_at[step - 1]), "grad_norm": float(grad_norm),
@@ -308,14 +332,14 @@ def finetune(cfg: FinetuneConfig) -> int:
             if result["top1"] > best["top1"]:
                 best = {"top1": result["top1"], "step": step}
                 if d.is_main:
-                    save_safetensors(model.state_dict(), out / "model_best.safetensors")
+                    save_safetensors(model.state_dict(), out / "model_best.safetensors", grid_meta)
             window_start = time.perf_counter()  # clips/s counts training only
         if record is not None:
             metrics.write(record)
-        if step % cfg.save_every_steps == 0 or epoch_done or stop_signal:
+        if step % cfg.save_every_steps == 0 or epoch_done or stopping:
             save(step)
     metrics.close()
-    if stop_signal:
+    if stopping:
         if d.is_main:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)
@@ -324,12 +348,16 @@ def finetune(cfg: FinetuneConfig) -> int:
             finish_distributed()
         return 0
     if d.is_main:
-        save_safetensors(model.state_dict(), out / "model.safetensors")
+        save_safetensors(model.state_dict(), out / "model.safetensors", grid_meta)
         if best["top1"] >= 0:
             print(f"best validation top-1 {best['top1']:.2f} at step {best['step']} (model_best.safetensors)")
     if cfg.test_data_path:
+        loader.close()
+        if val_loader is not None:
+            val_loader.close()
         test_records = eval_records(cfg.test_data_path)
-        test_loader = ClassifyLoader(test_records, mode="test", batch_size=max(eval_batch // 2, 1), **common)
+        test_videos = max(1, eval_batch // clip.views_per_video)  # every view of a video in one batch
+        test_loader = ClassifyLoader(test_records, mode="test", batch_size=test_videos, **common)
         result = score(predict(model, test_loader, amp_dtype), test_records, cfg.nb_classes, d)
         if d.is_main:
             summary = write_report(result, test_records, out, names)

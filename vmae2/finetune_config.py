@@ -76,7 +76,7 @@ class FinetuneConfig:
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (with GradScaler), fp32",
                          choices=("auto", "bf16", "fp16", "fp32"))
     # evaluation
-    test_num_segment: int = opt(5, "test views: temporal windows per video")
+    test_num_segment: int = opt(10, "test views: temporal windows per video (released scripts: 5, SSv2 2)")
     test_num_crop: int = opt(3, "test views: spatial crops per window")
     eval_batch_size: int | None = opt(None, "videos per evaluation batch (default: 1.5 x --batch_size, official)")
     # run
@@ -119,6 +119,27 @@ class FinetuneConfig:
             bad("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
         if self.input_size % self.patch_size:
             bad("input_size", self.input_size, f"must be a multiple of the patch size {self.patch_size}")
+        if self.data_path is not None:
+            for path in self.data_path.split(","):
+                if not os.path.exists(path):
+                    bad("data_path", path, "each list in --data_path must be an existing file")
+        for name in ("warmup_epochs", "min_lr", "weight_decay", "opt_eps", "num_workers"):
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "must be >= 0")
+        if self.min_lr > self.lr:
+            bad("min_lr", self.min_lr, f"must not exceed --lr {self.lr}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            bad("eval_batch_size", self.eval_batch_size, "must be >= 1 (or omitted: 1.5 x --batch_size)")
+        if self.init_num_frames is not None and (self.init_num_frames < 1 or self.init_num_frames % self.tubelet_size):
+            bad("init_num_frames", self.init_num_frames, "must be a positive multiple of --tubelet_size")
+        if self.init_input_size is not None and (self.init_input_size < 1 or self.init_input_size % self.patch_size):
+            bad("init_input_size", self.init_input_size, f"must be a positive multiple of the patch {self.patch_size}")
+        if self.init_head_index is not None and self.init is None:
+            bad("init_head_index", self.init_head_index, "re-indexes the head of --init; give --init too")
+        mixing = (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
+        if mixing and (self.batch_size * self.num_sample) % 2:
+            bad("batch_size", self.batch_size, f"mixup/cutmix pair each clip with the batch reversed: --batch_size x "
+                                               f"--num_sample ({self.batch_size} x {self.num_sample}) must be even")
         if self.short_side_size < self.input_size:
             bad("short_side_size", self.short_side_size, f"must be >= --input_size {self.input_size}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -138,10 +159,16 @@ class FinetuneConfig:
                 bad("label_maps", self.label_maps, "needs --data_path (one class-name file per list)")
             if len(self.label_maps.split(",")) != len(self.data_path.split(",")):
                 bad("label_maps", self.label_maps, f"give one file per list in --data_path ({self.data_path})")
+            for path in self.label_maps.split(","):
+                if not os.path.exists(path):
+                    bad("label_maps", path, "each class-name file must exist")
         return self
 
-    def pretrain_grid(self) -> tuple[int, int, int]:
-        """The token grid of the ``--init`` encoder (its position table is resampled onto this model's grid)."""
+    def pretrain_grid(self) -> tuple[int, int, int] | None:
+        """The token grid the ``--init`` encoder was pretrained on, when ``--init_num_frames/--init_input_size``
+        name it (its position table is then resampled onto this model's grid); else ``None``."""
+        if self.init_num_frames is None and self.init_input_size is None:
+            return None
         frames = self.init_num_frames or self.num_frames
         size = self.init_input_size or self.input_size
         return frames // self.tubelet_size, size // self.patch_size, size // self.patch_size

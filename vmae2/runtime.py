@@ -141,6 +141,16 @@ def stop_signals() -> list[int]:
     return received
 
 
+def agreed_stop(received: list[int], d: Dist, device: torch.device) -> bool:
+    """Whether any rank got a stop signal (a collective: call it on every rank at the same step, e.g. log steps),
+    so that all ranks leave the loop together instead of one waiting in a gradient all-reduce."""
+    if d.world_size == 1:
+        return bool(received)
+    flag = torch.tensor(int(bool(received)), device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_norm: float | None) -> torch.Tensor:
     """Unscale (fp16), clip or measure the gradient norm, step, zero the gradients; returns the norm (no sync)."""
     if scaler:

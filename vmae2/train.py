@@ -29,6 +29,7 @@ from vmae2.runtime import (
     Dist,
     MetricsLog,
     NonFiniteLoss,
+    agreed_stop,
     build_optimizer,
     check_output_dir,
     cosine_schedule,
@@ -248,7 +249,8 @@ def train(cfg: TrainConfig) -> int:
     batches = loader.iterate(batch_in_epoch)
     step = start_step
     runner.train()
-    while step < total_steps and not stop_signal:
+    stopping = False
+    while step < total_steps and not stopping:
         set_schedule(optimizer, float(lr_at[step]), float(wd_at[step]))
         for micro in range(cfg.accum_steps):
             batch = next(batches, None)
@@ -278,8 +280,11 @@ def train(cfg: TrainConfig) -> int:
         step += 1
         window_steps += 1
 
+        if d.world_size == 1:
+            stopping = bool(stop_signal)
         if step % cfg.log_every == 0 or step == total_steps:
             check_finite()  # the one host sync, on log steps only
+            stopping = agreed_stop(stop_signal, d, device)
             if d.world_size > 1:
                 dist.all_reduce(loss_sum)
                 loss_sum /= 1 if cfg.loss_reduction == "global" else d.world_size
@@ -299,10 +304,10 @@ def train(cfg: TrainConfig) -> int:
             metrics.write(record)
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
-        if step % cfg.save_every_steps == 0 or step == total_steps or stop_signal:
+        if step % cfg.save_every_steps == 0 or step == total_steps or stopping:
             save(step)
     metrics.close()
-    if stop_signal:
+    if stopping:
         if d.is_main:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)

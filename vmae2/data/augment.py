@@ -774,7 +774,7 @@ class Mixup:
 
     def __call__(self, video: torch.Tensor, labels: torch.Tensor,
                  rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if video.shape[0] % 2 != 0:
+        if self.enabled and video.shape[0] % 2 != 0:
             raise ValueError(f"Mixup batch mode needs an even batch size (it pairs x with x.flip(0)), "
                              f"got {video.shape[0]}")
         return self.apply(video, labels, self.sample(video.shape[-2], video.shape[-1], rng))

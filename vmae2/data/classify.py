@@ -26,7 +26,7 @@ from vmae2.data.lists import VideoRecord, shard_indices
 from vmae2.data.loader import _as_is, _Pending
 from vmae2.data.sampling import plan_rng
 from vmae2.data.telemetry import BadFileLedger, Telemetry
-from vmae2.data.views import dense_ids, sparse_ids, spatial_views, temporal_windows
+from vmae2.data.views import dense_ids, sparse_ids, sparse_test_ids, spatial_views, temporal_windows
 
 __all__ = ["ClassifyConfig", "ClassifyLoader", "ClassifySource", "LabeledBatch", "MODES"]
 
@@ -131,7 +131,7 @@ class ClassifySource:
             return torch.stack(spatial_views(frames, c.input_size, c.short_side_size, 1))
         info = probe(record)
         if c.sparse:
-            clips = [sparse_ids(info.num_frames, c.clip_len, None, k, c.num_segments) for k in range(c.num_segments)]
+            clips = [sparse_test_ids(info.num_frames, c.clip_len, k, c.num_segments) for k in range(c.num_segments)]
             frames = torch.from_numpy(decode_frames(record, np.unique(np.concatenate(clips)), info))
             where = {int(f): n for n, f in enumerate(np.unique(np.concatenate(clips)))}
             windows = [frames[[where[int(f)] for f in ids]] for ids in clips]
@@ -198,6 +198,7 @@ class ClassifyLoader:
         per_video = config.num_sample if mode == "train" else (1 if mode == "val" else config.views_per_video)
         self.telemetry = Telemetry(batch_size * per_video)
         self.epoch = 0
+        self._pairs: tuple[int, list] | None = None
         self._loader = None
         self._pending: list = []
 
@@ -206,11 +207,18 @@ class ClassifyLoader:
         self.source.set_epoch(epoch)
 
     def pairs(self) -> list[tuple[int, int]]:
-        n = len(self.source.records)
-        train = self.mode == "train"
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if train else np.arange(n)
-        slots = shard_indices(np.arange(n), self.rank, self.world_size)
-        return [(int(s), int(order[s])) for s in slots]
+        """This rank's ``(slot, record_index)`` pairs of the epoch (computed once per epoch)."""
+        if self._pairs is None or self._pairs[0] != self.epoch:
+            n = len(self.source.records)
+            train = self.mode == "train"
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if train else np.arange(n)
+            slots = shard_indices(np.arange(n), self.rank, self.world_size)
+            self._pairs = (self.epoch, [(int(s), int(order[s])) for s in slots])
+        return self._pairs[1]
+
+    def close(self) -> None:
+        """Stop the worker processes (they are kept across epochs otherwise)."""
+        self._loader = None
 
     def __len__(self) -> int:
         n = len(self.pairs())

@@ -5,7 +5,7 @@ validation/test choice). Frame ids are 0-based and ascending (they may repeat fo
 
 * dense (Kinetics, UCF, HMDB: official ``VideoClsDataset``): a window of ``clip_len * rate`` frames, ``clip_len``
   ids spread over it by ``linspace`` (so the stride is about ``rate``, e.g. 64/15 = 4.27, not exactly 4);
-* sparse (SSv2: official ``RawFrameClsDataset``, TSN style): ``clip_len`` equal segments, one frame each;
+* sparse (SSv2: official V2 ``RawFrameClsDataset``, TSN style): ``clip_len`` equal segments, one frame each;
 * test views: ``num_segments`` temporal windows x ``num_crops`` spatial crops along the long side.
 """
 from __future__ import annotations
@@ -33,23 +33,23 @@ def dense_ids(num_frames: int, clip_len: int = 16, rate: int = 4, rng: np.random
     return np.clip(ids, end - span, end - 1).astype(np.int64)
 
 
-def sparse_ids(num_frames: int, clip_len: int = 16, rng: np.random.Generator | None = None,
-               view: int = 0, num_views: int = 1) -> np.ndarray:
-    """Official TSN sampling: segment ``i`` spans ``[round(s*i), round(s*(i+1))]`` with ``s = (n-1)/clip_len``;
-    training takes a uniform frame of each segment (end included), validation the middle one. Test view ``v`` of
-    ``num_views`` takes the point ``(v+1)/(num_views+1)`` of each segment (vmae2's rule; the views cover the
-    segment evenly and view 0 of 1 is the middle)."""
-    seg = (num_frames - 1) / clip_len
-    ids = []
-    for i in range(clip_len):
-        lo, hi = int(np.round(seg * i)), int(np.round(seg * (i + 1)))
-        if rng is not None:
-            ids.append(int(rng.integers(lo, hi + 1)))
-        elif num_views == 1:
-            ids.append((lo + hi) // 2)
-        else:
-            ids.append(lo + int((hi - lo) * (view + 1) / (num_views + 1)))
-    return np.asarray(ids, dtype=np.int64)
+def sparse_ids(num_frames: int, clip_len: int = 16, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Official V2 TSN sampling (``RawFrameClsDataset``): segments of ``avg = n // clip_len`` frames; training
+    takes ``k * avg + uniform[0, avg)``, validation (``rng=None``) ``k * avg + avg // 2``. A video shorter than
+    ``clip_len`` gives every frame, with frame 0 repeated in front."""
+    avg = num_frames // clip_len
+    k = np.arange(clip_len)
+    if avg > 0:
+        offset = np.full(clip_len, avg // 2) if rng is None else rng.integers(avg, size=clip_len)
+        return (k * avg + offset).astype(np.int64)
+    return np.concatenate([np.zeros(clip_len - num_frames), np.arange(num_frames)]).astype(np.int64)
+
+
+def sparse_test_ids(num_frames: int, clip_len: int, view: int, num_views: int) -> np.ndarray:
+    """Official V2 sparse test view ``view`` of ``num_views``: ``int(view * tick / num_views + tick * x)`` with
+    ``tick = n / clip_len``, for ``x`` in ``range(clip_len)``."""
+    tick = num_frames / clip_len
+    return np.array([int(view * tick / num_views + tick * x) for x in range(clip_len)], dtype=np.int64)
 
 
 def temporal_windows(length: int, clip_len: int, num_segments: int) -> list[np.ndarray]:
