@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2.checkpoint import PRETRAIN_ONLY
+from vmae2.checkpoint import PRETRAIN_ONLY, load_classifier_weights
 from vmae2.data.augment import FinetuneAugment
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.lists import read_finetune_csv
-from vmae2.finetune import load_classifier_weights
 from vmae2.models import create_model
 from vmae2.models.layers import interpolate_pos_table, sinusoid_table
 from vmae2.runtime import layer_id, param_groups

@@ -136,6 +136,32 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: 
     return report
 
 
+def load_classifier_weights(model: torch.nn.Module, source, *, head_index: str | None = None,
+                            strict: bool = False) -> LoadReport:
+    """Load a pretraining or classification checkpoint into a classifier (official ``run_class_finetuning``):
+    wrapper keys and ``_orig_mod.``/``module.`` prefixes removed; a pretraining encoder converted (decoder
+    dropped); a 710-way head re-indexed with ``head_index`` (official ``label_710to*.json``); otherwise, when
+    not ``strict``, a head of another class count is dropped (freshly initialised, as the official code does)."""
+    from vmae2.data.labels import convert_head, read_official_index
+
+    state = load_state_dict(source) if not isinstance(source, dict) else source
+    own = model.state_dict()
+    dropped = []
+    if head_index is not None:
+        if "head.weight" not in state:
+            raise ValueError(f"--init_head_index {head_index} was given but {source} has no head.weight")
+        index = read_official_index(head_index, num_rows=state["head.weight"].shape[0],
+                                    num_classes=own["head.weight"].shape[0] if "head.weight" in own else None)
+        state = convert_head(state, index)
+    elif not strict and "head.weight" in state and "head.weight" in own and \
+            state["head.weight"].shape != own["head.weight"].shape:
+        dropped = [k for k in ("head.weight", "head.bias") if k in state]
+        state = {k: v for k, v in state.items() if k not in dropped}
+    report = load_weights(model, state, strict=strict)
+    report.dropped = list(report.dropped) + dropped
+    return report
+
+
 POS_GRID_KEY = "vmae2.pos_embed_grid"  # safetensors metadata: the (t, h, w) grid a classifier's table came from
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vmae2.checkpoint import stored_pos_grid
+from vmae2.checkpoint import load_classifier_weights, stored_pos_grid
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_finetune_csv
@@ -112,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vmae2.finetune import load_classifier_weights
     from vmae2.models import create_model
 
     args = build_parser().parse_args(argv)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vmae2.checkpoint import POS_GRID_KEY, LoadReport, load_state_dict, load_weights, save_safetensors, stored_pos_grid
+from vmae2.checkpoint import POS_GRID_KEY, load_classifier_weights, save_safetensors, stored_pos_grid
 from vmae2.config import parse_config, to_dict
 from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
-from vmae2.data.labels import LabelMap, convert_head, merge_labeled_lists, read_official_index
+from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.lists import read_finetune_csv
 from vmae2.data.synthetic import make_labeled_videos
 from vmae2.evaluate import predict, score, write_report
@@ -87,30 +87,6 @@ def demo_pretrain(train_list: Path, out_dir: Path) -> str:
         if rc != 0:
             raise ValueError(f"the demo pretraining failed (exit {rc}); see the messages above")
     return str(weights)
-
-
-def load_classifier_weights(model: torch.nn.Module, source, *, head_index: str | None = None,
-                            strict: bool = False) -> LoadReport:
-    """Load a pretraining or classification checkpoint into a classifier (official ``run_class_finetuning``):
-    wrapper keys and ``_orig_mod.``/``module.`` prefixes removed; a pretraining encoder converted (decoder
-    dropped); a 710-way head re-indexed with ``head_index`` (official ``label_710to*.json``); otherwise, when
-    not ``strict``, a head of another class count is dropped (freshly initialised, as the official code does)."""
-    state = load_state_dict(source) if not isinstance(source, dict) else source
-    own = model.state_dict()
-    dropped = []
-    if head_index is not None:
-        if "head.weight" not in state:
-            raise ValueError(f"--init_head_index {head_index} was given but {source} has no head.weight")
-        index = read_official_index(head_index, num_rows=state["head.weight"].shape[0],
-                                    num_classes=own["head.weight"].shape[0] if "head.weight" in own else None)
-        state = convert_head(state, index)
-    elif not strict and "head.weight" in state and "head.weight" in own and \
-            state["head.weight"].shape != own["head.weight"].shape:
-        dropped = [k for k in ("head.weight", "head.bias") if k in state]
-        state = {k: v for k, v in state.items() if k not in dropped}
-    report = load_weights(model, state, strict=strict)
-    report.dropped = list(report.dropped) + dropped
-    return report
 
 
 def read_train_records(cfg: FinetuneConfig):

@@ -23,7 +23,7 @@ import torch
 
 from vmae2.data.decode import BadVideo, decode_frames, probe
 from vmae2.data.lists import VideoRecord, shard_indices
-from vmae2.data.loader import _as_is, _Pending
+from vmae2.data.loader import batch_loader
 from vmae2.data.sampling import plan_rng
 from vmae2.data.telemetry import BadFileLedger, Telemetry
 from vmae2.data.views import dense_ids, sparse_ids, sparse_test_ids, spatial_views, temporal_windows
@@ -238,10 +238,7 @@ class ClassifyLoader:
             return
         self._pending[:] = [(self.epoch, pairs) for pairs in batches]
         if self._loader is None:
-            self._loader = torch.utils.data.DataLoader(
-                _Batches(self.source), sampler=_Pending(self._pending), batch_size=None,
-                num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.device.type == "cuda",
-                persistent_workers=self.num_workers > 0, generator=torch.Generator())  # not the global RNG
+            self._loader = batch_loader(_Batches(self.source), self._pending, self.num_workers, self.device)
         for video, labels, vids, views, slots, failures in self._loader:
             for bad in failures:
                 self.ledger.add(bad)

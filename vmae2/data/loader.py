@@ -84,6 +84,16 @@ def _as_is(batch):
     return batch
 
 
+def batch_loader(dataset: torch.utils.data.Dataset, pending: list, num_workers: int, device: torch.device
+                 ) -> torch.utils.data.DataLoader:
+    """A DataLoader whose items are whole batches, taken from ``pending`` (refilled before each epoch): one loader
+    and one set of worker processes for the whole run. Worker seeds come from the loader's own generator, not
+    the global RNG, so creating iterators never shifts the training randomness (resume stays exact)."""
+    return torch.utils.data.DataLoader(dataset, sampler=_Pending(pending), batch_size=None, num_workers=num_workers,
+                                       collate_fn=_as_is, pin_memory=device.type == "cuda",
+                                       persistent_workers=num_workers > 0, generator=torch.Generator())
+
+
 class _Pending:
     """Sampler over the list of batches the loader is about to deliver (set each epoch, read at iteration)."""
 
@@ -158,11 +168,8 @@ class PretrainLoader:
         if not batches:
             return
         self._pending[:] = [(self.source.epoch, pairs) for pairs in batches]
-        if self._torch_loader is None:  # one loader (and its worker processes) for the whole run
-            self._torch_loader = torch.utils.data.DataLoader(
-                _TorchBatches(self.source), sampler=_Pending(self._pending), batch_size=None,
-                num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.device.type == "cuda",
-                persistent_workers=self.num_workers > 0, generator=torch.Generator())  # not the global RNG
+        if self._torch_loader is None:
+            self._torch_loader = batch_loader(_TorchBatches(self.source), self._pending, self.num_workers, self.device)
         for video, slots, records, failures in self._torch_loader:
             for bad in failures:
                 self.ledger.add(bad)
