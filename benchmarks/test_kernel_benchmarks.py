@@ -33,6 +33,8 @@ import torch
 import vmae2_kernels as K
 from vmae2_kernels import dispatch, ops
 from vmae2_kernels import reference as R
+from vmae2_kernels.roofline import SHAPES as ROOFLINE_SHAPES
+from vmae2_kernels.roofline import Shape
 
 # -- configuration ------------------------------------------------------------------------------------------
 
@@ -51,47 +53,7 @@ TRITON_ON_CPU = ("Triton kernels are benchmarked on CUDA only; on CPU they run o
 COMPILED_ON_CPU = "torch.compile on this CPU is slow to compile; the compiled provider runs the smallest shape only"
 
 
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    patch: int
-    dim: int  # encoder width
-    dec_dim: int  # decoder width
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        return FRAMES // TUBELET, IMAGE // self.patch, IMAGE // self.patch
-
-    @property
-    def hw(self) -> int:
-        return self.grid[1] * self.grid[2]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid[0] * self.hw
-
-    @property
-    def masked_per_frame(self) -> int:
-        return int(ENC_RATIO * self.hw)
-
-    @property
-    def num_visible(self) -> int:  # encoder-visible tokens (tube mask)
-        return self.grid[0] * (self.hw - self.masked_per_frame)
-
-    @property
-    def masked_per_cell(self) -> int:
-        return int(4 * DEC_RATIO)
-
-    @property
-    def num_dec(self) -> int:  # decoder-visible (reconstructed) tokens (running-cell mask)
-        return self.num_tokens * (4 - self.masked_per_cell) // 4
-
-    @property
-    def pred_dim(self) -> int:
-        return TUBELET * self.patch * self.patch * 3
-
-
-ALL_SHAPES = [Shape("ViT-B", 16, 768, 384), Shape("ViT-L", 16, 1024, 512), Shape("ViT-g", 14, 1408, 512)]
+ALL_SHAPES = list(ROOFLINE_SHAPES.values())  # ViT-B, ViT-L, ViT-g: the official 16x224 configurations
 # The numbers of the official configurations (reference sections 1.2, 1.3, 2.6).
 assert [(s.num_tokens, s.num_visible, s.num_dec, s.pred_dim) for s in ALL_SHAPES] == [
     (1568, 160, 784, 1536), (1568, 160, 784, 1536), (2048, 208, 1024, 1176)]
