@@ -1,6 +1,7 @@
 """``python -m vmae2.finetune`` and ``python -m vmae2.evaluate`` end to end on the tiny model (few steps)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -233,3 +234,18 @@ def test_low_precision_fine_tuning_runs(lists, tmp_path, precision):
                                     "--accum_steps", "2", "--output_dir", str(out)])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == r["loss"] for r in records)
+
+
+def test_sigterm_saves_and_exits_cleanly(lists, tmp_path):
+    args = SMALL + ["--data_path", str(lists["train"]), "--max_steps", "400", "--save_every_steps", "1000",
+                    "--output_dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "vmae2.finetune", *args], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0 and "stopped by signal" in rest
+    saved = Checkpoints(tmp_path, 2).latest()
+    assert saved is not None and 2 <= Checkpoints.load(saved)["step"] < 400
