@@ -11,8 +11,11 @@ TRITON_SPEC ?= triton==3.8.0
 PYTEST_ARGS ?= -q
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vmae2-installed
+# The minimal install: torch (CPU) + vmae2[test] only: no Triton, DALI, flash-attn, xformers or native build.
+MINIMAL_VENV ?= .venv-minimal
+MINIMAL_STAMP := $(MINIMAL_VENV)/.vmae2-installed
 
-.PHONY: test train finetune bench install clean
+.PHONY: test smoke-minimal train finetune bench install clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +26,20 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# pytest exits 5 when it collects no tests: say so and do not fail.
-test: $(STAMP)
+$(MINIMAL_STAMP): pyproject.toml setup.py
+	test -x $(MINIMAL_VENV)/bin/python || $(PYTHON) -m venv $(MINIMAL_VENV)
+	$(MINIMAL_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(MINIMAL_VENV)/bin/pip install -q -e ".[test]"
+	touch $(MINIMAL_STAMP)
+
+# The test suite, then the minimal-install smoke set. pytest exits 5 when it collects no tests: say so, do not fail.
+test: $(STAMP) $(MINIMAL_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" || exit $$rc; }
+	$(MAKE) --no-print-directory smoke-minimal
+
+# Every entry point for a few steps in the minimal install (tests/minimal_install_smoke.py).
+smoke-minimal: $(MINIMAL_STAMP)
+	$(MINIMAL_VENV)/bin/python tests/minimal_install_smoke.py
 
 # The embedded demo: a tiny model on generated videos for a few minutes; results in output/demo.
 train: $(STAMP)
@@ -38,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks/ --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(MINIMAL_VENV) .pytest_cache *.egg-info

@@ -16,6 +16,7 @@ from vmae2_kernels import dispatch
 from vmae2_kernels.ops import OPS
 
 _ROWS = pytest.StashKey[list]()
+_NO_PLUGIN = pytest.StashKey[object]()
 
 
 def _version(dist: str) -> str:
@@ -27,11 +28,16 @@ def _version(dist: str) -> str:
 
 def pytest_configure(config):
     config.stash[_ROWS] = []
+    config.stash[_NO_PLUGIN] = None if config.pluginmanager.hasplugin("benchmark") else \
+        "pytest-benchmark is not installed (pip install vmae2[bench])"
+    if config.stash[_NO_PLUGIN]:
+        config.addinivalue_line("markers", "benchmark: pytest-benchmark options (inert without the plugin)")
     threads = os.environ.get("VMAE2_BENCH_THREADS")
     if threads:  # e.g. 1 on a shared CPU box, where OpenMP barriers between busy cores wreck the timings
         torch.set_num_threads(int(threads))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-benchmark (the [bench] extra); unknown without it
 def pytest_benchmark_update_machine_info(config, machine_info):
     """GPU name (or "cpu"), torch / CUDA / triton versions and why each kernel backend can or cannot run."""
     cuda = torch.cuda.is_available()
@@ -55,6 +61,14 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["bench_full"] = os.environ.get("VMAE2_BENCH_FULL", "unset")
     machine_info["bench_batch"] = os.environ.get("VMAE2_BENCH_BATCH", "unset")
     machine_info["kernel_backends"] = {op: {b: r for b, r in dispatch.report(op, device).items()} for op in OPS}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without pytest-benchmark every benchmark skips with the reason (no 'fixture not found' errors)."""
+    reason = config.stash[_NO_PLUGIN]
+    for item in items:
+        if reason and "benchmark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

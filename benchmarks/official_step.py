@@ -1,7 +1,7 @@
 """One VideoMAE V2 pretraining step done the way the official code does it, and the same step done by vmae2.
 
 This is the baseline of ``test_step_benchmarks.py``. It is a re-statement, written from the behaviour described
-in ``/work/shared/reference/official_videomae_v2.md`` (sections 2, 3 and 5), not a copy: the modules carry the
+in the project's reference notes on the official VideoMAE V2 code (sections 2, 3 and 5), not a copy: the modules carry the
 official parameter names, so ``PretrainVisionTransformer.state_dict()`` of vmae2 loads into
 :class:`OfficialPretrainModel` with ``strict=True``, and the step follows the official engine:
 

@@ -9,30 +9,25 @@ raises ``RuntimeError`` with every reason.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
+
+from vmae2_kernels import optional
 
 BACKENDS = ("triton", "cuda", "cpp", "torch")
 ENV_VAR = "VMAE2_BACKEND"
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
 
 
-@functools.lru_cache(maxsize=None)
 def triton_status() -> tuple[object, str | None]:
     """``(vmae2_kernels.triton_ops module, None)`` or ``(None, reason)``; tried once."""
-    try:
-        return importlib.import_module("vmae2_kernels.triton_ops"), None
-    except Exception as exc:  # triton missing, or a broken install
-        return None, f"triton is not importable ({type(exc).__name__}: {exc})"
+    module, reason = optional.load("triton")
+    return (None, reason) if module is None else optional.load("vmae2_kernels.triton_ops")
 
 
-@functools.lru_cache(maxsize=None)
 def native_status() -> tuple[object, str | None]:
     """``(native extension module, None)`` or ``(None, reason)``; tried once."""
-    try:
-        return importlib.import_module("vmae2_kernels.native"), None
-    except Exception as exc:
-        return None, f"the native extension (csrc/) is unavailable: {exc}"
+    module, reason = optional.load("vmae2_kernels.native")
+    return module, reason and f"the native extension (csrc/) is unavailable: {reason}"
 
 
 def interpreting() -> bool:
@@ -102,6 +97,5 @@ def report(op: str, device_type: str) -> dict[str, list[str]]:
 
 def reset() -> None:
     """Forget cached imports and choices (tests, or after building the extension in-process)."""
-    triton_status.cache_clear()
-    native_status.cache_clear()
+    optional.load.cache_clear()
     _choose.cache_clear()

@@ -1,6 +1,6 @@
 """An independent, functional re-statement of the official VideoMAE V2 pretraining forward and loss.
 
-Written only from the behaviour described in ``/work/shared/reference/official_videomae_v2.md``
+Written only from the behaviour described in the project's reference notes on the official VideoMAE V2 code
 (sections 1-4); it does not import or mirror any vmae2 model/loss code. Everything is plain functional
 torch / numpy on an official-format ``state_dict`` (``encoder.blocks.0.attn.qkv.weight``, ``mask_token``, ...),
 so it can be fed the weights of the implementation under test.

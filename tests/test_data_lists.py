@@ -73,8 +73,8 @@ def test_hybrid_rule_matches_data_root_and_skips_videos(tmp_path):
 
 def test_data_root_relative_absolute_and_uri(tmp_path):
     p = _write(tmp_path, "rel/a.mp4 0 -1\n/abs/b.mp4 0 -1\ns3://bucket/c.mp4 0 -1\n")
-    recs = read_pretrain_list(p, data_root="/root/videos")
-    assert [r.path for r in recs] == ["/root/videos/rel/a.mp4", "/abs/b.mp4", "s3://bucket/c.mp4"]
+    recs = read_pretrain_list(p, data_root="/data/videos")
+    assert [r.path for r in recs] == ["/data/videos/rel/a.mp4", "/abs/b.mp4", "s3://bucket/c.mp4"]
     assert read_pretrain_list(p)[0].path == "rel/a.mp4"
     assert read_pretrain_list(p, data_root="s3://bkt")[0].path == "s3://bkt/rel/a.mp4"
 

@@ -1,7 +1,7 @@
 """vmae2 versus an independent re-statement of the official VideoMAE V2 pretraining code.
 
 The oracle (``tests/official_oracle.py``) is written from the behaviour documented in
-``/work/shared/reference/official_videomae_v2.md``; vmae2's model and loss are only called, never mirrored.
+the project's reference notes on the official VideoMAE V2 code; vmae2's model and loss are only called, never mirrored.
 Masks for the model tests come from the oracle's numpy generators, so they do not depend on vmae2.masking.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ import copy
 import functools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import official_oracle as O
@@ -20,7 +21,7 @@ from vmae2 import masking
 from vmae2.loss import reconstruction_loss
 from vmae2.models import SIZES, PretrainVisionTransformer, ViTConfig, create_model
 
-SHAPES_JSON = "/work/shared/reference/official_state_dict_shapes.json"
+SHAPES_JSON = Path(__file__).parent / "data" / "official_state_dict_shapes.json"
 BACKENDS = ["math", "sdpa"]
 PRED_ATOL = 1e-5
 PRED_RTOL = 1e-5

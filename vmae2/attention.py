@@ -11,12 +11,13 @@ raises with the reasons.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from vmae2_kernels import optional
 
 PRIORITY = ("flash", "xformers", "sdpa", "math")
 ENV_VAR = "VMAE2_ATTENTION"
@@ -49,13 +50,10 @@ _KERNELS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "flash": _flash, "xformers": _xformers, "sdpa": _sdpa, "math": _math}
 
 
-@functools.lru_cache(maxsize=None)
 def _import(name: str):
-    """Return ``(module, None)`` or ``(None, reason)``; cached, so each import is tried once."""
-    try:
-        return importlib.import_module(_MODULES[name]), None
-    except Exception as exc:  # a broken install (missing .so) is as unusable as a missing one
-        return None, f"{_MODULES[name]} is not importable ({type(exc).__name__}: {exc})"
+    """Return ``(module, None)`` or ``(None, reason)``; each import is tried once (a broken install, e.g. a
+    missing .so, is as unusable as a missing one)."""
+    return optional.load(_MODULES[name])
 
 
 def _load(name: str):
@@ -123,7 +121,7 @@ def _select(device_type: str, dtype: torch.dtype, head_dim: int, requested: str)
 
 def reset() -> None:
     """Forget cached imports and choices (after installing flash-attn/xformers in-process, or in tests)."""
-    _import.cache_clear()
+    optional.load.cache_clear()
     _select.cache_clear()
 
 

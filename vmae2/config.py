@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
 from vmae2.models import list_models
+from vmae2_kernels import optional
 
 
 def opt(default, help: str, **kw):
@@ -124,6 +125,11 @@ class TrainConfig:
             bad("init", self.init, "must be an existing weights file")
         if self.data_weights is not None and self.data_path is None:
             bad("data_weights", self.data_weights, "needs --data_path")
+        if self.data_backend == "dali":
+            from vmae2.data.loader import dali_unavailable_reason
+
+            if reason := dali_unavailable_reason():
+                bad("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")
         return self
 
 
@@ -215,10 +221,9 @@ def _read_file(path: str) -> dict:
     with open(path) as fh:
         text = fh.read()
     if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError as exc:
-            raise ValueError(f"--config {path}: YAML needs PyYAML (pip install pyyaml), or use JSON") from exc
+        yaml, reason = optional.load("yaml")
+        if yaml is None:
+            raise ValueError(f"--config {path}: YAML needs PyYAML ({reason}), or use JSON")
         data = yaml.safe_load(text)
     else:
         data = json.loads(text)

@@ -13,7 +13,7 @@ from vmae2.masking import dual_ids, ids_to_mask
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vmae2_kernels.reference import normalize_patches, patchify, recon_target
 
-__all__ = ["reconstruction_loss", "reconstruction_target", "patchify", "normalize_patches"]
+__all__ = ["reconstruction_loss", "reconstruction_target", "flat_colour_loss", "patchify", "normalize_patches"]
 
 
 def reconstruction_target(video: torch.Tensor, dec_ids: torch.Tensor, *, patch_size: int, tubelet_size: int = 2,
@@ -40,18 +40,47 @@ def reconstruction_loss(pred: torch.Tensor, video: torch.Tensor, encoder_mask: t
         backend: kernel backend of the fused loss (see :mod:`vmae2_kernels.dispatch`).
     Returns a scalar fp32 tensor ``sum(w * mse_per_token) / sum(w)`` over the batch.
     """
+    dec_ids, weights = _supervision(video, encoder_mask, decoder_mask, patch_size, tubelet_size, loss_on)
+    if pred.shape[:2] != dec_ids.shape:
+        raise ValueError(f"pred has {tuple(pred.shape[:2])} tokens but the decoder mask selects "
+                         f"{tuple(dec_ids.shape)}; pred must be [B, Nd, P] for the decoder-visible tokens")
+    return vmae2_kernels.recon_loss(pred, video, dec_ids, weights, patch_size=patch_size, tubelet_size=tubelet_size,
+                                    normalize=normalize_target, mean=mean, std=std, backend=backend)
+
+
+def _supervision(video, encoder_mask, decoder_mask, patch_size: int, tubelet_size: int, loss_on: str):
+    """``(dec_ids [B, Nd], weights)``: the decoded tokens and which of them the loss counts (``[B, N]`` mask,
+    read at ``dec_ids``, or ``[B, Nd]`` ones for ``loss_on="all"``)."""
     if loss_on not in ("encoder_masked", "all"):
         raise ValueError(f"loss_on {loss_on!r} is unknown; use 'encoder_masked' (official) or 'all'")
     if video.ndim != 5:
         raise ValueError(f"video must be [B, C, T, H, W], got shape {tuple(video.shape)}")
     N = (video.shape[2] // tubelet_size) * (video.shape[3] // patch_size) * (video.shape[4] // patch_size)
     enc_ids, dec_ids = dual_ids(encoder_mask, decoder_mask, N)
-    if pred.shape[:2] != dec_ids.shape:
-        raise ValueError(f"pred has {tuple(pred.shape[:2])} tokens but the decoder mask selects "
-                         f"{tuple(dec_ids.shape)}; pred must be [B, Nd, P] for the decoder-visible tokens")
     if loss_on == "all":
-        weights = torch.ones(dec_ids.shape, device=pred.device)
-    else:
-        weights = ids_to_mask(enc_ids, N)  # gathered at dec_ids: 1 = encoder-masked = supervised
-    return vmae2_kernels.recon_loss(pred, video, dec_ids, weights, patch_size=patch_size, tubelet_size=tubelet_size,
-                                    normalize=normalize_target, mean=mean, std=std, backend=backend)
+        return dec_ids, torch.ones(dec_ids.shape, device=video.device)
+    return dec_ids, ids_to_mask(enc_ids, N)  # gathered at dec_ids: 1 = encoder-masked = supervised
+
+
+@torch.no_grad()
+def flat_colour_loss(video: torch.Tensor, encoder_mask: torch.Tensor, decoder_mask: torch.Tensor | None, *,
+                     patch_size: int, tubelet_size: int = 2, normalize_target: bool = True,
+                     mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, loss_on: str = "encoder_masked"
+                     ) -> torch.Tensor:
+    """The loss (as :func:`reconstruction_loss`, same tokens and weights) of a model that predicts every patch as
+    one flat colour: the clip's mean colour for raw-pixel targets, the patch's own mean for normalised targets
+    (there the prediction is 0). ``loss / flat_colour_loss`` below 1 means the model reconstructs more than
+    colour; near 1, it predicts blobs. Not for the hot path: it builds the fp32 targets."""
+    dec_ids, weights = _supervision(video, encoder_mask, decoder_mask, patch_size, tubelet_size, loss_on)
+    target = reconstruction_target(video, dec_ids, patch_size=patch_size, tubelet_size=tubelet_size,
+                                   normalize_target=normalize_target, mean=mean, std=std)
+    target = target.view(*target.shape[:2], -1, video.shape[1])  # [B, Nd, pixels, C]: channel fastest
+    if not normalize_target:
+        m = torch.tensor(mean, device=video.device).view(1, -1)
+        s = torch.tensor(std, device=video.device).view(1, -1)
+        colour = video.float().mean(dim=(2, 3, 4)) * s + m  # [B, C] mean colour of each clip, in [0, 1]
+        target = target - colour[:, None, None, :]
+    per_token = target.square().mean(dim=(2, 3))  # [B, Nd]
+    w = weights if weights.shape == dec_ids.shape else torch.gather(weights, 1, dec_ids)
+    w = w.float()
+    return (per_token * w).sum() / w.sum()

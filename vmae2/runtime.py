@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vmae2_kernels import optional
+
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 
 
@@ -277,12 +279,10 @@ class MetricsLog:
         self.start = time.perf_counter()
         self.tb = None
         if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
-            except Exception:  # tensorboard not installed: the JSONL file is the record
-                self.tb = None
+            # tensorboard is optional: without it the JSONL file is the record
+            if optional.importable("tensorboard"):
+                writer, _ = optional.load("torch.utils.tensorboard")
+                self.tb = writer and writer.SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

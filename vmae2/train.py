@@ -22,7 +22,7 @@ from vmae2 import masking
 from vmae2.checkpoint import load_weights, save_safetensors
 from vmae2.config import TrainConfig, parse_config, to_dict
 from vmae2.data import ClipConfig, MixedList, PretrainLoader, make_videos, read_list
-from vmae2.loss import reconstruction_loss
+from vmae2.loss import flat_colour_loss, reconstruction_loss
 from vmae2.models import create_model
 from vmae2.runtime import (
     Checkpoints,
@@ -296,6 +296,7 @@ def train(cfg: TrainConfig) -> int:
             flops = flops or model_flops_per_clip(model, nv, nd)
             peak = peak_flops(device)
             record = {"step": step, "epoch": epoch, "loss": loss_sum.item() / window_steps,
+                      "recon_vs_flat": float(loss.detach() / _flat_loss(cfg, model, video, enc, dec)),
                       "lr": float(lr_at[step - 1]),
                       "grad_norm": float(grad_norm), "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens,
                       "data_wait_frac": loader.telemetry.wait_fraction, "peak_mem_mb": peak_memory_mb(device),
@@ -306,8 +307,8 @@ def train(cfg: TrainConfig) -> int:
             window_start, window_steps = time.perf_counter(), 0
         if step % cfg.save_every_steps == 0 or step == total_steps or stopping:
             save(step)
-    metrics.close()
     if stopping:
+        metrics.close()
         if d.is_main:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)
@@ -322,8 +323,10 @@ def train(cfg: TrainConfig) -> int:
         if cfg.fsdp and d.world_size > 1:  # draw with an unsharded copy: rank 0 alone cannot run the FSDP model
             model, _ = build_model(cfg, device, Dist())
             model.load_state_dict(weights)
-        _reconstruction_picture(cfg, model, loader, device)
-        print(f"done: {step} steps; outputs in {cfg.output_dir}", flush=True)
+        rel = _reconstruction_report(cfg, model, loader, device)
+        print(f"done: {step} steps; reconstruction error {rel:.3f}x the flat-colour baseline "
+              f"(1 = predicting flat colours); outputs in {cfg.output_dir}", flush=True)
+    metrics.close()
     if d.world_size > 1:
         del runner
         finish_distributed()
@@ -343,17 +346,30 @@ def _global_loss(loss: torch.Tensor, enc: torch.Tensor, dec, grid, d: Dist) -> t
     return loss * w_local / w_global * d.world_size
 
 
-def _reconstruction_picture(cfg, model, loader, device) -> None:
+def _flat_loss(cfg, model, video, enc, dec) -> torch.Tensor:
+    """The loss of predicting flat colours on this batch (see :func:`vmae2.loss.flat_colour_loss`)."""
+    return flat_colour_loss(video, enc, dec, patch_size=model.patch_size, tubelet_size=model.tubelet_size,
+                            normalize_target=cfg.normalize_target)
+
+
+@torch.no_grad()
+def _reconstruction_report(cfg, model, loader, device) -> float:
+    """Loss / flat-colour loss of the final model on the first batch of epoch 0 (masks of step 0), and
+    ``reconstruction.png`` of its first clip."""
     from vmae2.visualize import reconstruction_grid
 
     loader.set_epoch(0)
-    batch = next(loader.iterate(0))
-    video = batch.video[:1]
-    enc, dec = make_masks(cfg, model.grid, cfg.num_sample, Dist(), 0, 0, device)
-    enc, dec = enc[:1], (dec[:1] if dec is not None else None)
+    video = next(loader.iterate(0)).video
+    enc, dec = make_masks(cfg, model.grid, video.shape[0], Dist(), 0, 0, device)
+    model.eval()
+    pred = model(video, enc, dec)
+    loss = reconstruction_loss(pred, video, enc, dec, patch_size=model.patch_size, tubelet_size=model.tubelet_size,
+                               normalize_target=cfg.normalize_target)
+    rel = float(loss / _flat_loss(cfg, model, video, enc, dec))
     path = Path(cfg.output_dir) / "reconstruction.png"
-    reconstruction_grid(model, video, enc, dec, cfg.normalize_target).save(path)
+    reconstruction_grid(model, video[:1], enc[:1], None if dec is None else dec[:1], cfg.normalize_target).save(path)
     print(f"wrote {path}", flush=True)
+    return rel
 
 
 if __name__ == "__main__":

@@ -48,10 +48,13 @@ class ClassifyConfig:
     num_crops: int = 3  # test: spatial crops
     num_classes: int | None = None
     max_attempts: int = 20
+    min_frames: int | None = None  # fewer decodable frames is ``too_short``; None: clip_len (see MIN_FRAMES_RULE)
 
     def __post_init__(self):
+        if self.min_frames is None:
+            object.__setattr__(self, "min_frames", self.clip_len)
         for name in ("clip_len", "rate", "input_size", "short_side_size", "num_sample", "num_segments",
-                     "num_crops", "max_attempts"):
+                     "num_crops", "max_attempts", "min_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be >= 1")
 
@@ -101,7 +104,7 @@ class ClassifySource:
         return dense_ids(num_frames, c.clip_len, c.rate, rng)
 
     def _decode(self, record: VideoRecord, rng: np.random.Generator | None) -> torch.Tensor:
-        info = probe(record)
+        info = probe(record, self.config.min_frames)
         ids = self.frame_ids(info.num_frames, rng)
         return torch.from_numpy(decode_frames(record, np.sort(ids), info))
 
@@ -129,7 +132,7 @@ class ClassifySource:
         if self.mode == "val":
             frames = self._decode(record, None)
             return torch.stack(spatial_views(frames, c.input_size, c.short_side_size, 1))
-        info = probe(record)
+        info = probe(record, self.config.min_frames)
         if c.sparse:
             clips = [sparse_test_ids(info.num_frames, c.clip_len, k, c.num_segments) for k in range(c.num_segments)]
             frames = torch.from_numpy(decode_frames(record, np.unique(np.concatenate(clips)), info))

@@ -28,7 +28,7 @@ class ClipConfig:
     input_size: int = 224
     num_sample: int = 1
     scales: tuple[float, ...] = OFFICIAL_SCALES
-    min_frames: int = 8
+    min_frames: int | None = None  # fewer decodable frames is ``too_short``; None: clip_len (see MIN_FRAMES_RULE)
     max_attempts: int = 20
     codecs: frozenset[str] | None = None  # allowed codecs (None: any that decodes)
 
@@ -36,6 +36,8 @@ class ClipConfig:
         if self.clip_len < 1 or self.input_size < 1 or self.num_sample < 1:
             raise ValueError(f"clip_len {self.clip_len}, input_size {self.input_size} and num_sample "
                              f"{self.num_sample} must be positive")
+        if self.min_frames is None:
+            object.__setattr__(self, "min_frames", self.clip_len)
 
 
 @dataclass

@@ -4,6 +4,11 @@ Every failure raises :class:`BadVideo` with a short ``reason`` (``missing``, ``e
 container could be opened), ``not_a_video`` (no video stream), ``undecodable``, ``truncated``, ``too_short``,
 ``wrong_codec``), so callers can count and log it. Frames are RGB uint8
 ``[F, H, W, 3]``.
+
+The length rule every loader and ``python -m vmae2.data.check`` apply: a file with fewer decodable frames than
+the clip's ``num_frames`` is ``too_short`` (bad: most of its clip would be copies of a few frames); one with at
+least ``num_frames`` but fewer than ``num_frames x sampling_rate`` is usable but *short*: its clip repeats the
+last reachable frame, as the official sampler does. (The official loaders accept any length.)
 """
 from __future__ import annotations
 
@@ -22,8 +27,11 @@ class BadVideo(Exception):
     """A file that cannot give a clip. ``reason`` is a short category; ``str(exc)`` has the details."""
 
     def __init__(self, reason: str, path: str, detail: str = ""):
-        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        super().__init__(reason, path, detail)  # ``args`` rebuild it: it crosses worker processes by pickle
         self.reason, self.path, self.detail = reason, path, detail
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ frames and crops (up to decoder colour conversion and resize rounding). Views ar
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -16,6 +15,7 @@ import torch
 from vmae2.data.clips import ClipConfig, ClipSource
 from vmae2.data.lists import MixedList, VideoRecord, shard_indices
 from vmae2.data.telemetry import BadFileLedger, Telemetry
+from vmae2_kernels import optional
 
 BACKENDS = ("auto", "dali", "torch")
 
@@ -27,8 +27,15 @@ class Batch:
     record_indices: list[int]  # the record each clip came from (after substitution)
 
 
+def dali_unavailable_reason() -> str | None:
+    """Why the DALI backend cannot run here (None: it can); never raises."""
+    if not optional.importable("nvidia.dali"):
+        return f"nvidia-dali is not installed ({optional.hint('nvidia.dali')})"
+    return optional.load("nvidia.dali")[1]
+
+
 def dali_available() -> bool:
-    return importlib.util.find_spec("nvidia.dali") is not None
+    return dali_unavailable_reason() is None
 
 
 class EpochOrder:
@@ -128,7 +135,7 @@ class PretrainLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
         if backend == "dali" and not dali_available():
-            raise RuntimeError("data backend 'dali' needs nvidia-dali (pip install vmae2[dali]); use 'torch'")
+            raise RuntimeError(f"data backend 'dali' cannot run: {dali_unavailable_reason()}; use 'torch'")
         if backend == "auto":  # DALI where it decodes on the GPU; on a CPU the PyTorch path measured faster
             backend = "dali" if dali_available() and torch.device(device).type == "cuda" else "torch"
         self.backend = backend

@@ -12,9 +12,17 @@ from vmae2.data.decode import BadVideo
 log = logging.getLogger("vmae2.data")
 
 
+def quarantined(path: Path) -> set[str]:
+    """The paths already in the quarantine list ``path`` (empty when it does not exist)."""
+    if not path.exists():
+        return set()
+    return {line.split("\t", 1)[0] for line in path.read_text().splitlines()}
+
+
 class BadFileLedger:
     """Counts every bad-file encounter, logs each path once with its reason, and appends it to a quarantine
-    list (``path<TAB>reason<TAB>detail`` per line) that ``python -m vmae2.data.check`` and users can read."""
+    list (``path<TAB>reason<TAB>detail`` per line) that ``python -m vmae2.data.check`` and users can read.
+    A path already in the list (another loader of the run, or the run before a resume) is not added again."""
 
     def __init__(self, quarantine_path: str | os.PathLike | None = None):
         self.encounters: Counter[str] = Counter()  # by reason, every time a bad file was met
@@ -27,7 +35,7 @@ class BadFileLedger:
             return
         self.paths[bad.path] = bad.reason
         log.warning("skipping bad file %s: %s %s", bad.path, bad.reason, bad.detail)
-        if self.quarantine_path:
+        if self.quarantine_path and bad.path not in quarantined(self.quarantine_path):
             self.quarantine_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.quarantine_path, "a") as f:
                 f.write(f"{bad.path}\t{bad.reason}\t{bad.detail}\n")
