@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import assert_close_fp
 
 from vmae2 import attention
 from vmae2.masking import running_cell_ids, tube_ids
@@ -32,16 +33,17 @@ def test_sdpa_matches_math(hd):
     scale = hd ** -0.5
     ref = attention.attention(qkv, scale, "math")
     out = attention.attention(qkv, scale, "sdpa")
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert_close_fp(out, ref)
     (g_ref,) = torch.autograd.grad(ref.square().sum(), qkv)
     (g_out,) = torch.autograd.grad(out.square().sum(), qkv)
-    torch.testing.assert_close(g_out, g_ref, atol=1e-4, rtol=1e-4)
+    assert_close_fp(g_out, g_ref)
 
 
 def test_math_is_official_formula():
     qkv = _qkv(hd=16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     expected = ((q * 16 ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+    # the same ops in the same order on the same inputs: bit-exact
     assert torch.equal(attention.attention(qkv, 16 ** -0.5, "math"), expected.transpose(1, 2))
 
 
@@ -117,7 +119,7 @@ def test_flash_stand_in_plumbing(stand_ins, hd):
     out = attention.attention(qkv, hd ** -0.5)
     ref = attention.attention(qkv.float(), hd ** -0.5, "math")
     assert out.shape == (2, 37, 3, hd) and out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    assert_close_fp(out.float(), ref, torch.bfloat16)  # fp32 math on the same bf16 inputs, rounded to bf16 once
     name, shape, dtype, scale, p, causal = stand_ins[-1]
     assert name == "flash" and shape == qkv.shape and scale == hd ** -0.5 and p == 0.0 and causal is False
 
@@ -127,7 +129,7 @@ def test_xformers_stand_in_plumbing(stand_ins):
     # fp32 rules flash out, so auto falls to xformers.
     assert attention.select_backend("cpu", torch.float32, 80) == "xformers"
     out = attention.attention(qkv, 80 ** -0.5)
-    torch.testing.assert_close(out, attention.attention(qkv, 80 ** -0.5, "math"), atol=1e-5, rtol=1e-5)
+    assert_close_fp(out, attention.attention(qkv, 80 ** -0.5, "math"))
     name, shape, _, scale, p, bias = stand_ins[-1]
     assert name == "xformers" and shape == (2, 37, 3, 80) and scale == 80 ** -0.5 and p == 0.0 and bias is None
 
@@ -143,7 +145,9 @@ def test_model_under_autocast_uses_flash_stand_in(stand_ins):
         out = model(video, enc, dec)
     assert {c[0] for c in stand_ins} == {"flash"}
     assert len(stand_ins) == 12 + 4  # every encoder and decoder block
-    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+    # bf16 autocast vs the fp32 model: every GEMM input is rounded to bf16 as well (one more rounding per op, 16
+    # blocks); seeds 0-19 reach 0.34-0.51 of the growth-1 bound, so growth 2
+    assert_close_fp(out.float(), ref, torch.bfloat16, growth=2)
     report = attention.explain(model, dtype=torch.bfloat16)
     assert [entry["backend"] for entry in report] == ["flash"]
 
@@ -169,4 +173,4 @@ def test_model_backends_agree():
     enc, dec = tube_ids(2, model.grid, 0.75), running_cell_ids(2, model.grid, 0.5)
     ref = model(video, enc, dec)
     attention.set_backend(model, "sdpa")
-    torch.testing.assert_close(model(video, enc, dec), ref, atol=1e-5, rtol=1e-5)
+    assert_close_fp(model(video, enc, dec), ref)

@@ -81,7 +81,7 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     for k in a:
         assert a[k].dtype == b[k].dtype, k
         assert a[k].shape == b[k].shape, k
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], b[k]), k  # save / load / rename: pure data movement
 
 
 def assert_model_holds(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
@@ -320,7 +320,7 @@ def test_pretrain_official_pth_reproduces_outputs_and_back_to_safetensors(tmp_pa
     with torch.no_grad():
         out = fresh(video, vis, dec)
     assert out.shape == (2, 4, 1536)
-    assert torch.equal(out, ref)
+    assert torch.equal(out, ref)  # the same weights through the same kernels: bit-exact
 
     # and back: our weights -> safetensors -> another model, bit-identical weights
     st = save_safetensors(fresh, tmp_path / "w.safetensors")
@@ -342,7 +342,7 @@ def test_finetune_official_pth_reproduces_logits(tmp_path):
         assert not torch.allclose(fresh(video), ref)
     assert no_change(load_weights(fresh, path, strict=True))
     with torch.no_grad():
-        assert torch.equal(fresh(video), ref)
+        assert torch.equal(fresh(video), ref)  # the same weights through the same kernels: bit-exact
 
 
 # -- pretrain -> finetune --------------------------------------------------------------------------------

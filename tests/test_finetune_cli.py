@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the labeled videos")
 
@@ -73,6 +74,7 @@ def test_finetune_evaluate_and_step_exact_resume(lists, tmp_path):
                             "--sampling_rate", "2", "--input_size", "32", "--short_side_size", "32",
                             "--test_num_segment", "2", "--test_num_crop", "2", "--num_workers", "0",
                             "--output_dir", str(ev)])
+    # accuracies from counts and top-5 class ids: discrete results of the same weights on the same clips
     assert json.loads((ev / "test_metrics.json").read_text()) == test
     assert (ev / "predictions.csv").read_text() == (a / "predictions.csv").read_text()
 
@@ -216,7 +218,12 @@ def test_two_processes_train_like_one_with_the_global_batch(lists, tmp_path):
                    text=True, timeout=300)
     a = Checkpoints.load(Checkpoints(one, 2).latest())["model"]
     b = Checkpoints.load(Checkpoints(two, 2).latest())["model"]
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    # AdamW moves a weight by up to lr a step whatever its gradient's size, so a gradient's relative rounding error
+    # (times up to 2^6 where its sum cancels) moves it by that fraction of lr: scale = 2^6 * sum(lr).
+    records = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    lr_sum = sum(r["lr"] for r in records if "lr" in r)
+    for k in a:
+        assert_close_fp(b[k], a[k], scale=2 ** 6 * lr_sum, msg=k)
     assert not torch.equal(a["head.weight"], create_head_at_init())
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerances import assert_close_fp
 
 import vmae2_kernels as K
 from vmae2_kernels import dispatch
@@ -78,7 +79,7 @@ def test_native_loss_needs_at_least_4x_less_peak_memory_than_the_official_loss()
     def native():
         return torch.autograd.grad(K.recon_loss(pred, video, dec, enc_mask, patch_size=p, backend="cpp"), pred)[0]
 
-    torch.testing.assert_close(native(), official(), rtol=1e-4, atol=1e-7)  # the same gradient
+    assert_close_fp(native(), official())  # the same gradient (fused vs eager: other reduction order)
     peak_official, peak_native = meter(official), meter(native)
     grad_bytes = pred.numel() * 4
     assert grad_bytes <= peak_native <= 1.1 * grad_bytes  # essentially only the gradient it returns
