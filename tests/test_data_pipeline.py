@@ -10,7 +10,7 @@ from vmae2.data.clips import ClipConfig, ClipSource  # noqa: E402
 from vmae2.data.lists import MixedList, read_pretrain_list  # noqa: E402
 from vmae2.data.loader import PretrainLoader, dali_available  # noqa: E402
 from vmae2.data.sampling import crop_candidates, fixed_offsets, frame_ids, plan_rng, sample_start  # noqa: E402
-from vmae2.data.synthetic import make_bad_files, make_videos  # noqa: E402
+from vmae2.data.synthetic import encode_clip, make_bad_files, make_videos, render_clip  # noqa: E402
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed (pip install vmae2[dali])")
 SMALL = ClipConfig(clip_len=8, input_size=64, num_sample=2)
@@ -206,6 +206,25 @@ def test_check_cli(videos, bad, tmp_path, capsys):
     assert "6 good, 8 bad" in table and "truncated" in table and "wrong_codec" in table
     assert sorted(line.split("\t")[0] for line in out_file.read_text().splitlines()) == sorted(map(str, bad.values()))
     assert check_cli.main([str(tmp_path / "nope.txt")]) == 2
+
+
+def test_check_length_rule(tmp_path, capsys):
+    """Default rule = the official clip: < 16 frames is too_short (bad); < 16 x 4 = 64 frames is short (usable)."""
+    lengths = {"eight": 8, "twenty": 20, "seventy": 70}
+    paths = {name: encode_clip(render_clip(0, i, 64, 48, n), tmp_path / f"{name}.mp4")
+             for i, (name, n) in enumerate(lengths.items())}
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p} 0 -1\n" for p in paths.values()))
+    assert check_cli.main([str(listing), "--bad-out", str(tmp_path / "bad.txt")]) == 1
+    out = capsys.readouterr().out
+    rows = {name: next(line for line in out.splitlines() if line.startswith(str(p))) for name, p in paths.items()}
+    assert "BAD too_short: 8 frames < 16" in rows["eight"]
+    assert rows["twenty"].endswith("short (frames repeat)") and rows["seventy"].endswith("ok")
+    assert "2 good, 1 bad" in out and "1 good file(s) have fewer than 16 x 4 = 64 frames" in out
+    # a shorter recipe's clip: 8 frames are enough for --num_frames 8 (but short: < 8 x 2), 20 frames are not short
+    assert check_cli.main([str(listing), "--num_frames", "8", "--sampling_rate", "2",
+                           "--bad-out", str(tmp_path / "bad.txt")]) == 0
+    assert "1 good file(s) have fewer than 8 x 2 = 16 frames" in capsys.readouterr().out
 
 
 def test_bad_config_values():

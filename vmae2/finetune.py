@@ -81,7 +81,8 @@ def demo_pretrain(train_list: Path, out_dir: Path) -> str:
         listing.write_text("".join(f"{line.split()[0]} 0 -1\n" for line in train_list.read_text().splitlines()))
         print("demo: pretraining the tiny model on the training clips first (100 steps) ...", flush=True)
         rc = pretrain(["--preset", "demo", "--data_path", str(listing), "--num_frames", "8", "--input_size", "64",
-                       "--sampling_rate", "2", "--batch_size", "8", "--num_workers", "2", "--lr", "0.032",
+                       "--sampling_rate", "2", "--batch_size", "8", "--num_sample", "1", "--mask_ratio", "0.9",
+                       "--num_workers", "2", "--lr", "0.032",
                        "--warmup_steps", "10", "--max_steps", "100", "--normalize_target", "false", "--log_every", "50",
                        "--output_dir", str(out_dir / "pretrain")])
         if rc != 0:

@@ -296,7 +296,8 @@ class MetricsLog:
         step = record["step"]
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(step - self.start_step, 1) * (self.total - step)
-        line = (f"step {step}/{self.total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+        rel = f"  vs flat colour {record['recon_vs_flat']:.2f}x" if "recon_vs_flat" in record else ""
+        line = (f"step {step}/{self.total}  loss {record['loss']:.4f}{rel}  lr {record['lr']:.2e}  "
                 f"clips/s {record['clips_per_s']:.1f}  ETA {_duration(eta)}")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
 

@@ -48,16 +48,16 @@ from vmae2.runtime import (
 )
 
 log = logging.getLogger("vmae2.train")
-DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_videos_v1"
-
+DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_videos_v2"
 
 
 def demo_list() -> str:
-    """The embedded default data: 64 generated H.264/VP9 clips, made once and cached."""
+    """The embedded default data: 128 generated H.264/VP9 clips of flat objects moving over a gradient (the
+    ``flat`` style), made once and cached."""
     listing = DEMO_DIR / "train.csv"
     if not listing.exists():
         print(f"generating the demo videos in {DEMO_DIR} (once) ...", flush=True)
-        make_videos(DEMO_DIR, 64, seed=0, sizes=((160, 128), (192, 160)), num_frames=(48, 64))
+        make_videos(DEMO_DIR, 128, seed=0, sizes=((128, 128), (160, 128)), num_frames=(24, 32), style="flat")
     return str(listing)
 
 
@@ -353,23 +353,27 @@ def _flat_loss(cfg, model, video, enc, dec) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reconstruction_report(cfg, model, loader, device) -> float:
-    """Loss / flat-colour loss of the final model on the first batch of epoch 0 (masks of step 0), and
-    ``reconstruction.png`` of its first clip."""
+def _reconstruction_report(cfg, model, loader, device, num_batches: int = 4) -> float:
+    """Loss / flat-colour loss of the final model on the first ``num_batches`` batches of epoch 0 (masks of
+    steps 0, 1, ...), and ``reconstruction.png`` of the first clip."""
     from vmae2.visualize import reconstruction_grid
 
     loader.set_epoch(0)
-    video = next(loader.iterate(0)).video
-    enc, dec = make_masks(cfg, model.grid, video.shape[0], Dist(), 0, 0, device)
     model.eval()
-    pred = model(video, enc, dec)
-    loss = reconstruction_loss(pred, video, enc, dec, patch_size=model.patch_size, tubelet_size=model.tubelet_size,
-                               normalize_target=cfg.normalize_target)
-    rel = float(loss / _flat_loss(cfg, model, video, enc, dec))
-    path = Path(cfg.output_dir) / "reconstruction.png"
-    reconstruction_grid(model, video[:1], enc[:1], None if dec is None else dec[:1], cfg.normalize_target).save(path)
-    print(f"wrote {path}", flush=True)
-    return rel
+    loss = flat = 0.0
+    for i, batch in zip(range(num_batches), loader.iterate(0)):
+        video = batch.video
+        enc, dec = make_masks(cfg, model.grid, video.shape[0], Dist(), i, 0, device)
+        pred = model(video, enc, dec)
+        loss += float(reconstruction_loss(pred, video, enc, dec, patch_size=model.patch_size,
+                                          tubelet_size=model.tubelet_size, normalize_target=cfg.normalize_target))
+        flat += float(_flat_loss(cfg, model, video, enc, dec))
+        if i == 0:
+            path = Path(cfg.output_dir) / "reconstruction.png"
+            reconstruction_grid(model, video[:1], enc[:1], None if dec is None else dec[:1],
+                                cfg.normalize_target).save(path)
+            print(f"wrote {path}", flush=True)
+    return loss / flat
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from vmae2.masking import ids_to_mask
 from vmae2_kernels.reference import patchify
 
 GREY = 0.5
+MIN_WIDTH = 512  # pixels: narrower grids are enlarged by a whole factor to be readable
 ROW_LABELS = ("original", "encoder input (grey = masked)", "decoder targets (grey = not reconstructed)")
 RECON_LABEL = {True: "reconstruction (de-normalised with the true per-patch mean/std)",
                False: "reconstruction (raw pixel predictions)"}
@@ -71,6 +72,8 @@ def reconstruction_grid(model, video, enc_ids, dec_ids, normalized_target: bool 
     tub = model.tubelet_size
     frames = [np.concatenate([(r[:, t].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                               for t in range(0, r.shape[1], tub)], axis=1) for r in rows]
+    scale = max(1, MIN_WIDTH // frames[0].shape[1])  # small clips are enlarged (nearest: patches stay sharp)
+    frames = [f.repeat(scale, axis=0).repeat(scale, axis=1) for f in frames]
     width = frames[0].shape[1]
     canvas = Image.new("RGB", (width, sum(f.shape[0] + label_height for f in frames)), "white")
     draw = ImageDraw.Draw(canvas)

@@ -130,13 +130,23 @@ class _Object:
     tex_period: float
 
 
-def _objects(rng: np.random.Generator, height: int, width: int, num_frames: int) -> list[_Object]:
+def _gradient_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A linear blend of two colours across the frame at a random angle ``[height, width, 3]`` float32."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    u = (np.cos(angle) * (xx - width / 2) + np.sin(angle) * (yy - height / 2)) / max(height, width) + 0.5
+    c0, c1 = rng.uniform(0.1, 0.9, (2, 3)).astype(np.float32)
+    return np.clip(c0 * (1 - u[..., None]) + c1 * u[..., None], 0.0, 1.0)
+
+
+def _objects(rng: np.random.Generator, height: int, width: int, num_frames: int, flat: bool = False
+             ) -> list[_Object]:
     t = np.arange(num_frames, dtype=np.float64)
     short = min(height, width)
     scale = short / 120.0  # speeds in pixels/frame scale with the frame size
     out = []
     for _ in range(int(rng.integers(1, 4))):
-        radius = rng.uniform(0.08, 0.2) * short
+        radius = rng.uniform(0.08, 0.2) * short * (1.5 if flat else 1.0)
         pulse = rng.uniform(0.0, 0.25)
         rmax = radius * (1 + pulse)
         speed = rng.uniform(1.0, 3.5) * scale
@@ -145,10 +155,10 @@ def _objects(rng: np.random.Generator, height: int, width: int, num_frames: int)
         y = _bounce(rng.uniform(rmax, height - rmax), speed * np.sin(heading), rmax, height - rmax, t)
         angle = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.12, 0.12) * t
         colours = np.stack([_vivid_colour(rng), _vivid_colour(rng) * rng.uniform(0.3, 0.7)])
-        out.append(_Object(square=bool(rng.integers(2)), radius=radius, pulse=pulse,
+        out.append(_Object(square=bool(rng.integers(2)), radius=radius, pulse=0.0 if flat else pulse,
                            pulse_period=rng.uniform(24, 96), pulse_phase=rng.uniform(0, 2 * np.pi),
                            x=x, y=y, angle=angle, colours=colours, texture=int(rng.integers(3)),
-                           tex_period=rng.uniform(0.35, 0.7) * radius))
+                           tex_period=rng.uniform(0.35, 0.7) * radius * (np.inf if flat else 1.0)))
     return out
 
 
@@ -184,17 +194,26 @@ def _draw(frame: np.ndarray, obj: _Object, i: int) -> None:
     region += alpha * colour
 
 
-def render_clip(seed: int, index: int, width: int, height: int, num_frames: int) -> np.ndarray:
+STYLES = ("textured", "flat")
+
+
+def render_clip(seed: int, index: int, width: int, height: int, num_frames: int, style: str = "textured"
+                ) -> np.ndarray:
     """Pixels of clip ``index`` of a set: ``uint8 [num_frames, height, width, 3]`` RGB, deterministic.
 
     Randomness comes only from ``numpy.random.default_rng([seed, index])``; the result does not depend on
-    the codec, so the same clip can be written with several codecs.
+    the codec, so the same clip can be written with several codecs. ``style="textured"``: colour-noise and
+    stripe backgrounds, textured pulsing objects (detail finer than a 16-pixel patch: hard to reconstruct);
+    ``"flat"``: a two-colour gradient background and larger flat-coloured objects, which a tiny model learns to
+    reconstruct from a few visible patches in minutes (the pretraining demo).
     """
     if width <= 0 or height <= 0 or num_frames <= 0:
         raise ValueError(f"need positive width/height/num_frames, got {width}x{height}x{num_frames}")
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
     rng = np.random.default_rng([int(seed), int(index)])
     pad = max(8, min(height, width) // 4)
-    canvas = _background(rng, height + 2 * pad, width + 2 * pad)
+    canvas = (_gradient_background if style == "flat" else _background)(rng, height + 2 * pad, width + 2 * pad)
     t = np.arange(num_frames, dtype=np.float64)
     if rng.uniform() < 0.5:  # slow camera pan, bouncing inside the padded canvas
         pan = rng.uniform(0.2, 0.8) * min(height, width) / 120.0
@@ -203,7 +222,7 @@ def render_clip(seed: int, index: int, width: int, height: int, num_frames: int)
         oy = np.rint(_bounce(rng.uniform(0, 2 * pad), pan * np.sin(heading), 0, 2 * pad, t)).astype(int)
     else:
         ox = oy = np.full(num_frames, pad, dtype=int)
-    objects = _objects(rng, height, width, num_frames)
+    objects = _objects(rng, height, width, num_frames, flat=style == "flat")
     out = np.empty((num_frames, height, width, 3), np.uint8)
     for i in range(num_frames):
         frame = canvas[oy[i]:oy[i] + height, ox[i]:ox[i] + width].copy()
@@ -301,11 +320,11 @@ def make_videos(out_dir: str | os.PathLike, count: int, *, seed: int = 0,
                 codecs: Sequence[str] = DEFAULT_CODECS, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
                 num_frames: Sequence[int] | int = DEFAULT_NUM_FRAMES, fps: int = 25, start: int = 0,
                 write_list: bool = True, list_name: str = "train.csv",
-                list_paths: Literal["absolute", "relative"] = "absolute") -> list[Path]:
+                list_paths: Literal["absolute", "relative"] = "absolute", style: str = "textured") -> list[Path]:
     """Write ``count`` encoded clips (indices ``start .. start+count-1``) into ``out_dir``; return their paths.
 
     Clip ``i`` gets codec/size/length from :func:`clip_plan` and pixels from
-    ``render_clip(seed, i, w, h, T)``. With ``write_list``, ``out_dir/list_name`` holds one ``path 0 -1``
+    ``render_clip(seed, i, w, h, T, style)``. With ``write_list``, ``out_dir/list_name`` holds one ``path 0 -1``
     line per clip, paths absolute or relative to ``out_dir`` (``list_paths``).
     """
     unknown = [c for c in codecs if c not in CODECS]
@@ -318,7 +337,7 @@ def make_videos(out_dir: str | os.PathLike, count: int, *, seed: int = 0,
     paths = []
     for index in range(start, start + count):
         codec, (w, h), t = clip_plan(index, codecs, sizes, num_frames)
-        frames = render_clip(seed, index, w, h, t)
+        frames = render_clip(seed, index, w, h, t, style)
         paths.append(encode_clip(frames, out_dir / clip_name(index, codec, w, h), codec, fps=fps))
     if write_list:
         _write_list(paths, out_dir / list_name, relative_to=out_dir if list_paths == "relative" else None)
