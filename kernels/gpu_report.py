@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vmae2_kernels import optional
 from vmae2_kernels import roofline as R
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
@@ -717,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    _, reason = optional.load("vmae2_kernels.triton_ops")
+    if reason:
+        print(f"error: the compile report needs Triton: {reason}", file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     if _interpreted():  # interpreted kernels cannot be compiled: rerun without the interpreter
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -22,15 +22,13 @@ INSTALL_HINTS = {
     "matplotlib": "pip install vmae2[plot]",
     "tensorboard": "pip install tensorboard",
     "yaml": "pip install pyyaml",
-    "vmae2_kernels": "python -m vmae2_kernels.build",
+    "vmae2_kernels": "python -m vmae2_kernels.build",  # the native extension
 }
 
 
 def hint(name: str) -> str:
     """The install command for module ``name`` (by its top-level package)."""
     top = name.split(".")[0]
-    if name.startswith("vmae2_kernels.native"):
-        top = "vmae2_kernels"
     return INSTALL_HINTS.get(top, f"pip install {top}")
 
 
@@ -49,7 +47,8 @@ def load(name: str) -> tuple[ModuleType | None, str | None]:
     try:
         return importlib.import_module(name), None
     except Exception as exc:  # noqa: BLE001 - any failure to import is a reason, not a crash
-        return None, f"{name} is not importable ({type(exc).__name__}: {exc}; {hint(name)})"
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        return None, f"{name} is not importable ({type(exc).__name__}: {exc}; {hint(missing or name)})"
 
 
 def require(name: str, purpose: str) -> ModuleType:
