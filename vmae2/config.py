@@ -144,10 +144,11 @@ PRESETS = {
     # (see README, "The demo"). It differs from the official recipe in three ways, each because a tiny model
     # on a 2-core CPU must leave the "predict flat colour" plateau within minutes: raw pixel targets (with
     # normalised ones it does not in this budget), 4 frames (2 tubelets: half the tokens to route) and tube
-    # masking 0.75 instead of 0.9 (16 visible patches per frame instead of 6). 4 views per decoded clip as
-    # the official scripts, so decoding keeps up.
+    # masking 0.7 instead of 0.9 (20 visible patches per frame instead of 6; measured final error vs flat
+    # colour: 0.9 -> no escape from the plateau in budget, 0.75 -> 0.53-0.56, 0.7 -> 0.48). 4 views per decoded
+    # clip as the official scripts, so decoding keeps up.
     "demo": dict(model="pretrain_videomae_tiny_patch16_224", num_frames=4, input_size=128, batch_size=4,
-                 num_sample=4, mask_ratio=0.75, num_workers=2, lr=0.128, warmup_steps=50, max_steps=1500,
+                 num_sample=4, mask_ratio=0.7, num_workers=2, lr=0.128, warmup_steps=50, max_steps=1500,
                  normalize_target=False, output_dir="output/demo", log_every=50, save_every_steps=500),
     "official_defaults": {},  # run_mae_pretraining.py's own defaults
     "vit_b_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_base_patch16_224", "lr": 1e-3,
