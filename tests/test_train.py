@@ -265,16 +265,15 @@ def test_gradient_accumulation_counts_optimizer_steps(data_list, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_reconstructs_better_than_flat_colour(tmp_path):
+def test_demo_beats_half_the_flat_colour_baseline(tmp_path):
     """`make train` as shipped (no arguments, generated videos, all threads): the final reconstruction error is
-    well below that of predicting every patch as the clip's mean colour, and the loss falls. Measured: 0.53-0.56
-    over six learning rates / batch sizes / decoder depths / sampling rates (the previous demo: 1.22); the aim
-    is 0.5 (see the README)."""
+    below half that of predicting every patch as the clip's mean colour, and the loss falls. Measured 0.481 in
+    three runs on the 2-core CI machine (the run is deterministic there; the previous demo ended at 1.22)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "VMAE2_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "vmae2.train", "--output_dir", str(tmp_path / "demo")],
                             capture_output=True, text=True, env=env, check=True, timeout=1200)
     rel = float(result.stdout.split("reconstruction error ")[1].split("x")[0])
-    assert rel < 0.6, result.stdout[-2000:]
+    assert rel < 0.5, result.stdout[-2000:]
     records = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == PRESETS["demo"]["max_steps"]
     first, last = records[:4], records[-4:]  # 50-step windows: the first and last 200 steps
