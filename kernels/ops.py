@@ -127,8 +127,45 @@ decoder_input.register_autograd(_decoder_backward, setup_context=_decoder_setup)
 
 # -- mask ids (no autograd) ---------------------------------------------------------------------------------
 
+# -- validation before dispatch: every backend refuses the same inputs with the same message ---------------
+
+def check_running_cell(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int) -> Tensor:
+    """Validated ``phase`` as int64 in 0..3 (any integer phase taken modulo 4 on its device: no sync)."""
+    if H % 2 or W % 2:
+        raise ValueError(f"running-cell masking needs an even spatial grid, got H'={H}, W'={W} "
+                         f"(the 2x2 cell must tile the frame; use an image size giving even H'/W')")
+    if T < 1 or not 0 <= masked_per_cell <= 4:
+        raise ValueError(f"T'={T} must be >= 1 and masked_per_cell={masked_per_cell} in 0..4")
+    if phase.ndim != 1 or phase.dtype.is_floating_point or phase.dtype == torch.bool:
+        raise ValueError(f"phase must be a [B] integer tensor, got {tuple(phase.shape)} {phase.dtype}")
+    return phase.long().remainder(4)
+
+
+def check_loss_inputs(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int,
+                      tubelet_size: int) -> None:
+    """Shapes of the fused loss: ``pred [B, Nd, C*tubelet*p*p]``, ``video [B, C, T, H, W]``, ``dec_ids [B, Nd]``
+    int64, ``weights [B, Nd]``."""
+    if video.ndim != 5:
+        raise ValueError(f"video must be [B, C, T, H, W], got shape {tuple(video.shape)}")
+    B, C, T, H, W = video.shape
+    if patch_size < 1 or tubelet_size < 1 or T % tubelet_size or H % patch_size or W % patch_size:
+        raise ValueError(f"video {tuple(video.shape)} does not tile into tubelets of {tubelet_size} frames and "
+                         f"{patch_size}x{patch_size} patches")
+    if dec_ids.ndim != 2 or dec_ids.shape[0] != B or dec_ids.dtype != torch.int64:
+        raise ValueError(f"dec_ids must be [B={B}, Nd] int64, got {tuple(dec_ids.shape)} {dec_ids.dtype}")
+    width = C * tubelet_size * patch_size * patch_size
+    if tuple(pred.shape) != (B, dec_ids.shape[1], width):
+        raise ValueError(f"pred has shape {tuple(pred.shape)}; expected [B, Nd, C*tubelet*p*p] = "
+                         f"[{B}, {dec_ids.shape[1]}, {width}] for {C} channels, tubelet_size {tubelet_size} and "
+                         f"patch_size {patch_size}")
+    if tuple(weights.shape) != (B, dec_ids.shape[1]):
+        raise ValueError(f"weights has shape {tuple(weights.shape)}; expected [B, Nd] = [{B}, {dec_ids.shape[1]}] "
+                         f"(one per decoder-visible token)")
+
+
 @torch.library.custom_op("vmae2::running_cell_ids", mutates_args=())
 def running_cell_ids(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int, backend: str) -> Tensor:
+    phase = check_running_cell(phase, T, H, W, masked_per_cell)
     return _impl("running_cell_ids", phase.device, backend)(phase, (T, H, W), masked_per_cell)
 
 
@@ -152,6 +189,7 @@ def _(keys, num_frames, num_masked, backend):
 @torch.library.custom_op("vmae2::recon_loss", mutates_args=())
 def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
                normalize: bool, mean: list[float], std: list[float], backend: str) -> Tensor:
+    check_loss_inputs(pred, video, dec_ids, weights, patch_size, tubelet_size)
     return _impl("recon_loss", pred.device, backend, pred.dtype)(pred, video, dec_ids, weights, patch_size,
                                                                  tubelet_size, normalize, mean, std)
 
@@ -165,13 +203,14 @@ def _(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, 
 def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor,
                         patch_size: int, tubelet_size: int, normalize: bool, mean: list[float], std: list[float],
                         backend: str) -> Tensor:
+    check_loss_inputs(pred, video, dec_ids, weights, patch_size, tubelet_size)
     return _impl("recon_loss_backward", pred.device, backend, pred.dtype)(
-        grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std)
+        grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std).contiguous()
 
 
 @recon_loss_backward.register_fake
 def _(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std, backend):
-    return torch.empty_like(pred)
+    return pred.new_empty(pred.shape)  # contiguous, as every backend returns it (not pred's strides)
 
 
 def _loss_setup(ctx, inputs, output):
