@@ -42,9 +42,7 @@ def running_cell_masked_per_cell(ratio: float) -> int:
 
 def check_even(grid: Sequence[int]) -> tuple[int, int, int]:
     t, h, w = check_grid(grid)
-    if h % 2 or w % 2:
-        raise ValueError(f"running-cell masking needs an even spatial grid, got H'={h}, W'={w} "
-                         f"(the 2x2 cell must tile the frame; use an image size giving even H'/W')")
+    ops.check_even_grid(h, w)
     return t, h, w
 
 

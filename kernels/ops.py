@@ -129,11 +129,15 @@ decoder_input.register_autograd(_decoder_backward, setup_context=_decoder_setup)
 
 # -- validation before dispatch: every backend refuses the same inputs with the same message ---------------
 
-def check_running_cell(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int) -> Tensor:
-    """Validated ``phase`` as int64 in 0..3 (any integer phase taken modulo 4 on its device: no sync)."""
+def check_even_grid(H: int, W: int) -> None:
     if H % 2 or W % 2:
         raise ValueError(f"running-cell masking needs an even spatial grid, got H'={H}, W'={W} "
                          f"(the 2x2 cell must tile the frame; use an image size giving even H'/W')")
+
+
+def check_running_cell(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int) -> Tensor:
+    """Validated ``phase`` as int64 in 0..3 (any integer phase taken modulo 4 on its device: no sync)."""
+    check_even_grid(H, W)
     if T < 1 or not 0 <= masked_per_cell <= 4:
         raise ValueError(f"T'={T} must be >= 1 and masked_per_cell={masked_per_cell} in 0..4")
     if phase.ndim != 1 or phase.dtype.is_floating_point or phase.dtype == torch.bool:

@@ -49,8 +49,8 @@ def reconstruction_loss(pred: torch.Tensor, video: torch.Tensor, encoder_mask: t
 
 
 def _supervision(video, encoder_mask, decoder_mask, patch_size: int, tubelet_size: int, loss_on: str):
-    """``(dec_ids [B, Nd], weights)``: the decoded tokens and which of them the loss counts (``[B, N]`` mask,
-    read at ``dec_ids``, or ``[B, Nd]`` ones for ``loss_on="all"``)."""
+    """``(dec_ids [B, Nd], weights [B, Nd] float)``: the decoded tokens and which of them the loss counts (1 =
+    encoder-masked = supervised; all ones for ``loss_on="all"``)."""
     if loss_on not in ("encoder_masked", "all"):
         raise ValueError(f"loss_on {loss_on!r} is unknown; use 'encoder_masked' (official) or 'all'")
     if video.ndim != 5:
@@ -59,7 +59,7 @@ def _supervision(video, encoder_mask, decoder_mask, patch_size: int, tubelet_siz
     enc_ids, dec_ids = dual_ids(encoder_mask, decoder_mask, N)
     if loss_on == "all":
         return dec_ids, torch.ones(dec_ids.shape, device=video.device)
-    return dec_ids, ids_to_mask(enc_ids, N)  # gathered at dec_ids: 1 = encoder-masked = supervised
+    return dec_ids, torch.gather(ids_to_mask(enc_ids, N), 1, dec_ids).float()
 
 
 @torch.no_grad()
@@ -81,6 +81,4 @@ def flat_colour_loss(video: torch.Tensor, encoder_mask: torch.Tensor, decoder_ma
         colour = video.float().mean(dim=(2, 3, 4)) * s + m  # [B, C] mean colour of each clip, in [0, 1]
         target = target - colour[:, None, None, :]
     per_token = target.square().mean(dim=(2, 3))  # [B, Nd]
-    w = weights if weights.shape == dec_ids.shape else torch.gather(weights, 1, dec_ids)
-    w = w.float()
-    return (per_token * w).sum() / w.sum()
+    return (per_token * weights).sum() / weights.sum()

@@ -307,8 +307,8 @@ def train(cfg: TrainConfig) -> int:
             window_start, window_steps = time.perf_counter(), 0
         if step % cfg.save_every_steps == 0 or step == total_steps or stopping:
             save(step)
+    metrics.close()
     if stopping:
-        metrics.close()
         if d.is_main:
             print(f"\nstopped by signal {stop_signal[0]} at step {step}; checkpoint saved, --resume auto continues",
                   flush=True)
@@ -326,7 +326,6 @@ def train(cfg: TrainConfig) -> int:
         rel = _reconstruction_report(cfg, model, loader, device)
         print(f"done: {step} steps; reconstruction error {rel:.3f}x the flat-colour baseline "
               f"(1 = predicting flat colours); outputs in {cfg.output_dir}", flush=True)
-    metrics.close()
     if d.world_size > 1:
         del runner
         finish_distributed()
