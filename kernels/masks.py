@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from vmae2_kernels import ops
+from vmae2_kernels import checks, ops
 
 RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)
 
@@ -42,7 +42,7 @@ def running_cell_masked_per_cell(ratio: float) -> int:
 
 def check_even(grid: Sequence[int]) -> tuple[int, int, int]:
     t, h, w = check_grid(grid)
-    ops.check_even_grid(h, w)
+    checks.check_even_grid(h, w)
     return t, h, w
 
 

@@ -2,7 +2,8 @@
 
 Every op takes a trailing ``backend`` string (``auto`` / ``triton`` / ``cuda`` / ``cpp`` / ``torch``) resolved by
 :mod:`vmae2_kernels.dispatch` when the op runs. The ops are opaque to ``torch.compile``: a compiled step that
-uses them has no graph break. (``triton_op`` is not used: it fails without a GPU driver.)
+uses them has no graph break. (``triton_op`` is not used: it fails without a GPU driver.) Each op body validates
+its inputs with :mod:`vmae2_kernels.checks` before dispatch, so every backend refuses the same input the same way.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vmae2_kernels import dispatch, reference
+from vmae2_kernels import checks, dispatch, reference
 
 
 def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None = None):
@@ -27,6 +28,7 @@ def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None
 
 @torch.library.custom_op("vmae2::token_gather", mutates_args=())
 def token_gather(x: Tensor, ids: Tensor, pos: Optional[Tensor], backend: str) -> Tensor:
+    checks.check_gather(x, ids, pos)
     return _impl("token_gather", x.device, backend, x.dtype)(x, ids, pos)
 
 
@@ -37,6 +39,7 @@ def _(x, ids, pos, backend):
 
 @torch.library.custom_op("vmae2::token_scatter", mutates_args=())
 def token_scatter(src: Tensor, ids: Tensor, num_tokens: int, backend: str) -> Tensor:
+    checks.check_scatter(src, ids, num_tokens)
     return _impl("token_scatter", src.device, backend, src.dtype)(src, ids, num_tokens)
 
 
@@ -80,6 +83,7 @@ token_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 @torch.library.custom_op("vmae2::decoder_input", mutates_args=())
 def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: Tensor, pos: Tensor,
                   backend: str) -> Tensor:
+    checks.check_decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos)
     dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
     return _impl("decoder_input", x_vis.device, backend, dtype)(x_vis, vis_ids, dec_ids, mask_token, pos)
 
@@ -92,6 +96,7 @@ def _(x_vis, vis_ids, dec_ids, mask_token, pos, backend):
 
 @torch.library.custom_op("vmae2::mask_token_grad", mutates_args=())
 def mask_token_grad(grad: Tensor, num_visible: int, backend: str) -> Tensor:
+    checks.check_mask_token_grad(grad, num_visible)
     return _impl("mask_token_grad", grad.device, backend, grad.dtype)(grad, num_visible)
 
 
@@ -127,49 +132,9 @@ decoder_input.register_autograd(_decoder_backward, setup_context=_decoder_setup)
 
 # -- mask ids (no autograd) ---------------------------------------------------------------------------------
 
-# -- validation before dispatch: every backend refuses the same inputs with the same message ---------------
-
-def check_even_grid(H: int, W: int) -> None:
-    if H % 2 or W % 2:
-        raise ValueError(f"running-cell masking needs an even spatial grid, got H'={H}, W'={W} "
-                         f"(the 2x2 cell must tile the frame; use an image size giving even H'/W')")
-
-
-def check_running_cell(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int) -> Tensor:
-    """Validated ``phase`` as int64 in 0..3 (any integer phase taken modulo 4 on its device: no sync)."""
-    check_even_grid(H, W)
-    if T < 1 or not 0 <= masked_per_cell <= 4:
-        raise ValueError(f"T'={T} must be >= 1 and masked_per_cell={masked_per_cell} in 0..4")
-    if phase.ndim != 1 or phase.dtype.is_floating_point or phase.dtype == torch.bool:
-        raise ValueError(f"phase must be a [B] integer tensor, got {tuple(phase.shape)} {phase.dtype}")
-    return phase.long().remainder(4)
-
-
-def check_loss_inputs(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int,
-                      tubelet_size: int) -> None:
-    """Shapes of the fused loss: ``pred [B, Nd, C*tubelet*p*p]``, ``video [B, C, T, H, W]``, ``dec_ids [B, Nd]``
-    int64, ``weights [B, Nd]``."""
-    if video.ndim != 5:
-        raise ValueError(f"video must be [B, C, T, H, W], got shape {tuple(video.shape)}")
-    B, C, T, H, W = video.shape
-    if patch_size < 1 or tubelet_size < 1 or T % tubelet_size or H % patch_size or W % patch_size:
-        raise ValueError(f"video {tuple(video.shape)} does not tile into tubelets of {tubelet_size} frames and "
-                         f"{patch_size}x{patch_size} patches")
-    if dec_ids.ndim != 2 or dec_ids.shape[0] != B or dec_ids.dtype != torch.int64:
-        raise ValueError(f"dec_ids must be [B={B}, Nd] int64, got {tuple(dec_ids.shape)} {dec_ids.dtype}")
-    width = C * tubelet_size * patch_size * patch_size
-    if tuple(pred.shape) != (B, dec_ids.shape[1], width):
-        raise ValueError(f"pred has shape {tuple(pred.shape)}; expected [B, Nd, C*tubelet*p*p] = "
-                         f"[{B}, {dec_ids.shape[1]}, {width}] for {C} channels, tubelet_size {tubelet_size} and "
-                         f"patch_size {patch_size}")
-    if tuple(weights.shape) != (B, dec_ids.shape[1]):
-        raise ValueError(f"weights has shape {tuple(weights.shape)}; expected [B, Nd] = [{B}, {dec_ids.shape[1]}] "
-                         f"(one per decoder-visible token)")
-
-
 @torch.library.custom_op("vmae2::running_cell_ids", mutates_args=())
 def running_cell_ids(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int, backend: str) -> Tensor:
-    phase = check_running_cell(phase, T, H, W, masked_per_cell)
+    phase = checks.check_running_cell(phase, T, H, W, masked_per_cell)
     return _impl("running_cell_ids", phase.device, backend)(phase, (T, H, W), masked_per_cell)
 
 
@@ -180,6 +145,7 @@ def _(phase, T, H, W, masked_per_cell, backend):
 
 @torch.library.custom_op("vmae2::tube_ids", mutates_args=())
 def tube_ids(keys: Tensor, num_frames: int, num_masked: int, backend: str) -> Tensor:
+    checks.check_tube(keys, num_frames, num_masked)
     return _impl("tube_ids", keys.device, backend)(keys, num_frames, num_masked)
 
 
@@ -193,7 +159,7 @@ def _(keys, num_frames, num_masked, backend):
 @torch.library.custom_op("vmae2::recon_loss", mutates_args=())
 def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
                normalize: bool, mean: list[float], std: list[float], backend: str) -> Tensor:
-    check_loss_inputs(pred, video, dec_ids, weights, patch_size, tubelet_size)
+    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     return _impl("recon_loss", pred.device, backend, pred.dtype)(pred, video, dec_ids, weights, patch_size,
                                                                  tubelet_size, normalize, mean, std)
 
@@ -207,7 +173,7 @@ def _(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, 
 def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor,
                         patch_size: int, tubelet_size: int, normalize: bool, mean: list[float], std: list[float],
                         backend: str) -> Tensor:
-    check_loss_inputs(pred, video, dec_ids, weights, patch_size, tubelet_size)
+    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     return _impl("recon_loss_backward", pred.device, backend, pred.dtype)(
         grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std).contiguous()
 

@@ -1,9 +1,10 @@
-"""One validation layer before dispatch (issue 14, findings 1, 2 and 8): every backend refuses the same bad input
-with the same message, and takes the same good input the same way."""
+"""One validation layer before dispatch (issue 14, findings 1-4 and 8): every backend refuses the same bad input
+with the same message, and takes the same good input the same way. Id values (range, uniqueness) are checked on the
+device under ``VMAE2_DEBUG=1``."""
 import pytest
 import torch
 
-from vmae2_kernels import dispatch, ops
+from vmae2_kernels import checks, dispatch, ops
 from vmae2_kernels.reference import running_cell_ids as reference_running_cell_ids
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -73,3 +74,78 @@ def test_loss_backward_fake_matches_the_kernels_layout(backend):
     assert real.is_contiguous()
     torch.library.opcheck(ops.recon_loss_backward, (torch.tensor(1.0), pred, *rest, backend),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+# -- token ops: shapes, dtypes, devices ---------------------------------------------------------------------
+
+X, IDS, POS = torch.randn(2, 8, 4), torch.tensor([[0, 3], [2, 7]]), torch.randn(8, 4)
+TOKEN_REFUSALS = [
+    (lambda b: ops.token_gather(X[0], IDS, None, b), "x must be \\[B, N, C\\], got shape \\(8, 4\\)"),
+    (lambda b: ops.token_gather(X, IDS.int(), None, b), "ids must be \\[B=2, K\\] int64, got \\(2, 2\\) torch.int32"),
+    (lambda b: ops.token_gather(X, IDS[:1], None, b), "ids must be \\[B=2, K\\] int64, got \\(1, 2\\)"),
+    (lambda b: ops.token_gather(X, IDS, POS[:5], b), "pos must be \\[N, C\\] = \\[8, 4\\], got \\(5, 4\\)"),
+    (lambda b: ops.token_scatter(X[:, :2], IDS[:, :1], 8, b), "ids must be \\[B=2, 2\\] int64, got \\(2, 1\\)"),
+    (lambda b: ops.decoder_input(X[:, :2], IDS, IDS, torch.zeros(3), POS, b), "mask_token must have D=4 elements"),
+    (lambda b: ops.mask_token_grad(X, 9, b), "num_visible 9 is out of range \\[0, 8\\]"),
+    (lambda b: ops.tube_ids(torch.rand(2, 4), 2, 5, b), "num_masked=5 in \\[0, 4\\]"),
+    (lambda b: ops.tube_ids(torch.ones(2, 4, dtype=torch.long), 2, 1, b), "keys must be a \\[B, H'W'\\] float"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,match", TOKEN_REFUSALS)
+def test_token_op_refusals_are_the_same_everywhere(backend, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(backend)
+
+
+def test_inputs_on_two_devices_are_refused():
+    """Checked in the layer itself: a custom op given a meta tensor dispatches to its fake, so no backend sees it."""
+    with pytest.raises(ValueError, match="ids is on meta, expected cpu"):
+        checks.check_gather(X, IDS.to("meta"), None)
+    with pytest.raises(ValueError, match="pos is on meta, expected cpu"):
+        checks.check_decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS.to("meta"))
+    with pytest.raises(ValueError, match="weights is on meta, expected cpu"):
+        pred, video, dec, weights, patch, tub, _, mean, std = _loss_args()
+        checks.check_loss(pred, video, dec, weights.to("meta"), patch, tub, mean, std)
+
+
+# -- ids precondition: range and uniqueness, checked on the device in debug mode (findings 3 and 4) ----------
+
+BAD_IDS = {"out of range": (torch.tensor([[0, 8], [2, 7]]), "ids has ids outside \\[0, 8\\)"),
+           "negative": (torch.tensor([[0, -1], [2, 7]]), "ids has ids outside \\[0, 8\\)"),
+           "repeated": (torch.tensor([[3, 3], [2, 7]]), "ids repeats an id within a row")}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", sorted(BAD_IDS))
+def test_debug_mode_refuses_bad_ids_on_every_backend(backend, kind, monkeypatch):
+    """Finding 3: Triton and CUDA read out-of-range ids silently (C++ raised, with its own message). Finding 4:
+    a repeated id scatters one write on GPU where the reference adds, so token_gather's gradient differed."""
+    monkeypatch.setenv(checks.DEBUG_ENV, "1")
+    ids, match = BAD_IDS[kind]
+    x = X.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=match):
+        ops.token_gather(x, ids, None, backend)
+    with pytest.raises(RuntimeError, match=match):
+        ops.token_scatter(X[:, :2], ids, 8, backend)
+    if kind == "repeated":  # the gradient path: gather forward with ids the backward scatter would mis-sum
+        with pytest.raises(RuntimeError, match=match):
+            ops.token_gather(x, ids, POS, backend).sum().backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_debug_mode_checks_decoder_and_loss_ids(backend, monkeypatch):
+    monkeypatch.setenv(checks.DEBUG_ENV, "1")
+    with pytest.raises(RuntimeError, match="dec_ids has ids outside \\[0, 8\\)"):
+        ops.decoder_input(X[:, :2], IDS, torch.tensor([[1, 9], [0, 1]]), torch.zeros(4), POS, backend)
+    pred, video, dec, *rest = _loss_args()
+    with pytest.raises(RuntimeError, match="dec_ids repeats an id"):
+        ops.recon_loss(pred, video, torch.tensor([[0, 2, 2], [1, 3, 7]]), *rest, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_debug_mode_passes_good_ids_and_changes_nothing(backend, monkeypatch):
+    plain = ops.token_gather(X, IDS, POS, backend)
+    monkeypatch.setenv(checks.DEBUG_ENV, "1")
+    assert torch.equal(ops.token_gather(X, IDS, POS, backend), plain)  # same kernel rerun: exact

@@ -1,0 +1,146 @@
+"""The validation layer of the ``vmae2::`` ops: run before dispatch, so every backend refuses the same input with
+the same message (the native binding keeps its own checks in ``csrc/vmae2_checks.h`` for direct callers).
+
+Host-side checks only (shapes, dtypes, devices, grid parity): nothing here reads a tensor's values, so nothing
+syncs. The ids precondition, ``0 <= id < N`` and unique within a row, is the caller's guarantee (the mask
+builders give it); with ``VMAE2_DEBUG=1`` it is also checked on the device (:func:`check_ids_values`,
+``torch._assert_async``: asynchronous on CUDA, where a violation is a device-side assert; immediate on CPU).
+Without the guarantee the fused kernels read or write out of bounds (range) and their scatter keeps one write per
+repeated id where the reference adds them (uniqueness).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+DEBUG_ENV = "VMAE2_DEBUG"
+
+
+def debug() -> bool:
+    """Whether ``VMAE2_DEBUG=1``: check id values on the device (costs a sort per id tensor; not for speed runs)."""
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def check_device(like: Tensor, **tensors: Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != like.device:
+            raise ValueError(f"{name} is on {t.device}, expected {like.device} (every input of an op on one device)")
+
+
+def check_rows(x: Tensor, name: str, layout: str) -> tuple[int, int, int]:
+    """``x`` is a 3-d ``layout`` (e.g. ``[B, N, C]``) tensor; returns its shape."""
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be {layout}, got shape {_shape(x)}")
+    return tuple(x.shape)
+
+
+def check_ids(ids: Tensor, batch: int, name: str, like: Tensor, length: int | None = None) -> int:
+    """``ids [batch, K]`` int64 on ``like``'s device (``K == length`` when given); returns ``K``."""
+    want = f"[B={batch}, {'K' if length is None else length}]"
+    if ids.ndim != 2 or ids.shape[0] != batch or ids.dtype != torch.int64 or (
+            length is not None and ids.shape[1] != length):
+        raise ValueError(f"{name} must be {want} int64, got {_shape(ids)} {ids.dtype}")
+    check_device(like, **{name: ids})
+    return ids.shape[1]
+
+
+def check_ids_values(ids: Tensor, num_tokens: int, name: str) -> None:
+    """Debug mode only: ``0 <= ids < num_tokens`` and no id repeated within a row, asserted on the device."""
+    if not debug() or ids.numel() == 0:
+        return
+    in_range = (ids.min() >= 0) & (ids.max() < num_tokens)
+    torch._assert_async(in_range, f"{name} has ids outside [0, {num_tokens}) (VMAE2_DEBUG=1 check)")
+    ordered = ids.sort(dim=1).values
+    unique = (ordered[:, 1:] != ordered[:, :-1]).all()
+    torch._assert_async(unique, f"{name} repeats an id within a row; ids must be unique per row (VMAE2_DEBUG=1 check)")
+
+
+# -- per op -------------------------------------------------------------------------------------------------
+
+def check_gather(x: Tensor, ids: Tensor, pos: Tensor | None) -> None:
+    B, N, C = check_rows(x, "x", "[B, N, C]")
+    check_ids(ids, B, "ids", x)
+    if pos is not None and _shape(pos) != (N, C):
+        raise ValueError(f"pos must be [N, C] = [{N}, {C}], got {_shape(pos)}")
+    check_device(x, pos=pos)
+    check_ids_values(ids, N, "ids")
+
+
+def check_scatter(src: Tensor, ids: Tensor, num_tokens: int) -> None:
+    B, K, _ = check_rows(src, "src", "[B, K, C]")
+    check_ids(ids, B, "ids", src, K)
+    if num_tokens < 0:
+        raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+    check_ids_values(ids, num_tokens, "ids")
+
+
+def check_decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: Tensor, pos: Tensor) -> None:
+    B, Nv, D = check_rows(x_vis, "x_vis", "[B, Nv, D]")
+    check_ids(vis_ids, B, "vis_ids", x_vis, Nv)
+    check_ids(dec_ids, B, "dec_ids", x_vis)
+    if mask_token.numel() != D or pos.ndim != 2 or pos.shape[1] != D:
+        raise ValueError(f"mask_token must have D={D} elements and pos be [N, {D}], got {_shape(mask_token)} and "
+                         f"{_shape(pos)}")
+    check_device(x_vis, mask_token=mask_token, pos=pos)
+    check_ids_values(vis_ids, pos.shape[0], "vis_ids")
+    check_ids_values(dec_ids, pos.shape[0], "dec_ids")
+
+
+def check_mask_token_grad(grad: Tensor, num_visible: int) -> None:
+    _, L, _ = check_rows(grad, "grad", "[B, L, D]")
+    if not 0 <= num_visible <= L:
+        raise ValueError(f"num_visible {num_visible} is out of range [0, {L}]")
+
+
+def check_even_grid(H: int, W: int) -> None:
+    if H % 2 or W % 2:
+        raise ValueError(f"running-cell masking needs an even spatial grid, got H'={H}, W'={W} "
+                         f"(the 2x2 cell must tile the frame; use an image size giving even H'/W')")
+
+
+def check_running_cell(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int) -> Tensor:
+    """Validated ``phase`` as int64 in 0..3 (any integer phase taken modulo 4 on its device: no sync)."""
+    check_even_grid(H, W)
+    if T < 1 or not 0 <= masked_per_cell <= 4:
+        raise ValueError(f"T'={T} must be >= 1 and masked_per_cell={masked_per_cell} in 0..4")
+    if phase.ndim != 1 or phase.dtype.is_floating_point or phase.dtype == torch.bool:
+        raise ValueError(f"phase must be a [B] integer tensor, got {_shape(phase)} {phase.dtype}")
+    return phase.long().remainder(4)
+
+
+def check_tube(keys: Tensor, num_frames: int, num_masked: int) -> None:
+    if keys.ndim != 2 or not keys.dtype.is_floating_point:
+        raise ValueError(f"keys must be a [B, H'W'] float tensor, got {_shape(keys)} {keys.dtype}")
+    if num_frames < 1 or not 0 <= num_masked <= keys.shape[1]:
+        raise ValueError(f"num_frames={num_frames} must be >= 1 and num_masked={num_masked} in "
+                         f"[0, {keys.shape[1]}]")
+
+
+def check_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
+               mean: list[float], std: list[float]) -> None:
+    """``pred [B, Nd, 3*tubelet*p*p]``, ``video [B, 3, T, H, W]``, ``dec_ids [B, Nd]`` int64, ``weights [B, Nd]``,
+    3-value ``mean`` / ``std``, all on ``pred``'s device."""
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"video must be [B, 3, T, H, W] (the fused loss takes RGB), got shape {_shape(video)}")
+    B, C, T, H, W = video.shape
+    if patch_size < 1 or tubelet_size < 1 or T % tubelet_size or H % patch_size or W % patch_size:
+        raise ValueError(f"video {_shape(video)} does not tile into tubelets of {tubelet_size} frames and "
+                         f"{patch_size}x{patch_size} patches")
+    Nd = check_ids(dec_ids, B, "dec_ids", pred)
+    width = C * tubelet_size * patch_size * patch_size
+    if _shape(pred) != (B, Nd, width):
+        raise ValueError(f"pred has shape {_shape(pred)}; expected [B, Nd, C*tubelet*p*p] = [{B}, {Nd}, {width}] "
+                         f"for {C} channels, tubelet_size {tubelet_size} and patch_size {patch_size}")
+    if _shape(weights) != (B, Nd):
+        raise ValueError(f"weights has shape {_shape(weights)}; expected [B, Nd] = [{B}, {Nd}] "
+                         f"(one per decoder-visible token)")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (one per channel), got {mean} and {std}")
+    check_device(pred, video=video, weights=weights)
+    check_ids_values(dec_ids, (T // tubelet_size) * (H // patch_size) * (W // patch_size), "dec_ids")
