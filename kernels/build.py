@@ -9,8 +9,9 @@ build that matches the running torch, in the order of :func:`candidates`.
 
 What is built: the CPU ops always (``csrc/vmae2_cpu.cpp``, which also registers every schema); the CUDA kernels
 and their torch binding (``csrc/cuda/``) too when torch is a CUDA build and ``nvcc`` is found, unless
-``VMAE2_BUILD_CUDA=0``. ``TORCH_CUDA_ARCH_LIST`` is respected; unset, one architecture is compiled: the visible
-GPU's, else 9.0. ``MAX_JOBS`` defaults to ``min(4, cpu count)``. The build info records the torch, CUDA and
+``VMAE2_BUILD_CUDA=0``. ``TORCH_CUDA_ARCH_LIST`` is respected; unset, the visible GPU's architecture is compiled,
+else (no GPU visible: a build node) ``8.0;9.0+PTX``: A100 and H100 code plus PTX for later GPUs. The list is recorded
+in the build info and :mod:`vmae2_kernels.native` compares it with the running GPU (:func:`arch_reason`). ``MAX_JOBS`` defaults to ``min(4, cpu count)``. The build info records the torch, CUDA and
 compiler versions so a mismatch is reported by name instead of crashing the loader.
 
 This module imports torch only inside functions: ``setup.py`` loads it by path before knowing torch is there.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +37,7 @@ BUILD_DIR = Path(os.environ.get("VMAE2_EXT_DIR", ROOT / "_build"))
 LIBRARY = BUILD_DIR / f"{NAME}.so"  # the JIT build
 INFO = BUILD_DIR / "build_info.json"
 PACKAGE_STEM = f"_{NAME}"  # setup.py's build: vmae2_kernels/_vmae2_native<ext suffix> + _vmae2_native.json
-DEFAULT_ARCH = "9.0"
+DEFAULT_ARCH = "8.0;9.0+PTX"  # no GPU visible: A100, H100, and PTX the driver compiles for later GPUs
 CXX_FLAGS = ["-O3"]
 NVCC_FLAGS = ["-O3"]  # torch adds -std=c++20 and its -D__CUDA_NO_HALF_OPERATORS__ family
 
@@ -78,7 +80,7 @@ def cuda_skip_reason() -> str | None:
 
 
 def cuda_arch_list() -> str:
-    """``$TORCH_CUDA_ARCH_LIST`` if set, else the visible GPU's capability, else ``9.0``: one architecture."""
+    """``$TORCH_CUDA_ARCH_LIST`` if set, else the visible GPU's capability, else :data:`DEFAULT_ARCH`."""
     import torch
 
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -87,6 +89,35 @@ def cuda_arch_list() -> str:
         major, minor = torch.cuda.get_device_capability()
         return f"{major}.{minor}"
     return DEFAULT_ARCH
+
+
+def runs_on(arch_list: str, capability: tuple[int, int]) -> bool:
+    """Whether a build for ``arch_list`` (``TORCH_CUDA_ARCH_LIST`` syntax: ``"8.0;9.0+PTX"``, spaces or ``;``) has
+    code for a GPU of ``capability``: SASS of the same major version and a minor version not above the GPU's
+    (``8.0`` runs on 8.6), or PTX of a version not above it (``9.0+PTX`` runs on 10.0). Arch-specific targets
+    (``9.0a``) run on exactly that capability."""
+    for entry in re.split(r"[;\s]+", arch_list.strip()):
+        match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", entry)
+        if not match:
+            continue
+        version, specific, ptx = (int(match[1]), int(match[2])), bool(match[3]), bool(match[4])
+        if version == tuple(capability) or not specific and (
+                version[0] == capability[0] and version[1] <= capability[1] or ptx and version <= tuple(capability)):
+            return True
+    return False
+
+
+def arch_reason(info: dict, capability: tuple[int, int]) -> str | None:
+    """Why the CUDA kernels of the build described by ``info`` cannot run on a GPU of ``capability`` (None: they
+    can, or the build has no CUDA kernels)."""
+    if "cuda" not in info.get("backends", ["cpu"]):
+        return None
+    archs = info.get("cuda_arch_list") or ""
+    if runs_on(archs, capability):
+        return None
+    cap = f"{capability[0]}.{capability[1]}"
+    return (f"the native CUDA kernels were built for {archs!r}, which has no code for this GPU (compute capability "
+            f"{cap}); rebuild with TORCH_CUDA_ARCH_LIST=\"{cap}\" python -m vmae2_kernels.build")
 
 
 def nvcc_version() -> str | None:

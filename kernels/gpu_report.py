@@ -203,7 +203,7 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
 
     from vmae2_kernels import triton_ops as T
 
-    s = R.SHAPES[shape]
+    s = R.ALL_SHAPES[shape]
     act = getattr(torch, dtype)
     kernels = _kernels(T)
     for obj in kernels.values():
@@ -288,9 +288,9 @@ class KernelReport:
 def _label(spec: Spec, config) -> tuple[str, int, int, dict]:
     if config is None:
         warps = spec.kwargs.get("num_warps", 4)
-        stages = spec.kwargs.get("num_stages", 3)
+        stages = spec.kwargs.get("num_stages")  # labelled only when the launcher fixes it (the loss kernels)
         blocks = {k: v for k, v in spec.kwargs.items() if k.startswith("BLOCK")}
-        return R.config_label(blocks, warps), warps, stages, {}
+        return R.config_label(blocks, warps, stages), warps, stages or 3, {}
     return R.config_label(config.kwargs, config.num_warps, config.num_stages), config.num_warps, config.num_stages, \
         config.all_kwargs()
 
@@ -708,7 +708,7 @@ def _interpreted() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vmae2_kernels.gpu_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", action="append", choices=sorted(ARCHS), help="repeatable (default: all)")
-    parser.add_argument("--shape", action="append", choices=sorted(R.SHAPES), help="repeatable (default: all)")
+    parser.add_argument("--shape", action="append", choices=sorted(R.ALL_SHAPES), help="repeatable (default: all)")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="activation dtype, repeatable (default: all)")
     parser.add_argument("--batch", type=int, default=R.BATCH)
     parser.add_argument("--json", metavar="FILE", help="write the full report as JSON ('-' for stdout)")
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     if _interpreted():  # interpreted kernels cannot be compiled: rerun without the interpreter
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return subprocess.call([sys.executable, "-m", "vmae2_kernels.gpu_report", *argv], env=env)
-    shapes = args.shape or list(R.SHAPES)
+    shapes = args.shape or list(R.ALL_SHAPES)
     dtypes = args.dtype or list(DTYPES)
     archs = args.arch or list(ARCHS)
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vmae2_kernels.build import candidates
+from vmae2_kernels import build
 
 OPS = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
        "recon_loss", "recon_loss_backward")
@@ -37,7 +37,7 @@ def mismatch(info: dict) -> str | None:
 def _load() -> None:
     global LIBRARY, BUILD_INFO
     reasons = []
-    for library, info_path in candidates():
+    for library, info_path in build.candidates():
         if not library.exists():
             reasons.append(f"{library} not built")
             continue
@@ -54,6 +54,13 @@ def _load() -> None:
 
 
 _load()
+
+
+def arch_reason() -> str | None:
+    """Why this build's CUDA kernels cannot run on the current GPU (None: they can, or no GPU / no CUDA kernels)."""
+    if "cuda" not in BUILD_INFO.get("backends", ["cpu"]) or not torch.cuda.is_available():
+        return None
+    return build.arch_reason(BUILD_INFO, torch.cuda.get_device_capability())
 
 
 def has_kernel(name: str, device: str) -> bool:

@@ -162,7 +162,11 @@ class Shape:
 
 
 SHAPES = {s.name: s for s in (Shape("ViT-B", 16, 768, 384), Shape("ViT-L", 16, 1024, 512),
-                              Shape("ViT-g", 14, 1408, 512))}
+                              Shape("ViT-g", 14, 1408, 512))}  # the official 16 x 224 configurations
+# Compiled and modelled too: fine-tuning resolutions beyond 224 px. ViT-g at 448 px has H'W' = 1024 tokens per
+# frame, the largest tile of the mask kernels (one program holds a whole frame).
+LARGE_SHAPES = {s.name: s for s in (Shape("ViT-g-448", 14, 1408, 512, image=448),)}
+ALL_SHAPES = {**SHAPES, **LARGE_SHAPES}
 BATCH = 32
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8}
 
@@ -207,27 +211,35 @@ ROW_TILES = (
      "occupancy instead of 9-10 CTAs/SM); for the H100, whose 3.0 TB/s needs the most bytes in flight."),
 )
 
-LOSS_TILES = (
+LOSS_TILES = (  # one fixed configuration: the loss kernels are not autotuned
     ({}, 4, 1,
-     "the default: one token per CTA, 2048-element tiles, 16 values/thread, 32-40 registers, 8-9 KB of shared "
+     "the only one: one token per CTA, 2048-element tiles, 16 values/thread, 32-40 registers, 8-9 KB of shared "
      "memory for the pred gather and the reductions: 12 CTAs/SM (75 %) on both GPUs with ~9 KB of loads each in "
-     "flight, 10x what Little's law asks."),
-    ({}, 8, 1,
-     "8 warps: 8 values/thread, 32 registers (full occupancy); more barriers in the block reductions. Kept for "
-     "small batches, where few tokens are in flight and a shorter per-CTA critical path matters."),
+     "flight, 10x what Little's law asks. Fixed, not autotuned: a reduction's order follows the warp count, so a "
+     "pick timed per process would make ranks and reruns differ in the last bits (and the timing run syncs, which "
+     "a CUDA graph capture cannot contain)."),
 )
 
+def tube_tile(hw: int) -> dict:
+    """Launch sizes of the tube-mask kernel for ``hw`` keys per frame. One program ranks a whole frame with a
+    ``BLOCK x BLOCK_J`` comparison tile kept at 32 values per thread: more warps for a larger frame (16 at
+    H'W' = 1024, 448 px ViT-g) instead of a larger tile, which spilled (255 registers at 4 warps, BLOCK_J = 32)."""
+    block = next_pow2(hw)
+    warps = min(16, max(4, block // 64))
+    return dict(BLOCK=block, BLOCK_J=min(32, 1024 * warps // block), num_warps=warps)
+
+
 # Registers / shared memory per kernel that the model assumes when no compile report is given: the largest value
-# any specialisation compiled by gpu_report needed (Triton 3.8, ptxas 12.9, sm_80 and sm_90, ViT-B/L/g, fp32 and
-# bf16, every autotune config). The shared-memory value is also the kernel's budget: gpu_report and
+# any specialisation compiled by gpu_report needed (Triton 3.8, ptxas 12.9, sm_80 and sm_90, ViT-B/L/g and ViT-g at
+# 448 px, fp32 and bf16, every autotune config). The shared-memory value is also the kernel's budget: gpu_report and
 # tests/test_gpu_report.py fail when a compiled kernel needs more registers or shared memory than assumed here
 # (the predicted occupancy, hence the predictions, would be optimistic).
 ASSUMED_RESOURCES = {  # kernel: (registers per thread, shared memory bytes per CTA)
-    "_row_copy_kernel": (56, 0),  # 16 x 256 tile, 4 warps, fp32: 56; bf16: 32-40
-    "_decoder_input_kernel": (96, 8192),  # fp32 16 x 256 w4: 96 registers; smem: the output tile's layout change
+    "_row_copy_kernel": (64, 0),  # 16 x 256 tile, 4 warps, fp32: 56 (64 at 448 px); bf16: 32-40
+    "_decoder_input_kernel": (110, 8192),  # fp32 16 x 256 w4: 96 (110 at 448 px); smem: the output tile's layout
     "_masked_rows_sum_kernel": (88, 2048),
-    "_running_cell_kernel": (24, 32),
-    "_tube_kernel": (168, 1024),
+    "_running_cell_kernel": (40, 128),  # smem: the prefix sum over one frame (H'W' = 1024 at 448 px)
+    "_tube_kernel": (128, 4096),  # 16 warps x 128 registers at 448 px: the whole register file of one SM
     "_recon_loss_fwd_kernel": (40, 8192),  # smem: the pred row's gather into the (pixel, channel) tile
     "_recon_loss_bwd_kernel": (40, 8192),
 }
@@ -260,7 +272,7 @@ def traffic(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bfloa
     """Bytes that must move and FLOPs of one call of ``op``; ``dtype`` is the activations' (x, x_vis, pred, the
     gradient of the scatter). As in training: position tables, mask token and video fp32, ids int64, the decoder
     input fp32 (promoted by the fp32 table), its gradient fp32, fp32 loss weights."""
-    s = SHAPES[shape] if isinstance(shape, str) else shape
+    s = ALL_SHAPES[shape] if isinstance(shape, str) else shape
     op = MASK_OPS.get(op, op)
     a, f, i = esize(dtype), 4, 8
     B, N, Nv, Nd = batch, s.num_tokens, s.num_visible, s.num_dec
@@ -367,7 +379,7 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
     ``resources``: ``{(kernel, config label): (registers, shared bytes)}`` or ``{kernel: (...)}`` from a compile
     report; missing entries fall back to :data:`ASSUMED_RESOURCES`.
     """
-    s = SHAPES[shape] if isinstance(shape, str) else shape
+    s = ALL_SHAPES[shape] if isinstance(shape, str) else shape
     a, f, i = esize(dtype), 4, 8
     B, N, Nv, Nd = batch, s.num_tokens, s.num_visible, s.num_dec
     t = traffic(op, s, batch, dtype)
@@ -398,10 +410,12 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
                        8 + 8 * kept, 2, regs, smem)]
     if op == "tube_ids":
         regs, smem = _resources("_tube_kernel", "", resources)
-        pairs = next_pow2(s.hw) * cdiv(s.hw, 32) * 32  # [BLOCK, BLOCK_J] comparison tiles per sample
+        tile = tube_tile(s.hw)
+        block, block_j, warps = tile["BLOCK"], tile["BLOCK_J"], tile["num_warps"]
+        pairs = block * cdiv(s.hw, block_j) * block_j  # [BLOCK, BLOCK_J] comparison tiles per sample
         moved = s.hw * f + s.grid[0] * (s.hw - s.masked_per_frame) * i
-        return [Launch("_tube_kernel", f"BLOCK={next_pow2(s.hw)} BLOCK_J=32 w4", B, 128, t.bytes, 4.0 * B * pairs,
-                       moved, 2 + cdiv(s.hw, 32), regs, smem)]
+        return [Launch("_tube_kernel", config_label({"BLOCK": block, "BLOCK_J": block_j}, warps), B, 32 * warps,
+                       t.bytes, 4.0 * B * pairs, moved, 2 + cdiv(s.hw, block_j), regs, smem)]
     if op in MASK_OPS:  # the public mask API: draw the randomness (one torch kernel), then the ids
         draw = B * (s.hw * f if op == "tube_mask_batch" else i)
         return [_aux("random draw (torch)", draw, steps=1)] + launches(MASK_OPS[op], s, batch, dtype, resources)
@@ -411,7 +425,7 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
         moved = t.bytes - video + video * sector_overfetch(s, f)
         options = []
         for kw, warps, stages, _ in LOSS_TILES:
-            label = config_label(kw, warps, stages)
+            label = config_label({"BLOCK_P": next_pow2(s.pixels), **kw}, warps, stages)
             regs, smem = _resources(kernel, label, resources)
             tile = s.pred_dim * (a + f) + (s.pred_dim * a if op == "recon_loss_backward" else 4)
             options.append(Launch(kernel, label, B * Nd, 32 * warps, moved, t.flops, tile, 2, regs, smem))
@@ -501,7 +515,7 @@ class Prediction:
 def predict(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bfloat16", gpu: GPU | str = "H100",
             resources: dict | None = None) -> Prediction:
     """Floor and PREDICTED device time of one call of ``op`` (Triton implementation) on ``gpu``."""
-    s = SHAPES[shape] if isinstance(shape, str) else shape
+    s = ALL_SHAPES[shape] if isinstance(shape, str) else shape
     g = GPUS[gpu] if isinstance(gpu, str) else gpu
     t = traffic(op, s, batch, dtype)
     floor = max(t.bytes / g.hbm_bytes_per_s, t.flops / g.fp32_flops)

@@ -6,13 +6,15 @@ program ids widened to int64 before address arithmetic, accumulation in fp32.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from vmae2_kernels.roofline import LOSS_TILES, ROW_TILES
+from vmae2_kernels.roofline import LOSS_TILES, ROW_TILES, tube_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -21,6 +23,21 @@ def _cpu_bench(kernel_call, quantiles=None, **_):
     """Autotune timer for the interpreter, which has no GPU benchmarker (speed is meaningless there)."""
     kernel_call()
     return [1.0, 1.0, 1.0] if quantiles else 1.0
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` current for a launch: Triton launches on the current CUDA device, not the tensors'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def launcher(fn):
+    """Run the launcher ``fn`` under :func:`device_guard` of its first tensor argument's device."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+        with device_guard(first.device):
+            return fn(*args, **kwargs)
+    return run
 
 
 def _configs(tiles):
@@ -66,6 +83,7 @@ def _row_grid(B, K, C):
     return lambda meta: (B, triton.cdiv(K, meta["BLOCK_K"]), triton.cdiv(C, meta["BLOCK_C"]))
 
 
+@launcher
 def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
     x, ids = x.contiguous(), ids.contiguous()
     B, N, C = x.shape
@@ -77,6 +95,7 @@ def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = 
     return out
 
 
+@launcher
 def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     src, ids = src.contiguous(), ids.contiguous()
     B, K, C = src.shape
@@ -116,6 +135,7 @@ def _decoder_input_kernel(x_ptr,  # [B, NV, D] encoder output (decoder width)
     tl.store(out_ptr + (b * L + r[:, None]) * D + d[None, :], val.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@launcher
 def decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos):
     x_vis, vis_ids, dec_ids = x_vis.contiguous(), vis_ids.contiguous(), dec_ids.contiguous()
     B, NV, D = x_vis.shape
@@ -148,6 +168,7 @@ def _masked_rows_sum_kernel(grad_ptr,  # [B, NV + ND, D] gradient of the decoder
     tl.store(part_ptr + p * D + d, acc, mask=d_ok)
 
 
+@launcher
 def mask_token_grad(grad: torch.Tensor, num_visible: int) -> torch.Tensor:
     """``grad[:, num_visible:].sum((0, 1))`` in fp32: ``[B, NV + ND, D] -> [D]``."""
     grad = grad.contiguous()
@@ -184,6 +205,7 @@ def _running_cell_kernel(phase_ptr,  # [B] int64 official generator row (0..3)
     tl.store(out_ptr + (b * T + t) * KEPT + slot, token, mask=keep)
 
 
+@launcher
 def running_cell_ids(phase: torch.Tensor, grid, masked_per_cell: int) -> torch.Tensor:
     t, h, w = grid
     kept = h * w * (4 - masked_per_cell) // 4
@@ -216,11 +238,12 @@ def _tube_kernel(keys_ptr,  # [B, HW] float random keys
         tl.store(out_ptr + (b * T + t) * kept + slot, (t * HW + n).to(tl.int64), mask=keep)
 
 
+@launcher
 def tube_ids(keys: torch.Tensor, num_frames: int, num_masked: int) -> torch.Tensor:
     keys = keys.contiguous()
     B, hw = keys.shape
     out = torch.empty(B, num_frames * (hw - num_masked), dtype=torch.int64, device=keys.device)
-    _tube_kernel[(B,)](keys, out, num_frames, hw, num_masked, BLOCK=triton.next_power_of_2(hw), BLOCK_J=32)
+    _tube_kernel[(B,)](keys, out, num_frames, hw, num_masked, **tube_tile(hw))
     return out
 
 
@@ -283,12 +306,12 @@ def _tile_to_flat(tile, BLOCK_P: tl.constexpr):
     return tl.gather(tl.reshape(tile, (4 * BLOCK_P,)), src, 0)
 
 
-# One program per token: [BLOCK_P, 4] fp32 tiles (BLOCK_P = 512 for p16 and p14). Candidates and reasons:
-# roofline.LOSS_TILES (4 warps by default, 8 for small batches).
-LOSS_CONFIGS = _configs(LOSS_TILES)
+# One program per token: [BLOCK_P, 4] fp32 tiles (BLOCK_P = 512 for p16 and p14). One fixed launch configuration,
+# not autotuned, so the loss and its gradient are the same bits on every rank and every run (roofline.LOSS_TILES
+# says why this one).
+[(_, LOSS_WARPS, LOSS_STAGES, _)] = LOSS_TILES  # exactly one
 
 
-@triton.autotune(configs=LOSS_CONFIGS, key=["ND", "PATCH", "NORMALIZE"], do_bench=_cpu_bench if INTERPRET else None)
 @triton.jit
 def _recon_loss_fwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            out_ptr,  # [B * ND] fp32 weighted per-token MSE
@@ -304,7 +327,6 @@ def _recon_loss_fwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
     tl.store(out_ptr + b * ND + k, mse * w)
 
 
-@triton.autotune(configs=LOSS_CONFIGS, key=["ND", "PATCH", "NORMALIZE"], do_bench=_cpu_bench if INTERPRET else None)
 @triton.jit
 def _recon_loss_bwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            scale_ptr,  # [] fp32: grad_out * 2 / (P * 3 * sum(weights)), read on the device
@@ -327,10 +349,12 @@ def _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, st
     B, _, T, H, W = video.shape
     return ((pred.contiguous(), video, dec_ids.contiguous(), weights.contiguous()),
             (dec_ids.shape[1], H // patch_size, W // patch_size, *video.stride()[:4], *mean, *std),
-            dict(PATCH=patch_size, TUB=tubelet_size, BLOCK_P=triton.next_power_of_2(tubelet_size * patch_size ** 2)),
+            dict(PATCH=patch_size, TUB=tubelet_size, BLOCK_P=triton.next_power_of_2(tubelet_size * patch_size ** 2),
+                 num_warps=LOSS_WARPS, num_stages=LOSS_STAGES),
             (B, dec_ids.shape[1]))
 
 
+@launcher
 def recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std):
     tensors, scalars, meta, grid = _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     per_token = torch.empty(grid, dtype=torch.float32, device=pred.device)
@@ -338,6 +362,7 @@ def recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, normaliz
     return per_token.sum() / weights.float().sum()
 
 
+@launcher
 def recon_loss_backward(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std):
     tensors, scalars, meta, grid = _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     scale = (grad_out.float() * 2.0 / (pred.shape[-1] * weights.float().sum())).reshape(())

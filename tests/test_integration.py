@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from vmae2 import masking
 from vmae2.loss import reconstruction_loss
 from vmae2.models import create_model
-from vmae2_kernels import dispatch
+from vmae2_kernels import dispatch, ops
 
 pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
 
@@ -76,20 +76,68 @@ def test_env_var_forces_triton_for_the_whole_model(monkeypatch):
 
 
 class CountSyncs(TorchDispatchMode):
-    """Counts aten ops that force a device-to-host sync (or produce data-dependent shapes)."""
+    """Records the aten ops that force a device-to-host sync (or produce data-dependent shapes), including those
+    inside custom ops: a plain dispatch mode sees a custom op (``vmae2::``, ``vmae2_native::``) as one opaque call, so
+    its body (Python for the Triton/torch backends, C++ for the native one) is run again under this mode, by
+    redispatching to the tensors' backend key with the mode on the stack."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in SYNC_OPS:
-            self.seen.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in SYNC_OPS:
+            self.seen.append(name)
+        if name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
+            self.seen.append("index with a bool mask")  # calls nonzero below the Python dispatcher
+        if func.namespace in ("aten", "prim", "prims"):
+            return func(*args, **kwargs)
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        key = torch._C.DispatchKey.CUDA if device.type == "cuda" else torch._C.DispatchKey.CPU
+        with self:  # the body's own aten calls come back here
+            return func.redispatch(torch._C.DispatchKeySet(key), *args, **kwargs)
+
+
+@torch.library.custom_op("vmae2_test::syncing_probe", mutates_args=())
+def _syncing_probe(x: torch.Tensor) -> torch.Tensor:
+    """A deliberately syncing op: ``.item()`` and a boolean-mask index inside its body."""
+    return x[x > 0].sum().reshape(1) * int(x.abs().max().item())
+
+
+def test_sync_detector_sees_inside_custom_ops():
+    """Finding 10: the old counter saw only the opaque op call, so this probe passed it."""
+    with CountSyncs() as mode:
+        _syncing_probe(torch.randn(8))
+    assert set(mode.seen) == {"item", "index with a bool mask"}, mode.seen
+
+
+def test_sync_detector_enters_every_backend():
+    """The bodies it re-runs are the real ones: each backend's implementation is called inside the mode."""
+    entered = []
+
+    class Spy(CountSyncs):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            entered.append(str(func.namespace))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    backends = [b for b in ("torch", "cpp", "triton") if not dispatch.not_supported_reasons(b, "token_gather", "cpu")]
+    x, ids = torch.randn(2, 5, 3), torch.tensor([[0, 1], [2, 4]])
+    for backend in backends:
+        entered.clear()
+        with Spy() as mode:
+            out = ops.token_gather(x, ids, None, backend)
+        assert out.shape == (2, 2, 3) and mode.seen == []
+        inner = {"torch": "aten", "cpp": "vmae2_native", "triton": "aten"}[backend]  # triton: the output's empty
+        assert entered[0] == "vmae2" and inner in entered[1:], (backend, entered)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_masked_step_has_no_host_sync(backend):
+    """The backends of the GPU path (Triton is what `auto` runs on CUDA; torch its fallback). The cpp backend is
+    CPU-only and reads host scalars with .item() in its loss backward, which the detector does see: on the CPU that
+    reads memory the kernel reads anyway; its CUDA twin takes the scale as a device pointer."""
     model = _tiny(backend)
     with CountSyncs() as mode:
         _step(model, backend)

@@ -153,7 +153,8 @@ def test_loader_reports_a_build_for_another_torch(tmp_path):
 
 
 def test_build_plan_cuda_choice_arch_and_jobs(monkeypatch):
-    """CUDA is added only for a CUDA torch with nvcc; one architecture unless TORCH_CUDA_ARCH_LIST says otherwise."""
+    """CUDA is added only for a CUDA torch with nvcc; the visible GPU's architecture, else A100 + H100 + PTX (finding
+    6: a build node without a GPU used to target sm_90 only), unless TORCH_CUDA_ARCH_LIST says otherwise."""
     from vmae2_kernels import build
 
     for var in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "VMAE2_BUILD_CUDA"):
@@ -166,13 +167,54 @@ def test_build_plan_cuda_choice_arch_and_jobs(monkeypatch):
     monkeypatch.setattr(build, "nvcc_path", lambda: "/usr/local/cuda/bin/nvcc")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     plan = build.plan()
-    assert plan["cuda"] and plan["arch"] == "9.0" and os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert plan["cuda"] and plan["arch"] == "8.0;9.0+PTX" and os.environ["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0+PTX"
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))
+    assert build.plan()["arch"] == "8.6"
     assert plan["sources"][-2:] == [str(s) for s in build.CUDA_SOURCES]
-    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.0 8.0")
     monkeypatch.setenv("MAX_JOBS", "1")
-    assert build.plan()["arch"] == "8.0;9.0+PTX" and build.plan()["jobs"] == "1"
+    assert build.plan()["arch"] == "7.0 8.0" and build.plan()["jobs"] == "1"
     monkeypatch.setenv("VMAE2_BUILD_CUDA", "0")
     assert build.plan()["cuda_skipped"] == "VMAE2_BUILD_CUDA=0"
     monkeypatch.setattr(build, "nvcc_path", lambda: None)
     monkeypatch.delenv("VMAE2_BUILD_CUDA")
     assert "nvcc was not found" in build.plan()["cuda_skipped"]
+
+
+@pytest.mark.parametrize("archs,capability,runs", [
+    ("8.0;9.0+PTX", (8, 0), True), ("8.0;9.0+PTX", (8, 6), True), ("8.0;9.0+PTX", (9, 0), True),
+    ("8.0;9.0+PTX", (10, 0), True),  # PTX compiled by the driver
+    ("9.0", (8, 0), False),  # finding 6: the old default on an A100
+    ("9.0", (10, 0), False), ("8.6", (8, 0), False), ("7.0 8.0", (8, 9), True), ("9.0a", (9, 0), True),
+    ("9.0a+PTX", (10, 0), False), ("", (8, 0), False),
+])
+def test_built_architectures_against_the_running_gpu(archs, capability, runs):
+    from vmae2_kernels import build
+
+    assert build.runs_on(archs, capability) is runs
+    reason = build.arch_reason({"backends": ["cpu", "cuda"], "cuda_arch_list": archs}, capability)
+    assert (reason is None) is runs
+    if not runs:
+        assert f"built for {archs!r}" in reason and f'TORCH_CUDA_ARCH_LIST="{capability[0]}.{capability[1]}"' in reason
+    assert build.arch_reason({"backends": ["cpu"]}, capability) is None  # no CUDA kernels: nothing to compare
+
+
+def test_cuda_backend_without_code_for_the_gpu_falls_back_with_the_reason(monkeypatch):
+    """The dispatcher asks the loaded build; `auto` then skips `cuda` and a forced `cuda` names the reason."""
+    import types
+
+    from vmae2_kernels import dispatch
+
+    why = "the native CUDA kernels were built for '9.0', which has no code for this GPU (compute capability 8.0)"
+    fake = types.SimpleNamespace(token_gather_cuda=object(), arch_reason=lambda: why)
+    monkeypatch.setattr(dispatch, "native_status", lambda: (fake, None))
+    dispatch.reset()
+    try:
+        assert dispatch.report("token_gather", "cuda")["cuda"] == [why]
+        with pytest.raises(RuntimeError, match="built for '9.0'"):
+            dispatch.choose("token_gather", "cuda", "cuda")
+        assert dispatch.choose("token_gather", "cuda", "auto") != "cuda"
+    finally:
+        dispatch.reset()

@@ -1,0 +1,79 @@
+"""The Triton launchers (issue 14): each launches on its tensors' device (finding 5), and the loss has one fixed
+launch configuration, so two runs give the same bits (finding 7). Under the interpreter on CPU; the multi-GPU and
+CUDA-graph halves are GPU tests (and run in ``python -m benchmarks.gpu_check``)."""
+import inspect
+
+import pytest
+import torch
+
+from vmae2_kernels import dispatch, ops, reference
+from vmae2_kernels.roofline import LOSS_TILES
+
+triton_ops = pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+LAUNCHERS = [name for name, fn in inspect.getmembers(reference, inspect.isfunction)
+             if fn.__module__ == reference.__name__ and hasattr(triton_ops, name)]
+
+
+def _calls():
+    """One small valid call of every launcher (the argument lists of the references)."""
+    x, ids = torch.randn(2, 8, 4), torch.tensor([[0, 3], [2, 7]])
+    video, dec = torch.randn(2, 3, 2, 32, 32), torch.tensor([[0, 2], [1, 3]])
+    loss = (torch.randn(2, 2, 1536), video, dec, torch.ones(2, 2), 16, 2, True, MEAN, STD)
+    return {"token_gather": (x, ids, torch.randn(8, 4)), "token_scatter": (x[:, :2], ids, 8),
+            "decoder_input": (x[:, :2], ids, ids, torch.zeros(4), torch.randn(8, 4)),
+            "mask_token_grad": (x, 2), "running_cell_ids": (torch.tensor([0, 3]), (2, 4, 4), 2),
+            "tube_ids": (torch.rand(2, 16), 2, 12), "recon_loss": loss,
+            "recon_loss_backward": (torch.tensor(1.0),) + loss}
+
+
+def test_every_launcher_is_covered():
+    assert sorted(LAUNCHERS) == sorted(_calls()) == sorted(ops.OPS)
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_every_launcher_runs_under_its_tensors_device_guard(name, monkeypatch):
+    """Finding 5: Triton launches on the *current* CUDA device, so tensors on cuda:1 ran on cuda:0's stream."""
+    seen = []
+    real = triton_ops.device_guard
+
+    def spy(device):
+        seen.append(device)
+        return real(device)
+
+    monkeypatch.setattr(triton_ops, "device_guard", spy)
+    args = _calls()[name]
+    getattr(triton_ops, name)(*args)
+    assert seen == [args[0].device]
+
+
+def test_loss_kernels_have_one_fixed_configuration():
+    """Finding 7: the loss kernels were autotuned over 4 and 8 warps (different reduction orders), picked by timing
+    in each process; now they are plain JIT kernels launched with the one configuration of roofline.LOSS_TILES."""
+    from triton.runtime.autotuner import Autotuner
+
+    assert len(LOSS_TILES) == 1
+    for kernel in (triton_ops._recon_loss_fwd_kernel, triton_ops._recon_loss_bwd_kernel):
+        assert not isinstance(kernel, Autotuner), type(kernel)
+    assert (triton_ops.LOSS_WARPS, triton_ops.LOSS_STAGES) == LOSS_TILES[0][1:3]
+
+
+@pytest.mark.parametrize("backend", [b for b in ("triton", "cpp", "torch")
+                                     if not dispatch.not_supported_reasons(b, "recon_loss", "cpu", torch.float32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_and_gradient_are_bit_identical_run_to_run(backend, dtype):
+    g = torch.Generator().manual_seed(3)
+    video = torch.randn(3, 3, 4, 48, 48, generator=g)  # 2 x 3 x 3 = 18 tokens
+    dec = torch.stack([torch.randperm(18, generator=g)[:7].sort().values for _ in range(3)])
+    weights = torch.rand(3, 7, generator=g)
+    pred = torch.randn(3, 7, 1536, generator=g).to(dtype)
+
+    def run():
+        p = pred.clone().requires_grad_()
+        loss = ops.recon_loss(p, video, dec, weights, 16, 2, True, MEAN, STD, backend)
+        loss.backward()
+        return loss.detach(), p.grad
+
+    (loss_a, grad_a), (loss_b, grad_b) = run(), run()
+    assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)  # the same kernels rerun: exact
