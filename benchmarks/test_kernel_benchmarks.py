@@ -21,11 +21,9 @@ CPU). On CUDA: batch 32, ViT-B/L/g, bf16 activations. ``VMAE2_BENCH_BATCH=<n>`` 
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,8 @@ from vmae2_kernels.roofline import Shape
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tolerances import assert_close_fp  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
 
+import cases as bench_cases  # noqa: E402  (benchmarks/cases.py)
+
 # -- configuration ------------------------------------------------------------------------------------------
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,10 +48,10 @@ ON_CUDA = DEVICE.type == "cuda"
 FULL = ON_CUDA or os.environ.get("VMAE2_BENCH_FULL") == "1"
 BATCH = int(os.environ.get("VMAE2_BENCH_BATCH", "32" if FULL else "2"))
 DTYPE = torch.bfloat16 if ON_CUDA else torch.float32  # activations (x, x_vis, pred); pos/mask token/video fp32
-MEAN, STD = list(K.IMAGENET_DEFAULT_MEAN), list(K.IMAGENET_DEFAULT_STD)
-TUBELET, FRAMES, IMAGE = 2, 16, 224
+TUBELET = 2
 ENC_RATIO, DEC_RATIO = 0.9, 0.5
 CUDA_INNER, CUDA_ROUNDS, CUDA_WARMUP = 50, 20, 2
+SETTING = bench_cases.Setting(DEVICE, BATCH, DTYPE)
 
 TRITON_ON_CPU = ("Triton kernels are benchmarked on CUDA only; on CPU they run only under the interpreter "
                  "(TRITON_INTERPRET=1), whose timings say nothing about speed")
@@ -70,109 +70,9 @@ OPS = ["token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tu
 PROVIDERS = ["torch", "compiled", "triton", "cuda", "cpp"]
 
 
-def esize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def sync() -> None:
     if ON_CUDA:
         torch.cuda.synchronize()
-
-
-# -- inputs (seeded, built once per test, outside the timed region) -----------------------------------------
-
-def mask_ids(shape: Shape, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder-visible ids ``[B, Nv]`` (tube) and decoder-visible ids ``[B, Nd]`` (running cell), on DEVICE."""
-    g = torch.Generator().manual_seed(seed)
-    keys = torch.rand(BATCH, shape.hw, generator=g)
-    phase = torch.randint(0, 4, (BATCH,), generator=g)
-    vis = R.tube_ids(keys, shape.grid[0], shape.masked_per_frame)
-    dec = R.running_cell_ids(phase, shape.grid, shape.masked_per_cell)
-    return vis.to(DEVICE), dec.to(DEVICE)
-
-
-def randn(*size, dtype=torch.float32, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*size, generator=g).to(device=DEVICE, dtype=dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def make_video(shape: Shape) -> torch.Tensor:
-    """A normalised-looking clip batch ``[B, 3, 16, 224, 224]`` fp32 (cached: it is the largest input)."""
-    return randn(BATCH, 3, FRAMES, IMAGE, IMAGE, seed=3)
-
-
-@dataclass
-class Case:
-    """One op at one shape: how each provider calls it, and the bytes it must move."""
-    public: object  # backend -> zero-argument callable (the public op, or the ops layer for the mask ops)
-    reference: object  # reference fn (compiled or not) -> zero-argument callable
-    nbytes: int
-
-
-def build_case(op: str, shape: Shape) -> Case:
-    B, N, Nv, Nd = BATCH, shape.num_tokens, shape.num_visible, shape.num_dec
-    vis_ids, dec_ids = mask_ids(shape)
-    ids_b = esize(torch.int64)
-    if op == "token_gather":  # encoder: visible tokens of the patch embedding, plus the position table
-        C = shape.dim
-        x, pos = randn(B, N, C, dtype=DTYPE, seed=1), randn(N, C, seed=2)
-        nbytes = B * Nv * C * esize(DTYPE) + B * Nv * ids_b + B * Nv * C * esize(pos.dtype) + B * Nv * C * esize(DTYPE)
-        return Case(lambda b: (lambda: K.token_gather(x, vis_ids, pos, backend=b)),
-                    lambda f: (lambda: f(x, vis_ids, pos)), nbytes)
-    if op == "token_scatter":  # the adjoint (backward of the gather): [B, Nv, C] -> [B, N, C], zeros elsewhere
-        C = shape.dim
-        src = randn(B, Nv, C, dtype=DTYPE, seed=1)
-        nbytes = B * Nv * C * esize(DTYPE) + B * Nv * ids_b + B * N * C * esize(DTYPE)  # the zeros are written too
-        return Case(lambda b: (lambda: K.token_scatter(src, vis_ids, N, backend=b)),
-                    lambda f: (lambda: f(src, vis_ids, N)), nbytes)
-    if op == "decoder_input":  # [x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]
-        D = shape.dec_dim
-        x_vis, pos = randn(B, Nv, D, dtype=DTYPE, seed=1), randn(N, D, seed=2)
-        token = randn(1, 1, D, seed=4) * 0.02  # fp32 parameter, as in the model: the output is fp32
-        out_dtype = torch.promote_types(DTYPE, token.dtype)
-        L = Nv + Nd
-        nbytes = (B * Nv * D * esize(DTYPE) + B * L * ids_b + B * L * D * esize(pos.dtype) + D * esize(token.dtype)
-                  + B * L * D * esize(out_dtype))
-        return Case(lambda b: (lambda: K.decoder_input(x_vis, vis_ids, dec_ids, token, pos, backend=b)),
-                    lambda f: (lambda: f(x_vis, vis_ids, dec_ids, token, pos)), nbytes)
-    if op == "running_cell_ids":  # ops layer: the phase is drawn outside the timed region
-        t, h, w = shape.grid
-        m = shape.masked_per_cell
-        phase = torch.randint(0, 4, (B,), generator=torch.Generator().manual_seed(5)).to(DEVICE)
-        nbytes = B * ids_b + B * Nd * ids_b
-        return Case(lambda b: (lambda: ops.running_cell_ids(phase, t, h, w, m, b)),
-                    lambda f: (lambda: f(phase, shape.grid, m)), nbytes)
-    if op == "tube_ids":  # ops layer: the random keys are drawn outside the timed region
-        keys = torch.rand(B, shape.hw, generator=torch.Generator().manual_seed(6)).to(DEVICE)
-        t, m = shape.grid[0], shape.masked_per_frame
-        nbytes = B * shape.hw * esize(keys.dtype) + B * Nv * ids_b
-        return Case(lambda b: (lambda: ops.tube_ids(keys, t, m, b)), lambda f: (lambda: f(keys, t, m)), nbytes)
-    if op == "recon_loss":  # forward only, float weights (one per decoder-visible token)
-        P = shape.pred_dim
-        pred, video = randn(B, Nd, P, dtype=DTYPE, seed=1), make_video(shape)
-        weights = (torch.rand(B, Nd, generator=torch.Generator().manual_seed(7)) < ENC_RATIO).float().to(DEVICE)
-        nbytes = recon_fwd_bytes(shape, pred.dtype, video.dtype)
-        return Case(lambda b: (lambda: K.recon_loss(pred, video, dec_ids, weights, patch_size=shape.patch,
-                                                    tubelet_size=TUBELET, backend=b)),
-                    lambda f: (lambda: f(pred, video, dec_ids, weights, shape.patch, TUBELET, True, MEAN, STD)),
-                    nbytes)
-    raise ValueError(op)
-
-
-def recon_fwd_bytes(shape: Shape, pred_dtype, video_dtype) -> int:
-    """Reads pred, the Nd patches of the video (P values each), ids and fp32 weights; writes B*Nd fp32 partials."""
-    B, Nd, P = BATCH, shape.num_dec, shape.pred_dim
-    return (B * Nd * P * esize(pred_dtype) + B * Nd * P * esize(video_dtype) + B * Nd * esize(torch.int64)
-            + B * Nd * 4 + B * Nd * 4)
-
-
-def recon_fwd_bwd_bytes(shape: Shape, pred_dtype, video_dtype) -> int:
-    """Forward, then a backward that reads the same inputs again and writes the gradient w.r.t. pred."""
-    B, Nd, P = BATCH, shape.num_dec, shape.pred_dim
-    bwd = (B * Nd * P * esize(pred_dtype) + B * Nd * P * esize(video_dtype) + B * Nd * esize(torch.int64)
-           + B * Nd * 4 + B * Nd * P * esize(pred_dtype))
-    return recon_fwd_bytes(shape, pred_dtype, video_dtype) + bwd
 
 
 # -- providers ----------------------------------------------------------------------------------------------
@@ -263,12 +163,12 @@ def check_close(out, ref) -> None:
 def test_op(benchmark, bench_rows, op, provider, shape):
     if provider == "compiled":
         compiled = compile_fn(getattr(R, op), shape)  # may skip: before building the inputs
-        case = build_case(op, shape)
+        case = bench_cases.build_case(op, shape, SETTING)
         fn = case.reference(compiled)
     else:
         if provider != "torch":
             skip_unless_backend(provider, op)
-        case = build_case(op, shape)
+        case = bench_cases.build_case(op, shape, SETTING)
         fn = case.public(provider)
     if provider != "torch":
         check_close(fn(), case.public("torch")())
@@ -348,17 +248,17 @@ def test_mask_construction(benchmark, bench_rows, kind, provider, shape):
         else:
             gen = RunningCellMaskNumpy(shape.grid, DEC_RATIO)
         fn = lambda: official_batch(gen, BATCH)  # noqa: E731
-        nbytes = BATCH * shape.num_tokens * esize(torch.bool)  # the bool mask it produces on the device
+        nbytes = BATCH * shape.num_tokens * bench_cases.esize(torch.bool)  # the bool mask it produces on the device
     else:
         if provider != "torch":
             skip_unless_backend(provider, "tube_ids" if kind == "tube" else "running_cell_ids")
         torch.manual_seed(0)
         if kind == "tube":
             fn = lambda: K.tube_ids(BATCH, shape.grid, ENC_RATIO, device=DEVICE, backend=provider)  # noqa: E731
-            nbytes = BATCH * shape.hw * 4 + BATCH * shape.num_visible * esize(torch.int64)
+            nbytes = BATCH * shape.hw * 4 + BATCH * shape.num_visible * bench_cases.esize(torch.int64)
         else:
             fn = lambda: K.running_cell_ids(BATCH, shape.grid, DEC_RATIO, device=DEVICE, backend=provider)  # noqa
-            nbytes = BATCH * esize(torch.int64) + BATCH * shape.num_dec * esize(torch.int64)
+            nbytes = BATCH * bench_cases.esize(torch.int64) + BATCH * shape.num_dec * bench_cases.esize(torch.int64)
     timed(benchmark, bench_rows, fn, op=op, provider=provider, shape=shape, nbytes=nbytes)
 
 
@@ -368,8 +268,8 @@ def official_style_loss(pred, video, enc_mask, dec_mask, patch):
     """Official-style loss: fp32 targets for all N tokens, boolean selection, weighted MSE (True = masked)."""
     B, C, T, H, W = video.shape
     with torch.no_grad():
-        mean = torch.as_tensor(MEAN).to(video.device)[None, :, None, None, None]
-        std = torch.as_tensor(STD).to(video.device)[None, :, None, None, None]
+        mean = torch.as_tensor(bench_cases.MEAN).to(video.device)[None, :, None, None, None]
+        std = torch.as_tensor(bench_cases.STD).to(video.device)[None, :, None, None, None]
         u = video * std + mean
         t, h, w = T // TUBELET, H // patch, W // patch
         patches = u.reshape(B, C, t, TUBELET, h, patch, w, patch).permute(0, 2, 4, 6, 3, 5, 7, 1)
@@ -386,7 +286,7 @@ def official_style_loss(pred, video, enc_mask, dec_mask, patch):
 def fused_with_mask(pred, video, dec_ids, enc_mask, patch):
     """What ``recon_loss(..., enc_mask)`` does in eager, for the compiled provider: weights gathered, then the loss."""
     weights = torch.gather(enc_mask, 1, dec_ids).float()
-    return R.recon_loss(pred, video, dec_ids, weights, patch, TUBELET, True, MEAN, STD)
+    return R.recon_loss(pred, video, dec_ids, weights, patch, TUBELET, True, bench_cases.MEAN, bench_cases.STD)
 
 
 def cpu_peak_extra_bytes(fn) -> int:
@@ -433,11 +333,11 @@ def test_loss_fwd_bwd(benchmark, bench_rows, provider, shape):
         skip_unless_backend(provider, "recon_loss", "recon_loss_backward")
     compiled = compile_fn(fused_with_mask, shape) if provider == "compiled" else None
     N, p = shape.num_tokens, shape.patch
-    vis_ids, dec_ids = mask_ids(shape)
+    vis_ids, dec_ids = bench_cases.mask_ids(shape, SETTING)
     enc_mask = torch.ones(BATCH, N, dtype=torch.bool, device=DEVICE).scatter_(1, vis_ids, False)
     dec_mask = torch.ones(BATCH, N, dtype=torch.bool, device=DEVICE).scatter_(1, dec_ids, False)
-    pred = randn(BATCH, shape.num_dec, shape.pred_dim, dtype=DTYPE, seed=1).requires_grad_(True)
-    video = make_video(shape)
+    pred = bench_cases.randn(SETTING, BATCH, shape.num_dec, shape.pred_dim, dtype=DTYPE, seed=1).requires_grad_(True)
+    video = bench_cases.make_video(shape, SETTING)
 
     def loss_of(name):
         if name == "official":
@@ -451,7 +351,7 @@ def test_loss_fwd_bwd(benchmark, bench_rows, provider, shape):
     if provider != "official":  # same loss and gradient as the official-style one
         check_close(loss(), loss_of("official")())
         check_close(fn(), torch.autograd.grad(loss_of("official")(), pred)[0])
-    nbytes = recon_fwd_bwd_bytes(shape, DTYPE, video.dtype)
+    nbytes = bench_cases.recon_fwd_bwd_bytes(shape, BATCH, DTYPE, video.dtype)
     peak, meter = peak_extra_bytes(fn)  # one untimed call; the gradient it returns (B*Nd*P values) is included
     timed(benchmark, bench_rows, fn, op="recon_loss_fwd_bwd", provider=provider, shape=shape, nbytes=nbytes,
           peak_extra_mem_mib=peak / 2 ** 20, peak_extra_mem_bytes=peak, peak_mem_meter=meter,
