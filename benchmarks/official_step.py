@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmae2.runtime import clip_or_norm
+from vmae2 import attention, masking
+from vmae2.models import create_model
+from vmae2.runtime import clip_or_norm, model_flops_per_clip
+from vmae2_kernels import dispatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +48,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 __all__ = ["OfficialPretrainModel", "OfficialStep", "Vmae2Step", "official_from_vmae2", "official_param_groups",
            "official_optimizer", "vmae2_optimizer", "official_targets", "official_loss", "total_grad_norm",
-           "autocast_for", "PRECISIONS"]
+           "autocast_for", "PRECISIONS", "Size", "SIZES", "make_step"]
 
 
 # -- model ----------------------------------------------------------------------------------------------------
@@ -378,3 +382,63 @@ class Vmae2Step:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+
+# -- the compared steps on seeded inputs (built outside any timed region) ----------------------------------
+
+ENC_RATIO, DEC_RATIO = 0.9, 0.5
+LR, WEIGHT_DECAY = 1.5e-4, 0.05
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    model: str
+    checkpoint: bool  # activation checkpointing, as the official scripts of this size
+
+
+SIZES = [Size("ViT-S", "pretrain_videomae_small_patch16_224", False),
+         Size("ViT-B", "pretrain_videomae_base_patch16_224", False),
+         Size("ViT-L", "pretrain_videomae_large_patch16_224", False),
+         Size("ViT-H", "pretrain_videomae_huge_patch16_224", True),
+         Size("ViT-g", "pretrain_videomae_giant_patch14_224", True)]
+
+
+def build_model(size: Size, device: torch.device):
+    """vmae2 model with a fixed seed: every arm of a size starts from the same weights."""
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the device (fast for ViT-g); the position tables are made on the
+        model = create_model(size.model, use_checkpoint=size.checkpoint)  # CPU whatever the context: .to() below
+    return model.to(device).train()
+
+
+def build_inputs(model, batch: int, device: torch.device):
+    """Clip batch ``[B, 3, 16, 224, 224]`` fp32, tube encoder ids (0.9) and running-cell decoder ids (0.5)."""
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(batch, 3, 16, 224, 224, generator=g).to(device)
+    enc_ids = masking.tube_ids(batch, model.grid, ENC_RATIO, generator=g).to(device)
+    dec_ids = masking.running_cell_ids(batch, model.grid, DEC_RATIO, generator=g).to(device)
+    return video, enc_ids, dec_ids
+
+
+def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.device):
+    """``(step object, facts)`` of ``arm`` (``official``, ``vmae2``/``dual``, ``v1``): facts = attention, token ops,
+    tokens and model TFLOP per step."""
+    model = build_model(size, device)
+    video, enc_ids, dec_ids = build_inputs(model, batch, device)
+    N, nv = model.num_patches, enc_ids.shape[1]
+    nd = N - nv if arm == "v1" else dec_ids.shape[1]
+    facts = dict(encoder_tokens=nv, decoded_tokens=nd, decoder_seq_len=nv + nd,
+                 model_tflop_per_step=model_flops_per_clip(model, nv, nd) * batch / 1e12)
+    if arm == "official":
+        official = official_from_vmae2(model)
+        enc_mask, dec_mask = masking.ids_to_mask(enc_ids, N), masking.ids_to_mask(dec_ids, N)
+        del model
+        step = OfficialStep(official, official_optimizer(official, LR, WEIGHT_DECAY), video, enc_mask, dec_mask,
+                            precision)
+        return step, dict(facts, attention="official explicit softmax", token_ops="boolean indexing")
+    step = Vmae2Step(model, vmae2_optimizer(model, LR, WEIGHT_DECAY), video, enc_ids,
+                     None if arm == "v1" else dec_ids, precision)
+    amp = PRECISIONS[precision] or torch.float32
+    attn = ", ".join(sorted({e["backend"] for e in attention.explain(model, device, amp)}))
+    return step, dict(facts, attention=attn, token_ops=dispatch.choose("decoder_input", device.type))

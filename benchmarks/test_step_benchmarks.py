@@ -35,17 +35,13 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import official_step as O
 import pytest
 import torch
 
-from vmae2 import attention, masking
-from vmae2.models import create_model
-from vmae2.runtime import model_flops_per_clip, peak_flops
-from vmae2_kernels import dispatch
+from vmae2.runtime import peak_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tolerances import FP_TOL  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
@@ -60,26 +56,12 @@ BATCH = int(os.environ.get("VMAE2_BENCH_BATCH", str(OFFICIAL_CLIPS_PER_GPU) if F
 PRECISIONS = os.environ.get("VMAE2_BENCH_PRECISION", "bf16" if ON_CUDA else "fp32").split(",")
 ROUNDS = int(os.environ.get("VMAE2_BENCH_ROUNDS", "10" if ON_CUDA else "3"))
 WARMUP_ROUNDS = 2 if ON_CUDA else 1
-ENC_RATIO, DEC_RATIO = 0.9, 0.5
-LR, WEIGHT_DECAY = 1.5e-4, 0.05
 for _p in PRECISIONS:
     if _p not in O.PRECISIONS:
         raise ValueError(f"VMAE2_BENCH_PRECISION: {_p!r} is unknown; use {sorted(O.PRECISIONS)}")
 
 
-@dataclass(frozen=True)
-class Size:
-    name: str
-    model: str
-    checkpoint: bool  # activation checkpointing, as the official scripts of this size
-
-
-ALL_SIZES = [Size("ViT-S", "pretrain_videomae_small_patch16_224", False),
-             Size("ViT-B", "pretrain_videomae_base_patch16_224", False),
-             Size("ViT-L", "pretrain_videomae_large_patch16_224", False),
-             Size("ViT-H", "pretrain_videomae_huge_patch16_224", True),
-             Size("ViT-g", "pretrain_videomae_giant_patch14_224", True)]
-SIZES = ALL_SIZES if FULL else ALL_SIZES[:2]
+SIZES = O.SIZES if FULL else O.SIZES[:2]
 
 # (comparison, baseline arm, measured arm): the ratio is median(baseline) / median(measured).
 COMPARISONS = {"dual_masking": ("v1", "dual"), "vs_official": ("official", "vmae2")}
@@ -96,47 +78,6 @@ def cases(comparison: str) -> list:
             for arm in COMPARISONS[comparison]:
                 out.append(pytest.param(size, precision, arm, id=f"{size.name}-{precision}-{arm}"))
     return out
-
-
-# -- inputs (seeded, on DEVICE, outside the timed region) ---------------------------------------------------
-
-def build_model(size: Size):
-    """vmae2 model with a fixed seed: every arm of a size starts from the same weights."""
-    torch.manual_seed(0)
-    with torch.device(DEVICE):  # initialise on the device (fast for ViT-g); the position tables are made on the
-        model = create_model(size.model, use_checkpoint=size.checkpoint)  # CPU whatever the context: .to() below
-    return model.to(DEVICE).train()
-
-
-def build_inputs(model):
-    """Clip batch ``[B, 3, 16, 224, 224]`` fp32, tube encoder ids (0.9) and running-cell decoder ids (0.5)."""
-    g = torch.Generator().manual_seed(1)
-    video = torch.randn(BATCH, 3, 16, 224, 224, generator=g).to(DEVICE)
-    enc_ids = masking.tube_ids(BATCH, model.grid, ENC_RATIO, generator=g).to(DEVICE)
-    dec_ids = masking.running_cell_ids(BATCH, model.grid, DEC_RATIO, generator=g).to(DEVICE)
-    return video, enc_ids, dec_ids
-
-
-def make_step(arm: str, size: Size, precision: str):
-    """``(step object, facts)`` of ``arm``: facts = attention, token ops, tokens and model TFLOP per step."""
-    model = build_model(size)
-    video, enc_ids, dec_ids = build_inputs(model)
-    N, nv = model.num_patches, enc_ids.shape[1]
-    nd = N - nv if arm == "v1" else dec_ids.shape[1]
-    facts = dict(encoder_tokens=nv, decoded_tokens=nd, decoder_seq_len=nv + nd,
-                 model_tflop_per_step=model_flops_per_clip(model, nv, nd) * BATCH / 1e12)
-    if arm == "official":
-        official = O.official_from_vmae2(model)
-        enc_mask, dec_mask = masking.ids_to_mask(enc_ids, N), masking.ids_to_mask(dec_ids, N)
-        del model
-        step = O.OfficialStep(official, O.official_optimizer(official, LR, WEIGHT_DECAY), video, enc_mask, dec_mask,
-                              precision)
-        return step, dict(facts, attention="official explicit softmax", token_ops="boolean indexing")
-    step = O.Vmae2Step(model, O.vmae2_optimizer(model, LR, WEIGHT_DECAY), video, enc_ids,
-                       None if arm == "v1" else dec_ids, precision)
-    amp = O.PRECISIONS[precision] or torch.float32
-    attn = ", ".join(sorted({e["backend"] for e in attention.explain(model, DEVICE, amp)}))
-    return step, dict(facts, attention=attn, token_ops=dispatch.choose("decoder_input", DEVICE.type))
 
 
 # -- timing and memory --------------------------------------------------------------------------------------
@@ -211,13 +152,13 @@ def ratio_of(comparison: str, key: tuple, info: dict) -> None:
         info["first_loss_rel_diff"] = base["first_loss_rel_diff"] = abs(a - b) / abs(a)
 
 
-def run_arm(benchmark, comparison: str, size: Size, precision: str, arm: str) -> None:
+def run_arm(benchmark, comparison: str, size: O.Size, precision: str, arm: str) -> None:
     key = (comparison, size.name, precision)
     RESULTS.setdefault(key, {})
     holder = {}
     try:
         try:
-            holder["step"], facts = make_step(arm, size, precision)
+            holder["step"], facts = O.make_step(arm, size, precision, BATCH, DEVICE)
             step = holder["step"]
             first = step.step()  # untimed: optimizer state, allocator growth, autotune
             sync()
