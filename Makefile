@@ -15,7 +15,7 @@ STAMP := $(VENV)/.vmae2-installed
 MINIMAL_VENV ?= .venv-minimal
 MINIMAL_STAMP := $(MINIMAL_VENV)/.vmae2-installed
 
-.PHONY: test smoke-minimal train finetune bench install clean
+.PHONY: test smoke-minimal test-floor train finetune bench install clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,19 @@ test: $(STAMP) $(MINIMAL_STAMP)
 smoke-minimal: $(MINIMAL_STAMP)
 	$(MINIMAL_VENV)/bin/python tests/minimal_install_smoke.py
 
+# The version floors (torch 2.11, Triton 3.6: what the GPU image has) on the kernel tests, Triton's interpreter on
+# CPU. Not part of `make test`: PyPI's torch 2.11 is a CUDA build (a ~5 GB venv). Triton <= 3.6's interpreter calls
+# int() on 1-element arrays, an error since NumPy 2.4 (Triton 3.7 fixed it): hence numpy<2.4 here.
+FLOOR_VENV ?= .venv-floor
+FLOOR_TESTS ?= tests/test_kernels.py tests/test_op_validation.py tests/test_integration.py tests/test_loss.py \
+	tests/test_launchers.py tests/test_linking_example.py tests/test_gpu_report.py
+test-floor:
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q torch==2.11.0 triton==3.6.0 "numpy<2.4"
+	$(FLOOR_VENV)/bin/pip install -q -e ".[test]"
+	-VMAE2_BUILD_CUDA=0 VMAE2_EXT_DIR=$(FLOOR_VENV)/vmae2_ext $(FLOOR_VENV)/bin/python -m vmae2_kernels.build
+	VMAE2_EXT_DIR=$(FLOOR_VENV)/vmae2_ext $(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
 # The embedded demo: a tiny model on generated videos for a few minutes; results in output/demo.
 train: $(STAMP)
 	$(BIN)/python -m vmae2.train
@@ -52,4 +65,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks/ --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) $(MINIMAL_VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(MINIMAL_VENV) $(FLOOR_VENV) .pytest_cache *.egg-info

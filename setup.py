@@ -6,8 +6,9 @@ Hugging Face's ``kernels`` package.
 The native ops build with torch's ``BuildExtension`` (ninja) into ``vmae2_kernels/_vmae2_native*.so`` when torch
 and a C++ compiler are importable/installed in the build environment; the CUDA kernels are added when torch is a
 CUDA build and nvcc is found (``TORCH_CUDA_ARCH_LIST`` respected; unset, the visible GPU's architecture, else
-``8.0;9.0+PTX``; ``MAX_JOBS`` capped: see ``kernels/build.py``, which this file loads by path). pip builds in an isolated environment without torch, so
-to get the extension install torch first, then ``pip install --no-build-isolation .``.
+``8.0;9.0+PTX``; ``MAX_JOBS`` capped: see ``kernels/build.py``, which this file loads by path). pip builds in an
+isolated environment without torch, so to get the extension install torch first, then
+``pip install --no-build-isolation .``.
 
 The extension never fails the install: anything that stops it (no torch, no compiler, a compile error) is printed
 as a warning and vmae2 installs as pure Python; the dispatcher then says why the native backend is missing and

@@ -1,0 +1,605 @@
+"""One prepared check for the day a GPU is lent: ``python -m benchmarks.gpu_check --out DIR``.
+
+Made for one H100/H200 and at most 8 minutes, on what such a machine has (torch >= 2.11 with CUDA, Triton >= 3.6,
+nvcc and ninja; no flash-attn, xformers, DALI, PyAV, pytest-benchmark or network). Stages, in order:
+
+  native  start building the CUDA extension in the background (``python -m vmae2_kernels.build``, when nvcc is
+          there); its backend joins the checks once built.
+  a       correctness on the GPU: every op x every autotune config of its Triton kernel (forced one at a time) x
+          ViT-B / ViT-g (the mask ops also at 448 px) x fp32 / bf16, against the plain-torch reference; the fused
+          loss and its gradient bit-identical on a rerun; ``VMAE2_DEBUG=1`` refusing an out-of-range id (a
+          device-side assert, in a subprocess); the launch on ``cuda:1`` (with two GPUs); the native CUDA backend.
+  b       the masked training step (ViT-B, bf16) under ``torch.cuda.set_sync_debug_mode("error")``.
+  c       kernel benchmarks at batch 32 bf16: µs, GB/s and the share of the measured device-copy bandwidth.
+  d       the whole step ViT-B/L/g, bf16: vmae2 dual masking vs v1 (no decoder masking) vs the official-style step,
+          ms/step, clips/s and MFU.
+  report  ``report.md``, ``results.json`` (rewritten after every item: a run cut off keeps what it did) and
+          ``gpu_check.png`` (when matplotlib is there).
+
+``--dry-run`` (CI, any machine): imports everything, checks the version floors, prints the schedule and its time
+estimate, and fails when the plan does not fit ``--budget-s``. ``--smoke`` runs every stage at toy sizes on any
+device (on CPU: Triton under its interpreter, set before anything imports Triton), proving the script itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOORS = {"torch": (2, 11), "triton": (3, 6)}
+BUDGET_S = 480  # 8 minutes of device time
+STARTUP_S = 20  # imports, CUDA context
+
+
+@dataclass
+class Plan:
+    """What each stage will run and its estimated seconds on an H100/H200."""
+    device: str
+    batch: int
+    shapes: list  # kernel shapes of stage a and c
+    mask_shapes: list  # the mask ops also at these
+    dtypes: list
+    sizes: list  # step sizes of stage d
+    arms: tuple = ("dual", "v1", "official")
+    step_batch: int = 32
+    timed_steps: int = 5
+    native: bool = True
+    items: dict = field(default_factory=dict)  # stage -> [(name, seconds)]
+
+    def total(self) -> float:
+        return STARTUP_S + sum(s for items in self.items.values() for _, s in items)
+
+    def estimate(self, name: str) -> float:
+        return next(s for items in self.items.values() for n, s in items if n == name)
+
+
+def make_plan(smoke: bool, device: str) -> Plan:
+    from vmae2_kernels import ops
+
+    if smoke:
+        plan = Plan(device, batch=1, shapes=["ViT-B"], mask_shapes=["ViT-B"], dtypes=["float32"], sizes=["ViT-S"],
+                    step_batch=1, timed_steps=1, native=False)
+    else:
+        plan = Plan(device, batch=32, shapes=["ViT-B", "ViT-g"], mask_shapes=["ViT-B", "ViT-g", "ViT-g-448"],
+                    dtypes=["float32", "bfloat16"], sizes=["ViT-B", "ViT-L", "ViT-g"])
+    a = []
+    for op in CHECKED_OPS:
+        shapes = plan.mask_shapes if op in MASK_OPS else plan.shapes
+        dtypes = ["int64"] if op in MASK_OPS else plan.dtypes
+        for shape in shapes:
+            for dtype in dtypes:
+                for config in range(len(configs_of(op))):
+                    a.append((f"{op} {shape} {dtype} config {config}", 2.0))
+    a += [("loss fwd+bwd rerun bit-identical", 3.0), ("VMAE2_DEBUG=1 out-of-range id (subprocess)", 12.0),
+          ("launch on cuda:1", 2.0), ("native cuda backend vs reference", 10.0)]
+    plan.items["a"] = a
+    plan.items["b"] = [(f"ViT-B step under sync debug 'error' ({b})", 15.0) for b in ("triton", "cuda")]
+    providers = ["torch", "triton", "cuda"]
+    plan.items["c"] = [("device copy bandwidth", 2.0)] + [
+        (f"{op} {shape} {p}", 1.5) for shape in plan.shapes for op in BENCH_OPS for p in providers]
+    step_s = {"ViT-S": 6.0, "ViT-B": 8.0, "ViT-L": 12.0, "ViT-g": 30.0}
+    plan.items["d"] = [(f"{size} {arm}", step_s[size]) for size in plan.sizes for arm in plan.arms]
+    plan.items["report"] = [("gpu_check.png", 5.0)]
+    assert set(ops.OPS) >= set(CHECKED_OPS)
+    return plan
+
+
+CHECKED_OPS = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
+               "recon_loss")
+MASK_OPS = ("running_cell_ids", "tube_ids")
+BENCH_OPS = ("token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss")
+AUTOTUNED = {"token_gather": "_row_copy_kernel", "token_scatter": "_row_copy_kernel",
+             "decoder_input": "_decoder_input_kernel"}
+
+
+def configs_of(op: str) -> list:
+    """The launch configurations of ``op``'s Triton kernel: the autotune candidates, or the one fixed launch."""
+    from vmae2_kernels.roofline import ROW_TILES
+
+    return list(ROW_TILES) if op in AUTOTUNED else [None]
+
+
+def ensure_importable(folder: Path) -> Path | None:
+    """Make ``vmae2_kernels`` importable from a bare checkout (the GPU image has no vmae2 installed and no network):
+    a ``vmae2_kernels -> kernels/`` link in ``folder``, put on ``sys.path`` and on ``PYTHONPATH`` for the
+    subprocesses. Returns the folder, or None when the package is importable already (``vmae2`` is: the checkout is
+    the working directory)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vmae2_kernels") is not None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "vmae2_kernels"
+    if not link.exists():
+        link.symlink_to(ROOT / "kernels", target_is_directory=True)
+    sys.path.insert(0, str(folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), str(ROOT), os.environ.get("PYTHONPATH"))
+                                               if p)
+    return folder
+
+
+def version_problems() -> list[str]:
+    import torch
+
+    out = []
+    found = {"torch": torch.__version__}
+    try:
+        import triton
+        found["triton"] = triton.__version__
+    except ImportError as exc:
+        out.append(f"triton is not importable ({exc})")
+    for name, version in found.items():
+        have = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+        if have < FLOORS[name]:
+            out.append(f"{name} {version} is below the floor {'.'.join(map(str, FLOORS[name]))}")
+    return out
+
+
+# -- recording: results.json after every item ------------------------------------------------------------------
+
+class Recorder:
+    def __init__(self, out: Path, plan: Plan, budget_s: float):
+        self.out, self.plan, self.start, self.budget = out, plan, time.monotonic(), budget_s
+        self.doc = {"plan": {k: v for k, v in plan.__dict__.items() if k != "items"}, "items": [],
+                    "estimate_s": plan.total(), "budget_s": budget_s}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.start)
+
+    def run(self, stage: str, name: str, estimate: float, fn) -> dict | None:
+        """Run one item unless the budget is spent; record ``ok``/``fail``/``skip`` with what it returned."""
+        item = {"stage": stage, "name": name}
+        t0 = time.monotonic()
+        if self.left() < estimate:
+            item.update(status="skip", detail=f"out of time budget ({self.left():.0f} s left, needs ~{estimate} s)")
+        else:
+            try:
+                result = fn() or {}
+                item.update(status=result.pop("status", "ok"), **result)
+            except Exception as exc:  # one failed item never stops the check
+                item.update(status="fail", detail=f"{type(exc).__name__}: {str(exc)[:800]}")
+        item["seconds"] = round(time.monotonic() - t0, 2)
+        self.doc["items"].append(item)
+        self.save()
+        print(f"[{time.monotonic() - self.start:6.1f}s] {stage} {item['status']:4s} {name}"
+              + (f": {item['detail']}" if item.get("detail") else ""), flush=True)
+        return item
+
+    def save(self) -> None:
+        self.doc["elapsed_s"] = round(time.monotonic() - self.start, 1)
+        (self.out / "results.json").write_text(json.dumps(self.doc, indent=1, default=str))
+        (self.out / "report.md").write_text(markdown(self.doc))
+
+
+# -- stage a: correctness ----------------------------------------------------------------------------------------
+
+class forced_config:
+    """Make the autotuned ``kernel`` run only ``tile`` (a ROW_TILES entry) for the duration of the block."""
+
+    def __init__(self, kernel, tile):
+        self.kernel, self.tile = kernel, tile
+
+    def __enter__(self):
+        import triton
+
+        kw, warps, stages, _ = self.tile
+        self.saved = self.kernel.configs, dict(self.kernel.cache)
+        self.kernel.configs = [triton.Config(kw, num_warps=warps, num_stages=stages)]
+        self.kernel.cache.clear()
+
+    def __exit__(self, *exc):
+        self.kernel.configs, cache = self.saved
+        self.kernel.cache.clear()
+        self.kernel.cache.update(cache)
+
+
+def compare(out, ref) -> dict:
+    """Exact for ids and data movement in fp32; the shared fp32-accumulation tolerance otherwise."""
+    import torch
+    from tolerances import assert_close_fp
+
+    out, ref = out.detach(), ref.detach()
+    if torch.equal(out, ref):
+        return {"match": "exact"}
+    if out.dtype == torch.int64:
+        raise AssertionError("ids differ from the reference")
+    dtype = max(out.dtype, ref.dtype, key=lambda d: torch.finfo(d).eps)
+    assert_close_fp(out.float(), ref.float(), dtype, growth=1 if dtype == torch.float32 else 2)
+    return {"match": f"within the {str(dtype).replace('torch.', '')} tolerance",
+            "max_abs_err": float((out.float() - ref.float()).abs().max())}
+
+
+def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: int, provider: str = "triton"):
+    import torch
+
+    import cases
+    from vmae2_kernels import ops, triton_ops
+    from vmae2_kernels.roofline import ALL_SHAPES
+
+    setting = cases.Setting(device, batch, getattr(torch, "float32" if dtype == "int64" else dtype))
+    if op == "mask_token_grad":  # the backward of decoder_input: no benchmark case of its own
+        shape = ALL_SHAPES[shape_name]
+        grad = cases.randn(setting, batch, shape.num_visible + shape.num_dec, shape.dec_dim, dtype=setting.dtype)
+        run = lambda backend: ops.mask_token_grad(grad, shape.num_visible, backend)  # noqa: E731
+    else:
+        case = cases.build_case(op, ALL_SHAPES[shape_name], setting)
+        run = lambda backend: case.public(backend)()  # noqa: E731
+    ref = run("torch")
+    tile = configs_of(op)[config]
+    if tile is None or provider != "triton":
+        return compare(run(provider), ref)
+    with forced_config(getattr(triton_ops, AUTOTUNED[op]), tile):
+        return compare(run(provider), ref)
+
+
+def check_loss_rerun(device, batch: int) -> dict:
+    """Finding 7 on the GPU: the fused loss and its gradient are the same bits on a rerun (and close to torch)."""
+    import torch
+
+    import cases
+    from vmae2_kernels import ops
+    from vmae2_kernels.roofline import ALL_SHAPES
+
+    shape = ALL_SHAPES["ViT-B"]
+    setting = cases.Setting(device, batch, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    _, dec = cases.mask_ids(shape, setting)
+    video = cases.make_video(shape, setting)
+    pred = cases.randn(setting, batch, shape.num_dec, shape.pred_dim, dtype=setting.dtype, seed=1)
+    weights = torch.ones(batch, shape.num_dec, device=device)
+
+    def run(backend):
+        p = pred.clone().requires_grad_()
+        loss = ops.recon_loss(p, video, dec, weights, shape.patch, shape.tubelet, True, cases.MEAN, cases.STD,
+                              backend)
+        loss.backward()
+        return loss.detach(), p.grad
+
+    (la, ga), (lb, gb) = run("triton"), run("triton")
+    if not (torch.equal(la, lb) and torch.equal(ga, gb)):
+        raise AssertionError("the loss or its gradient changed between two identical runs")
+    lr, gr = run("torch")
+    return {"loss": float(la), "vs_torch": compare(la, lr)["match"], "grad_vs_torch": compare(ga, gr)["match"]}
+
+
+DEBUG_PROBE = """
+import torch
+from vmae2_kernels import ops
+x = torch.randn(2, 8, 4, device="{device}")
+ids = torch.tensor([[0, {bad}], [2, 7]], device="{device}")
+ops.token_gather(x, ids, None, "{backend}")
+torch.cuda.synchronize() if x.is_cuda else None
+print("returned")
+"""
+
+
+def check_debug_mode(device, backend: str = "triton") -> dict:
+    """Finding 3 on the GPU: with VMAE2_DEBUG=1 an out-of-range id stops the op (device-side assert: the CUDA
+    context is lost, hence a subprocess); without the bad id the same script returns."""
+    env = {**os.environ, "VMAE2_DEBUG": "1"}
+    runs = {}
+    for bad in (8, 3):
+        code = DEBUG_PROBE.format(device=device, bad=bad, backend=backend)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        runs[bad] = proc
+    refused, control = runs[8], runs[3]
+    if refused.returncode == 0 or "returned" in refused.stdout:
+        raise AssertionError("an out-of-range id was not refused under VMAE2_DEBUG=1")
+    if control.returncode != 0:
+        raise AssertionError(f"the control run failed: {control.stderr[-400:]}")
+    return {"refusal": refused.stderr.strip().splitlines()[-1][:300]}
+
+
+def check_second_device(device) -> dict:
+    """Finding 5 on the GPU: tensors on cuda:1 while cuda:0 is current give the reference's result."""
+    import torch
+
+    from vmae2_kernels import ops
+
+    if device.type != "cuda" or torch.cuda.device_count() < 2:
+        return {"status": "skip", "detail": "needs two GPUs"}
+    x = torch.randn(4, 64, 256, device="cuda:1")
+    ids = torch.stack([torch.randperm(64)[:16].sort().values for _ in range(4)]).to("cuda:1")
+    with torch.cuda.device(0):
+        out = ops.token_gather(x, ids, None, "triton")
+        torch.cuda.synchronize(1)
+    return compare(out, ops.token_gather(x, ids, None, "torch"))
+
+
+# -- native build (background) -----------------------------------------------------------------------------------
+
+def start_native_build(out: Path):
+    from vmae2_kernels import build
+
+    if build.nvcc_path() is None:
+        return None, "nvcc was not found"
+    ext = out / "native_build"
+    env = {**os.environ, "VMAE2_EXT_DIR": str(ext), "MAX_JOBS": str(os.cpu_count() or 4)}
+    log = open(out / "native_build.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vmae2_kernels.build"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    return proc, str(ext)
+
+
+def finish_native_build(proc, ext: str, wait_s: float) -> str | None:
+    """None when the native CUDA backend is ready in this process, else why not."""
+    from vmae2_kernels import dispatch
+
+    if proc is None:
+        return ext
+    try:
+        rc = proc.wait(timeout=max(1.0, wait_s))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return f"the build did not finish within {wait_s:.0f} s"
+    if rc != 0:
+        return f"the build failed (rc {rc}; see native_build.log)"
+    from vmae2_kernels import build
+
+    sys.modules.pop("vmae2_kernels.native", None)  # a failed earlier import is retried with the new build
+    build.BUILD_DIR = Path(ext)
+    build.LIBRARY, build.INFO = build.BUILD_DIR / f"{build.NAME}.so", build.BUILD_DIR / "build_info.json"
+    dispatch.reset()
+    reasons = dispatch.not_supported_reasons("cuda", "token_gather", "cuda")
+    return "; ".join(reasons) or None
+
+
+# -- stage b: no host sync ---------------------------------------------------------------------------------------
+
+def check_no_sync(device, batch: int, backend: str) -> dict:
+    import torch
+
+    import official_step as O
+    from vmae2_kernels import dispatch
+
+    if device.type != "cuda":
+        return {"status": "skip", "detail": "torch.cuda.set_sync_debug_mode needs a GPU (CPU: tests/test_integration)"}
+    os.environ["VMAE2_BACKEND"] = backend
+    dispatch.reset()
+    try:
+        step, facts = O.make_step("dual", O.SIZES[1], "bf16", batch, device)
+        step.step()  # warm: autotuning times kernels (and syncs) on the first call
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        return {"token_ops": facts["token_ops"], "attention": facts["attention"]}
+    finally:
+        os.environ.pop("VMAE2_BACKEND")
+        dispatch.reset()
+
+
+# -- stage c: kernel benchmarks ------------------------------------------------------------------------------------
+
+def bench_ms(fn, device) -> float:
+    """Median milliseconds per call: Triton's do_bench on CUDA (L2 flushed between calls), a wall clock on CPU."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[1]
+
+
+def copy_bandwidth(device, smoke: bool) -> dict:
+    import torch
+
+    n = (1 << 20) if smoke else (1 << 29)  # bf16 elements: 1 GiB per buffer on the GPU
+    src = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src), device)
+    return {"gbps": 2 * src.numel() * src.element_size() / ms / 1e6, "bytes": 2 * src.numel() * 2}
+
+
+def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_gbps: float | None) -> dict:
+    import torch
+
+    import cases
+    from vmae2_kernels import dispatch
+    from vmae2_kernels.roofline import ALL_SHAPES
+
+    reasons = [] if provider == "torch" else dispatch.not_supported_reasons(provider, op, device.type)
+    if provider == "triton" and device.type == "cpu":
+        reasons = ["Triton on CPU runs only under its interpreter, whose timings say nothing"]
+    if reasons:
+        return {"status": "skip", "detail": "; ".join(reasons)}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    case = cases.build_case(op, ALL_SHAPES[shape_name], cases.Setting(device, batch, dtype))
+    ms = bench_ms(case.public(provider), device)
+    gbps = case.nbytes / ms / 1e6
+    return {"us": 1e3 * ms, "bytes": case.nbytes, "gbps": gbps,
+            "copy_share": gbps / copy_gbps if copy_gbps else None}
+
+
+# -- stage d: the whole step ------------------------------------------------------------------------------------
+
+def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int) -> dict:
+    import torch
+
+    import official_step as O
+    from vmae2.runtime import peak_flops
+
+    size = next(s for s in O.SIZES if s.name == size_name)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    step, facts = O.make_step(arm, size, precision, batch, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step.step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(timed_steps):
+        step.step()
+    sync()
+    ms = 1e3 * (time.perf_counter() - t0) / timed_steps
+    tflops = facts["model_tflop_per_step"] / (ms / 1e3)
+    peak = peak_flops(device)
+    result = dict(facts, ms_per_step=ms, clips_per_s=batch / (ms / 1e3), tflops=tflops,
+                  mfu=tflops * 1e12 / peak if peak else None, batch=batch, precision=precision)
+    if device.type == "cuda":
+        result["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        torch.cuda.reset_peak_memory_stats(device)
+    del step
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+
+def markdown(doc: dict) -> str:
+    plan = doc["plan"]
+    lines = [f"# GPU check ({plan['device']})", "",
+             f"Elapsed {doc.get('elapsed_s', 0):.0f} s of a {doc['budget_s']:.0f} s budget "
+             f"(estimate {doc['estimate_s']:.0f} s). Versions: {doc.get('versions', {})}.", ""]
+    counts = {}
+    for item in doc["items"]:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    lines += ["Items: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
+    stage_titles = {"a": "a. correctness", "b": "b. no host sync", "c": "c. kernel benchmarks",
+                    "d": "d. whole step", "native": "native build", "report": "report"}
+    for stage, title in stage_titles.items():
+        items = [i for i in doc["items"] if i["stage"] == stage]
+        if not items:
+            continue
+        lines += [f"## {title}", "", "| item | status | result |", "|---|---|---|"]
+        for i in items:
+            rest = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in i.items()
+                    if k not in ("stage", "name", "status")}
+            lines.append(f"| {i['name']} | {i['status']} | {json.dumps(rest, default=str)[:400]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(doc: dict, path: Path) -> dict:
+    from vmae2_kernels import optional
+
+    plt, reason = optional.load("matplotlib.pyplot")
+    if plt is None:
+        return {"status": "skip", "detail": reason}
+    kernels = [i for i in doc["items"] if i["stage"] == "c" and i["status"] == "ok" and "gbps" in i]
+    steps = [i for i in doc["items"] if i["stage"] == "d" and i["status"] == "ok"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    ax1.barh([i["name"] for i in kernels], [i["gbps"] for i in kernels])
+    ax1.set_xlabel("GB/s")
+    ax1.set_title("kernels")
+    ax2.barh([i["name"] for i in steps], [i["ms_per_step"] for i in steps])
+    ax2.set_xlabel("ms per step")
+    ax2.set_title("whole step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return {"png": str(path)}
+
+
+# -- main -----------------------------------------------------------------------------------------------------------
+
+def print_plan(plan: Plan, budget_s: float) -> None:
+    print(f"gpu_check plan on {plan.device}: kernel batch {plan.batch}, shapes {plan.shapes} (mask ops "
+          f"{plan.mask_shapes}), dtypes {plan.dtypes}; steps {plan.sizes} x {list(plan.arms)} at batch "
+          f"{plan.step_batch}")
+    print(f"  startup                 {STARTUP_S:6.0f} s")
+    for stage, items in plan.items.items():
+        print(f"  stage {stage:6s} {len(items):4d} items {sum(s for _, s in items):6.0f} s")
+    print(f"  total estimate          {plan.total():6.0f} s of a {budget_s:.0f} s budget"
+          + ("" if plan.total() <= budget_s else "  (DOES NOT FIT)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="folder for report.md, results.json and the PNG")
+    parser.add_argument("--dry-run", action="store_true", help="imports, version floors and the plan; runs nothing")
+    parser.add_argument("--smoke", action="store_true", help="every stage at toy sizes (any device)")
+    parser.add_argument("--budget-s", type=float, default=BUDGET_S)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports Triton
+    ensure_importable((args.out or Path(tempfile.mkdtemp())) / "pythonpath")
+    sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]  # cases, official_step; tolerances
+    import cases  # noqa: F401  (the imports the stages need, checked up front)
+    import official_step  # noqa: F401
+    from tolerances import assert_close_fp  # noqa: F401
+
+    problems = version_problems()
+    plan = make_plan(args.smoke, str(device))
+    print_plan(plan, args.budget_s)
+    for problem in problems:
+        print(f"version floor: {problem}")
+    if args.dry_run:
+        return 1 if problems or plan.total() > args.budget_s else 0
+    if args.out is None:
+        parser.error("--out DIR is required (unless --dry-run)")
+    if problems:
+        return 2
+    if device.type == "cpu" and not args.smoke:
+        print("no GPU here: run with --smoke to exercise the script on CPU, or --dry-run for the plan")
+        return 2
+    rec = Recorder(args.out, plan, args.budget_s)
+    import triton
+
+    rec.doc["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+                           "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    run_stages(rec, plan, device, args.smoke)
+    return 0 if all(i["status"] != "fail" for i in rec.doc["items"]) else 1
+
+
+def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
+    def run(stage, name, fn):
+        return rec.run(stage, name, plan.estimate(name), fn)
+
+    proc, ext = start_native_build(rec.out) if plan.native else (None, "not built (--smoke)")
+    for op in CHECKED_OPS:
+        for shape in plan.mask_shapes if op in MASK_OPS else plan.shapes:
+            for dtype in ["int64"] if op in MASK_OPS else plan.dtypes:
+                for config in range(len(configs_of(op))):
+                    run("a", f"{op} {shape} {dtype} config {config}",
+                        lambda: check_op(op, shape, dtype, config, device, plan.batch))
+    run("a", "loss fwd+bwd rerun bit-identical", lambda: check_loss_rerun(device, plan.batch))
+    run("a", "VMAE2_DEBUG=1 out-of-range id (subprocess)", lambda: check_debug_mode(device))
+    run("a", "launch on cuda:1", lambda: check_second_device(device))
+    native_reason = finish_native_build(proc, ext, min(180.0, rec.left() - 200)) if proc else ext
+    rec.run("native", "native CUDA build", 0, lambda: {"status": "skip" if native_reason else "ok",
+                                                     "detail": native_reason or f"built in {ext}"})
+
+    def native_checks():
+        if native_reason:
+            return {"status": "skip", "detail": native_reason}
+        return {op: check_op(op, plan.shapes[0], plan.dtypes[-1], 0, device, plan.batch, "cuda")["match"]
+                for op in CHECKED_OPS}
+
+    run("a", "native cuda backend vs reference", native_checks)
+    for backend in ("triton", "cuda"):
+        run("b", f"ViT-B step under sync debug 'error' ({backend})",
+            lambda: {"status": "skip", "detail": native_reason} if backend == "cuda" and native_reason
+            else check_no_sync(device, 8, backend))
+    copy = run("c", "device copy bandwidth", lambda: copy_bandwidth(device, smoke))
+    for shape in plan.shapes:
+        for op in BENCH_OPS:
+            for provider in ("torch", "triton", "cuda"):
+                run("c", f"{op} {shape} {provider}",
+                    lambda: bench_op(op, shape, provider, device, plan.batch, copy.get("gbps")))
+    for size in plan.sizes:
+        for arm in plan.arms:
+            run("d", f"{size} {arm}", lambda: bench_step(size, arm, device, plan.step_batch, plan.timed_steps))
+    run("report", "gpu_check.png", lambda: chart(rec.doc, rec.out / "gpu_check.png"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

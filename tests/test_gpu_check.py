@@ -1,0 +1,83 @@
+"""``python -m benchmarks.gpu_check``, the one prepared GPU check: its plan fits the 8-minute budget (``--dry-run``, as
+CI runs it), every stage runs at toy sizes on this CPU (``--smoke``), and a run cut off or failing keeps what it did."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("triton", reason="the GPU check needs Triton")
+
+
+def _run(*args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script sets it itself on CPU
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_plan_fits_eight_minutes():
+    proc = _run("--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for stage in ("a", "b", "c", "d", "report"):
+        assert re.search(rf"stage {stage}\s+\d+ items", proc.stdout), stage
+    total = float(re.search(r"total estimate\s+(\d+) s of a 480 s budget", proc.stdout).group(1))
+    assert 0 < total <= 480
+    assert "ViT-g-448" in proc.stdout and "'ViT-B', 'ViT-L', 'ViT-g'" in proc.stdout
+
+
+def test_dry_run_refuses_a_plan_over_budget():
+    proc = _run("--dry-run", "--budget-s", "60")
+    assert proc.returncode == 1 and "DOES NOT FIT" in proc.stdout
+
+
+def test_smoke_runs_every_stage_on_cpu(tmp_path):
+    proc = _run("--smoke", "--out", str(tmp_path), "--budget-s", "100000", "--device", "cpu")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    status = {i["name"]: i["status"] for i in doc["items"]}
+    assert "fail" not in status.values(), [i for i in doc["items"] if i["status"] == "fail"]
+    assert {i["stage"] for i in doc["items"]} == {"a", "native", "b", "c", "d", "report"}
+    for op in ("token_gather", "token_scatter", "decoder_input"):  # every autotune config, forced
+        assert [status[f"{op} ViT-B float32 config {c}"] for c in range(3)] == ["ok"] * 3
+    assert status["loss fwd+bwd rerun bit-identical"] == "ok"
+    assert status["VMAE2_DEBUG=1 out-of-range id (subprocess)"] == "ok"
+    steps = [i for i in doc["items"] if i["stage"] == "d"]
+    assert [i["status"] for i in steps] == ["ok"] * 3 and all(i["ms_per_step"] > 0 for i in steps)
+    report = (tmp_path / "report.md").read_text()
+    assert "## a. correctness" in report and "## d. whole step" in report
+
+
+def test_a_cut_off_or_failing_run_keeps_what_it_did(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    plan = gpu_check.Plan("cpu", 1, [], [], [], [])
+    rec = gpu_check.Recorder(tmp_path, plan, budget_s=5.0)
+    rec.run("a", "first", 1.0, lambda: {"value": 1})
+    rec.run("a", "broken", 1.0, lambda: 1 / 0)
+    rec.run("a", "after the failure", 1.0, lambda: None)
+    rec.run("c", "too long for the budget", 60.0, lambda: pytest.fail("must not run"))
+    doc = json.loads((tmp_path / "results.json").read_text())  # written after every item
+    assert [(i["name"], i["status"]) for i in doc["items"]] == [
+        ("first", "ok"), ("broken", "fail"), ("after the failure", "ok"), ("too long for the budget", "skip")]
+    assert "ZeroDivisionError" in doc["items"][1]["detail"] and "out of time budget" in doc["items"][3]["detail"]
+
+
+def test_bare_checkout_gets_vmae2_kernels_from_kernels(tmp_path, monkeypatch):
+    """The GPU image has no vmae2 installed: the check links kernels/ as vmae2_kernels and exports the path."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    assert gpu_check.ensure_importable(tmp_path) is None  # installed here: nothing to do
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert gpu_check.ensure_importable(tmp_path) == tmp_path
+    assert (tmp_path / "vmae2_kernels").resolve() == ROOT / "kernels"
+    assert sys.path[0] == str(tmp_path) and os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
