@@ -222,11 +222,13 @@ LOSS_TILES = (  # one fixed configuration: the loss kernels are not autotuned
 
 def tube_tile(hw: int) -> dict:
     """Launch sizes of the tube-mask kernel for ``hw`` keys per frame. One program ranks a whole frame with a
-    ``BLOCK x BLOCK_J`` comparison tile kept at 32 values per thread: more warps for a larger frame (16 at
-    H'W' = 1024, 448 px ViT-g) instead of a larger tile, which spilled (255 registers at 4 warps, BLOCK_J = 32)."""
+    ``BLOCK x BLOCK_J`` comparison tile: 64 values per thread (~170 registers) up to 8 warps, and more warps, not a
+    larger tile, for a larger frame. At 16 warps (H'W' = 1024, ViT-g at 448 px) the register file leaves 128 per
+    thread, so 32 values; the 4-warp tile of 256 values per thread spilled there (255 registers, 316 B)."""
     block = next_pow2(hw)
     warps = min(16, max(4, block // 64))
-    return dict(BLOCK=block, BLOCK_J=min(32, 1024 * warps // block), num_warps=warps)
+    values = 64 if warps <= 8 else 32
+    return dict(BLOCK=block, BLOCK_J=min(32, values * 32 * warps // block), num_warps=warps)
 
 
 # Registers / shared memory per kernel that the model assumes when no compile report is given: the largest value
@@ -239,7 +241,7 @@ ASSUMED_RESOURCES = {  # kernel: (registers per thread, shared memory bytes per 
     "_decoder_input_kernel": (110, 8192),  # fp32 16 x 256 w4: 96 (110 at 448 px); smem: the output tile's layout
     "_masked_rows_sum_kernel": (88, 2048),
     "_running_cell_kernel": (40, 128),  # smem: the prefix sum over one frame (H'W' = 1024 at 448 px)
-    "_tube_kernel": (128, 4096),  # 16 warps x 128 registers at 448 px: the whole register file of one SM
+    "_tube_kernel": (168, 4096),  # 224 px: 168 (4 warps); 448 px: 128 x 16 warps, the whole register file of an SM
     "_recon_loss_fwd_kernel": (40, 8192),  # smem: the pred row's gather into the (pixel, channel) tile
     "_recon_loss_bwd_kernel": (40, 8192),
 }
