@@ -2,6 +2,8 @@
 launch configuration, so two runs give the same bits (finding 7). Under the interpreter on CPU; the multi-GPU and
 CUDA-graph halves are GPU tests (and run in ``python -m benchmarks.gpu_check``)."""
 import inspect
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +79,27 @@ def test_loss_and_gradient_are_bit_identical_run_to_run(backend, dtype):
 
     (loss_a, grad_a), (loss_b, grad_b) = run(), run()
     assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)  # the same kernels rerun: exact
+
+
+def _gpu_check():
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root), str(root / "benchmarks")]  # gpu_check and its case builders (benchmarks/cases.py)
+    from benchmarks import gpu_check
+
+    return gpu_check
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (finding 5 on hardware; gpu_check "
+                                                          "runs it when it finds them)")
+def test_tensors_on_the_second_gpu_give_the_reference_result():
+    assert _gpu_check().check_second_device(torch.device("cuda"))["match"] == "exact"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (findings 3 and 7 on hardware; also in "
+                                                          "python -m benchmarks.gpu_check)")
+def test_debug_assert_and_bit_identical_loss_on_cuda():
+    gpu_check = _gpu_check()
+    assert "refusal" in gpu_check.check_debug_mode(torch.device("cuda"))
+    assert gpu_check.check_loss_rerun(torch.device("cuda"), 4)["grad_vs_torch"]
