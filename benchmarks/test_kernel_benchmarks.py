@@ -36,10 +36,9 @@ from vmae2_kernels import reference as R
 from vmae2_kernels.roofline import SHAPES as ROOFLINE_SHAPES
 from vmae2_kernels.roofline import Shape
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parent)]
+import cases as bench_cases  # noqa: E402  (benchmarks/cases.py; this module is also loaded by path from tests/)
 from tolerances import assert_close_fp  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
-
-import cases as bench_cases  # noqa: E402  (benchmarks/cases.py)
 
 # -- configuration ------------------------------------------------------------------------------------------
 
