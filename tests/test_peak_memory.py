@@ -71,7 +71,7 @@ def test_native_loss_needs_at_least_4x_less_peak_memory_than_the_official_loss()
     enc_mask = torch.ones(B, N, dtype=torch.bool).scatter_(1, vis, False)
     dec_mask = torch.ones(B, N, dtype=torch.bool).scatter_(1, dec, False)
     pred = torch.randn(B, shape.num_dec, shape.pred_dim, generator=g).requires_grad_(True)
-    video = torch.randn(B, 3, bench.FRAMES, bench.IMAGE, bench.IMAGE, generator=g)
+    video = torch.randn(B, 3, shape.frames, shape.image, shape.image, generator=g)
 
     def official():
         return torch.autograd.grad(bench.official_style_loss(pred, video, enc_mask, dec_mask, p), pred)[0]
