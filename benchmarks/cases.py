@@ -11,7 +11,7 @@ import torch
 import vmae2_kernels as K
 from vmae2_kernels import ops
 from vmae2_kernels import reference as R
-from vmae2_kernels.roofline import Shape
+from benchmarks.roofline import Shape
 
 MEAN, STD = list(K.IMAGENET_DEFAULT_MEAN), list(K.IMAGENET_DEFAULT_STD)
 

@@ -101,7 +101,7 @@ AUTOTUNED = {"token_gather": "_row_copy_kernel", "token_scatter": "_row_copy_ker
 
 def configs_of(op: str) -> list:
     """The launch configurations of ``op``'s Triton kernel: the autotune candidates, or the one fixed launch."""
-    from vmae2_kernels.roofline import ROW_TILES
+    from vmae2_kernels.tiles import ROW_TILES
 
     return list(ROW_TILES) if op in AUTOTUNED else [None]
 
@@ -222,7 +222,7 @@ def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: i
 
     import cases
     from vmae2_kernels import ops, triton_ops
-    from vmae2_kernels.roofline import ALL_SHAPES
+    from benchmarks.roofline import ALL_SHAPES
 
     setting = cases.Setting(device, batch, getattr(torch, "float32" if dtype == "int64" else dtype))
     if op == "mask_token_grad":  # the backward of decoder_input: no benchmark case of its own
@@ -246,7 +246,7 @@ def check_loss_rerun(device, batch: int) -> dict:
 
     import cases
     from vmae2_kernels import ops
-    from vmae2_kernels.roofline import ALL_SHAPES
+    from benchmarks.roofline import ALL_SHAPES
 
     shape = ALL_SHAPES["ViT-B"]
     setting = cases.Setting(device, batch, torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -412,7 +412,7 @@ def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_g
 
     import cases
     from vmae2_kernels import dispatch
-    from vmae2_kernels.roofline import ALL_SHAPES
+    from benchmarks.roofline import ALL_SHAPES
 
     reasons = [] if provider == "torch" else dispatch.not_supported_reasons(provider, op, device.type)
     if provider == "triton" and device.type == "cpu":

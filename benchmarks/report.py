@@ -19,7 +19,7 @@ Per benchmark, from pytest-benchmark's ``stats`` and the suite's ``extra_info`` 
   a ``baseline`` field of any ``extra_info`` in the group; else the first ``--baseline`` arm found in the
   group; else (marked "guessed") an arm whose label starts with ``official``.
 * **predicted GPU time**: for groups whose ``extra_info`` names an ``op``, ``shape``, ``batch`` and ``dtype`` the
-  roofline model knows (``kernels/roofline.py``), the PREDICTED device time of the Triton implementation on an
+  roofline model knows (``benchmarks/roofline.py``), the PREDICTED device time of the Triton implementation on an
   A100-80GB and an H100-80GB at that batch and dtype, with the floor (bytes / bandwidth): a model, not a
   measurement, shown beside whatever was measured (CPU times on a CPU run). When the run itself was on an A100 or
   H100, each row also gets ``measured / predicted`` for that GPU.
@@ -124,28 +124,12 @@ def _pick_baseline(rows: list[Row], preferred: Sequence[str]) -> tuple[Row | Non
 
 
 def roofline_module():
-    """``kernels/roofline.py`` loaded by path (pure Python: no torch import), else ``vmae2_kernels.roofline``,
-    else None (no predictions)."""
-    import importlib
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "kernels" / "roofline.py"
-    name = "vmae2_bench_roofline"
-    if name in sys.modules:
-        return sys.modules[name]
-    if path.exists():
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        try:
-            spec.loader.exec_module(module)
-            return module
-        except Exception:  # pragma: no cover - a broken checkout: try the installed package
-            del sys.modules[name]
+    """The roofline model (``benchmarks/roofline.py``), or None where it cannot load (no predictions then)."""
     try:
-        return importlib.import_module("vmae2_kernels.roofline")
-    except Exception:  # pragma: no cover
+        from benchmarks import roofline
+    except ImportError:  # pragma: no cover - run outside the checkout's root
         return None
+    return roofline
 
 
 def predictions_for(rows: list[Row]) -> list:
@@ -273,8 +257,8 @@ def prediction_summary(groups: list[Group], on_gpu: str | None) -> list[str]:
         return []
     gpus = [p.gpu for p in rows[0].predictions]
     out = ["## Measured here vs PREDICTED on GPU", "",
-           "Predicted = roofline model of the Triton implementation (`python -m vmae2_kernels.roofline`, "
-           "`kernels/roofline.py`): device time at the benchmark's batch and dtype, not a measurement. "
+           "Predicted = roofline model of the Triton implementation (`python -m benchmarks.roofline`, "
+           "`benchmarks/roofline.py`): device time at the benchmark's batch and dtype, not a measurement. "
            + ("This run was on " + on_gpu + ": compare its rows with that column." if on_gpu else
               "This run was not on a modelled GPU: the measured column is what ran here (e.g. CPU), the predicted "
               "columns are what an A100 / H100 should show for the same call."), ""]

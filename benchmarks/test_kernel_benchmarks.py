@@ -33,8 +33,8 @@ import torch
 import vmae2_kernels as K
 from vmae2_kernels import dispatch, ops
 from vmae2_kernels import reference as R
-from vmae2_kernels.roofline import SHAPES as ROOFLINE_SHAPES
-from vmae2_kernels.roofline import Shape
+from benchmarks.roofline import SHAPES as ROOFLINE_SHAPES
+from benchmarks.roofline import Shape
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parent)]
 import cases as bench_cases  # noqa: E402  (benchmarks/cases.py; this module is also loaded by path from tests/)

@@ -62,7 +62,7 @@ def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -
         module, reason = native_status()
         if reason:
             reasons.append(reason)
-        elif not hasattr(module, f"{op}_{want}"):
+        elif (op, want) not in module.KERNELS:
             skipped = getattr(module, "BUILD_INFO", {}).get("cuda_skipped") if want == "cuda" else None
             reasons.append(f"the native extension has no {want} kernel for {op}"
                            + (f" (built without CUDA: {skipped})" if skipped else ""))

@@ -1,11 +1,11 @@
-"""The native extension (``csrc/``) as ``<op>_cpu`` / ``<op>_cuda`` callables for the dispatcher.
+"""The native extension (``csrc/``) as the op table :data:`KERNELS` for the dispatcher.
 
 Importing this module only *loads* an existing build; a missing or mismatched build is an ImportError with the
 reason, which the dispatcher reports before falling back. Lookup order (:func:`vmae2_kernels.build.candidates`):
 the JIT build (``$VMAE2_EXT_DIR`` or ``kernels/_build/``, made by ``python -m vmae2_kernels.build``), then the
 library ``setup.py`` installed in the package. The first one whose build info matches the running torch (version
 and, for a CUDA build, CUDA version) is loaded; the others are not touched (two libraries cannot both define the
-``vmae2_native`` namespace). ``<op>_cuda`` exists only when the loaded build has CUDA kernels.
+``vmae2_native`` namespace). ``(op, "cuda")`` entries exist only when the loaded build has CUDA kernels.
 """
 from __future__ import annotations
 
@@ -63,11 +63,6 @@ def arch_reason() -> str | None:
     return build.arch_reason(BUILD_INFO, torch.cuda.get_device_capability())
 
 
-def has_kernel(name: str, device: str) -> bool:
-    """Whether the loaded library registered a kernel for ``vmae2_native::name`` on ``device`` (cpu / cuda)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"vmae2_native::{name}", device.upper())
-
-
 def _bind(name: str):
     op = getattr(torch.ops.vmae2_native, name)
     if name == "running_cell_ids":
@@ -75,7 +70,6 @@ def _bind(name: str):
     return op
 
 
-for _name in OPS:
-    for _device in ("cpu", "cuda"):
-        if has_kernel(_name, _device):
-            globals()[f"{_name}_{_device}"] = _bind(_name)
+DEVICES = tuple(BUILD_INFO.get("backends", ["cpu"]))  # the build info says which kernels were compiled
+KERNELS = {(name, device): _bind(name) for name in OPS for device in DEVICES}
+"""``(op, "cpu" | "cuda") -> callable`` with the reference's signature, for the kernels this build has."""

@@ -21,7 +21,7 @@ def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None
         return getattr(reference, op)
     if name == "triton":
         return getattr(dispatch.triton_status()[0], op)
-    return getattr(dispatch.native_status()[0], f"{op}_{'cuda' if name == 'cuda' else 'cpu'}")
+    return dispatch.native_status()[0].KERNELS[(op, "cuda" if name == "cuda" else "cpu")]
 
 
 # -- token_gather / token_scatter -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vmae2_kernels.roofline import LOSS_TILES, ROW_TILES, tube_tile
+from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, tube_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -41,7 +41,7 @@ def launcher(fn):
 
 
 def _configs(tiles):
-    """Autotune configs from :mod:`vmae2_kernels.roofline`'s ``(block kwargs, num_warps, num_stages, reason)``
+    """Autotune configs from :mod:`vmae2_kernels.tiles`' ``(block kwargs, num_warps, num_stages, reason)``
     candidates; a single config under the interpreter."""
     configs = [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s, _ in tiles]
     return configs[:1] if INTERPRET else configs
@@ -50,8 +50,8 @@ def _configs(tiles):
 # -- token gather / scatter -----------------------------------------------------------------------------
 # One program moves a BLOCK_K x BLOCK_C tile of rows. Rows are 2*C bytes (bf16) to 4*C bytes: the row copy
 # is pure bandwidth; 128-bit accesses need C % 8 == 0 (bf16) or C % 4 == 0 (fp32), true for every ViT width.
-# The candidates, and why each one, are in roofline.ROW_TILES (chosen with the roofline / occupancy model; the
-# compile report `python -m vmae2_kernels.gpu_report` shows their registers, 128-bit accesses and occupancy).
+# The candidates, and why each one, are in tiles.ROW_TILES (chosen with the roofline / occupancy model; the
+# compile report `python -m benchmarks.gpu_report` shows their registers, 128-bit accesses and occupancy).
 ROW_CONFIGS = _configs(ROW_TILES)
 
 
@@ -307,7 +307,7 @@ def _tile_to_flat(tile, BLOCK_P: tl.constexpr):
 
 
 # One program per token: [BLOCK_P, 4] fp32 tiles (BLOCK_P = 512 for p16 and p14). One fixed launch configuration,
-# not autotuned, so the loss and its gradient are the same bits on every rank and every run (roofline.LOSS_TILES
+# not autotuned, so the loss and its gradient are the same bits on every rank and every run (tiles.LOSS_TILES
 # says why this one).
 [(_, LOSS_WARPS, LOSS_STAGES, _)] = LOSS_TILES  # exactly one
 

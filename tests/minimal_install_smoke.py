@@ -74,7 +74,7 @@ def main() -> int:
                         *small_ft[2:], "--output_dir", str(work / "eval")], {}),
         ("list check", ["-m", "vmae2.data.check", str(pre), "--num_frames", "4", "--bad-out", str(work / "bad.txt")],
          {"expect": ("4 good, 0 bad",)}),
-        ("compile report without Triton", ["-m", "vmae2_kernels.gpu_report", "--shape", "ViT-B"],
+        ("compile report without Triton", ["-m", "benchmarks.gpu_report", "--shape", "ViT-B"],
          {"expect_rc": 2, "expect": ("needs Triton",)}),
         ("benchmark collection", ["-m", "pytest", "benchmarks/", "--collect-only", "-q", "-p", "no:cacheprovider"],
          {}),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vmae2_kernels import dispatch, ops, reference
-from vmae2_kernels.roofline import LOSS_TILES
+from vmae2_kernels.tiles import LOSS_TILES
 
 triton_ops = pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
 

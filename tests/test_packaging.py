@@ -208,7 +208,7 @@ def test_cuda_backend_without_code_for_the_gpu_falls_back_with_the_reason(monkey
     from vmae2_kernels import dispatch
 
     why = "the native CUDA kernels were built for '9.0', which has no code for this GPU (compute capability 8.0)"
-    fake = types.SimpleNamespace(token_gather_cuda=object(), arch_reason=lambda: why)
+    fake = types.SimpleNamespace(KERNELS={("token_gather", "cuda"): object()}, arch_reason=lambda: why)
     monkeypatch.setattr(dispatch, "native_status", lambda: (fake, None))
     dispatch.reset()
     try:
@@ -218,3 +218,18 @@ def test_cuda_backend_without_code_for_the_gpu_falls_back_with_the_reason(monkey
         assert dispatch.choose("token_gather", "cuda", "auto") != "cuda"
     finally:
         dispatch.reset()
+
+
+def test_the_kernel_package_imports_no_analysis_tooling():
+    """vmae2_kernels is what a linking user needs: the compile report, the roofline model and the benchmarks live in
+    benchmarks/ and are never imported by the ops, the launchers or the native loader."""
+    code = ("import sys, vmae2_kernels, vmae2_kernels.ops, vmae2_kernels.dispatch, vmae2_kernels.info\n"
+            "from vmae2_kernels import optional\n"
+            "for name in ('vmae2_kernels.triton_ops', 'vmae2_kernels.native'):\n"
+            "    optional.load(name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('benchmarks', 'roofline', 'gpu_report')"
+            " or 'roofline' in m or 'gpu_report' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
