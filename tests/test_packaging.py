@@ -233,3 +233,42 @@ def test_the_kernel_package_imports_no_analysis_tooling():
                          env={**os.environ, "TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of vmae2 / vmae2_kernels it imports (anywhere in the file, functions included)."""
+    import ast
+
+    roots = {"vmae2": ROOT / "vmae2", "vmae2_kernels": ROOT / "kernels"}
+    files = {}
+    for package, folder in roots.items():
+        for path in folder.rglob("*.py"):
+            if "_build" not in path.parts:
+                parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+                files[".".join([package, *parts])] = path
+    graph = {name: set() for name in files}
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in files}
+            elif isinstance(node, ast.ImportFrom) and node.module in files:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & files.keys()
+                graph[name] |= subs if len(subs) == len(node.names) else subs | {node.module}  # `from pkg import mod`
+        graph[name].discard(name)
+    return graph
+
+
+def test_no_import_cycles_in_the_packages():
+    graph, cycles = _import_graph(), []
+
+    def visit(node, path):
+        for nxt in graph[node]:
+            if nxt == path[0]:
+                cycles.append(path)
+            elif nxt not in path and nxt > path[0]:  # each cycle once, from its smallest module
+                visit(nxt, path + [nxt])
+
+    for start in graph:
+        visit(start, [start])
+    assert len(graph) > 40 and graph["vmae2.models.layers"]  # the graph is really read
+    assert cycles == []

@@ -131,6 +131,14 @@ def attention(qkv: torch.Tensor, scale: float, backend: str = "auto") -> torch.T
     return _KERNELS[name](qkv, scale)
 
 
+class AttentionModule(torch.nn.Module):
+    """Base of the attention layers this module serves: each has ``head_dim`` and a ``backend`` name (``auto`` or
+    one of :data:`PRIORITY`) that :func:`explain` and :func:`set_backend` read and write."""
+
+    head_dim: int
+    backend: str
+
+
 def explain(model: torch.nn.Module, device: torch.device | str | None = None,
             dtype: torch.dtype | None = None) -> list[dict]:
     """Which backend each attention group of ``model`` uses and why the others were refused.
@@ -138,14 +146,12 @@ def explain(model: torch.nn.Module, device: torch.device | str | None = None,
     ``dtype`` is the dtype attention runs in (e.g. ``torch.bfloat16`` under autocast); by default the
     model's parameter dtype. One entry per distinct ``(head_dim, requested)`` with the module names.
     """
-    from vmae2.models.layers import Attention  # local: layers imports this module
-
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     dtype = dtype or param.dtype
     groups: dict[tuple[int, str], list[str]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, Attention):
+        if isinstance(module, AttentionModule):
             groups.setdefault((module.head_dim, module.backend), []).append(name)
     report = []
     for (head_dim, requested), names in groups.items():
@@ -163,10 +169,8 @@ def explain(model: torch.nn.Module, device: torch.device | str | None = None,
 
 def set_backend(model: torch.nn.Module, backend: str) -> None:
     """Set the attention backend (``auto`` or a name of :data:`PRIORITY`) of every attention module."""
-    from vmae2.models.layers import Attention
-
     if backend != "auto" and backend not in _KERNELS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {PRIORITY} or 'auto'")
     for module in model.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, AttentionModule):
             module.backend = backend

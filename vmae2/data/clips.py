@@ -52,6 +52,14 @@ class PlannedClip:
     failures: list[BadVideo] = field(default_factory=list)
 
 
+@dataclass
+class Batch:
+    """One pretraining batch, from either backend (torch workers or DALI)."""
+    video: torch.Tensor  # [B * num_sample, 3, T, S, S] float32
+    slots: list[int]  # position of each clip in the epoch order
+    record_indices: list[int]  # the record each clip came from (after substitution)
+
+
 class ClipSource:
     """Turns epoch positions into planned (and, for the PyTorch path, decoded and augmented) clips."""
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipSource, PlannedClip
+from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD, Batch, ClipSource, PlannedClip
 from vmae2.data.decode import DALI_CPU_CODECS, BadVideo, decode_frames
 from vmae2.data.telemetry import BadFileLedger
 
@@ -123,8 +123,6 @@ class DaliRunner:
         return torch.stack(views, dim=1).flatten(0, 1)  # sample-major, like the official collate
 
     def run(self, batches):
-        from vmae2.data.loader import Batch
-
         for pairs in batches:
             skip: set[int] = set()
             for _ in range(MAX_RETRIES):

@@ -6,25 +6,17 @@ frames and crops (up to decoder colour conversion and resize rounding). Views ar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from vmae2.data.clips import ClipConfig, ClipSource
+from vmae2.data.clips import Batch, ClipConfig, ClipSource
 from vmae2.data.lists import MixedList, VideoRecord, shard_indices
 from vmae2.data.telemetry import BadFileLedger, Telemetry
 from vmae2_kernels import optional
 
 BACKENDS = ("auto", "dali", "torch")
-
-
-@dataclass
-class Batch:
-    video: torch.Tensor  # [B * num_sample, 3, T, S, S] float32
-    slots: list[int]  # position of each clip in the epoch order
-    record_indices: list[int]  # the record each clip came from (after substitution)
 
 
 def dali_unavailable_reason() -> str | None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmae2.attention import attention
+from vmae2.attention import AttentionModule, attention
 
 
 def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
@@ -127,7 +127,7 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class Attention(nn.Module):
+class Attention(AttentionModule):
     """Joint space-time multi-head self-attention with the official q/v-only bias.
 
     ``qkv`` is one bias-free Linear; the effective bias is ``cat(q_bias, 0, v_bias)``. The score
