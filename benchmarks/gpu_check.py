@@ -433,7 +433,7 @@ def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int) -
     import torch
 
     import official_step as O
-    from vmae2.runtime import peak_flops
+    from vmae2.flops import peak_flops
 
     size = next(s for s in O.SIZES if s.name == size_name)
     precision = "bf16" if device.type == "cuda" else "fp32"

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vmae2_kernels import optional
+from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, optional
 from benchmarks import roofline as R
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
@@ -222,7 +222,7 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
     B, N, Nv, Nd, C, D = batch, s.num_tokens, s.num_visible, s.num_dec, s.dim, s.dec_dim
     vis, dec = meta(B, Nv, dt=torch.int64), meta(B, Nd, dt=torch.int64)
     video, weights = meta(B, 3, s.frames, s.image, s.image), meta(B, Nd)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
     loss_args = (video, dec, weights, s.patch, s.tubelet, True, mean, std)
     launches = [
         ("token_gather", lambda: T.token_gather(meta(B, N, C, dt=act), vis, meta(N, C))),

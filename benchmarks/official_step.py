@@ -39,7 +39,8 @@ from torch import nn
 
 from vmae2 import attention, masking
 from vmae2.models import create_model
-from vmae2.runtime import clip_or_norm, model_flops_per_clip
+from vmae2.flops import model_flops_per_clip
+from vmae2.runtime import clip_or_norm
 from vmae2_kernels import dispatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -29,8 +29,9 @@ Per op, shape, batch and dtype:
   Host-side launch overhead (Python, the custom-op dispatcher) is not included: on a GPU the ops whose device time
   is a few microseconds will measure the host overhead instead (tens of microseconds per call in eager mode).
 
-GPU figures (:data:`GPUS`): bandwidth and bf16 peaks as given in issue 9 (A100 1.9 TB/s, 312 TFLOP/s; H100
-3.0 TB/s, 800 TFLOP/s: below the datasheet's 2.04 / 3.35 TB/s and 989 TFLOP/s, nearer what is sustained); SM counts
+GPU figures (:data:`GPUS`): bandwidth as given in issue 9 (A100 1.9 TB/s, H100 3.0 TB/s: below the datasheet's
+2.04 / 3.35 TB/s, nearer what is sustained; the bf16 tensor-core peaks, which no op here uses, are those of
+``vmae2.flops.PEAK_TFLOPS_BF16`` for MFU); SM counts
 and FP32 peaks from the datasheets (A100 SXM4: 108 SMs, 19.5 TFLOP/s; H100 SXM5: 132 SMs, 67 TFLOP/s); DRAM
 latency under load and the device-side launch gap are assumptions (600 / 550 ns, 2.5 / 2.0 µs).
 """
@@ -49,7 +50,6 @@ class GPU:
     name: str
     arch: str  # the target gpu_report compiles for
     hbm_bytes_per_s: float
-    bf16_tensor_flops: float  # dense tensor-core peak; shown for reference, unused (no op here is a matmul)
     fp32_flops: float  # CUDA-core FP32 peak, FMA = 2 FLOPs: the compute roof of these elementwise ops
     sms: int
     dram_latency_s: float  # loaded DRAM round trip (assumption): Little's law and per-CTA critical paths
@@ -70,9 +70,9 @@ class GPU:
 
 
 GPUS = {
-    "A100": GPU("A100-80GB", "sm_80", 1.9e12, 312e12, 19.5e12, 108, 600e-9, 2.5e-6,
+    "A100": GPU("A100-80GB", "sm_80", 1.9e12, 19.5e12, 108, 600e-9, 2.5e-6,
                 smem_per_sm=164 * 1024, smem_per_block=163 * 1024),
-    "H100": GPU("H100-80GB", "sm_90", 3.0e12, 800e12, 67e12, 132, 550e-9, 2.0e-6,
+    "H100": GPU("H100-80GB", "sm_90", 3.0e12, 67e12, 132, 550e-9, 2.0e-6,
                 smem_per_sm=228 * 1024, smem_per_block=227 * 1024),
 }
 GPU_BY_ARCH = {g.arch: g for g in GPUS.values()}

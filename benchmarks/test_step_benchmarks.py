@@ -41,7 +41,7 @@ import official_step as O
 import pytest
 import torch
 
-from vmae2.runtime import peak_flops
+from vmae2.flops import peak_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tolerances import FP_TOL  # noqa: E402  (tests/tolerances.py: the shared tolerance table)

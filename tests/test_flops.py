@@ -151,7 +151,7 @@ def test_training_mfu_formula_matches_the_counted_forward():
 
     from vmae2.flops import count_flops
     from vmae2.models import create_model
-    from vmae2.runtime import model_flops_per_clip
+    from vmae2.flops import model_flops_per_clip
 
     with torch.device("meta"):
         model = create_model("pretrain_videomae_base_patch16_224")

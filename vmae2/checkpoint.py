@@ -177,26 +177,38 @@ def stored_pos_grid(path: str | os.PathLike) -> tuple[int, int, int] | None:
     return tuple(int(n) for n in value.split(",")) if value else None
 
 
-def save_safetensors(weights: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
-                     metadata: dict[str, str] | None = None) -> Path:
-    """Write weights to ``path`` atomically (temp file + rename): a crash never leaves a half file."""
-    from safetensors.torch import save_file
-
-    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Write ``path`` so that a crash or a full disk never leaves a half file nor loses the previous one:
+    ``write(tmp_path)`` fills a temporary file beside it, which is given the mode a plain ``open()`` would (umask
+    applied), flushed to disk, renamed over ``path``, and the folder entry synced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~umask)  # the temp file is 0600; give it the mode a plain open() would
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_safetensors(weights: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write weights to ``path`` atomically (:func:`atomic_write`): a crash never leaves a half file."""
+    from safetensors.torch import save_file
+
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))

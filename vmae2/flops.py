@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.utils import flop_counter as _fc
 
-__all__ = ["register_flop_formulas", "count_flops", "token_counts", "macs_per_clip", "mfu"]
+__all__ = ["register_flop_formulas", "count_flops", "token_counts", "macs_per_clip", "mfu", "model_flops_per_clip",
+           "peak_flops", "PEAK_TFLOPS_BF16"]
 
 _LOCK = threading.Lock()
 _REGISTERED = False
@@ -248,3 +249,33 @@ def mfu(flops_per_step: float, step_time_s: float, peak_flops: float) -> float:
                 (value == 0 and name != "flops_per_step"):
             raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return flops_per_step / step_time_s / peak_flops
+
+
+def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
+    """Training FLOPs of one clip for MFU, in closed form (cheap enough for every logging step): 3x the forward
+    matmul FLOPs (2 per MAC), the usual convention. :func:`count_flops` counts exactly; its forward matches this
+    forward to the MAC (tests/test_flops.py)."""
+    cfg = model.cfg
+
+    def blocks(depth, dim, hidden, tokens):
+        return depth * (2 * tokens * (4 * dim * dim + 2 * dim * hidden) + 4 * tokens * tokens * dim)
+
+    n_dec = num_visible + num_decoded
+    enc = blocks(cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), num_visible)
+    dec = blocks(len(model.decoder.blocks), cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio),
+                 n_dec)
+    embed = 2 * model.num_patches * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
+    e2d = 2 * num_visible * cfg.embed_dim * cfg.decoder_embed_dim
+    head = 2 * num_decoded * cfg.decoder_embed_dim * model.decoder.head.out_features
+    return 3.0 * (enc + dec + embed + e2d + head)
+
+
+PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks (datasheets)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak of ``device`` in FLOP/s (None: not a GPU this table knows)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS_BF16.items() if key in name), None)

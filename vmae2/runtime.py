@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vmae2.checkpoint import atomic_write
 from vmae2_kernels import optional
 
 CHECKPOINT_GLOB = "checkpoint-*.pt"
@@ -209,8 +208,8 @@ def step_generator(seed: int, step: int, micro: int, device: torch.device) -> to
 # -- checkpoints ------------------------------------------------------------------------------------------
 
 class Checkpoints:
-    """``DIR/checkpoints/checkpoint-{step:08d}.pt``: written atomically (temporary file, fsync, rename, fsync of
-    the folder), the last ``keep`` kept. A failed write (full disk, crash) leaves the previous one intact."""
+    """``DIR/checkpoints/checkpoint-{step:08d}.pt``: written atomically (:func:`vmae2.checkpoint.atomic_write`), the
+    last ``keep`` kept. A failed write (full disk, crash) leaves the previous one intact."""
 
     def __init__(self, output_dir: str | os.PathLike, keep: int):
         self.dir = Path(output_dir) / "checkpoints"
@@ -224,23 +223,7 @@ class Checkpoints:
         return paths[-1] if paths else None
 
     def save(self, state: dict, step: int) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"checkpoint-{step:08d}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = atomic_write(self.dir / f"checkpoint-{step:08d}.pt", lambda tmp: torch.save(state, tmp))
         for old in self.paths()[:-self.keep]:
             old.unlink(missing_ok=True)
         return path
@@ -319,35 +302,3 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
-    """Training FLOPs of one clip for MFU: 3x the forward matmul FLOPs (2 per MAC), the usual convention
-    (``vmae2.flops.count_flops`` counts exactly; its forward matches this forward to the MAC)."""
-    cfg = model.cfg
-
-    def blocks(depth, dim, hidden, tokens):
-        return depth * (2 * tokens * (4 * dim * dim + 2 * dim * hidden) + 4 * tokens * tokens * dim)
-
-    n_dec = num_visible + num_decoded
-    enc = blocks(cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), num_visible)
-    dec = blocks(len(model.decoder.blocks), cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio),
-                 n_dec)
-    embed = 2 * model.num_patches * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
-    e2d = 2 * num_visible * cfg.embed_dim * cfg.decoder_embed_dim
-    head = 2 * num_decoded * cfg.decoder_embed_dim * model.decoder.head.out_features
-    return 3.0 * (enc + dec + embed + e2d + head)
-
-
-PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf * 1e12 for key, tf in PEAK_TFLOPS_BF16.items() if key in name), None)
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

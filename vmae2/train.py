@@ -22,6 +22,7 @@ from vmae2 import masking
 from vmae2.checkpoint import load_weights, save_safetensors
 from vmae2.config import TrainConfig, parse_config, to_dict
 from vmae2.data import ClipConfig, MixedList, PretrainLoader, make_videos, read_list
+from vmae2.flops import model_flops_per_clip, peak_flops
 from vmae2.loss import flat_colour_loss, reconstruction_loss
 from vmae2.models import create_model
 from vmae2.runtime import (
@@ -34,9 +35,7 @@ from vmae2.runtime import (
     check_output_dir,
     cosine_schedule,
     finish_distributed,
-    model_flops_per_clip,
     optimizer_step,
-    peak_flops,
     peak_memory_mb,
     resolve_device,
     rng_state,

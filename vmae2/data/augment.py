@@ -39,8 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vmae2_kernels import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # one definition (re-exported: __all__)
+from vmae2_kernels import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
 OFFICIAL_RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
 MAX_LEVEL = 10.0
 FILL = 128
