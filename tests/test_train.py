@@ -239,8 +239,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     ckpt = Checkpoints(tmp_path, keep=2)
     first = ckpt.save({"step": 1, "w": torch.ones(3)}, 1)
 
-    def disk_full(obj, f, *args, **kwargs):
-        f.write(b"partial")
+    def disk_full(obj, path, *args, **kwargs):  # atomic_write hands torch.save the temporary file's path
+        with open(path, "wb") as f:
+            f.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)

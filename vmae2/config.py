@@ -12,125 +12,192 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
-from vmae2.models import list_models
-from vmae2_kernels import optional
+from vmae2.models.configs import list_models, model_config
 
 
-def opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def opt(default, help: str, check: str | None = None, **kw):
+    """A config field: its default, its ``--help`` text and its range ``check`` (``">= 1"``, ``"> 0"``,
+    ``"[0, 1)"``, ... : one rule, applied by :meth:`CommonConfig.validate`; ``None`` values skip it). Other keywords
+    (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them) go to metadata."""
+    return field(default=default, metadata={"help": help, "check": check, **kw})
+
+
+def like(default, help: str | None = None):
+    """The parent class's field with another default (and optionally another help): declared once, not twice."""
+    return field(default=default, metadata={"inherit": True, "help": help})
+
+
+def _in_range(value, check: str) -> bool:
+    if check.startswith((">=", ">")):
+        bound = float(check.lstrip(">= "))
+        return value >= bound if check.startswith(">=") else value > bound
+    lo, hi = (float(x) for x in check[1:-1].split(","))
+    return (lo <= value if check[0] == "[" else lo < value) and (value <= hi if check[-1] == "]" else value < hi)
+
+
+def _meta(cls, name: str) -> dict:
+    """The metadata of field ``name``, following :func:`like` overrides up the class hierarchy."""
+    merged: dict = {}
+    for klass in reversed(cls.__mro__):
+        own = klass.__dict__.get("__dataclass_fields__", {}).get(name)
+        if own is not None and own.metadata:
+            merged.update({k: v for k, v in own.metadata.items() if not (own.metadata.get("inherit") and v is None)})
+    return merged
+
+
+def _bad(name: str, value, allowed: str):
+    raise ValueError(f"--{name} {value!r} is invalid: {allowed}")
 
 
 @dataclass
-class TrainConfig:
-    # model
-    model: str = opt("pretrain_videomae_base_patch16_224", "model name (see vmae2.models.list_models())")
-    decoder_depth: int = opt(4, "decoder blocks (official scripts: 4)")
-    drop_path: float = opt(0.0, "stochastic depth rate")
-    with_checkpoint: bool = opt(False, "activation checkpointing per block (official ViT-H/g scripts)")
+class CommonConfig:
+    """The fields of every entry point (pretraining, fine-tuning, evaluation), declared once."""
+
+    model: str | None = opt(None, "model name (see vmae2.models.list_models())")
     attn_backend: str = opt("auto", "attention backend: auto, flash, xformers, sdpa, math")
-    kernel_backend: str = opt("auto", "token-op backend: auto, triton, cuda, cpp, torch")
+    data_path: str | None = opt(None, "list file(s), comma-separated", path=True)
+    data_root: str = opt("", "prefix for relative paths in the lists")
+    num_frames: int = opt(16, "frames per clip", ">= 1")
+    sampling_rate: int = opt(4, "temporal stride (official: 4)", ">= 1")
+    input_size: int = opt(224, "crop size in pixels", ">= 1")
+    tubelet_size: int = opt(2, "frames per tubelet", ">= 1")
+    num_workers: int = opt(10, "data workers (PyTorch) or threads (DALI)", ">= 0")
+    batch_size: int = opt(64, "videos per GPU/process per micro-batch (clips = batch_size * num_sample)", ">= 1")
+    precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (with GradScaler when training), fp32",
+                         choices=("auto", "bf16", "fp16", "fp32"))
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    output_dir: str = opt("output", "where results go")
+    seed: int = opt(0, "seed of the run")
+
+    KIND = ""  # "pretrain_" or "vit_": the model names this entry point takes (class attributes, not fields)
+    REQUIRED = ()  # fields without a usable default
+
+    @property
+    def patch_size(self) -> int:
+        return model_config(self.model).patch_size
+
+    def run_precision(self, device_type: str) -> str:
+        """The precision of this run on ``device_type``: ``auto`` is bf16 on a GPU, fp32 on a CPU (every entry
+        point: one rule)."""
+        return self.precision if self.precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid ``(T', H', W')`` of the model input."""
+        return self.num_frames // self.tubelet_size, self.input_size // self.patch_size, self.input_size // self.patch_size
+
+    def validate(self):
+        """Raise ``ValueError`` naming the first invalid value and what is allowed; return ``self``."""
+        for name in self.REQUIRED:
+            if getattr(self, name) is None:
+                raise ValueError(f"--{name} is required")
+        models = [m for m in list_models() if m.startswith(self.KIND)]
+        if self.model not in models:
+            _bad("model", self.model, f"choose a {'pretraining' if self.KIND == 'pretrain_' else 'classification'} "
+                                      f"model: {models}")
+        for f in fields(self):
+            value, meta = getattr(self, f.name), _meta(type(self), f.name)
+            if value is None:
+                continue
+            if meta.get("check") and not _in_range(value, meta["check"]):
+                rule = f"must be {meta['check']}" if meta["check"][0] in "<>" else f"must be in {meta['check']}"
+                _bad(f.name, value, rule + (" (or omit it)" if f.default is None else ""))
+            if meta.get("path"):
+                for path in str(value).split(","):
+                    if not os.path.exists(path):
+                        _bad(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
+                                                                          "--data_path)" if "," in value else ""))
+        if self.num_frames % self.tubelet_size:
+            _bad("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
+        if self.input_size % self.patch_size:
+            _bad("input_size", self.input_size, f"must be a multiple of the patch size {self.patch_size}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            _bad("device", self.device, "auto, cpu, cuda or cuda:N")
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Rules across fields of one entry point (subclasses)."""
+
+
+@dataclass
+class TrainingConfig(CommonConfig):
+    """The fields of the two training entry points (pretraining, fine-tuning)."""
+
+    init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors)", path=True)
+    drop_path: float = opt(0.0, "stochastic depth rate", "[0, 1]")
+    with_checkpoint: bool = opt(False, "activation checkpointing per block (official ViT-H/g scripts)")
     compile: bool = opt(False, "torch.compile the model")
-    init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors)")
+    num_sample: int = opt(1, "views per decoded clip (repeated augmentation)", ">= 1")
+    accum_steps: int = opt(1, "micro-batches per optimizer step (gradient accumulation; official --update_freq)",
+                           ">= 1")
+    epochs: int = opt(300, "epochs", ">= 1")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)", ">= 1")
+    lr: float = opt(1.5e-4, "base lr; the actual lr is lr * batch_size * world_size * accum_steps / 256", "> 0")
+    min_lr: float = opt(1e-5, "final lr of the cosine schedule (scaled like --lr)", ">= 0")
+    warmup_epochs: float = opt(40.0, "linear warm-up from 0, in epochs", ">= 0")
+    warmup_steps: int = opt(-1, "warm-up in steps (overrides --warmup_epochs when >= 0)", ">= -1")
+    weight_decay: float = opt(0.05, "weight decay (not on 1-D params and biases)", ">= 0")
+    weight_decay_end: float | None = opt(None, "final weight decay of a cosine wd schedule (default: constant)",
+                                         ">= 0")
+    opt_betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
+    opt_eps: float = opt(1e-8, "AdamW eps", ">= 0")
+    clip_grad: float | None = opt(None, "max gradient norm", "> 0")
+    log_every: int = opt(20, "log (and read the loss on the host) every N steps", ">= 1")
+    save_every_steps: int = opt(1000, "checkpoint every N steps (and at the end)", ">= 1")
+    keep_last: int = opt(2, "checkpoints kept", ">= 1")
+    resume: str = opt("auto", "auto (latest in output_dir), a checkpoint path, or none")
+
+    def validate(self):
+        super().validate()
+        if self.min_lr > self.lr:
+            _bad("min_lr", self.min_lr, f"must not exceed --lr {self.lr}")
+        if not all(0 <= b < 1 for b in self.opt_betas):
+            _bad("opt_betas", self.opt_betas, "each beta must be in [0, 1)")
+        if self.resume not in ("auto", "none") and not os.path.exists(self.resume):
+            _bad("resume", self.resume, "auto, none, or an existing checkpoint file")
+        return self
+
+
+@dataclass
+class TrainConfig(TrainingConfig):
+    """Pretraining (``python -m vmae2.train``)."""
+
+    KIND = "pretrain_"
+    # model
+    model: str = like("pretrain_videomae_base_patch16_224")
+    decoder_depth: int = opt(4, "decoder blocks (official scripts: 4)", ">= 1")
+    kernel_backend: str = opt("auto", "token-op backend: auto, triton, cuda, cpp, torch")
     # masking
     mask_type: str = opt("tube", "encoder mask: tube (official) or random", choices=("tube", "random"))
-    mask_ratio: float = opt(0.9, "encoder mask ratio in [0, 1)")
+    mask_ratio: float = opt(0.9, "encoder mask ratio", "[0, 1)")
     decoder_mask_type: str = opt("run_cell", "decoder mask: run_cell (official), frame, random, none (v1)",
                                  choices=("run_cell", "frame", "random", "none"))
-    decoder_mask_ratio: float = opt(0.5, "decoder mask ratio (run_cell: 0.25, 0.5 or 0.75)")
+    decoder_mask_ratio: float = opt(0.5, "decoder mask ratio (run_cell: 0.25, 0.5 or 0.75)", "[0, 1)")
     loss_reduction: str = opt("global", "global: weighted mean over all ranks' tokens (equals one process); "
                                         "per_rank: the official DDP behaviour", choices=("global", "per_rank"))
     normalize_target: bool = opt(True, "per-patch target normalisation (official: always on)")
     # data
-    data_path: str | None = opt(None, "pretraining list file(s), comma-separated; default: generated demo videos")
+    data_path: str | None = like(None, "pretraining list file(s), comma-separated; default: generated demo videos")
     data_weights: str | None = opt(None, "comma-separated weights of the lists in --data_path (hybrid data)")
-    data_root: str = opt("", "prefix for relative paths in the lists")
-    num_frames: int = opt(16, "frames per clip")
-    sampling_rate: int = opt(4, "temporal stride (official: 4)")
-    input_size: int = opt(224, "crop size in pixels")
-    tubelet_size: int = opt(2, "frames per tubelet")
-    num_sample: int = opt(1, "views per decoded clip (official scripts: 4)")
-    num_workers: int = opt(10, "data workers (PyTorch) or threads (DALI)")
     data_backend: str = opt("auto", "auto, dali or torch", choices=("auto", "dali", "torch"))
-    # optimisation
-    batch_size: int = opt(64, "videos per GPU/process per micro-batch (clips = batch_size * num_sample)")
-    accum_steps: int = opt(1, "micro-batches per optimizer step (gradient accumulation)")
-    epochs: int = opt(300, "epochs (the official 'script epochs'; effective epochs = epochs * num_sample)")
-    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)")
-    lr: float = opt(1.5e-4, "base lr; the actual lr is lr * batch_size * world_size * accum_steps / 256")
-    min_lr: float = opt(1e-5, "final lr of the cosine schedule (scaled like --lr)")
-    warmup_epochs: float = opt(40.0, "linear warm-up from 0, in epochs")
-    warmup_steps: int = opt(-1, "warm-up in steps (overrides --warmup_epochs when >= 0)")
-    weight_decay: float = opt(0.05, "weight decay (not on 1-D params, biases and the mask token)")
-    weight_decay_end: float | None = opt(None, "final weight decay of a cosine wd schedule (default: constant)")
-    opt_betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
-    opt_eps: float = opt(1e-8, "AdamW eps")
-    clip_grad: float | None = opt(None, "max gradient norm (official ViT-g: 0.02)")
-    precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (with GradScaler), fp32",
-                         choices=("auto", "bf16", "fp16", "fp32"))
-    fsdp: bool = opt(False, "shard the model with FSDP2 fully_shard (large models)")
     # run
-    output_dir: str = opt("output", "where checkpoints, metrics.jsonl and pictures go")
-    seed: int = opt(0, "seed of the run (init, data order, masks)")
-    device: str = opt("auto", "auto, cpu, cuda")
-    log_every: int = opt(20, "log (and read the loss on the host) every N steps")
-    save_every_steps: int = opt(1000, "checkpoint every N steps (and at the end)")
-    keep_last: int = opt(2, "checkpoints kept")
-    resume: str = opt("auto", "auto (latest in output_dir), a checkpoint path, or none")
+    fsdp: bool = opt(False, "shard the model with FSDP2 fully_shard (large models)")
     inject_nan_step: int | None = opt(None, "testing aid: make the loss NaN at this step")
 
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        patch = 14 if "patch14" in self.model else 16
-        return self.num_frames // self.tubelet_size, self.input_size // patch, self.input_size // patch
-
-    def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` naming the first invalid value and what is allowed."""
-        def bad(name, value, allowed):
-            raise ValueError(f"--{name} {value!r} is invalid: {allowed}")
-
-        if self.model not in list_models() or not self.model.startswith("pretrain_"):
-            bad("model", self.model, f"choose a pretraining model: {[m for m in list_models() if 'pretrain' in m]}")
-        for name in ("lr", "min_lr", "weight_decay", "opt_eps"):
-            if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
-                bad(name, getattr(self, name), "must be positive" if name == "lr" else "must be >= 0")
-        if not 0 <= self.mask_ratio < 1:
-            bad("mask_ratio", self.mask_ratio, "use a value in [0, 1)")
+    def check(self) -> None:
         if self.decoder_mask_type == "run_cell" and self.decoder_mask_ratio not in (0.25, 0.5, 0.75):
-            bad("decoder_mask_ratio", self.decoder_mask_ratio, "running cell allows 0.25, 0.5 or 0.75")
-        if not 0 <= self.decoder_mask_ratio < 1:
-            bad("decoder_mask_ratio", self.decoder_mask_ratio, "use a value in [0, 1)")
-        if self.num_frames % self.tubelet_size:
-            bad("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
-        patch = 14 if "patch14" in self.model else 16
-        if self.input_size % patch:
-            bad("input_size", self.input_size, f"must be a multiple of the patch size {patch}")
-        if self.decoder_mask_type == "run_cell" and (self.input_size // patch) % 2:
-            bad("input_size", self.input_size, f"running-cell masking needs an even token grid; "
-                                               f"{self.input_size}/{patch} is odd")
-        for name in ("batch_size", "accum_steps", "num_sample", "log_every", "save_every_steps", "keep_last",
-                     "num_frames", "sampling_rate", "tubelet_size", "epochs"):
-            if getattr(self, name) < 1:
-                bad(name, getattr(self, name), "must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            bad("max_steps", self.max_steps, "must be >= 1")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            bad("clip_grad", self.clip_grad, "must be positive (omit it to disable clipping)")
-        if not all(0 <= b < 1 for b in self.opt_betas):
-            bad("opt_betas", self.opt_betas, "each beta must be in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            bad("device", self.device, "auto, cpu, cuda or cuda:N")
-        if self.resume not in ("auto", "none") and not os.path.exists(self.resume):
-            bad("resume", self.resume, "auto, none, or an existing checkpoint file")
-        if self.init is not None and not os.path.exists(self.init):
-            bad("init", self.init, "must be an existing weights file")
+            _bad("decoder_mask_ratio", self.decoder_mask_ratio, "running cell allows 0.25, 0.5 or 0.75")
+        if self.decoder_mask_type == "run_cell" and (self.input_size // self.patch_size) % 2:
+            _bad("input_size", self.input_size, f"running-cell masking needs an even token grid; "
+                                                f"{self.input_size}/{self.patch_size} is odd")
         if self.data_weights is not None and self.data_path is None:
-            bad("data_weights", self.data_weights, "needs --data_path")
+            _bad("data_weights", self.data_weights, "needs --data_path")
         if self.data_backend == "dali":
             from vmae2.data.loader import dali_unavailable_reason
 
             if reason := dali_unavailable_reason():
-                bad("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")
-        return self
+                _bad("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")
 
 
 # The official pretraining scripts (scripts/pretrain/*.sh): 16x224, tube 0.9, running cell 0.5, decoder 4,
@@ -189,9 +256,9 @@ class Command:
     prog: str
     description: str
     config_cls: type
-    presets: dict
-    default_preset: str
-    preset_help: str
+    presets: dict = field(default_factory=dict)  # none: no --preset
+    default_preset: str | None = None
+    preset_help: str = ""
 
 
 PRETRAIN = Command(
@@ -206,15 +273,17 @@ PRETRAIN = Command(
 def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=command.prog, description=command.description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(command.presets), default=None,
-                        help=command.preset_help + f" (default: {command.default_preset} without --data_path, "
-                                                   "official_defaults with it)")
+    if command.presets:
+        parser.add_argument("--preset", choices=sorted(command.presets), default=None,
+                            help=command.preset_help + f" (default: {command.default_preset} without --data_path, "
+                                                       "official_defaults with it)")
     parser.add_argument("--config", default=None, help="JSON or YAML file of option: value pairs")
     hints = get_type_hints(command.config_cls)
     for f in fields(command.config_cls):
-        kw = {"help": f.metadata["help"], "default": argparse.SUPPRESS, "type": _field_parser(f.name, hints[f.name])}
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
+        meta = _meta(command.config_cls, f.name)
+        kw = {"help": meta["help"], "default": argparse.SUPPRESS, "type": _field_parser(f.name, hints[f.name])}
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
         if "tuple" in str(hints[f.name]):
             kw["type"], kw["nargs"] = float, 2
         parser.add_argument(f"--{f.name}", **kw)
@@ -225,6 +294,8 @@ def _read_file(path: str) -> dict:
     with open(path) as fh:
         text = fh.read()
     if path.endswith((".yaml", ".yml")):
+        from vmae2_kernels import optional
+
         yaml, reason = optional.load("yaml")
         if yaml is None:
             raise ValueError(f"--config {path}: YAML needs PyYAML ({reason}), or use JSON")
@@ -239,21 +310,38 @@ def _read_file(path: str) -> dict:
 def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     """Parse ``argv`` into a validated ``command.config_cls`` (raises ``SystemExit`` / ``ValueError``)."""
     args = vars(build_parser(command).parse_args(argv))
-    preset = args.pop("preset")
+    preset = args.pop("preset", None)
     config_file = args.pop("config", None)
     from_file = _read_file(config_file) if config_file else {}
     known = {f.name for f in fields(command.config_cls)}
     unknown = sorted(set(from_file) - known)
     if unknown:
         raise ValueError(f"--config {config_file}: unknown options {unknown}")
-    if preset is None:  # the demo only when no data is named; real data gets the official defaults
+    if preset is None and command.presets:  # the demo only when no data is named; real data: official defaults
         preset = command.default_preset if "data_path" not in args and "data_path" not in from_file \
             else "official_defaults"
-    values: dict = {**command.presets[preset], **from_file}
+    values: dict = {**command.presets.get(preset, {}), **from_file}
     values.update(args)
     if "opt_betas" in values:
         values["opt_betas"] = tuple(float(b) for b in values["opt_betas"])
     return command.config_cls(**values).validate()
+
+
+def cli(command: Command, argv: list[str] | None, run: str) -> int:
+    """An entry point: parse and validate ``argv`` (no torch import: ``--help`` and bad values answer at once; exit
+    code 2 on a bad value), then import ``run`` (``"module:function"``) and return ``function(config)``."""
+    import importlib
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_config(argv, command)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    module, function = run.split(":")
+    return getattr(importlib.import_module(module), function)(config)
 
 
 def to_dict(config) -> dict:

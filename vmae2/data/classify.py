@@ -167,19 +167,6 @@ class ClassifySource:
         return video, labels, vids, views, [s for s, _ in pairs], failures
 
 
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, source: ClassifySource):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source.records)
-
-    def __getitem__(self, item):
-        epoch, pairs = item
-        self.source.set_epoch(epoch)
-        return self.source.load_batch(pairs)
-
-
 class ClassifyLoader:
     """Batches of labeled clips for one rank, one epoch at a time (:meth:`set_epoch`, :meth:`iterate`).
 
@@ -241,7 +228,7 @@ class ClassifyLoader:
             return
         self._pending[:] = [(self.epoch, pairs) for pairs in batches]
         if self._loader is None:
-            self._loader = batch_loader(_Batches(self.source), self._pending, self.num_workers, self.device)
+            self._loader = batch_loader(self.source, self._pending, self.num_workers, self.device)
         for video, labels, vids, views, slots, failures in self._loader:
             for bad in failures:
                 self.ledger.add(bad)

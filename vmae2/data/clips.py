@@ -125,6 +125,18 @@ class ClipSource:
                 augment(frames, crop, cfg.input_size, out=view)
             return clip
 
+    def load_batch(self, pairs: list[tuple[int, int]]):
+        """The epoch positions ``pairs = [(slot, record_index), ...]`` as one batch (PyTorch path):
+        ``(video [len(pairs) * num_sample, 3, T, S, S], slots, record indices used, failures)``."""
+        cfg = self.config
+        video = torch.empty(len(pairs) * cfg.num_sample, 3, cfg.clip_len, cfg.input_size, cfg.input_size)
+        records, failures = [], []
+        for i, (slot, record_index) in enumerate(pairs):
+            clip = self.load_slot(slot, record_index, out=video[i * cfg.num_sample:(i + 1) * cfg.num_sample])
+            records.append(clip.record_index)
+            failures.extend(clip.failures)
+        return video, [slot for slot, _ in pairs], records, failures
+
 
 def augment(frames: np.ndarray, crop: Crop, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             out: torch.Tensor | None = None) -> torch.Tensor:

@@ -56,11 +56,12 @@ class EpochOrder:
         return iter(self.pairs())
 
 
-class _TorchBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose items are whole batches (``(epoch, [(slot, record_index), ...])``): each clip writes
-    its views straight into the batch tensor, so no collate copy. Failures travel back with the batch."""
+class _EpochBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches (``(epoch, [(slot, record_index), ...])``), built by
+    ``source.load_batch(pairs)``: each clip writes its views straight into the batch tensor, so no collate copy.
+    Failures travel back with the batch."""
 
-    def __init__(self, source: ClipSource):
+    def __init__(self, source):
         self.source = source
 
     def __len__(self) -> int:
@@ -69,26 +70,19 @@ class _TorchBatches(torch.utils.data.Dataset):
     def __getitem__(self, item):
         epoch, pairs = item
         self.source.set_epoch(epoch)  # workers hold their own copy of the source
-        cfg = self.source.config
-        video = torch.empty(len(pairs) * cfg.num_sample, 3, cfg.clip_len, cfg.input_size, cfg.input_size)
-        records, failures = [], []
-        for i, (slot, record_index) in enumerate(pairs):
-            clip = self.source.load_slot(slot, record_index, out=video[i * cfg.num_sample:(i + 1) * cfg.num_sample])
-            records.append(clip.record_index)
-            failures.extend(clip.failures)
-        return video, [slot for slot, _ in pairs], records, failures
+        return self.source.load_batch(pairs)
 
 
 def _as_is(batch):
     return batch
 
 
-def batch_loader(dataset: torch.utils.data.Dataset, pending: list, num_workers: int, device: torch.device
-                 ) -> torch.utils.data.DataLoader:
-    """A DataLoader whose items are whole batches, taken from ``pending`` (refilled before each epoch): one loader
+def batch_loader(source, pending: list, num_workers: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """A DataLoader whose items are ``source.load_batch(pairs)`` for the batches of ``pending`` (refilled before
+    each epoch): one loader
     and one set of worker processes for the whole run. Worker seeds come from the loader's own generator, not
     the global RNG, so creating iterators never shifts the training randomness (resume stays exact)."""
-    return torch.utils.data.DataLoader(dataset, sampler=_Pending(pending), batch_size=None, num_workers=num_workers,
+    return torch.utils.data.DataLoader(_EpochBatches(source), sampler=_Pending(pending), batch_size=None, num_workers=num_workers,
                                        collate_fn=_as_is, pin_memory=device.type == "cuda",
                                        persistent_workers=num_workers > 0, generator=torch.Generator())
 
@@ -168,7 +162,7 @@ class PretrainLoader:
             return
         self._pending[:] = [(self.source.epoch, pairs) for pairs in batches]
         if self._torch_loader is None:
-            self._torch_loader = batch_loader(_TorchBatches(self.source), self._pending, self.num_workers, self.device)
+            self._torch_loader = batch_loader(self.source, self._pending, self.num_workers, self.device)
         for video, slots, records, failures in self._torch_loader:
             for bad in failures:
                 self.ledger.add(bad)

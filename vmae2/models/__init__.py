@@ -5,27 +5,38 @@
 five classification models (``vit_{small,base,large,huge}_patch16_224``, ``vit_giant_patch14_224``).
 Overrides are constructor keywords, e.g. ``num_classes``, ``decoder_depth``, ``num_frames``, ``img_size``,
 ``drop_path_rate``, ``use_checkpoint``, ``attn_backend``.
+
+Importing this package does not import torch (the CLIs read names and geometry from :mod:`vmae2.models.configs`
+before any work); the model classes load on first use.
 """
 from __future__ import annotations
 
 import inspect
 
-from torch import nn
+from vmae2.models.configs import FINETUNE_NAMES, PRETRAIN_NAMES, SIZES, ViTConfig, list_models, model_config
 
-from vmae2.models.configs import FINETUNE_NAMES, PRETRAIN_NAMES, SIZES, ViTConfig
-from vmae2.models.finetune import VisionTransformer
-from vmae2.models.pretrain import PretrainVisionTransformer
-
-__all__ = ["create_model", "list_models", "count_parameters", "PretrainVisionTransformer", "VisionTransformer",
-           "ViTConfig", "SIZES"]
+__all__ = ["create_model", "list_models", "model_config", "count_parameters", "PretrainVisionTransformer",
+           "VisionTransformer", "ViTConfig", "SIZES"]
 
 
-def list_models() -> list[str]:
-    return sorted(PRETRAIN_NAMES) + sorted(FINETUNE_NAMES)
+def __getattr__(name: str):
+    if name == "PretrainVisionTransformer":
+        from vmae2.models.pretrain import PretrainVisionTransformer
+
+        return PretrainVisionTransformer
+    if name == "VisionTransformer":
+        from vmae2.models.finetune import VisionTransformer
+
+        return VisionTransformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build the official model ``name``; unknown names or keywords raise with the accepted ones."""
+def create_model(name: str, **overrides):
+    """Build the official model ``name`` (an ``nn.Module``); unknown names or keywords raise with the accepted
+    ones."""
+    from vmae2.models.finetune import VisionTransformer
+    from vmae2.models.pretrain import PretrainVisionTransformer
+
     if name in PRETRAIN_NAMES:
         cls, size = PretrainVisionTransformer, PRETRAIN_NAMES[name]
     elif name in FINETUNE_NAMES:
@@ -39,6 +50,6 @@ def create_model(name: str, **overrides) -> nn.Module:
     return cls(SIZES[size], **overrides)
 
 
-def count_parameters(model: nn.Module) -> int:
+def count_parameters(model) -> int:
     """Number of parameters (works on ``meta`` tensors too)."""
     return sum(p.numel() for p in model.parameters())

@@ -29,3 +29,15 @@ SIZES = {
 
 PRETRAIN_NAMES = {f"pretrain_videomae_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}
 FINETUNE_NAMES = {f"vit_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}
+
+
+def list_models() -> list[str]:
+    return sorted(PRETRAIN_NAMES) + sorted(FINETUNE_NAMES)
+
+
+def model_config(name: str) -> ViTConfig:
+    """The architecture of the model ``name`` (its patch size, widths, depths); unknown names raise."""
+    size = PRETRAIN_NAMES.get(name) or FINETUNE_NAMES.get(name)
+    if size is None:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return SIZES[size]

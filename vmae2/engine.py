@@ -1,0 +1,323 @@
+"""The run scaffold of the training entry points (pretraining, fine-tuning): one way to set up, resume, save,
+guard, accumulate, log, stop and tear down.
+
+A :class:`Task` brings what differs: its model (and the wrapper that runs it), its loader, its optimizer, one
+micro-batch forward, the fields it logs, what it keeps in a checkpoint beyond the common state, what happens at an
+epoch's end and at the end of the run. :func:`train` does the rest, the same way for both:
+
+* setup: device, ``torch.distributed`` (``torchrun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
+* the official lr scaling (by the global batch of videos per optimizer step), warm-up + cosine lr and weight decay;
+* resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
+* gradient accumulation (``no_sync`` on all micro-batches but the last), autocast, GradScaler under fp16;
+* the finite-loss guard: a device-side first-bad-step flag read on the host only on log and save steps (no
+  per-step sync); every rank stops together, and a checkpoint never holds a diverged model;
+* atomic checkpoints every ``--save_every_steps`` (and at epoch ends for tasks that evaluate per epoch);
+* ``metrics.jsonl`` and the progress line; SIGINT/SIGTERM stop after the step, agreed by every rank, with a
+  checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vmae2.config import TrainingConfig, to_dict
+from vmae2.runtime import (
+    Checkpoints,
+    Dist,
+    MetricsLog,
+    NonFiniteLoss,
+    agreed_stop,
+    check_output_dir,
+    cosine_schedule,
+    finish_distributed,
+    optimizer_step,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    set_schedule,
+    setup_distributed,
+    stop_signals,
+)
+
+log = logging.getLogger("vmae2.engine")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Setup:
+    """Where a run happens: its config, device, process group and precision."""
+    cfg: TrainingConfig
+    device: torch.device
+    d: Dist
+    precision: str
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES.get(self.precision)
+
+
+def setup(cfg: TrainingConfig) -> Setup:
+    device = resolve_device(cfg.device, Dist())
+    d = setup_distributed(device.type)
+    device = resolve_device(cfg.device, d)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    return Setup(cfg, device, d, cfg.run_precision(device.type))
+
+
+class Task:
+    """One training entry point's own parts. Subclasses set ``model`` (whose ``state_dict`` is saved), ``runner``
+    (what the forward calls: ``model`` or its DDP/FSDP/compiled wrapper) and ``loader``, and override the hooks."""
+
+    model: torch.nn.Module
+    runner: torch.nn.Module
+    loader: object  # len(), set_epoch(e), iterate(first_batch), telemetry, ledger
+    epoch_checkpoints = False  # log, evaluate and save at every epoch's end too
+    log_divisor_per_rank = True  # the logged loss is a per-rank mean: divide its all-reduced sum by the world size
+
+    def __init__(self, s: Setup):
+        self.s, self.cfg, self.d = s, s.cfg, s.d
+
+    def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def before_step(self, step: int) -> None:
+        """Called before each optimizer step's micro-batches (e.g. per-step seeding)."""
+
+    def forward(self, batch, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One micro-batch under autocast: ``(objective, logged, probe)``. The engine back-propagates
+        ``objective / accum_steps``, sums ``logged / accum_steps`` for the log and watches ``probe`` for
+        non-finite values."""
+        raise NotImplementedError
+
+    def log_fields(self, clips_per_s: float) -> dict:
+        """Task-specific fields of a log record (read on log steps only)."""
+        return {}
+
+    def after_epoch(self, step: int) -> dict:
+        """At an epoch's end (``epoch_checkpoints`` tasks): e.g. validation; returns fields for the log record."""
+        return {}
+
+    def state(self) -> dict:
+        """Model and optimizer state (and what the task keeps) for a checkpoint."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def nonfinite_detail(self, bad_step: int) -> str:
+        return ""
+
+    def describe(self) -> str:
+        """The first part of the run's header line."""
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return f"{self.cfg.model}: {n_params / 1e6:.2f}M params"
+
+    def finish(self, step: int) -> None:
+        """After the last step (not after a stop signal): final weights, reports, testing."""
+
+    def close(self) -> None:
+        """Release the process group's users before it is destroyed."""
+        del self.runner
+
+
+def _schedules(cfg: TrainingConfig, steps_per_epoch: int, lr: float):
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_epochs * steps_per_epoch)
+    min_lr = cfg.min_lr * lr / cfg.lr
+    wd_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else cfg.weight_decay
+    return total, cosine_schedule(lr, min_lr, total, warmup), cosine_schedule(cfg.weight_decay, wd_end, total, 0)
+
+
+class _Guard:
+    """The finite-loss flag: the first step whose loss was not finite, kept on the device (-1: none yet)."""
+
+    def __init__(self, device: torch.device, d: Dist):
+        self.first_bad, self.d = torch.full((), -1, device=device, dtype=torch.long), d
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), step, self.first_bad)
+
+    def bad_step(self) -> int:
+        """The host read (a sync: log and save steps only), agreed by every rank."""
+        if self.d.world_size > 1:
+            dist.all_reduce(self.first_bad, op=dist.ReduceOp.MAX)
+        return int(self.first_bad.item())
+
+
+class _Run:
+    """The state of one run of a task: schedules, optimizer, scaler, checkpoints, guard, metrics, data position."""
+
+    def __init__(self, task: Task):
+        self.task, self.s, self.cfg, self.d = task, task.s, task.cfg, task.d
+        cfg, d, loader = self.cfg, self.d, task.loader
+        if len(loader) < cfg.accum_steps:
+            raise ValueError(f"the data gives {len(loader)} batches per epoch per process; need at least "
+                             f"--accum_steps {cfg.accum_steps}: add videos or lower --batch_size {cfg.batch_size}")
+        n_params = sum(p.numel() for p in task.model.parameters())
+        if d.is_main:
+            check_output_dir(cfg.output_dir, needed_bytes=n_params * 4 * 3 + 2**20)  # weights + 2 AdamW moments
+        if d.world_size > 1:
+            dist.barrier()
+        self.global_videos = cfg.batch_size * d.world_size * cfg.accum_steps  # official: num_sample not counted
+        self.lr = cfg.lr * self.global_videos / 256
+        self.steps_per_epoch = max(len(loader) // cfg.accum_steps, 1)
+        self.total_steps, self.lr_at, self.wd_at = _schedules(cfg, self.steps_per_epoch, self.lr)
+        task.optimizer = task.build_optimizer(self.lr)
+        self.scaler = torch.amp.GradScaler(self.s.device.type) if self.s.precision == "fp16" else None
+        self.checkpoints = Checkpoints(cfg.output_dir, cfg.keep_last)
+        self.guard = _Guard(self.s.device, d)
+        self.loss_sum = torch.zeros((), device=self.s.device)  # device-side: read on log steps only
+        self.step = _resume(task, cfg, self.checkpoints, self.scaler)
+        self.epoch, first_batch = divmod(self.step * cfg.accum_steps, len(loader))
+        loader.set_epoch(self.epoch)
+        self.batches = loader.iterate(first_batch)
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def check_finite(self) -> None:
+        bad = self.guard.bad_step()
+        if bad >= 0:
+            raise NonFiniteLoss(f"the loss became non-finite at step {bad}{self.task.nonfinite_detail(bad)}; stopped "
+                                f"without saving. The last good checkpoint is {self.checkpoints.latest()}. Lower --lr, "
+                                f"set --clip_grad, or check the data; then --resume auto")
+
+    def save(self) -> None:
+        self.check_finite()  # a checkpoint never holds a diverged model
+        state = {**self.task.state(), "scaler": self.scaler.state_dict() if self.scaler else None, "step": self.step,
+                 "rng": rng_state(), "world_size": self.d.world_size, "config": to_dict(self.cfg)}
+        if self.d.is_main:
+            self.checkpoints.save(state, self.step)
+
+    def next_batch(self):
+        batch = next(self.batches, None)
+        if batch is None:  # the next epoch
+            self.epoch += 1
+            self.task.loader.set_epoch(self.epoch)
+            self.batches = self.task.loader.iterate(0)
+            batch = next(self.batches)
+        return batch
+
+    def optimizer_step(self) -> torch.Tensor:
+        """One optimizer step over ``accum_steps`` micro-batches; returns the gradient norm (on the device)."""
+        task, cfg, s = self.task, self.cfg, self.s
+        set_schedule(task.optimizer, float(self.lr_at[self.step]), float(self.wd_at[self.step]))
+        task.before_step(self.step)
+        for micro in range(cfg.accum_steps):
+            batch = self.next_batch()
+            last = micro == cfg.accum_steps - 1
+            no_sync = task.runner.no_sync() if not last and hasattr(task.runner, "no_sync") else contextlib.nullcontext()
+            with no_sync, torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
+                objective, logged, probe = task.forward(batch, self.step, micro)
+                objective = objective / cfg.accum_steps
+                (self.scaler.scale(objective) if self.scaler else objective).backward()
+            self.loss_sum += logged.detach() / cfg.accum_steps
+            self.guard.watch(probe, self.step)
+        grad_norm = optimizer_step(task.optimizer, self.scaler, task.model.parameters(), cfg.clip_grad)
+        self.step += 1
+        self.window_steps += 1
+        return grad_norm
+
+    def record(self, grad_norm: torch.Tensor) -> dict:
+        """The log record of the window since the last one (reads the device: log steps only)."""
+        cfg, d = self.cfg, self.d
+        if d.world_size > 1:
+            dist.all_reduce(self.loss_sum)
+            self.loss_sum /= d.world_size if self.task.log_divisor_per_rank else 1
+        clips_per_s = (self.window_steps * cfg.accum_steps * cfg.batch_size * cfg.num_sample * d.world_size
+                       / (time.perf_counter() - self.window_start))
+        loader = self.task.loader
+        record = {"step": self.step, "epoch": self.epoch, "loss": self.loss_sum.item() / max(self.window_steps, 1),
+                  "lr": float(self.lr_at[self.step - 1]), "grad_norm": float(grad_norm), "clips_per_s": clips_per_s,
+                  "data_wait_frac": loader.telemetry.wait_fraction,
+                  "skipped_videos": sum(loader.ledger.encounters.values()), **self.task.log_fields(clips_per_s)}
+        self.loss_sum.zero_()
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        return record
+
+    def epoch_done(self) -> bool:
+        cfg = self.cfg
+        return self.task.epoch_checkpoints and ((self.step * cfg.accum_steps) % len(self.task.loader) < cfg.accum_steps
+                                                or self.step == self.total_steps)
+
+    def loop(self, stop_signal: list[int], metrics: MetricsLog) -> bool:
+        """Steps until the last one or an agreed stop signal; returns whether it stopped early."""
+        cfg, d = self.cfg, self.d
+        self.task.runner.train()
+        stopping = False
+        while self.step < self.total_steps and not stopping:
+            grad_norm = self.optimizer_step()
+            epoch_done = self.epoch_done()
+            if d.world_size == 1:
+                stopping = bool(stop_signal)
+            record = {}
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps or epoch_done:
+                self.check_finite()  # the one host sync, on log steps only
+                stopping = agreed_stop(stop_signal, d, self.s.device)
+                record = self.record(grad_norm)
+            if epoch_done:
+                record = {**(record or {"step": self.step}), **self.task.after_epoch(self.step)}
+                self.window_start = time.perf_counter()  # clips/s counts training only
+            if record:
+                metrics.write(record)
+            if self.step % cfg.save_every_steps == 0 or self.step == self.total_steps or epoch_done or stopping:
+                self.save()
+        return stopping
+
+
+def train(task: Task) -> int:
+    """Run ``task`` to its last step (or a stop signal); exit code 0. Raises ``NonFiniteLoss``."""
+    run, s, d = _Run(task), task.s, task.d
+    stop_signal = stop_signals()
+    metrics = MetricsLog(task.cfg.output_dir, run.total_steps, run.step, enabled=d.is_main)
+    if d.is_main:
+        print(f"{task.describe()}, {d.world_size} process(es) on {s.device}, {s.precision}, {run.total_steps} steps "
+              f"of {run.global_videos} videos x {task.cfg.num_sample} views, lr {run.lr:.2e}", flush=True)
+    stopped = run.loop(stop_signal, metrics)
+    metrics.close()
+    if stopped:
+        if d.is_main:
+            print(f"\nstopped by signal {stop_signal[0]} at step {run.step}; checkpoint saved, --resume auto "
+                  f"continues", flush=True)
+    else:
+        task.finish(run.step)
+    if d.world_size > 1:
+        task.close()
+        finish_distributed()
+    return 0
+
+
+def _resume(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler) -> int:
+    """Load ``--resume`` (``auto``: the latest checkpoint in the output folder); the step to continue from."""
+    source = checkpoints.latest() if cfg.resume == "auto" else (None if cfg.resume == "none" else cfg.resume)
+    if not source:
+        return 0
+    state = Checkpoints.load(source)
+    task.load_state(state)
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    if task.d.is_main:
+        print(f"resumed from {source} at step {state['step']}", flush=True)
+        if state.get("world_size", 1) != task.d.world_size:
+            log.warning("checkpoint was written with world size %s, now %s: the data order and epoch positions "
+                        "change", state.get("world_size"), task.d.world_size)
+    return int(state["step"])
+
+
+def run(build_task, cfg: TrainingConfig) -> int:
+    """``build_task(setup(cfg))`` then :func:`train`; exit code 0, 2 (bad lists, weights, output folder ... found
+    before training) or 3 (the loss stopped being finite)."""
+    try:
+        return train(build_task(setup(cfg)))
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
