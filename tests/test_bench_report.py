@@ -1,6 +1,7 @@
 """benchmarks/report.py on a hand-built pytest-benchmark JSON: markdown content, PNG, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -174,28 +175,48 @@ def _real_group_doc(gpu: str) -> dict:
                            _bench("data-cpu", "test_vmae2_torch_loader", 0.468, {"loader": "torch"})]}
 
 
-def test_predicted_gpu_times_beside_cpu_measurements(tmp_path):
+# token_gather ViT-B, batch 32, bf16 (160 visible of 1568 tokens, width 768): bf16 rows read and written
+# (2 x 32*160*768*2 B), int64 ids (32*160*8 B), the fp32 position table read once (1568*768*4 B) = 20,586,496 B;
+# the floor is that over HBM bandwidth (A100 1.9 TB/s: 10.8 µs, H100 3.0 TB/s: 6.9 µs).
+GATHER_MB, GATHER_FLOOR_US = "20.6", {"A100-80GB": "10.8", "H100-80GB": "6.9"}
+PREDICTED_S = {"A100-80GB": 25e-6, "H100-80GB": 8e-6}  # stand-ins for the model's time, to check what is shown
+
+
+def _predict_with_known_times(monkeypatch):
+    """The roofline model as is (traffic, floor, bound), with the predicted time set to PREDICTED_S."""
+    model = report.roofline_module()
+    real = model.predict
+
+    def predict(op, shape, batch, dtype, gpu):
+        p = real(op, shape, batch, dtype, gpu)
+        return dataclasses.replace(p, predicted_s=PREDICTED_S[p.gpu])
+
+    monkeypatch.setattr(model, "predict", predict)
+
+
+def test_predicted_gpu_times_beside_cpu_measurements(tmp_path, monkeypatch):
+    _predict_with_known_times(monkeypatch)
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps(_real_group_doc("cpu")))
     assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
-    model = report.roofline_module()
-    gather = {p.gpu: p for p in (model.predict("token_gather", "ViT-B", 32, "bfloat16", g) for g in model.GPUS)}
     summary = _section(md, "Measured here vs PREDICTED on GPU")
     assert "not on a modelled GPU" in summary
-    assert (f"| token_gather ViT-B B=32 | triton | 20.0 | {report._prediction_cell(gather['A100-80GB'])} | "
-            f"{report._prediction_cell(gather['H100-80GB'])} |") in summary
+    assert ("| token_gather ViT-B B=32 | triton | 20.0 | 25.0 (floor 10.8, memory-bound) | "
+            "8.0 (floor 6.9, memory-bound) |") in summary
     assert "recon_loss_fwd_bwd ViT-B B=32" in summary and "data-cpu" not in summary  # no model for data loading
     g = _section(md, "token_gather ViT-B B=32")
-    assert "PREDICTED on GPU (model, not measured" in g and "batch 32, bfloat16" in g
-    assert f"H100-80GB **{report.fmt_us(gather['H100-80GB'].predicted_s)} µs**" in g
+    assert (f"PREDICTED on GPU (model, not measured; Triton implementation, batch 32, bfloat16, {GATHER_MB} MB must "
+            f"move): A100-80GB **25.0 µs** (floor {GATHER_FLOOR_US['A100-80GB']} µs, memory-bound); "
+            f"H100-80GB **8.0 µs** (floor {GATHER_FLOOR_US['H100-80GB']} µs, memory-bound)") in g
     assert "measured / PREDICTED" not in md  # a CPU run: no ratio column
     assert "PREDICTED" not in _section(md, "data-cpu")
     with Image.open(tmp_path / "out" / "report.png") as img:
         assert img.size[0] > 0
 
 
-def test_measured_over_predicted_on_a_modelled_gpu(tmp_path):
+def test_measured_over_predicted_on_a_modelled_gpu(tmp_path, monkeypatch):
+    _predict_with_known_times(monkeypatch)
     path = tmp_path / "h100.json"
     path.write_text(json.dumps(_real_group_doc("NVIDIA H100 80GB HBM3")))
     assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
@@ -203,6 +224,6 @@ def test_measured_over_predicted_on_a_modelled_gpu(tmp_path):
     assert "This run was on H100-80GB" in md
     g = _section(md, "token_gather ViT-B B=32")
     assert "measured / PREDICTED H100-80GB" in g
-    model = report.roofline_module()
-    ratio = 20e-6 / model.predict("token_gather", "ViT-B", 32, "bfloat16", "H100").predicted_s
-    assert f"| {ratio:.2f}x |" in g
+    # measured 40 and 20 µs per call over the H100's 8 µs
+    assert "| torch | 400 µs | 40.0 | — | 5 | 1.00x (baseline) | 5.00x |" in g
+    assert "| triton | 200 µs | 20.0 | — | 5 | **2.00x** | 2.50x |" in g

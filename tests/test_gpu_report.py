@@ -124,11 +124,50 @@ def test_memory_bound_kernels_are_128_bit(report):
     assert bwd and all(r["sass"].get("STG.128", 0) > 0 for r in bwd)
 
 
-def test_occupancy_in_report_matches_the_model(report):
+# Per-SM limits of sm_80 (A100) and sm_90 (H100) from the CUDA programming guide's compute-capability table,
+# written out here (not read from roofline.GPU) so that the occupancy in the report is checked against the hardware.
+REGS_PER_SM, REG_ALLOC_UNIT, MAX_THREADS_PER_SM, MAX_BLOCKS_PER_SM = 65536, 256, 2048, 32
+SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
+SMEM_RESERVED_PER_BLOCK = 1024
+
+
+def _blocks_per_sm(arch, regs, warps, smem):
+    """Resident CTAs per SM and the limits that bind: registers go out per warp in units of 256."""
+    regs_per_warp = -(-regs * 32 // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    limits = {"registers": REGS_PER_SM // regs_per_warp // warps, "threads": MAX_THREADS_PER_SM // (32 * warps),
+              "blocks": MAX_BLOCKS_PER_SM, "shared memory": SMEM_PER_SM[arch] // (smem + SMEM_RESERVED_PER_BLOCK)}
+    n = min(limits.values())
+    return n, {k for k, v in limits.items() if v == n}
+
+
+@pytest.mark.parametrize("arch,regs,warps,smem,blocks,limiter", [
+    ("sm_80", 40, 4, 8192, 12, "registers"),  # 40 x 32 = 1280 regs/warp -> 51 warps -> 12 CTAs (smem: 18, threads: 16)
+    ("sm_80", 85, 4, 2048, 5, "registers"),  # 2720 -> 2816 regs/warp -> 23 warps -> 5 CTAs
+    ("sm_80", 127, 16, 4096, 1, "registers"),  # 4064 -> 4096 regs/warp -> 16 warps -> 1 CTA of 16 warps
+    ("sm_90", 98, 16, 4096, 1, "registers"),  # 3136 -> 3328 regs/warp -> 19 warps -> 1 CTA
+    ("sm_90", 161, 4, 1024, 3, "registers"),  # 5152 -> 5376 regs/warp -> 12 warps -> 3 CTAs
+    ("sm_80", 22, 8, 0, 8, "threads"),  # 768 regs/warp -> 85 warps -> 10 CTAs; 2048 / 256 threads -> 8
+    ("sm_80", 16, 1, 0, 32, "blocks"),  # 64 warps of registers, 64 CTAs of threads: the 32-CTA limit
+    ("sm_80", 32, 4, 40 * 1024, 4, "shared memory"),  # 164 KB / (40 + 1) KB
+    ("sm_90", 32, 4, 40 * 1024, 5, "shared memory"),  # 228 KB / (40 + 1) KB
+])
+def test_hand_computed_occupancy(arch, regs, warps, smem, blocks, limiter):
+    """The hardware arithmetic below, worked by hand, and the roofline model on the same inputs."""
+    assert _blocks_per_sm(arch, regs, warps, smem) == (blocks, {limiter})
+    occ = R.occupancy(R.GPU_BY_ARCH[arch], regs, 32 * warps, smem)
+    assert (occ.blocks_per_sm, occ.limiter) == (blocks, limiter)
+
+
+def test_occupancy_in_report_matches_the_hardware_limits(report):
+    """Every compiled kernel's occupancy in the report: the CTAs per SM its registers, threads and shared memory
+    allow on that architecture, computed from the hardware limits above."""
     _, doc, _ = report
     for r in _rows(doc):
-        occ = R.occupancy(R.GPU_BY_ARCH[r["arch"]], r["regs"], 32 * r["num_warps"], r["smem"])
-        assert r["occupancy"]["blocks_per_sm"] == occ.blocks_per_sm
+        blocks, binding = _blocks_per_sm(r["arch"], r["regs"], r["num_warps"], r["smem"])
+        occ = r["occupancy"]
+        assert occ["blocks_per_sm"] == blocks and occ["limiter"] in binding, r
+        assert occ["warps_per_sm"] == blocks * r["num_warps"], r
+        assert occ["fraction"] == pytest.approx(blocks * r["num_warps"] / 64), r  # 64 warps per SM
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
