@@ -4,7 +4,7 @@ import torch
 from tolerances import assert_close_fp
 
 from vmae2 import masking
-from vmae2.loss import normalize_patches, patchify, reconstruction_loss, reconstruction_target
+from vmae2.loss import denormalize_patches, normalize_patches, patchify, reconstruction_loss, reconstruction_target
 
 GRID = (2, 2, 3)  # T'=2, H'=2, W'=3 tokens from a [B, 3, 4, 32, 48] clip with 16x16 patches
 
@@ -31,6 +31,12 @@ def test_normalisation_uses_unbiased_std_plus_eps():
     out = normalize_patches(x)
     expected = (x - 3.0) / (torch.tensor(14 / 3).sqrt() + 1e-6)
     assert_close_fp(out, expected)
+
+
+def test_denormalize_inverts_normalize():
+    x = torch.randn(2, 5, 8, 3, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    x[0, 1] = 0.25  # a flat patch: std 0, the eps alone scales it
+    assert_close_fp(denormalize_patches(normalize_patches(x), x), x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
