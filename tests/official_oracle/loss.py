@@ -51,7 +51,8 @@ def decoded(target: torch.Tensor, dec_mask: torch.Tensor) -> torch.Tensor:
 
 def weighted_mse(pred: torch.Tensor, labels: torch.Tensor, enc_mask: torch.Tensor, dec_mask: torch.Tensor, *,
                  reduction: str = "global", weights: str = "encoder_masked") -> torch.Tensor:
-    """The engine's loss on ``pred`` / ``labels`` ``[B, N_dv, P]``: per-token MSE weighted by ``enc_mask[~dec_mask]``."""
+    """The engine's loss of ``pred`` on ``labels`` (``[B, N_dv, P]``): per-token MSE, weights
+    ``enc_mask[~dec_mask]``, one weighted mean over the batch."""
     per_token = ((pred - labels) ** 2).mean(dim=-1)  # [B, N_dv]
     if weights == "encoder_masked":
         w = enc_mask[~dec_mask].reshape(pred.shape[0], -1).to(per_token.dtype)
