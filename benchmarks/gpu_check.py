@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports Triton
     ensure_importable((args.out or Path(tempfile.mkdtemp())) / "pythonpath")
-    sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]  # cases, official_step; tolerances
+    sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]  # cases, official_step; oracle, tolerances
     import cases  # noqa: F401  (the imports the stages need, checked up front)
     import official_step  # noqa: F401
     from tolerances import assert_close_fp  # noqa: F401

@@ -6,11 +6,12 @@ Three groups of benchmarks:
   reference through ``backend="torch"``), ``compiled`` (``torch.compile`` of the reference, inductor),
   ``triton`` (CUDA only), ``cuda`` / ``cpp`` (the native extension, when built).
 * ``test_mask_construction``: building one batch of encoder (tube) / decoder (running-cell) masks with the
-  public API against a numpy re-statement of the official per-sample generators plus the official engine's
-  collate / ``.to(device).flatten(1).to(torch.bool)``.
-* ``test_loss_fwd_bwd``: the fused loss forward + backward against an official-style eager loss (fp32 target
-  for all N tokens, boolean selection, MSE), with the peak extra memory of one forward + backward (bytes allocated
-  above the inputs; CPU: torch.profiler memory events, CUDA: the caching allocator's peak) in ``extra_info``.
+  public API against the official per-sample numpy generators plus the official engine's collate /
+  ``.to(device).flatten(1).to(torch.bool)`` (``tests/official_oracle``).
+* ``test_loss_fwd_bwd``: the fused loss forward + backward against the official eager loss (fp32 target for all
+  N tokens, boolean selection, MSE; ``tests/official_oracle``), with the peak extra memory of one forward + backward
+  (bytes allocated above the inputs; CPU: ``benchmarks/memory.py``, CUDA: the caching allocator's peak) in
+  ``extra_info``.
 
 Timing (STYLE.md section 7): one untimed call, then ``benchmark.pedantic`` rounds of ``inner`` back-to-back
 calls closed by one ``torch.cuda.synchronize()`` (nothing to sync on CPU). Per-call time, explicit bytes moved and
@@ -33,11 +34,13 @@ import torch
 import vmae2_kernels as K
 from vmae2_kernels import dispatch, ops
 from vmae2_kernels import reference as R
+from benchmarks.memory import cpu_peak_extra_bytes
 from benchmarks.roofline import SHAPES as ROOFLINE_SHAPES
 from benchmarks.roofline import Shape
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parent)]
-import cases as bench_cases  # noqa: E402  (benchmarks/cases.py; this module is also loaded by path from tests/)
+import cases as bench_cases  # noqa: E402  (benchmarks/cases.py)
+import official_oracle as O  # noqa: E402  (tests/official_oracle: the official generators and loss)
 from tolerances import assert_close_fp  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -176,57 +179,14 @@ def test_op(benchmark, bench_rows, op, provider, shape):
 
 # -- 2. mask construction: public API vs the official per-sample numpy generators ---------------------------
 
-class TubeMaskNumpy:
-    """Official-style encoder mask: one shuffled per-frame 0/1 vector (1 = masked), the same for every frame."""
-
-    def __init__(self, grid, ratio):
-        self.frames, self.hw = grid[0], grid[1] * grid[2]
-        self.masked = int(ratio * self.hw)
-
-    def __call__(self) -> np.ndarray:
-        frame = np.concatenate([np.zeros(self.hw - self.masked), np.ones(self.masked)])
-        np.random.shuffle(frame)
-        return np.tile(frame, (self.frames, 1))  # (T', H'W') float64
-
-
-class RunningCellMaskNumpy:
-    """Official-style decoder mask: four maps precomputed once, one picked per sample (1 = decoder-masked).
-
-    Map ``p``, frame ``t``: a 2x2 cell whose slots ``j`` (row-major) are masked iff ``(j + p + t + 1) % 4 < m``
-    (the cell's pointer starts at ``p`` and advances once before each frame), tiled over the frame.
-    """
-
-    def __init__(self, grid, ratio):
-        frames, h, w = grid
-        m = int(4 * ratio)
-        slots = np.arange(4)
-        maps = []
-        for start in range(4):
-            rows = []
-            for t in range(frames):
-                cell = ((slots + start + t + 1) % 4 < m).astype(np.float64).reshape(2, 2)
-                rows.append(np.tile(cell, (h // 2, w // 2)).reshape(-1))
-            maps.append(np.stack(rows))
-        self.maps = np.stack(maps)  # (4, T', H'W') float64
-
-    def __call__(self) -> np.ndarray:
-        return self.maps[np.random.randint(4)].copy()
-
-
-def official_batch(generator, batch: int) -> torch.Tensor:
-    """Per-sample generator calls, default_collate (tensor per sample, stacked), then the engine's conversion."""
-    masks = torch.stack([torch.as_tensor(generator()) for _ in range(batch)])
-    return masks.to(DEVICE, non_blocking=True).flatten(1).to(torch.bool)
-
-
 def check_numpy_generators(shape: Shape) -> None:
-    """The numpy re-statements build the masks whose kept ids our ops return (not timed)."""
+    """The official generators build the masks whose kept ids our ops return (not timed)."""
     t, m = shape.grid[0], shape.masked_per_frame
-    rc = RunningCellMaskNumpy(shape.grid, DEC_RATIO)
+    rc = O.RunningCellGenerator(shape.grid, DEC_RATIO)
     for p in range(4):
         ours = ops.running_cell_ids(torch.tensor([p]), *shape.grid, shape.masked_per_cell, "torch")[0]
-        assert torch.equal(ours, torch.nonzero(torch.as_tensor(rc.maps[p]).flatten() == 0).flatten())
-    frame = TubeMaskNumpy(shape.grid, ENC_RATIO)()[0]
+        assert torch.equal(ours, torch.nonzero(torch.as_tensor(rc.row(p)).flatten() == 0).flatten())
+    frame = O.TubeGenerator(shape.grid, ENC_RATIO)()[0]
     keys = torch.as_tensor(1.0 - frame, dtype=torch.float32)[None]  # masked positions get the smallest keys
     ours = ops.tube_ids(keys, t, m, "torch")[0]
     expected = torch.nonzero(torch.as_tensor(np.tile(frame, t)) == 0).flatten()
@@ -243,10 +203,10 @@ def test_mask_construction(benchmark, bench_rows, kind, provider, shape):
         check_numpy_generators(shape)
         np.random.seed(0)
         if kind == "tube":
-            gen = TubeMaskNumpy(shape.grid, ENC_RATIO)
+            gen = O.TubeGenerator(shape.grid, ENC_RATIO)
         else:
-            gen = RunningCellMaskNumpy(shape.grid, DEC_RATIO)
-        fn = lambda: official_batch(gen, BATCH)  # noqa: E731
+            gen = O.RunningCellGenerator(shape.grid, DEC_RATIO)
+        fn = lambda: O.batch_masks([gen() for _ in range(BATCH)], DEVICE)  # noqa: E731
         nbytes = BATCH * shape.num_tokens * bench_cases.esize(torch.bool)  # the bool mask it produces on the device
     else:
         if provider != "torch":
@@ -261,54 +221,12 @@ def test_mask_construction(benchmark, bench_rows, kind, provider, shape):
     timed(benchmark, bench_rows, fn, op=op, provider=provider, shape=shape, nbytes=nbytes)
 
 
-# -- 3. fused loss forward + backward vs the official-style eager loss --------------------------------------
-
-def official_style_loss(pred, video, enc_mask, dec_mask, patch):
-    """Official-style loss: fp32 targets for all N tokens, boolean selection, weighted MSE (True = masked)."""
-    B, C, T, H, W = video.shape
-    with torch.no_grad():
-        mean = torch.as_tensor(bench_cases.MEAN).to(video.device)[None, :, None, None, None]
-        std = torch.as_tensor(bench_cases.STD).to(video.device)[None, :, None, None, None]
-        u = video * std + mean
-        t, h, w = T // TUBELET, H // patch, W // patch
-        patches = u.reshape(B, C, t, TUBELET, h, patch, w, patch).permute(0, 2, 4, 6, 3, 5, 7, 1)
-        patches = patches.reshape(B, t * h * w, TUBELET * patch * patch, C)
-        patches = (patches - patches.mean(dim=-2, keepdim=True)) / (
-            patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-        target = patches.reshape(B, t * h * w, -1)
-        labels = target[~dec_mask].reshape(B, -1, target.shape[-1])
-    loss = ((pred - labels) ** 2).mean(dim=-1)
-    weights = enc_mask[~dec_mask].reshape(B, -1)
-    return (loss * weights).sum() / weights.sum()
-
+# -- 3. fused loss forward + backward vs the official eager loss --------------------------------------------
 
 def fused_with_mask(pred, video, dec_ids, enc_mask, patch):
     """What ``recon_loss(..., enc_mask)`` does in eager, for the compiled provider: weights gathered, then the loss."""
     weights = torch.gather(enc_mask, 1, dec_ids).float()
     return R.recon_loss(pred, video, dec_ids, weights, patch, TUBELET, True, bench_cases.MEAN, bench_cases.STD)
-
-
-def cpu_peak_extra_bytes(fn) -> int:
-    """Peak CPU memory one call of ``fn`` allocates above what was allocated before it (its inputs), in bytes.
-
-    Walks ``torch.profiler``'s memory events (``profile_memory=True``: one event per allocation and free of the
-    c10 CPU allocator, signed sizes) in time order and takes the maximum of the running total. Every tensor counts,
-    those allocated inside C++ ops (the native extension's outputs) and by autograd included; scratch that bypasses
-    the allocator (the native loss's per-thread ``std::vector`` of one token's target, a few KB) does not.
-    ``tests/test_peak_memory.py`` checks it on known allocation patterns.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-        del out
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    total = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        total += e.nbytes()
-        peak = max(peak, total)
-    return peak
 
 
 def peak_extra_bytes(fn) -> tuple[int, str]:
@@ -340,14 +258,14 @@ def test_loss_fwd_bwd(benchmark, bench_rows, provider, shape):
 
     def loss_of(name):
         if name == "official":
-            return lambda: official_style_loss(pred, video, enc_mask, dec_mask, p)
+            return lambda: O.official_loss(pred, video, enc_mask, dec_mask, p)
         if name == "compiled":
             return lambda: compiled(pred, video, dec_ids, enc_mask, p)
         return lambda: K.recon_loss(pred, video, dec_ids, enc_mask, patch_size=p, tubelet_size=TUBELET, backend=name)
 
     loss = loss_of(provider)
     fn = lambda: torch.autograd.grad(loss(), pred)[0]  # noqa: E731  (no .grad accumulation in the timed call)
-    if provider != "official":  # same loss and gradient as the official-style one
+    if provider != "official":  # same loss and gradient as the official one
         check_close(loss(), loss_of("official")())
         check_close(fn(), torch.autograd.grad(loss_of("official")(), pred)[0])
     nbytes = bench_cases.recon_fwd_bwd_bytes(shape, BATCH, DTYPE, video.dtype)

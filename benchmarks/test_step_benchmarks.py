@@ -6,7 +6,7 @@ Two comparisons, each arm its own benchmark, grouped so the pytest-benchmark tab
 * ``test_dual_masking_step``: vmae2 with running-cell decoder masking (ratio 0.5, ``dual``) against vmae2 without
   it (``v1``: ``decoder_mask=None``, every encoder-masked token decoded). Same model, inputs and attention
   backend; the ratio ``v1 / dual`` is the dual-masking speed-up.
-* ``test_official_step``: vmae2 against the official-style step of ``official_step.py`` (boolean gathers, explicit
+* ``test_official_step``: vmae2 against the official step (``official_step.py``: boolean gathers, explicit
   softmax attention, full fp32 target, ``loss.item()`` per step), both with dual masking, on identical weights,
   masks and inputs. The ratio ``official / vmae2`` is vmae2's speed-up; the first-call losses must agree.
 
@@ -37,13 +37,13 @@ import threading
 import time
 from pathlib import Path
 
-import official_step as O
 import pytest
 import torch
 
 from vmae2.flops import peak_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import official_step as O  # noqa: E402  (needs tests/official_oracle)
 from tolerances import FP_TOL  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
 
 # -- configuration ------------------------------------------------------------------------------------------

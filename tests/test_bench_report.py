@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,18 +12,9 @@ import pytest
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
+from benchmarks import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_report():
-    spec = importlib.util.spec_from_file_location("vmae2_bench_report", ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load_report()
 
 
 def _stats(median: float, rounds: int = 5) -> dict:

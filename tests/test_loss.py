@@ -1,9 +1,10 @@
+import official_oracle as O
 import pytest
 import torch
 from tolerances import assert_close_fp
 
 from vmae2 import masking
-from vmae2.loss import normalize_patches, patchify, reconstruction_loss, reconstruction_target
+from vmae2.loss import denormalize_patches, normalize_patches, patchify, reconstruction_loss, reconstruction_target
 
 GRID = (2, 2, 3)  # T'=2, H'=2, W'=3 tokens from a [B, 3, 4, 32, 48] clip with 16x16 patches
 
@@ -14,22 +15,6 @@ def _setup(B=3, seed=0):
     enc = masking.random_mask(B, GRID, 0.5, generator=g)
     dec = masking.random_mask(B, GRID, 0.5, generator=g)
     return video, enc, dec
-
-
-def _plain_loss(pred, video, enc, dec, p=16):
-    """Straightforward restatement on the full target with boolean selection (test oracle)."""
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
-    u = video * std + mean
-    B, C, T, H, W = u.shape
-    x = u.reshape(B, C, T // 2, 2, H // p, p, W // p, p).permute(0, 2, 4, 6, 3, 5, 7, 1)
-    x = x.reshape(B, -1, 2 * p * p, C)
-    x = (x - x.mean(-2, keepdim=True)) / (x.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-    target = x.reshape(B, x.shape[1], -1)
-    labels = target[~dec].reshape(B, -1, target.shape[-1])
-    per_token = ((pred.float() - labels) ** 2).mean(-1)
-    w = enc[~dec].reshape(B, -1).float()
-    return (per_token * w).sum() / w.sum()
 
 
 def test_patchify_layout():
@@ -48,12 +33,18 @@ def test_normalisation_uses_unbiased_std_plus_eps():
     assert_close_fp(out, expected)
 
 
+def test_denormalize_inverts_normalize():
+    x = torch.randn(2, 5, 8, 3, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    x[0, 1] = 0.25  # a flat patch: std 0, the eps alone scales it
+    assert_close_fp(denormalize_patches(normalize_patches(x), x), x)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_loss_matches_plain_restatement(dtype):
+def test_loss_matches_official_oracle(dtype):
     video, enc, dec = _setup()
     pred = torch.randn(3, 6, 1536).to(dtype)
     loss = reconstruction_loss(pred, video, enc, dec, patch_size=16)
-    ref = _plain_loss(pred, video, enc, dec)
+    ref = O.official_loss(pred, video, enc, dec, 16)
     assert loss.dtype == torch.float32
     assert_close_fp(loss, ref)  # fp32 accumulation whatever pred's dtype
 
@@ -78,7 +69,7 @@ def test_v1_and_loss_on_all():
     video, enc, _ = _setup()
     pred = torch.randn(3, 6, 1536)
     v1 = reconstruction_loss(pred, video, enc, None, patch_size=16)
-    assert_close_fp(v1, _plain_loss(pred, video, enc, ~enc))
+    assert_close_fp(v1, O.official_loss(pred, video, enc, ~enc, 16))
     dec_ids = masking.random_ids(3, GRID, 0.5, generator=torch.Generator().manual_seed(5))
     target = reconstruction_target(video, dec_ids, patch_size=16)
     every = reconstruction_loss(pred, video, enc, dec_ids, patch_size=16, loss_on="all")
@@ -100,9 +91,7 @@ def test_unnormalised_target():
     video, enc, dec = _setup()
     dec_ids = masking.mask_to_ids(dec)
     target = reconstruction_target(video, dec_ids, patch_size=16, normalize_target=False)
-    std, mean = torch.tensor([0.229, 0.224, 0.225]), torch.tensor([0.485, 0.456, 0.406])
-    u = video * std.view(1, 3, 1, 1, 1) + mean.view(1, 3, 1, 1, 1)
-    full = patchify(u, 16).reshape(3, 12, -1)
+    full = O.official_targets(video, 16, normalize=False)  # [3, 12, 1536]
     assert_close_fp(target, torch.gather(full, 1, dec_ids[..., None].expand(-1, -1, 1536)))
 
 

@@ -1,36 +1,21 @@
-"""The official-style step of ``benchmarks/official_step.py`` computes what vmae2's step computes.
+"""The two arms of the step benchmark compute the same thing.
 
-``benchmarks/test_step_benchmarks.py`` times the two against each other; these checks make sure it compares like
-with like: with identical weights, masks and inputs (small config) both give the same predictions, loss,
-gradients, gradient norm and AdamW update, in fp32.
+``benchmarks/test_step_benchmarks.py`` times the official step (``official_oracle``) against vmae2's
+(``benchmarks/official_step.py``); these checks make sure it compares like with like: with identical weights, masks
+and inputs (small config) both give the same predictions, loss, gradients, gradient norm and AdamW update, in fp32.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import official_oracle as O
 import pytest
 import torch
 from tolerances import FP_TOL
 
+from benchmarks.official_step import Vmae2Step, vmae2_optimizer
 from vmae2 import masking
 from vmae2.models import create_model
 from vmae2.runtime import param_groups
 
-
-def _load_official_step():
-    if "official_step" in sys.modules:  # benchmarks/ collected in the same run
-        return sys.modules["official_step"]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "official_step.py"
-    spec = importlib.util.spec_from_file_location("official_step", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["official_step"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ostep = _load_official_step()
 MODEL = "pretrain_videomae_small_patch16_224"
 FRAMES, SIZE, BATCH = 4, 64, 3
 REL = FP_TOL[torch.float32][0]  # two fp32 computations of the same math (tests/tolerances.py)
@@ -49,7 +34,7 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def make_pair(attn_backend: str = "auto", seed: int = 0):
     torch.manual_seed(seed)
     model = perturb_(create_model(MODEL, num_frames=FRAMES, img_size=SIZE, attn_backend=attn_backend), seed)
-    return model, ostep.official_from_vmae2(model)
+    return model, O.official_from_vmae2(model)
 
 
 def make_inputs(model, seed: int = 1):
@@ -85,7 +70,7 @@ def test_official_param_groups_equal_vmae2_param_groups():
     model, official = make_pair()
     names = {id(p): n for n, p in official.named_parameters()}
     names_v = {id(p): n for n, p in model.named_parameters()}
-    theirs = [sorted(names[id(p)] for p in g["params"]) for g in ostep.official_param_groups(official, 0.05)]
+    theirs = [sorted(names[id(p)] for p in g["params"]) for g in O.official_param_groups(official, 0.05)]
     ours = [sorted(names_v[id(p)] for p in g["params"]) for g in param_groups(model, 0.05)]
     assert theirs == ours
     assert "mask_token" in theirs[1] and "encoder.blocks.0.attn.q_bias" in theirs[1]
@@ -97,8 +82,8 @@ def test_predictions_loss_and_gradients_match(attn_backend):
     """vmae2's benchmarked configuration (``auto``: SDPA on CPU) and the bit-faithful ``math`` backend."""
     model, official = make_pair(attn_backend)
     video, enc_ids, dec_ids, enc_mask, dec_mask = make_inputs(model)
-    ours = ostep.Vmae2Step(model, ostep.vmae2_optimizer(model, 1e-3), video, enc_ids, dec_ids)
-    theirs = ostep.OfficialStep(official, ostep.official_optimizer(official, 1e-3), video, enc_mask, dec_mask)
+    ours = Vmae2Step(model, vmae2_optimizer(model, 1e-3), video, enc_ids, dec_ids)
+    theirs = O.OfficialStep(official, O.official_optimizer(official, 1e-3), video, enc_mask, dec_mask)
     pred, loss = ours.forward_loss()
     out, ref_loss = theirs.forward_loss()
     assert pred.shape == out.shape == (BATCH, dec_ids.shape[1], 3 * 2 * 16 * 16)
@@ -112,15 +97,15 @@ def test_predictions_loss_and_gradients_match(attn_backend):
         assert_rel_close(p.grad, theirs_params[name].grad, what=f"grad of {name}")
     # the gradient norm each engine computes (vmae2: clip_grad_norm_(inf); official: norm of per-tensor norms)
     assert_rel_close(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]),
-                     ostep.total_grad_norm(official.parameters()), what="grad norm")
+                     O.total_grad_norm(official.parameters()), what="grad norm")
 
 
 def test_v1_decoder_mask_none_matches():
     """Without decoder masking (VideoMAE v1): vmae2 ``decoder_mask=None`` vs the engine's ``dec = ~enc``."""
     model, official = make_pair()
     video, enc_ids, _, enc_mask, _ = make_inputs(model)
-    pred, loss = ostep.Vmae2Step(model, None, video, enc_ids, None).forward_loss()
-    out, ref_loss = ostep.OfficialStep(official, None, video, enc_mask, None).forward_loss()
+    pred, loss = Vmae2Step(model, None, video, enc_ids, None).forward_loss()
+    out, ref_loss = O.OfficialStep(official, None, video, enc_mask, None).forward_loss()
     assert pred.shape[1] == model.num_patches - enc_ids.shape[1]
     assert_rel_close(pred, out, what="predictions")
     assert_rel_close(loss, ref_loss, what="loss")
@@ -131,8 +116,8 @@ def test_full_step_updates_weights_identically():
     lr = 1e-3
     model, official = make_pair()
     video, enc_ids, dec_ids, enc_mask, dec_mask = make_inputs(model)
-    ours = ostep.Vmae2Step(model, ostep.vmae2_optimizer(model, lr), video, enc_ids, dec_ids)
-    theirs = ostep.OfficialStep(official, ostep.official_optimizer(official, lr), video, enc_mask, dec_mask)
+    ours = Vmae2Step(model, vmae2_optimizer(model, lr), video, enc_ids, dec_ids)
+    theirs = O.OfficialStep(official, O.official_optimizer(official, lr), video, enc_mask, dec_mask)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(2):
         value = float(ours.step())

@@ -1,36 +1,22 @@
 """The CPU peak-memory meter of the loss benchmark, and the fused native loss's memory saving it measures.
 
-The meter (``benchmarks/test_kernel_benchmarks.py::cpu_peak_extra_bytes``) walks torch.profiler's allocator events;
-here it must give exact peaks on known allocation patterns (frees included, allocations made inside C++ ops
-and by autograd seen). Then, at the ViT-B geometry (16x224 clip, patch 16, tube 0.9 / running cell 0.5) with one
-clip, the native fused loss forward + backward must allocate at least 4x less than the official-style eager loss.
+The meter (``benchmarks/memory.py::cpu_peak_extra_bytes``) walks torch.profiler's allocator events; here it must
+give exact peaks on known allocation patterns (frees included, allocations made inside C++ ops and by autograd
+seen). Then, at the ViT-B geometry (16x224 clip, patch 16, tube 0.9 / running cell 0.5) with one clip, the native
+fused loss forward + backward must allocate at least 4x less than the official eager loss (``official_oracle``).
 """
-import importlib.util
-import sys
-from pathlib import Path
-
+import official_oracle as O
 import pytest
 import torch
 from tolerances import assert_close_fp
 
 import vmae2_kernels as K
+from benchmarks.memory import cpu_peak_extra_bytes as meter
+from benchmarks.roofline import SHAPES
 from vmae2_kernels import dispatch
 from vmae2_kernels import reference as R
 
 MIB = 2 ** 20
-
-
-def _load_benchmarks():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "test_kernel_benchmarks.py"
-    spec = importlib.util.spec_from_file_location("_vmae2_kernel_benchmarks", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmarks()
-meter = bench.cpu_peak_extra_bytes
 
 
 def test_meter_follows_allocations_and_frees():
@@ -63,7 +49,7 @@ def test_meter_sees_native_extension_allocations():
 @pytest.mark.skipif(bool(dispatch.not_supported_reasons("cpp", "recon_loss", "cpu")),
                     reason="; ".join(dispatch.not_supported_reasons("cpp", "recon_loss", "cpu")))
 def test_native_loss_needs_at_least_4x_less_peak_memory_than_the_official_loss():
-    shape = bench.ALL_SHAPES[0]  # ViT-B: N = 1568, Nd = 784, P = 1536
+    shape = SHAPES["ViT-B"]  # N = 1568, Nd = 784, P = 1536
     B, N, p = 1, shape.num_tokens, shape.patch
     g = torch.Generator().manual_seed(0)
     vis = R.tube_ids(torch.rand(B, shape.hw, generator=g), shape.grid[0], shape.masked_per_frame)
@@ -74,7 +60,7 @@ def test_native_loss_needs_at_least_4x_less_peak_memory_than_the_official_loss()
     video = torch.randn(B, 3, shape.frames, shape.image, shape.image, generator=g)
 
     def official():
-        return torch.autograd.grad(bench.official_style_loss(pred, video, enc_mask, dec_mask, p), pred)[0]
+        return torch.autograd.grad(O.official_loss(pred, video, enc_mask, dec_mask, p), pred)[0]
 
     def native():
         return torch.autograd.grad(K.recon_loss(pred, video, dec, enc_mask, patch_size=p, backend="cpp"), pred)[0]

@@ -13,7 +13,8 @@ from vmae2.masking import dual_ids, ids_to_mask
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vmae2_kernels.reference import normalize_patches, patchify, recon_target
 
-__all__ = ["reconstruction_loss", "reconstruction_target", "flat_colour_loss", "patchify", "normalize_patches"]
+__all__ = ["reconstruction_loss", "reconstruction_target", "flat_colour_loss", "patchify", "normalize_patches",
+           "denormalize_patches"]
 
 
 def reconstruction_target(video: torch.Tensor, dec_ids: torch.Tensor, *, patch_size: int, tubelet_size: int = 2,
@@ -82,3 +83,11 @@ def flat_colour_loss(video: torch.Tensor, encoder_mask: torch.Tensor, decoder_ma
         target = target - colour[:, None, None, :]
     per_token = target.square().mean(dim=(2, 3))  # [B, Nd]
     return (per_token * weights).sum() / weights.sum()
+
+
+def denormalize_patches(normalized: torch.Tensor, patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Inverse of :func:`normalize_patches` with the statistics of ``patches`` (``[..., pixels, C]``, over dim -2):
+    ``normalized * (std_unbiased + eps) + mean``. ``normalized`` broadcasts against ``patches``."""
+    mean = patches.mean(dim=-2, keepdim=True)
+    scale = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps
+    return normalized * scale + mean

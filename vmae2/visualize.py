@@ -16,8 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
+from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
-from vmae2_kernels.reference import patchify
 
 GREY = 0.5
 MIN_WIDTH = 512  # pixels: narrower grids are enlarged by a whole factor to be readable
@@ -56,9 +56,7 @@ def reconstruction_rows(model, video: torch.Tensor, enc_ids: torch.Tensor, dec_i
     ids = dec[0].cpu()
     shown = pred.cpu().reshape(-1, patches.shape[1], 3)
     if normalized_target:  # de-normalise with the true statistics of each original patch
-        mu = patches.mean(dim=1, keepdim=True)
-        sigma = patches.var(dim=1, unbiased=True, keepdim=True).sqrt() + 1e-6
-        shown = shown * sigma[ids] + mu[ids]
+        shown = denormalize_patches(shown, patches[ids])
     recon = encoder_view.clone()
     recon[ids] = torch.where(enc_masked[ids][:, None, None], shown, patches[ids])
     rows = [original] + [_unpatchify(x, grid, p, tub) for x in (encoder_view, targets, recon.clamp(0, 1))]
