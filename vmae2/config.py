@@ -45,7 +45,8 @@ def _meta(cls, name: str) -> dict:
     return merged
 
 
-def _bad(name: str, value, allowed: str):
+def refuse(name: str, value, allowed: str):
+    """Raise the one error message of a bad option value: ``--name value is invalid: allowed``."""
     raise ValueError(f"--{name} {value!r} is invalid: {allowed}")
 
 
@@ -93,7 +94,7 @@ class CommonConfig:
                 raise ValueError(f"--{name} is required")
         models = [m for m in list_models() if m.startswith(self.KIND)]
         if self.model not in models:
-            _bad("model", self.model, f"choose a {'pretraining' if self.KIND == 'pretrain_' else 'classification'} "
+            refuse("model", self.model, f"choose a {'pretraining' if self.KIND == 'pretrain_' else 'classification'} "
                                       f"model: {models}")
         for f in fields(self):
             value, meta = getattr(self, f.name), _meta(type(self), f.name)
@@ -101,18 +102,18 @@ class CommonConfig:
                 continue
             if meta.get("check") and not _in_range(value, meta["check"]):
                 rule = f"must be {meta['check']}" if meta["check"][0] in "<>" else f"must be in {meta['check']}"
-                _bad(f.name, value, rule + (" (or omit it)" if f.default is None else ""))
+                refuse(f.name, value, rule + (" (or omit it)" if f.default is None else ""))
             if meta.get("path"):
                 for path in str(value).split(","):
                     if not os.path.exists(path):
-                        _bad(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
+                        refuse(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
                                                                           "--data_path)" if "," in value else ""))
         if self.num_frames % self.tubelet_size:
-            _bad("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
+            refuse("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
         if self.input_size % self.patch_size:
-            _bad("input_size", self.input_size, f"must be a multiple of the patch size {self.patch_size}")
+            refuse("input_size", self.input_size, f"must be a multiple of the patch size {self.patch_size}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            _bad("device", self.device, "auto, cpu, cuda or cuda:N")
+            refuse("device", self.device, "auto, cpu, cuda or cuda:N")
         self.check()
         return self
 
@@ -151,11 +152,11 @@ class TrainingConfig(CommonConfig):
     def validate(self):
         super().validate()
         if self.min_lr > self.lr:
-            _bad("min_lr", self.min_lr, f"must not exceed --lr {self.lr}")
+            refuse("min_lr", self.min_lr, f"must not exceed --lr {self.lr}")
         if not all(0 <= b < 1 for b in self.opt_betas):
-            _bad("opt_betas", self.opt_betas, "each beta must be in [0, 1)")
+            refuse("opt_betas", self.opt_betas, "each beta must be in [0, 1)")
         if self.resume not in ("auto", "none") and not os.path.exists(self.resume):
-            _bad("resume", self.resume, "auto, none, or an existing checkpoint file")
+            refuse("resume", self.resume, "auto, none, or an existing checkpoint file")
         return self
 
 
@@ -187,17 +188,17 @@ class TrainConfig(TrainingConfig):
 
     def check(self) -> None:
         if self.decoder_mask_type == "run_cell" and self.decoder_mask_ratio not in (0.25, 0.5, 0.75):
-            _bad("decoder_mask_ratio", self.decoder_mask_ratio, "running cell allows 0.25, 0.5 or 0.75")
+            refuse("decoder_mask_ratio", self.decoder_mask_ratio, "running cell allows 0.25, 0.5 or 0.75")
         if self.decoder_mask_type == "run_cell" and (self.input_size // self.patch_size) % 2:
-            _bad("input_size", self.input_size, f"running-cell masking needs an even token grid; "
+            refuse("input_size", self.input_size, f"running-cell masking needs an even token grid; "
                                                 f"{self.input_size}/{self.patch_size} is odd")
         if self.data_weights is not None and self.data_path is None:
-            _bad("data_weights", self.data_weights, "needs --data_path")
+            refuse("data_weights", self.data_weights, "needs --data_path")
         if self.data_backend == "dali":
             from vmae2.data.loader import dali_unavailable_reason
 
             if reason := dali_unavailable_reason():
-                _bad("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")
+                refuse("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")
 
 
 # The official pretraining scripts (scripts/pretrain/*.sh): 16x224, tube 0.9, running cell 0.5, decoder 4,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.config import CommonConfig, Command, TrainingConfig, _bad, like, opt
+from vmae2.config import CommonConfig, Command, TrainingConfig, refuse, like, opt
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}
 
@@ -33,11 +33,11 @@ class ClassifierConfig(CommonConfig):
     def validate(self):
         super().validate()
         if self.init_num_frames is not None and self.init_num_frames % self.tubelet_size:
-            _bad("init_num_frames", self.init_num_frames, "must be a positive multiple of --tubelet_size")
+            refuse("init_num_frames", self.init_num_frames, "must be a positive multiple of --tubelet_size")
         if self.init_input_size is not None and self.init_input_size % self.patch_size:
-            _bad("init_input_size", self.init_input_size, f"must be a positive multiple of the patch {self.patch_size}")
+            refuse("init_input_size", self.init_input_size, f"must be a positive multiple of the patch {self.patch_size}")
         if self.short_side_size < self.input_size:
-            _bad("short_side_size", self.short_side_size, f"must be >= --input_size {self.input_size}")
+            refuse("short_side_size", self.short_side_size, f"must be >= --input_size {self.input_size}")
         return self
 
     def pretrain_grid(self) -> tuple[int, int, int] | None:
@@ -94,18 +94,18 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
 
     def validate(self):
         if self.label_maps is not None and self.data_path is None:  # before the files are looked for
-            _bad("label_maps", self.label_maps, "needs --data_path (one class-name file per list)")
+            refuse("label_maps", self.label_maps, "needs --data_path (one class-name file per list)")
         super().validate()
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            _bad("crop_scale", self.crop_scale, "need 0 < min <= max <= 1")
+            refuse("crop_scale", self.crop_scale, "need 0 < min <= max <= 1")
         if self.init_head_index is not None and self.init is None:
-            _bad("init_head_index", self.init_head_index, "re-indexes the head of --init; give --init too")
+            refuse("init_head_index", self.init_head_index, "re-indexes the head of --init; give --init too")
         mixing = (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
         if mixing and (self.batch_size * self.num_sample) % 2:
-            _bad("batch_size", self.batch_size, f"mixup/cutmix pair each clip with the batch reversed: --batch_size x "
+            refuse("batch_size", self.batch_size, f"mixup/cutmix pair each clip with the batch reversed: --batch_size x "
                                                 f"--num_sample ({self.batch_size} x {self.num_sample}) must be even")
         if self.label_maps is not None and len(self.label_maps.split(",")) != len(self.data_path.split(",")):
-            _bad("label_maps", self.label_maps, f"give one file per list in --data_path ({self.data_path})")
+            refuse("label_maps", self.label_maps, f"give one file per list in --data_path ({self.data_path})")
         return self
 
 

@@ -92,8 +92,6 @@ def make_masks(cfg: TrainConfig, grid, clips_global: int, d: Dist, step: int, mi
 class PretrainTask(Task):
     """Dual-masking MAE pretraining: clips, tube + running-cell masks drawn on the device, the fused loss."""
 
-    log_divisor_per_rank = False  # set below from --loss_reduction
-
     def __init__(self, s: Setup):
         super().__init__(s)
         cfg = self.cfg
