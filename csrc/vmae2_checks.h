@@ -1,8 +1,21 @@
-// Argument checks shared by the CPU kernels (vmae2_cpu.cpp) and the CUDA binding (cuda/vmae2_cuda_binding.cpp), so
-// both backends refuse the same inputs with the same messages.
+// Shared by the CPU kernels (vmae2_cpu.cpp) and the CUDA binding (cuda/vmae2_cuda_binding.cpp): the op list, so both
+// register the same ops, and the argument checks, so both refuse the same inputs with the same messages.
 #pragma once
 
 #include <ATen/ATen.h>
+
+// The ops of the vmae2_native library (schemas in vmae2_cpu.cpp). Inside a TORCH_LIBRARY_IMPL(..., m) block,
+// VMAE2_NATIVE_OPS(VMAE2_IMPL) registers each op's implementation: the function of that name in the including file.
+#define VMAE2_NATIVE_OPS(X) \
+  X(token_gather)               \
+  X(token_scatter)              \
+  X(decoder_input)              \
+  X(mask_token_grad)            \
+  X(running_cell_ids)           \
+  X(tube_ids)                   \
+  X(recon_loss)                 \
+  X(recon_loss_backward)
+#define VMAE2_IMPL(op) m.impl(#op, &op);
 
 namespace vmae2 {
 
@@ -10,6 +23,18 @@ inline void check_ids(const at::Tensor& ids, int64_t batch, const char* name) {
   TORCH_CHECK(ids.dim() == 2 && ids.size(0) == batch, name, " must be [B, K] with B = ", batch, ", got ",
               ids.sizes());
   TORCH_CHECK(ids.scalar_type() == at::kLong, name, " must be int64, got ", ids.scalar_type());
+}
+
+// Checks the arguments of decoder_input; returns the output dtype (the promotion of x_vis, mask_token and pos).
+inline at::ScalarType check_decoder_input(const at::Tensor& x, const at::Tensor& vis, const at::Tensor& dec,
+                                          const at::Tensor& token, const at::Tensor& pos) {
+  TORCH_CHECK(x.dim() == 3, "x_vis must be [B, Nv, D], got ", x.sizes());
+  check_ids(vis, x.size(0), "vis_ids");
+  check_ids(dec, x.size(0), "dec_ids");
+  TORCH_CHECK(vis.size(1) == x.size(1), "vis_ids must be [B, ", x.size(1), "], got ", vis.sizes());
+  TORCH_CHECK(token.numel() == x.size(2) && pos.dim() == 2 && pos.size(1) == x.size(2), "mask_token and pos must have ",
+              x.size(2), " channels");
+  return at::promote_types(at::promote_types(x.scalar_type(), token.scalar_type()), pos.scalar_type());
 }
 
 inline void check_loss_args(const at::Tensor& pred, const at::Tensor& video, const at::Tensor& ids,

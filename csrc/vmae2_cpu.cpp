@@ -17,6 +17,7 @@
 
 namespace {
 
+using vmae2::check_decoder_input;
 using vmae2::check_ids;
 using vmae2::check_loss_args;
 
@@ -83,18 +84,13 @@ at::Tensor token_scatter(const at::Tensor& src_in, const at::Tensor& ids_in, int
 // [x_vis + pos[vis_ids] | mask_token + pos[dec_ids]] in the promoted dtype, fp32 sums, one rounding.
 at::Tensor decoder_input(const at::Tensor& x_in, const at::Tensor& vis_in, const at::Tensor& dec_in,
                          const at::Tensor& token_in, const at::Tensor& pos_in) {
-  TORCH_CHECK(x_in.dim() == 3, "x_vis must be [B, Nv, D], got ", x_in.sizes());
-  check_ids(vis_in, x_in.size(0), "vis_ids");
-  check_ids(dec_in, x_in.size(0), "dec_ids");
-  const auto out_type = at::promote_types(at::promote_types(x_in.scalar_type(), token_in.scalar_type()),
-                                          pos_in.scalar_type());
+  const auto out_type = check_decoder_input(x_in, vis_in, dec_in, token_in, pos_in);
   auto x = x_in.to(at::kFloat).contiguous();
   auto token = token_in.to(at::kFloat).contiguous().view({-1});
   auto pos = pos_in.to(at::kFloat).contiguous();
   auto vis = vis_in.contiguous();
   auto dec = dec_in.contiguous();
   const int64_t B = x.size(0), Nv = x.size(1), D = x.size(2), Nd = dec.size(1), L = Nv + Nd, N = pos.size(0);
-  TORCH_CHECK(token.numel() == D && pos.size(1) == D, "mask_token and pos must have ", D, " channels");
   auto out = at::empty({B, L, D}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* tp = token.data_ptr<float>();
@@ -286,13 +282,4 @@ TORCH_LIBRARY(vmae2_native, m) {
         "int patch_size, int tubelet_size, bool normalize, float[] mean, float[] std) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(vmae2_native, CPU, m) {
-  m.impl("token_gather", &token_gather);
-  m.impl("token_scatter", &token_scatter);
-  m.impl("decoder_input", &decoder_input);
-  m.impl("mask_token_grad", &mask_token_grad);
-  m.impl("running_cell_ids", &running_cell_ids);
-  m.impl("tube_ids", &tube_ids);
-  m.impl("recon_loss", &recon_loss);
-  m.impl("recon_loss_backward", &recon_loss_backward);
-}
+TORCH_LIBRARY_IMPL(vmae2_native, CPU, m) { VMAE2_NATIVE_OPS(VMAE2_IMPL) }

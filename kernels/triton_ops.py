@@ -250,17 +250,21 @@ def tube_ids(keys: torch.Tensor, num_frames: int, num_masked: int) -> torch.Tens
 # -- fused reconstruction loss --------------------------------------------------------------------------
 
 @triton.jit
-def _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP,
+def _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP,
                  s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
                  PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Load one token's prediction ``[BLOCK_P, 4]`` and build its target from the video (never stored).
+    """Load this program's token (batch ``b`` = axis 0, decoder slot ``k`` = axis 1): its prediction
+    ``[BLOCK_P, 4]`` and its target, built from the video (never stored).
 
-    Returns ``(pred, target, ok)`` as fp32 tiles over (pixel (p0 p1 p2), channel padded 3 -> 4). The video is
-    read along the tile's pixel axis (``p2`` runs are contiguous: 128-bit loads for patch 16); the prediction
-    row is read flat (contiguous, 128-bit) and moved to the tile by :func:`_flat_to_tile`.
+    Returns ``(token, pred, target, ok)``: ``token = b * ND + k``, the row in ``ids``, ``weights`` and ``pred``,
+    and fp32 tiles over (pixel (p0 p1 p2), channel padded 3 -> 4). The video is read along the tile's pixel axis
+    (``p2`` runs are contiguous: 128-bit loads for patch 16); the prediction row is read flat (contiguous,
+    128-bit) and moved to the tile by :func:`_flat_to_tile`.
     """
     P: tl.constexpr = TUB * PATCH * PATCH
-    n = tl.load(ids_ptr + b * ND + k).to(tl.int64)
+    b = tl.program_id(0).to(tl.int64)
+    token = b * ND + tl.program_id(1).to(tl.int64)
+    n = tl.load(ids_ptr + token).to(tl.int64)
     t = n // (HP * WP)
     hh = (n // WP) % HP
     ww = n % WP
@@ -282,9 +286,8 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP,
         sigma = tl.sqrt(tl.sum(xc * xc, axis=0) / (P - 1))
         x = xc / (sigma + 1e-6)[None, :]
     f = tl.arange(0, 4 * BLOCK_P)
-    row = (b * ND + k) * (P * 3)
-    flat = tl.load(pred_ptr + row + f, mask=f < P * 3, other=0.0).to(tl.float32)
-    return _flat_to_tile(flat, BLOCK_P), x, ok
+    flat = tl.load(pred_ptr + token * (P * 3) + f, mask=f < P * 3, other=0.0).to(tl.float32)
+    return token, _flat_to_tile(flat, BLOCK_P), x, ok
 
 
 @triton.jit
@@ -317,14 +320,12 @@ def _recon_loss_fwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            out_ptr,  # [B * ND] fp32 weighted per-token MSE
                            ND, HP, WP, s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
                            PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1).to(tl.int64)
-    pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
-                                    mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
+    token, pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
+                                           mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
     diff = tl.where(ok, pred - target, 0.0)
     mse = tl.sum(tl.sum(diff * diff, axis=1), axis=0) / (TUB * PATCH * PATCH * 3)
-    w = tl.load(weight_ptr + b * ND + k).to(tl.float32)
-    tl.store(out_ptr + b * ND + k, mse * w)
+    w = tl.load(weight_ptr + token).to(tl.float32)
+    tl.store(out_ptr + token, mse * w)
 
 
 @triton.jit
@@ -333,15 +334,13 @@ def _recon_loss_bwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            grad_ptr,  # [B, ND, P*3] gradient w.r.t. pred (pred's dtype)
                            ND, HP, WP, s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
                            PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1).to(tl.int64)
-    pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, b, k, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
-                                    mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
-    scale = tl.load(scale_ptr) * tl.load(weight_ptr + b * ND + k).to(tl.float32)
+    token, pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
+                                           mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
+    scale = tl.load(scale_ptr) * tl.load(weight_ptr + token).to(tl.float32)
     F: tl.constexpr = TUB * PATCH * PATCH * 3
     f = tl.arange(0, 4 * BLOCK_P)
     grad = _tile_to_flat((pred - target) * scale, BLOCK_P)  # contiguous row: 128-bit stores
-    tl.store(grad_ptr + (b * ND + k) * F + f, grad.to(grad_ptr.dtype.element_ty), mask=f < F)
+    tl.store(grad_ptr + token * F + f, grad.to(grad_ptr.dtype.element_ty), mask=f < F)
 
 
 def _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std):

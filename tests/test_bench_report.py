@@ -184,12 +184,17 @@ def _predict_with_known_times(monkeypatch):
     monkeypatch.setattr(model, "predict", predict)
 
 
-def test_predicted_gpu_times_beside_cpu_measurements(tmp_path, monkeypatch):
+def _report_with_known_times(tmp_path, monkeypatch, gpu: str) -> str:
+    """report.md of a run on ``gpu`` (:func:`_real_group_doc`), the model predicting PREDICTED_S."""
     _predict_with_known_times(monkeypatch)
-    path = tmp_path / "cpu.json"
-    path.write_text(json.dumps(_real_group_doc("cpu")))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_real_group_doc(gpu)))
     assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
-    md = (tmp_path / "out" / "report.md").read_text()
+    return (tmp_path / "out" / "report.md").read_text()
+
+
+def test_predicted_gpu_times_beside_cpu_measurements(tmp_path, monkeypatch):
+    md = _report_with_known_times(tmp_path, monkeypatch, "cpu")
     summary = _section(md, "Measured here vs PREDICTED on GPU")
     assert "not on a modelled GPU" in summary
     assert ("| token_gather ViT-B B=32 | triton | 20.0 | 25.0 (floor 10.8, memory-bound) | "
@@ -206,11 +211,7 @@ def test_predicted_gpu_times_beside_cpu_measurements(tmp_path, monkeypatch):
 
 
 def test_measured_over_predicted_on_a_modelled_gpu(tmp_path, monkeypatch):
-    _predict_with_known_times(monkeypatch)
-    path = tmp_path / "h100.json"
-    path.write_text(json.dumps(_real_group_doc("NVIDIA H100 80GB HBM3")))
-    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
-    md = (tmp_path / "out" / "report.md").read_text()
+    md = _report_with_known_times(tmp_path, monkeypatch, "NVIDIA H100 80GB HBM3")
     assert "This run was on H100-80GB" in md
     g = _section(md, "token_gather ViT-B B=32")
     assert "measured / PREDICTED H100-80GB" in g

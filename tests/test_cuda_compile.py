@@ -69,13 +69,18 @@ def test_cuda_sources_compile_without_spills(source, arch, tmp_path):
 
 
 def test_binding_registers_every_op_for_cuda():
-    """The binding implements, for the CUDA key, exactly the ops whose schemas the CPU file defines."""
+    """The CPU file and the binding register, for their keys, exactly the ops whose schemas the CPU file defines
+    (the op list in the shared header)."""
     cpu = (ROOT / "csrc" / "vmae2_cpu.cpp").read_text()
     binding = BINDING.read_text()
+    header = (ROOT / "csrc" / "vmae2_checks.h").read_text()
     schemas = set(re.findall(r'm\.def\("(\w+)\(', cpu))
+    listed = re.search(r"#define VMAE2_NATIVE_OPS\(X\)((?:.*\\\n)*.*)", header).group(1)
     assert len(schemas) == 8 and "TORCH_LIBRARY(vmae2_native" in cpu
-    assert "TORCH_LIBRARY(" not in binding and "TORCH_LIBRARY_IMPL(vmae2_native, CUDA" in binding
-    assert set(re.findall(r'm\.impl\("(\w+)"', binding)) == schemas
+    assert set(re.findall(r"X\((\w+)\)", listed)) == schemas
+    assert "TORCH_LIBRARY(" not in binding
+    for source, key in ((cpu, "CPU"), (binding, "CUDA")):
+        assert f"TORCH_LIBRARY_IMPL(vmae2_native, {key}, m) {{ VMAE2_NATIVE_OPS(VMAE2_IMPL) }}" in source
     assert "#include <ATen" not in (CUDA_DIR / "vmae2_cuda.cu").read_text()  # device code stays torch-free
 
 

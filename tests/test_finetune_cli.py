@@ -1,12 +1,12 @@
 """``python -m vmae2.finetune`` and ``python -m vmae2.evaluate`` end to end on the tiny model (few steps)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+from entry_points import stop_with_sigterm
 from tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the labeled videos")
@@ -265,13 +265,6 @@ def test_low_precision_fine_tuning_runs(lists, tmp_path, precision):
 def test_sigterm_saves_and_exits_cleanly(lists, tmp_path):
     args = SMALL + ["--data_path", str(lists["train"]), "--max_steps", "400", "--save_every_steps", "1000",
                     "--output_dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, "-m", "vmae2.finetune", *args], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 0 and "stopped by signal" in rest
+    stop_with_sigterm("vmae2.finetune", args)
     saved = Checkpoints(tmp_path, 2).latest()
     assert saved is not None and 2 <= Checkpoints.load(saved)["step"] < 400

@@ -99,6 +99,19 @@ def test_token_op_refusals_are_the_same_everywhere(backend, call, match):
         call(backend)
 
 
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="the native CPU build is not available")
+@pytest.mark.parametrize("args,match", [
+    ((X[:, :2], IDS[:, :1], IDS, torch.zeros(4), POS), "vis_ids must be \\[B, 2\\], got \\[2, 1\\]"),
+    ((X[:, :2], IDS, IDS, torch.zeros(3), POS), "mask_token and pos must have 4 channels"),
+    ((X[:, :2], IDS, IDS, torch.zeros(4), POS[0]), "mask_token and pos must have 4 channels"),
+])
+def test_native_decoder_input_checks_its_own_arguments(args, match):
+    """Direct callers of ``torch.ops.vmae2_native`` skip the Python layer: the library's shared checks (the CPU
+    kernels and the CUDA binding) refuse a short ``vis_ids`` before any row is read."""
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.vmae2_native.decoder_input(*args)
+
+
 def test_inputs_on_two_devices_are_refused():
     """Checked in the layer itself: a custom op given a meta tensor dispatches to its fake, so no backend sees it."""
     with pytest.raises(ValueError, match="ids is on meta, expected cpu"):

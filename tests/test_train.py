@@ -1,7 +1,6 @@
 """``python -m vmae2.train`` end to end on a tiny model: options, resume after kill -9, DDP, NaN, signals, outputs."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from entry_points import stop_with_sigterm
 from tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the training videos")
@@ -148,13 +148,7 @@ def test_nan_stops_the_run_and_keeps_the_checkpoint(data_list, tmp_path):
 def test_sigterm_saves_and_exits_cleanly(data_list, tmp_path):
     args = TINY + ["--data_path", data_list, "--max_steps", "400", "--save_every_steps", "1000",
                    "--output_dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, "-m", "vmae2.train", *args], stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 0 and "stopped by signal" in rest
+    stop_with_sigterm("vmae2.train", args)
     saved = Checkpoints(tmp_path, 2).latest()
     assert saved is not None and Checkpoints.load(saved)["step"] >= 2
 

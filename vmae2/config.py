@@ -22,6 +22,11 @@ def opt(default, help: str, check: str | None = None, **kw):
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
+def count(default, help: str):
+    """A field holding a count or a size: an int ``>= 1`` (or ``None`` where the default is derived)."""
+    return opt(default, help, ">= 1")
+
+
 def like(default, help: str | None = None):
     """The parent class's field with another default (and optionally another help): declared once, not twice."""
     return field(default=default, metadata={"inherit": True, "help": help})
@@ -54,16 +59,20 @@ def refuse(name: str, value, allowed: str):
 class CommonConfig:
     """The fields of every entry point (pretraining, fine-tuning, evaluation), declared once."""
 
+    # model
     model: str | None = opt(None, "model name (see vmae2.models.list_models())")
     attn_backend: str = opt("auto", "attention backend: auto, flash, xformers, sdpa, math")
+    # data
     data_path: str | None = opt(None, "list file(s), comma-separated", path=True)
     data_root: str = opt("", "prefix for relative paths in the lists")
-    num_frames: int = opt(16, "frames per clip", ">= 1")
-    sampling_rate: int = opt(4, "temporal stride (official: 4)", ">= 1")
-    input_size: int = opt(224, "crop size in pixels", ">= 1")
-    tubelet_size: int = opt(2, "frames per tubelet", ">= 1")
     num_workers: int = opt(10, "data workers (PyTorch) or threads (DALI)", ">= 0")
-    batch_size: int = opt(64, "videos per GPU/process per micro-batch (clips = batch_size * num_sample)", ">= 1")
+    # clip geometry
+    num_frames: int = count(16, "frames per clip")
+    sampling_rate: int = count(4, "temporal stride (official: 4)")
+    input_size: int = count(224, "crop size in pixels")
+    tubelet_size: int = count(2, "frames per tubelet")
+    # run
+    batch_size: int = count(64, "videos per GPU/process per micro-batch (clips = batch_size * num_sample)")
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (with GradScaler when training), fp32",
                          choices=("auto", "bf16", "fp16", "fp32"))
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
@@ -129,11 +138,10 @@ class TrainingConfig(CommonConfig):
     drop_path: float = opt(0.0, "stochastic depth rate", "[0, 1]")
     with_checkpoint: bool = opt(False, "activation checkpointing per block (official ViT-H/g scripts)")
     compile: bool = opt(False, "torch.compile the model")
-    num_sample: int = opt(1, "views per decoded clip (repeated augmentation)", ">= 1")
-    accum_steps: int = opt(1, "micro-batches per optimizer step (gradient accumulation; official --update_freq)",
-                           ">= 1")
-    epochs: int = opt(300, "epochs", ">= 1")
-    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides --epochs)", ">= 1")
+    num_sample: int = count(1, "views per decoded clip (repeated augmentation)")
+    accum_steps: int = count(1, "micro-batches per optimizer step (gradient accumulation; official --update_freq)")
+    epochs: int = count(300, "epochs")
+    max_steps: int | None = count(None, "stop after this many optimizer steps (overrides --epochs)")
     lr: float = opt(1.5e-4, "base lr; the actual lr is lr * batch_size * world_size * accum_steps / 256", "> 0")
     min_lr: float = opt(1e-5, "final lr of the cosine schedule (scaled like --lr)", ">= 0")
     warmup_epochs: float = opt(40.0, "linear warm-up from 0, in epochs", ">= 0")
@@ -144,9 +152,9 @@ class TrainingConfig(CommonConfig):
     opt_betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
     opt_eps: float = opt(1e-8, "AdamW eps", ">= 0")
     clip_grad: float | None = opt(None, "max gradient norm", "> 0")
-    log_every: int = opt(20, "log (and read the loss on the host) every N steps", ">= 1")
-    save_every_steps: int = opt(1000, "checkpoint every N steps (and at the end)", ">= 1")
-    keep_last: int = opt(2, "checkpoints kept", ">= 1")
+    log_every: int = count(20, "log (and read the loss on the host) every N steps")
+    save_every_steps: int = count(1000, "checkpoint every N steps (and at the end)")
+    keep_last: int = count(2, "checkpoints kept")
     resume: str = opt("auto", "auto (latest in output_dir), a checkpoint path, or none")
 
     def validate(self):
@@ -167,7 +175,7 @@ class TrainConfig(TrainingConfig):
     KIND = "pretrain_"
     # model
     model: str = like("pretrain_videomae_base_patch16_224")
-    decoder_depth: int = opt(4, "decoder blocks (official scripts: 4)", ">= 1")
+    decoder_depth: int = count(4, "decoder blocks (official scripts: 4)")
     kernel_backend: str = opt("auto", "token-op backend: auto, triton, cuda, cpp, torch")
     # masking
     mask_type: str = opt("tube", "encoder mask: tube (official) or random", choices=("tube", "random"))

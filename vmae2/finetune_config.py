@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.config import CommonConfig, Command, TrainingConfig, refuse, like, opt
+from vmae2.config import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}
 
@@ -20,15 +20,15 @@ class ClassifierConfig(CommonConfig):
 
     KIND = "vit_"
     model: str | None = like("vit_base_patch16_224", "classification model (vit_*_patch*_224)")
-    nb_classes: int = opt(400, "number of classes of the head", ">= 1")
+    nb_classes: int = count(400, "number of classes of the head")
     class_names: str | None = opt(None, "class-name file for reports", path=True)
     sparse_sample: bool = opt(False, "TSN sampling, one frame per segment (SSv2)")
-    short_side_size: int = opt(224, "evaluation: short side resized to this before cropping", ">= 1")
-    init_num_frames: int | None = opt(None, "frames the encoder was pretrained on (default: --num_frames); the "
-                                            "position table is resampled from that grid", ">= 1")
-    init_input_size: int | None = opt(None, "input size the encoder was pretrained on (default: --input_size)", ">= 1")
-    test_num_segment: int = opt(10, "test views: temporal windows per video (released scripts: 5, SSv2 2)", ">= 1")
-    test_num_crop: int = opt(3, "test views: spatial crops per window", ">= 1")
+    short_side_size: int = count(224, "evaluation: short side resized to this before cropping")
+    init_num_frames: int | None = count(None, "frames the encoder was pretrained on (default: --num_frames); the "
+                                              "position table is resampled from that grid")
+    init_input_size: int | None = count(None, "input size the encoder was pretrained on (default: --input_size)")
+    test_num_segment: int = count(10, "test views: temporal windows per video (released scripts: 5, SSv2 2)")
+    test_num_crop: int = count(3, "test views: spatial crops per window")
 
     def validate(self):
         super().validate()
@@ -87,8 +87,7 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
     warmup_epochs: float = like(5.0)
     layer_decay: float = opt(0.75, "layer-wise lr decay: block k gets lr * decay^(depth - k)", "(0, 1]")
     opt_betas: tuple[float, float] = like((0.9, 0.999))
-    eval_batch_size: int | None = opt(None, "videos per evaluation batch (default: 1.5 x --batch_size, official)",
-                                      ">= 1")
+    eval_batch_size: int | None = count(None, "videos per evaluation batch (default: 1.5 x --batch_size, official)")
     # run
     output_dir: str = like("output/finetune")
 

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <utility>
+
 #include "../vmae2_checks.h"
 #include "vmae2_cuda.h"
 
@@ -32,13 +34,17 @@ void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* name) {
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// The [B, rows, C] tensor and the ids of a gather or scatter, checked and made contiguous (under the caller's guard).
+std::pair<at::Tensor, at::Tensor> rows_and_ids(const at::Tensor& rows, const at::Tensor& ids, const char* expected) {
+  TORCH_CHECK(rows.dim() == 3, expected, ", got ", rows.sizes());
+  check_ids(ids, rows.size(0), "ids");
+  check_cuda(ids, rows, "ids");
+  return {rows.contiguous(), ids.contiguous()};
+}
+
 at::Tensor token_gather(const at::Tensor& x_in, const at::Tensor& ids_in, const c10::optional<at::Tensor>& pos_in) {
-  TORCH_CHECK(x_in.dim() == 3, "x must be [B, N, C], got ", x_in.sizes());
-  check_ids(ids_in, x_in.size(0), "ids");
-  check_cuda(ids_in, x_in, "ids");
   c10::cuda::CUDAGuard guard(x_in.device());
-  auto x = x_in.contiguous();
-  auto ids = ids_in.contiguous();
+  const auto [x, ids] = rows_and_ids(x_in, ids_in, "x must be [B, N, C]");
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), K = ids.size(1);
   at::Tensor pos;
   if (pos_in.has_value()) {
@@ -55,12 +61,8 @@ at::Tensor token_gather(const at::Tensor& x_in, const at::Tensor& ids_in, const 
 }
 
 at::Tensor token_scatter(const at::Tensor& src_in, const at::Tensor& ids_in, int64_t num_tokens) {
-  TORCH_CHECK(src_in.dim() == 3, "src must be [B, K, C], got ", src_in.sizes());
-  check_ids(ids_in, src_in.size(0), "ids");
-  check_cuda(ids_in, src_in, "ids");
   c10::cuda::CUDAGuard guard(src_in.device());
-  auto src = src_in.contiguous();
-  auto ids = ids_in.contiguous();
+  const auto [src, ids] = rows_and_ids(src_in, ids_in, "src must be [B, K, C]");
   const int64_t B = src.size(0), K = src.size(1), C = src.size(2);
   auto out = at::zeros({B, num_tokens, C}, src.options());
   C10_CUDA_CHECK(vmae2::launch_token_scatter(dtype_of(src, "src"), src.const_data_ptr(), ids.const_data_ptr<int64_t>(),
@@ -70,22 +72,15 @@ at::Tensor token_scatter(const at::Tensor& src_in, const at::Tensor& ids_in, int
 
 at::Tensor decoder_input(const at::Tensor& x_in, const at::Tensor& vis_in, const at::Tensor& dec_in,
                          const at::Tensor& token_in, const at::Tensor& pos_in) {
-  TORCH_CHECK(x_in.dim() == 3, "x_vis must be [B, Nv, D], got ", x_in.sizes());
-  check_ids(vis_in, x_in.size(0), "vis_ids");
-  check_ids(dec_in, x_in.size(0), "dec_ids");
+  const auto out_type = vmae2::check_decoder_input(x_in, vis_in, dec_in, token_in, pos_in);
   for (const auto* t : {&vis_in, &dec_in, &token_in, &pos_in}) check_cuda(*t, x_in, "decoder_input argument");
   c10::cuda::CUDAGuard guard(x_in.device());
-  const auto out_type = at::promote_types(at::promote_types(x_in.scalar_type(), token_in.scalar_type()),
-                                          pos_in.scalar_type());
   auto x = x_in.contiguous();
   auto vis = vis_in.contiguous();
   auto dec = dec_in.contiguous();
   auto token = token_in.to(at::kFloat).contiguous().view({-1});
   auto pos = pos_in.to(at::kFloat).contiguous();
   const int64_t B = x.size(0), Nv = x.size(1), D = x.size(2), Nd = dec.size(1);
-  TORCH_CHECK(vis.size(1) == Nv, "vis_ids must be [B, ", Nv, "], got ", vis.sizes());
-  TORCH_CHECK(token.numel() == D && pos.dim() == 2 && pos.size(1) == D, "mask_token and pos must have ", D,
-              " channels");
   auto out = at::empty({B, Nv + Nd, D}, x.options().dtype(at::kFloat));
   C10_CUDA_CHECK(vmae2::launch_decoder_input(dtype_of(x, "x_vis"), x.const_data_ptr(), vis.const_data_ptr<int64_t>(),
                                              dec.const_data_ptr<int64_t>(), token.const_data_ptr<float>(),
@@ -209,13 +204,4 @@ at::Tensor recon_loss_backward(const at::Tensor& grad_out, const at::Tensor& pre
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(vmae2_native, CUDA, m) {
-  m.impl("token_gather", &token_gather);
-  m.impl("token_scatter", &token_scatter);
-  m.impl("decoder_input", &decoder_input);
-  m.impl("mask_token_grad", &mask_token_grad);
-  m.impl("running_cell_ids", &running_cell_ids);
-  m.impl("tube_ids", &tube_ids);
-  m.impl("recon_loss", &recon_loss);
-  m.impl("recon_loss_backward", &recon_loss_backward);
-}
+TORCH_LIBRARY_IMPL(vmae2_native, CUDA, m) { VMAE2_NATIVE_OPS(VMAE2_IMPL) }
