@@ -8,6 +8,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 # Triton runs the kernels on GPUs and, through its interpreter, in the CPU tests.
 TRITON_SPEC ?= triton==3.8.0
+# timm as the official code pins it; its files are loaded one by one in tests (import timm needs torchvision).
+TIMM_SPEC ?= timm==0.4.12
 PYTEST_ARGS ?= -q
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vmae2-installed
@@ -21,6 +23,7 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
 	$(BIN)/pip install -q -e ".[test,bench,dali]"
+	$(BIN)/pip install -q --no-deps "$(TIMM_SPEC)"  # the official augmentations' source, an oracle in tests/
 	-$(BIN)/python -m vmae2_kernels.build  # the native CPU ops; a failed build only loses that backend
 	touch $(STAMP)
 

@@ -22,12 +22,20 @@ Conventions
   the batch op (:class:`Mixup`) draws λ and the box on the host and applies them with slicing and arithmetic, so it
   never synchronises a device.
 
-RandAugment ops re-state the PIL semantics the official code runs (``ImageOps`` / ``ImageEnhance`` /
-``Image.transform``), vectorised over frames in torch: the LUT ops and the ``ImageEnhance`` blends re-state
-Pillow's integer / float32 arithmetic, and the affine ops re-state Pillow's generic transform (pixel-centre mapping,
-its bicubic kernel with a = −1, edge clamping, truncation, fill outside) in float64; all of them are bit-exact with
-Pillow 13 in the tests. :class:`RandAugment` can also run the same plan through Pillow frame by frame (``backend``);
-the two backends give identical pixels, Pillow being the faster one on a CPU.
+RandAugment runs Pillow frame by frame with the same arguments for every frame, as the official code does
+(``ImageOps`` / ``ImageEnhance`` / ``Image.transform``); clips are decoded on CPU workers, where Pillow is the fast
+path. The ops and their level-to-argument maps are tested against timm's ``auto_augment`` (the official copy's
+origin) when timm is installed.
+
+Why these are not timm's objects (the official code imports timm's ``Mixup`` and ``SoftTargetCrossEntropy``):
+
+* ``import timm`` imports torchvision, which must match the installed torch build exactly (on a CPU-only machine
+  PyPI offers only CUDA builds, which fail to import against CPU torch); vmae2 keeps its one torch requirement.
+* timm's ``Mixup`` and ``RandAugment`` draw from the global ``numpy.random`` / ``random`` state; ours take an
+  explicit Generator, so a resumed run and every worker draw the same values. The semantics are tested equal to
+  timm's ``Mixup`` / ``SoftTargetCrossEntropy`` given the same draws (``tests/test_augment.py``).
+* timm's ``RandomErasing`` erases one box per frame of a ``[T, C, H, W]`` clip; the official video code erases one
+  box through all frames (its ``cube`` variant), which timm does not have.
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageOps
 
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # one definition (re-exported: __all__)
 from vmae2_kernels import IMAGENET_DEFAULT_STD as IMAGENET_STD
@@ -49,293 +58,10 @@ FILL = 128
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "OFFICIAL_RAND_AUGMENT", "RAND_OPS", "RAND_INCREASING_OPS",
     "RandAugmentConfig", "parse_rand_augment", "RandAugment", "AugOp",
-    "auto_contrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "color", "contrast",
-    "brightness", "sharpness", "affine", "rotate", "shear_x", "shear_y", "translate_x_rel", "translate_y_rel",
     "sample_resized_crop_box", "random_resized_crop", "horizontal_flip", "sample_erase_boxes", "random_erasing",
     "MixParams", "Mixup", "rand_bbox", "smooth_one_hot", "mix_targets", "soft_target_cross_entropy",
     "FinetuneAugment",
 ]
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Per-frame/per-channel LUT machinery (uint8 [T, H, W, C])
-# ------------------------------------------------------------------------------------------------------------------
-
-def _check_clip(clip: torch.Tensor) -> None:
-    if clip.dtype != torch.uint8 or clip.dim() != 4:
-        raise ValueError(f"expected a uint8 clip [T, H, W, C], got {tuple(clip.shape)} {clip.dtype}")
-
-
-def _lut_offsets(clip: torch.Tensor) -> torch.Tensor:
-    t, _, _, c = clip.shape
-    return (torch.arange(t * c, device=clip.device).view(t, 1, 1, c)) * 256
-
-
-def _apply_lut(clip: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Map values through ``lut``: ``[256]`` (shared) or ``[T, C, 256]`` (one table per frame and channel)."""
-    lut = lut.to(device=clip.device, dtype=torch.uint8)
-    if lut.dim() == 1:
-        return lut[clip.long()]
-    return lut.reshape(-1)[clip.long() + _lut_offsets(clip)]
-
-
-def _histogram(clip: torch.Tensor) -> torch.Tensor:
-    """Per frame and channel 256-bin histograms ``[T, C, 256]`` (int64): ``PIL.Image.histogram`` per frame."""
-    t, _, _, c = clip.shape
-    idx = (clip.long() + _lut_offsets(clip)).reshape(-1)
-    return torch.bincount(idx, minlength=t * c * 256).view(t, c, 256)
-
-
-def _blend(degenerate: torch.Tensor, clip: torch.Tensor, factor: float) -> torch.Tensor:
-    """``PIL.Image.blend(degenerate, clip, factor)``: ``trunc(d + f·(x − d))`` in float32, clipped to [0, 255]."""
-    d = degenerate.to(torch.float32)
-    f = torch.tensor(factor, dtype=torch.float32, device=clip.device)
-    v = d + f * (clip.to(torch.float32) - d)
-    return v.trunc().clamp_(0, 255).to(torch.uint8)
-
-
-def _to_luma(clip: torch.Tensor) -> torch.Tensor:
-    """PIL ``convert("L")`` (ITU-R 601-2, 16-bit fixed point): ``(R·19595 + G·38470 + B·7471 + 2^15) >> 16``.
-    Returns int64 ``[T, H, W, 1]``."""
-    x = clip.long()
-    if clip.shape[-1] == 1:
-        return x
-    return (x[..., 0:1] * 19595 + x[..., 1:2] * 38470 + x[..., 2:3] * 7471 + 0x8000) >> 16
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Pixel ops (uint8 [T, H, W, C] in, same out; the same arguments for every frame)
-# ------------------------------------------------------------------------------------------------------------------
-
-def invert(clip: torch.Tensor) -> torch.Tensor:
-    """``ImageOps.invert``: ``255 − x``. uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    return 255 - clip
-
-
-def posterize(clip: torch.Tensor, bits: int) -> torch.Tensor:
-    """``ImageOps.posterize``: keep the top ``bits`` bits. uint8 ``[T, H, W, C]``.
-
-    ``bits <= 0`` gives black, as Pillow < 10 did (the official environment); Pillow ≥ 10 refuses 0 bits."""
-    _check_clip(clip)
-    if bits >= 8:
-        return clip.clone()
-    mask = (~(2 ** (8 - max(bits, 0)) - 1)) & 0xFF
-    return clip & mask
-
-
-def solarize(clip: torch.Tensor, threshold: int) -> torch.Tensor:
-    """``ImageOps.solarize``: values ``>= threshold`` become ``255 − x``. uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    return torch.where(clip.long() < threshold, clip, 255 - clip)
-
-
-def solarize_add(clip: torch.Tensor, add: int, threshold: int = 128) -> torch.Tensor:
-    """timm ``solarize_add``: values ``< threshold`` become ``min(255, x + add)``. uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    x = clip.long()
-    return torch.where(x < threshold, (x + add).clamp(max=255), x).to(torch.uint8)
-
-
-def auto_contrast(clip: torch.Tensor) -> torch.Tensor:
-    """``ImageOps.autocontrast`` (cutoff 0) per frame and channel: stretch ``[lo, hi]`` to ``[0, 255]`` with
-    ``int(ix·255/(hi−lo) − lo·255/(hi−lo))``; identity where ``hi <= lo``. uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    present = _histogram(clip) > 0
-    lo = present.to(torch.uint8).argmax(-1, keepdim=True)
-    hi = 255 - present.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
-    ix = torch.arange(256, device=clip.device, dtype=torch.float64)
-    # a true division (Python's 255.0 / (hi − lo)); ``255.0 / tensor`` would be 255·(1/t), rounded twice
-    scale = torch.full_like(lo, 255, dtype=torch.float64).div_((hi - lo).clamp(min=1))
-    offset = (-lo).to(torch.float64) * scale
-    lut = (ix * scale + offset).trunc().clamp(0, 255)
-    lut = torch.where(hi > lo, lut, ix)
-    return _apply_lut(clip, lut)
-
-
-def equalize(clip: torch.Tensor) -> torch.Tensor:
-    """``ImageOps.equalize`` per frame and channel: ``step = (N − h[last]) // 255``,
-    ``lut[i] = (step//2 + Σ_{j<i} h[j]) // step``; identity when at most one value is present or ``step == 0``.
-    uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    h = _histogram(clip)
-    present = h > 0
-    last = 255 - present.flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
-    step = (h.sum(-1, keepdim=True) - h.gather(-1, last)) // 255
-    valid = (present.sum(-1, keepdim=True) > 1) & (step > 0)
-    n = step // 2 + (h.cumsum(-1) - h)
-    ix = torch.arange(256, device=clip.device)
-    lut = torch.where(valid, (n // step.clamp(min=1)).clamp(max=255), ix)  # Pillow clips its LUT to 255
-    return _apply_lut(clip, lut)
-
-
-def color(clip: torch.Tensor, factor: float) -> torch.Tensor:
-    """``ImageEnhance.Color``: blend the grey (PIL ``L``) version towards the clip by ``factor``.
-    uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    return _blend(_to_luma(clip), clip, factor)
-
-
-def contrast(clip: torch.Tensor, factor: float) -> torch.Tensor:
-    """``ImageEnhance.Contrast``: blend a flat image at each frame's rounded mean grey level towards the clip.
-    uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    luma = _to_luma(clip)
-    mean = luma.sum(dim=(1, 2, 3), keepdim=True).to(torch.float64) / luma[0].numel()
-    return _blend(torch.floor(mean + 0.5), clip, factor)
-
-
-def brightness(clip: torch.Tensor, factor: float) -> torch.Tensor:
-    """``ImageEnhance.Brightness``: blend black towards the clip. uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    return _blend(torch.zeros((), dtype=torch.uint8, device=clip.device), clip, factor)
-
-
-_SMOOTH = [np.float32(1 / 13), np.float32(5 / 13)]
-
-
-def _smooth(clip: torch.Tensor) -> torch.Tensor:
-    """PIL ``ImageFilter.SMOOTH`` (3×3, weights 1 and a centre 5, / 13): float32 sums with +0.5 then truncation;
-    the one-pixel border keeps its input values, as in Pillow."""
-    t, h, w, c = clip.shape
-    if h < 3 or w < 3:
-        return clip.clone()
-    x = clip.to(torch.float32)
-    k1 = torch.tensor(_SMOOTH[0], device=clip.device)
-    k5 = torch.tensor(_SMOOTH[1], device=clip.device)
-
-    def row(r: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:  # (a·k0 + b·k1) + c·k2, Pillow's order
-        return (r[:, :, :-2] * k1 + r[:, :, 1:-1] * centre) + r[:, :, 2:] * k1
-
-    ss = torch.full((t, h - 2, w - 2, c), 0.5, dtype=torch.float32, device=clip.device)
-    ss = ss + row(x[:, 2:], k1)
-    ss = ss + row(x[:, 1:-1], k5)
-    ss = ss + row(x[:, :-2], k1)
-    out = clip.clone()
-    out[:, 1:-1, 1:-1] = ss.trunc().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
-def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
-    """``ImageEnhance.Sharpness``: blend the SMOOTH-filtered clip towards the clip. uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    return _blend(_smooth(clip), clip, factor)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Geometric ops: Pillow's Image.transform(AFFINE) re-stated in torch, one sampling grid shared by all frames
-# ------------------------------------------------------------------------------------------------------------------
-
-def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Pillow's transform bicubic (Keys, a = −1) ``v2 + d·(p2 + d·(p3 + d·p4))``, in its evaluation order
-    (written in place; every step rounds exactly as Pillow's C expression). Consumes ``v1``'s buffer."""
-    p2 = v3 - v1
-    p3 = (v1 - v2).mul_(2).add_(v3).sub_(v4)
-    p4 = v1.neg_().add_(v2).sub_(v3).add_(v4)
-    return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
-
-
-def _interp_taps(v: list[torch.Tensor], d: torch.Tensor, interpolation: str) -> torch.Tensor:
-    """One 1-D pass over the taps ``v`` (one tap: no interpolation needed); Pillow's bilinear is a + (b − a)·d."""
-    if len(v) == 1:
-        return v[0]
-    if interpolation == "bicubic":
-        return _cubic(*v, d)
-    return v[1].sub_(v[0]).mul_(d).add_(v[0])
-
-
-_AFFINE_CHUNK = 8192  # output pixels per step: [chunk, T·C] float64 working set stays in cache
-
-
-def affine(clip: torch.Tensor, matrix: Sequence[float], interpolation: str = "bicubic",
-           fill: int | Sequence[int] = FILL) -> torch.Tensor:
-    """``Image.transform(size, AFFINE, matrix, resample, fillcolor=fill)`` on every frame. uint8 ``[T, H, W, C]``.
-
-    ``matrix = (a, b, c, d, e, f)`` maps an output pixel centre ``(x', y') = (x + .5, y + .5)`` to the input point
-    ``(a·x' + b·y' + c, d·x' + e·y' + f)``; points outside ``[0, W) × [0, H)`` get ``fill``; inside, ``bicubic``
-    (Pillow's a = −1 kernel) or ``bilinear`` sample with edge-clamped neighbours and truncate, in float64, as Pillow's
-    generic transform does (bit-exact with Pillow). ``nearest`` is not offered: Pillow runs it through an incremental
-    fast path whose rounding this grid formulation does not reproduce.
-
-    All frames share one sampling grid: the clip is laid out ``[H·W, T·C]`` so each tap is one row gather."""
-    _check_clip(clip)
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
-    t, h, w, c = clip.shape
-    a0, a1, a2, a3, a4, a5 = (float(v) for v in matrix)
-    dev = clip.device
-    xs = torch.arange(w, dtype=torch.float64, device=dev).view(1, w) + 0.5
-    ys = torch.arange(h, dtype=torch.float64, device=dev).view(h, 1) + 0.5
-    xin = (a0 * xs + a1 * ys + a2).reshape(-1)
-    yin = (a3 * xs + a4 * ys + a5).reshape(-1)
-    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).nonzero().squeeze(1)
-    src = clip.permute(1, 2, 0, 3).reshape(h * w, t * c)
-    fill_row = torch.as_tensor(fill, dtype=torch.uint8, device=dev).expand(t, c).reshape(1, t * c)
-    out = fill_row.expand(h * w, t * c).clone()
-    # A direction whose fractional offset is exactly 0 everywhere (x for ShearY/TranslateY, y for ShearX/
-    # TranslateX at integer shifts) needs no interpolation: Pillow's v2 + 0·(…) is exactly v2.
-    taps = range(-1, 3) if interpolation == "bicubic" else range(0, 2)
-    centre = 1 if interpolation == "bicubic" else 0
-    xf_all, yf_all = xin - 0.5, yin - 0.5
-    x_flat = bool((xf_all.floor() == xf_all).all())
-    y_flat = bool((yf_all.floor() == yf_all).all())
-    srcf = src.to(torch.float64)
-    for start in range(0, inside.numel(), _AFFINE_CHUNK):
-        sel = inside[start:start + _AFFINE_CHUNK]
-        xf, yf = xf_all[sel], yf_all[sel]
-        x0, y0 = xf.floor(), yf.floor()
-        dx = (xf - x0).unsqueeze(1)
-        dy = (yf - y0).unsqueeze(1)
-        cols = [(x0.long() + k).clamp_(0, w - 1) for k in (taps[centre:centre + 1] if x_flat else taps)]
-        rows = [(y0.long() + k).clamp_(0, h - 1).mul_(w) for k in (taps[centre:centre + 1] if y_flat else taps)]
-
-        rv = [_interp_taps([srcf.index_select(0, r + cc) for cc in cols], dx, interpolation) for r in rows]
-        v = _interp_taps(rv, dy, interpolation)
-        out[sel] = v.trunc_().clamp_(0, 255).to(torch.uint8)  # Pillow: <= 0 → 0, >= 255 → 255, else truncate
-    return out.view(h, w, t, c).permute(2, 0, 1, 3).contiguous()
-
-
-def rotate(clip: torch.Tensor, degrees: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
-    """``Image.rotate(degrees, resample, fillcolor=fill)`` (counter-clockwise about the image centre, same size).
-    uint8 ``[T, H, W, C]``."""
-    _check_clip(clip)
-    h, w = clip.shape[1:3]
-    angle = degrees % 360.0
-    if angle == 0:
-        return clip.clone()
-    if angle == 180:
-        return clip.flip(1, 2)
-    if angle in (90, 270) and w == h:
-        return clip.transpose(1, 2).flip(1 if angle == 90 else 2)
-    rad = -math.radians(angle)
-    m = [round(math.cos(rad), 15), round(math.sin(rad), 15), 0.0,
-         round(-math.sin(rad), 15), round(math.cos(rad), 15), 0.0]
-    cx, cy = w / 2.0, h / 2.0
-    m[2] = m[0] * -cx + m[1] * -cy + m[2] + cx
-    m[5] = m[3] * -cx + m[4] * -cy + m[5] + cy
-    return affine(clip, m, interpolation, fill)
-
-
-def shear_x(clip: torch.Tensor, factor: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
-    """timm ``shear_x``: affine ``(1, factor, 0, 0, 1, 0)``. uint8 ``[T, H, W, C]``."""
-    return affine(clip, (1, factor, 0, 0, 1, 0), interpolation, fill)
-
-
-def shear_y(clip: torch.Tensor, factor: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
-    """timm ``shear_y``: affine ``(1, 0, 0, factor, 1, 0)``. uint8 ``[T, H, W, C]``."""
-    return affine(clip, (1, 0, 0, factor, 1, 0), interpolation, fill)
-
-
-def translate_x_rel(clip: torch.Tensor, pct: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
-    """timm ``translate_x_rel``: shift by ``pct·W`` pixels (content moves left for ``pct > 0``).
-    uint8 ``[T, H, W, C]``."""
-    return affine(clip, (1, 0, pct * clip.shape[2], 0, 1, 0), interpolation, fill)
-
-
-def translate_y_rel(clip: torch.Tensor, pct: float, interpolation: str = "bicubic", fill=FILL) -> torch.Tensor:
-    """timm ``translate_y_rel``: shift by ``pct·H`` pixels (content moves up for ``pct > 0``).
-    uint8 ``[T, H, W, C]``."""
-    return affine(clip, (1, 0, 0, 0, 1, pct * clip.shape[1]), interpolation, fill)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -372,24 +98,6 @@ _LEVELS: dict[str, Callable[[float, np.random.Generator, float], tuple]] = {
 for _name in ("Color", "Contrast", "Brightness", "Sharpness"):
     _LEVELS[_name] = lambda m, rng, tp: (m / MAX_LEVEL * 1.8 + 0.1,)
     _LEVELS[_name + "Increasing"] = lambda m, rng, tp: (1.0 + _negate(m / MAX_LEVEL * 0.9, rng),)
-
-_PIXEL_FNS: dict[str, Callable[..., torch.Tensor]] = {
-    "AutoContrast": auto_contrast, "Equalize": equalize, "Invert": invert, "Posterize": posterize,
-    "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color, "Contrast": contrast,
-    "Brightness": brightness, "Sharpness": sharpness,
-}
-_GEOMETRIC_FNS: dict[str, Callable[..., torch.Tensor]] = {
-    "Rotate": rotate, "ShearX": shear_x, "ShearY": shear_y, "TranslateXRel": translate_x_rel,
-    "TranslateYRel": translate_y_rel,
-}
-
-
-def _op_fn(name: str) -> tuple[Callable[..., torch.Tensor], bool]:
-    base = name[: -len("Increasing")] if name.endswith("Increasing") else name
-    if base in _GEOMETRIC_FNS:
-        return _GEOMETRIC_FNS[base], True
-    return _PIXEL_FNS[base], False
-
 
 @dataclass(frozen=True)
 class RandAugmentConfig:
@@ -436,11 +144,15 @@ class AugOp:
     args: tuple
 
 
-def _pil_op(img, name: str, args: tuple, interpolation: str, fill):
-    """One op on one PIL frame, as the official ``rand_augment.py`` calls Pillow (the ``pil`` backend)."""
-    from PIL import Image, ImageEnhance, ImageOps
+def _check_clip(clip: torch.Tensor) -> None:
+    if clip.dtype != torch.uint8 or clip.dim() != 4 or clip.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a uint8 clip [T, H, W, C] with C 1 or 3, got {tuple(clip.shape)} {clip.dtype}")
 
-    base = name[: -len("Increasing")] if name.endswith("Increasing") else name
+
+def _pil_op(img: Image.Image, op: AugOp, interpolation: str, fill) -> Image.Image:
+    """One op on one frame, as the official ``rand_augment.py`` calls Pillow."""
+    base = op.name[: -len("Increasing")] if op.name.endswith("Increasing") else op.name
+    (arg,) = op.args or (None,)
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     bands = len(img.getbands())
     fillcolor = (fill,) * bands if isinstance(fill, int) else tuple(fill)  # an int means only the first band
@@ -451,77 +163,52 @@ def _pil_op(img, name: str, args: tuple, interpolation: str, fill):
     if base == "Invert":
         return ImageOps.invert(img)
     if base == "Posterize":
-        bits = args[0]
-        if bits >= 8:
+        if arg >= 8:
             return img
-        return ImageOps.posterize(img, bits) if bits > 0 else Image.new(img.mode, img.size, 0)
+        return ImageOps.posterize(img, arg) if arg > 0 else Image.new(img.mode, img.size, 0)
     if base == "Solarize":
-        return ImageOps.solarize(img, args[0])
+        return ImageOps.solarize(img, arg)
     if base == "SolarizeAdd":
-        lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
+        lut = [min(255, i + arg) if i < 128 else i for i in range(256)]
         return img.point(lut * bands)
     if base in ("Color", "Contrast", "Brightness", "Sharpness"):
-        return getattr(ImageEnhance, base)(img).enhance(args[0])
+        return getattr(ImageEnhance, base)(img).enhance(arg)
     if base == "Rotate":
-        return img.rotate(args[0], resample=resample, fillcolor=fillcolor)
+        return img.rotate(arg, resample=resample, fillcolor=fillcolor)
     w, h = img.size
-    matrix = {"ShearX": (1, args[0], 0, 0, 1, 0), "ShearY": (1, 0, 0, args[0], 1, 0),
-              "TranslateXRel": (1, 0, args[0] * w, 0, 1, 0), "TranslateYRel": (1, 0, 0, 0, 1, args[0] * h)}[base]
+    matrix = {"ShearX": (1, arg, 0, 0, 1, 0), "ShearY": (1, 0, 0, arg, 1, 0),
+              "TranslateXRel": (1, 0, arg * w, 0, 1, 0), "TranslateYRel": (1, 0, 0, 0, 1, arg * h)}[base]
     return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=fillcolor)
 
 
-def _apply_plan_pil(clip: torch.Tensor, plan: Sequence[AugOp], interpolation: str, fill) -> torch.Tensor:
-    from PIL import Image
-
-    frames = clip.cpu().numpy()
-    squeeze = frames.shape[-1] == 1
-    out = []
-    for frame in frames:
-        img = Image.fromarray(frame[..., 0] if squeeze else frame)
-        for op in plan:
-            img = _pil_op(img, op.name, op.args, interpolation, fill)
-        out.append(np.asarray(img))
-    result = torch.from_numpy(np.stack(out))
-    return (result.unsqueeze(-1) if squeeze else result).to(clip.device)
-
-
 class RandAugment:
-    """timm/official RandAugment for a clip: uint8 ``[T, H, W, C]`` in, uint8 ``[T, H, W, C]`` out.
+    """timm/official RandAugment for a clip: uint8 ``[T, H, W, C]`` (C 3 or 1, CPU) in, the same layout out.
 
     Per clip, :meth:`sample` draws ``n`` ops uniformly with replacement; each is kept with probability ``prob``
     (0.5), gets a magnitude ``clip(N(m, mstd), 0, 10)`` and, for signed ops, a random sign; :meth:`apply` then
-    runs the plan on every frame with the same arguments (one draw per clip, as the official ``AugmentOp`` applied
-    to the frame list). Draw order follows the official code: op indices, then per op keep / magnitude / sign.
+    runs the plan on every frame with the same arguments through Pillow (one draw per clip, as the official
+    ``AugmentOp`` applied to the frame list). Draw order follows the official code: op indices, then per op keep /
+    magnitude / sign.
 
     Geometric ops use ``interpolation`` (official fine-tuning: ``bicubic``) and ``fill`` 128.
     ``TranslateXRel``/``YRel`` shift by ``translate_pct·magnitude/10`` of the frame width/height (timm default
     ``translate_pct`` 0.45): the official code passes ``translate_const = int(224·0.45)`` but only the absolute
     ``TranslateX``/``Y`` ops read it and they are not in the RandAugment op sets, so it has no effect there.
-
-    ``backend``: ``torch`` runs the vectorised torch ops above (any device); ``pil`` runs Pillow frame by frame, as
-    the official code does (CPU; RGB or single-channel clips). The two give identical pixels (tested), so the
-    choice is speed only: on one CPU thread Pillow is several times faster for 320p frames (bicubic rotate of
-    16×320×427: ~0.1 s vs ~0.5 s), torch wins on a GPU. ``auto`` (default) picks ``pil`` for CPU clips and
-    ``torch`` otherwise.
     """
 
     def __init__(self, config: str | RandAugmentConfig = OFFICIAL_RAND_AUGMENT, *, prob: float = 0.5,
-                 interpolation: str = "bicubic", fill: int | Sequence[int] = FILL, translate_pct: float = 0.45,
-                 backend: str = "auto"):
+                 interpolation: str = "bicubic", fill: int | Sequence[int] = FILL, translate_pct: float = 0.45):
         self.config = parse_rand_augment(config) if isinstance(config, str) else config
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
-        if backend not in ("auto", "torch", "pil"):
-            raise ValueError(f"backend must be auto, torch or pil, got {backend!r}")
         self.prob = prob
         self.interpolation = interpolation
         self.fill = fill
         self.translate_pct = translate_pct
-        self.backend = backend
 
     def __repr__(self) -> str:
         return (f"RandAugment({self.config}, prob={self.prob}, interpolation={self.interpolation!r}, "
-                f"fill={self.fill}, translate_pct={self.translate_pct}, backend={self.backend!r})")
+                f"fill={self.fill}, translate_pct={self.translate_pct})")
 
     def sample(self, rng: np.random.Generator) -> list[AugOp]:
         """The ops one clip gets (skipped ops left out)."""
@@ -539,21 +226,18 @@ class RandAugment:
             plan.append(AugOp(name, _LEVELS[name](m, rng, self.translate_pct)))
         return plan
 
-    def apply(self, clip: torch.Tensor, plan: Sequence[AugOp], backend: str | None = None) -> torch.Tensor:
-        """Run ``plan`` on every frame of a uint8 ``[T, H, W, C]`` clip (``backend`` overrides the instance's)."""
+    def apply(self, clip: torch.Tensor, plan: Sequence[AugOp]) -> torch.Tensor:
+        """Run ``plan`` on every frame of a uint8 ``[T, H, W, C]`` clip."""
         _check_clip(clip)
-        backend = backend or self.backend
-        if backend == "auto":
-            backend = "pil" if clip.device.type == "cpu" and clip.shape[-1] in (1, 3) else "torch"
         if not plan:
             return clip
-        if backend == "pil":
-            return _apply_plan_pil(clip, plan, self.interpolation, self.fill)
-        for op in plan:
-            fn, geometric = _op_fn(op.name)
-            clip = fn(clip, *op.args, interpolation=self.interpolation, fill=self.fill) if geometric \
-                else fn(clip, *op.args)
-        return clip
+        out = []
+        for frame in clip.cpu().numpy():
+            img = Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
+            for op in plan:
+                img = _pil_op(img, op, self.interpolation, self.fill)
+            out.append(np.asarray(img).reshape(frame.shape))
+        return torch.from_numpy(np.stack(out)).to(clip.device)
 
     def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         return self.apply(clip, self.sample(rng))
