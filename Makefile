@@ -13,7 +13,8 @@ TIMM_SPEC ?= timm==0.4.12
 PYTEST_ARGS ?= -q
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vmae2-installed
-# The minimal install: torch (CPU) + vmae2[test] only: no Triton, DALI, flash-attn, xformers or native build.
+# The minimal install: torch (CPU) + vmae2[test] only: no Triton, DALI, flash-attn, xformers, matplotlib or native
+# build.
 MINIMAL_VENV ?= .venv-minimal
 MINIMAL_STAMP := $(MINIMAL_VENV)/.vmae2-installed
 
@@ -22,7 +23,7 @@ MINIMAL_STAMP := $(MINIMAL_VENV)/.vmae2-installed
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
-	$(BIN)/pip install -q -e ".[test,bench,dali]"
+	$(BIN)/pip install -q -e ".[test,bench,dali,plot]"
 	$(BIN)/pip install -q --no-deps "$(TIMM_SPEC)"  # the official augmentations' source, an oracle in tests/
 	-$(BIN)/python -m vmae2_kernels.build  # the native CPU ops; a failed build only loses that backend
 	touch $(STAMP)

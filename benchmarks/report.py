@@ -4,8 +4,8 @@
     python -m benchmarks.report results.json --out report/        # or: python benchmarks/report.py ...
 
 Writes ``report/report.md`` (machine header, then one table per benchmark group) and ``report/report.png``
-(horizontal bars of the per-call time, one panel per group, each with its own scale; drawn with Pillow,
-no matplotlib).
+(horizontal bars of the per-call time, one panel per group, each with its own scale; drawn with matplotlib,
+``pip install vmae2[plot]``: without it the reason is printed and report.md alone is written).
 
 Per benchmark, from pytest-benchmark's ``stats`` and the suite's ``extra_info`` (every field optional):
 
@@ -169,11 +169,11 @@ def load(path: str | Path, baselines: Sequence[str] = ()) -> tuple[dict, list[Gr
 
 # -- formatting ---------------------------------------------------------------------------------------------
 
-def fmt_time(seconds: float | None, micro: str = "µs") -> str:
-    """``703 ms``, ``5 µs``; ``micro="us"`` for fonts without a µ glyph (Pillow's built-in one)."""
+def fmt_time(seconds: float | None) -> str:
+    """``703 ms``, ``5 µs``."""
     if seconds is None:
         return "—"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), (micro, 1e-6)):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if abs(seconds) >= scale:
             return f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else f"{seconds / scale:.0f} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
@@ -318,84 +318,77 @@ def markdown(doc: dict, groups: list[Group], source: str = "") -> str:
 
 # -- chart --------------------------------------------------------------------------------------------------
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable built-in font
-    except TypeError:  # pragma: no cover - older Pillow: the fixed bitmap font
-        return ImageFont.load_default()
+COLORS = {"faster": "#4285cc", "slower": "#d6604d", "baseline": "#969696"}  # bars: vs the group's baseline
 
 
-def _text_w(draw, text: str, font) -> int:
-    box = draw.textbbox((0, 0), text, font=font)
-    return box[2] - box[0]
+def _short(text: str, n: int = 48) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _fit(draw, text: str, font, width: int) -> str:
-    if _text_w(draw, text, font) <= width:
-        return text
-    while text and _text_w(draw, text + "…", font) > width:
-        text = text[:-1]
-    return text + "…"
+def _color(g: Group, r: Row) -> str:
+    if r is g.baseline:
+        return COLORS["baseline"]
+    return COLORS["slower"] if r.speedup is not None and r.speedup < 1 else COLORS["faster"]
 
 
-def chart(groups: list[Group], path: str | Path, title: str = "", width: int = 1100) -> tuple[int, int]:
-    """Horizontal bars of per-call time, one panel per group (own scale); returns the image size."""
-    from PIL import Image, ImageDraw
+def _bar_text(g: Group, r: Row) -> str:
+    if r.speedup is None:
+        return fmt_time(r.per_call_s)
+    return fmt_time(r.per_call_s) + ("  (baseline)" if r is g.baseline else f"  {r.speedup:.2f}x")
 
-    font, bold, small = _font(15), _font(17), _font(13)
-    row_h, head_h, gap, pad = 26, 30, 14, 16
-    label_w = min(380, width // 3)
-    value_w = 230
-    bar_x0 = pad + label_w + 10
-    bar_max = width - bar_x0 - value_w - pad
-    n_rows = sum(len(g.rows) for g in groups)
-    height = pad + (head_h if title else 0) + len(groups) * (head_h + gap) + max(n_rows, 1) * row_h + pad + 20
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    y = pad
+
+def figure(groups: list[Group], title: str = ""):
+    """``(Figure, None)``: one panel per group (own scale), a horizontal bar per timed row (per-call seconds, the
+    first row on top; a row without a timing gets none), labelled with the time and the speed-up; ``(None,
+    reason)`` without matplotlib. 11 inches wide at 100 dpi, ~0.3 inch per row."""
+    from vmae2 import plot
+
+    rows = sum(max(len(g.rows), 1) for g in groups)
+    fig, reason = plot.figure(figsize=(11, 1.2 + 0.9 * len(groups) + 0.3 * rows), dpi=100, layout="constrained")
+    if fig is None:
+        return None, reason
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import EngFormatter
+
     if title:
-        draw.text((pad, y), _fit(draw, title, bold, width - 2 * pad), fill="black", font=bold)
-        y += head_h
+        fig.suptitle(_short(title, 120), fontweight="bold")
     if not groups:
-        draw.text((pad, y), "no benchmarks", fill="gray", font=font)
-    for g in groups:
+        fig.text(0.5, 0.5, "no benchmarks", ha="center", va="center", color="gray")
+        return fig, None
+    axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=[max(len(g.rows), 1) for g in groups])[:, 0]
+    for ax, g in zip(axes, groups):
+        timed = [(y, r) for y, r in enumerate(g.rows) if r.per_call_s]
+        bars = ax.barh([y for y, _ in timed], [r.per_call_s for _, r in timed], height=0.6,
+                       color=[_color(g, r) for _, r in timed])
+        ax.bar_label(bars, [_bar_text(g, r) for _, r in timed], padding=4, fontsize=8)
+        for y, r in enumerate(g.rows):
+            if not r.per_call_s:
+                ax.text(0, y, " no timing", va="center", color="gray", fontsize=8)
+        ax.set_yticks(range(len(g.rows)), [_short(r.arm) for r in g.rows], fontsize=9)
+        ax.set_ylim(len(g.rows) - 0.5, -0.5)  # the first row on top
+        ax.set_xlim(0, 1.35 * max((r.per_call_s for _, r in timed), default=1.0))  # room for the bar labels
+        ax.xaxis.set_major_formatter(EngFormatter(unit="s"))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(_short(g.name, 100), loc="left", fontweight="bold", fontsize=10)
         sub = "per call time, shorter is faster"
         if g.baseline is not None:
             sub += f"; speed-up vs {g.baseline.arm}" + (" (guessed)" if g.baseline_guessed else "")
         if g.predictions:
-            sub += "; predicted " + ", ".join(f"{p.gpu.split('-')[0]} {fmt_time(p.predicted_s, micro='us')}"
-                                              for p in g.predictions)
-        draw.text((pad, y + 4), _fit(draw, g.name, bold, width - 2 * pad), fill="black", font=bold)
-        w = _text_w(draw, g.name, bold)
-        if pad + w + 20 < width - pad:
-            draw.text((pad + w + 8, y + 7), _fit(draw, sub, small, width - 2 * pad - w - 8), fill="dimgray",
-                      font=small)
-        y += head_h
-        times = [r.per_call_s for r in g.rows if r.per_call_s]
-        top = max(times) if times else 1.0
-        for r in g.rows:
-            draw.text((pad, y + 5), _fit(draw, r.arm, font, label_w), fill="black", font=font)
-            draw.line((bar_x0, y, bar_x0, y + row_h), fill="gray")
-            if r.per_call_s:
-                length = max(2, int(bar_max * r.per_call_s / top))
-                color = (150, 150, 150) if r is g.baseline else (66, 133, 204)
-                if r.speedup is not None and r is not g.baseline and r.speedup < 1:
-                    color = (214, 96, 77)  # slower than the baseline
-                draw.rectangle((bar_x0, y + 4, bar_x0 + length, y + row_h - 4), fill=color)
-                text = fmt_time(r.per_call_s, micro="us")
-                if r.speedup is not None:
-                    text += "  (baseline)" if r is g.baseline else f"  {r.speedup:.2f}x"
-                draw.text((bar_x0 + length + 6, y + 5), text, fill="black", font=font)
-            else:
-                draw.text((bar_x0 + 6, y + 5), "no timing", fill="gray", font=font)
-            y += row_h
-        y += gap
-    draw.text((pad, height - pad - 12), "blue: faster than or equal to the baseline (or no baseline); "
-              "red: slower; gray: baseline", fill="dimgray", font=small)
-    img.save(path)
-    return img.size
+            sub += "; predicted " + ", ".join(f"{p.gpu.split('-')[0]} {fmt_time(p.predicted_s)}" for p in g.predictions)
+        ax.set_xlabel(_short(sub, 160), fontsize=8, color="dimgray")
+    fig.legend(handles=[Patch(color=COLORS["faster"], label="faster than or equal to the baseline (or no baseline)"),
+                        Patch(color=COLORS["slower"], label="slower than the baseline"),
+                        Patch(color=COLORS["baseline"], label="baseline")],
+               loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    return fig, None
+
+
+def chart(groups: list[Group], path: str | Path, title: str = "") -> str | None:
+    """Write :func:`figure` as the PNG ``path`` and return None; without matplotlib write nothing and return the
+    one-line reason (``"report.png skipped: matplotlib is not importable (...)"``)."""
+    from vmae2 import plot
+
+    return plot.save(*figure(groups, title), path)
 
 
 # -- CLI ----------------------------------------------------------------------------------------------------
@@ -419,9 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "report.md").write_text(markdown(doc, groups, source=str(args.results)) + "\n")
     info = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
     title = f"{Path(args.results).name}: {info.get('gpu') or 'device not recorded'}, torch {info.get('torch', '?')}"
-    size = chart(groups, out / "report.png", title=title)
-    print(f"wrote {out / 'report.md'} and {out / 'report.png'} ({size[0]}x{size[1]}), "
-          f"{sum(len(g.rows) for g in groups)} benchmarks in {len(groups)} groups")
+    skipped = chart(groups, out / "report.png", title=title)
+    if skipped:
+        print(skipped)
+    written = [out / "report.md"] + ([] if skipped else [out / "report.png"])
+    print(f"wrote {' and '.join(map(str, written))}: {sum(len(g.rows) for g in groups)} benchmarks in "
+          f"{len(groups)} groups")
     return 0
 
 

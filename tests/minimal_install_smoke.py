@@ -8,6 +8,7 @@ Prints ``N passed, N failed`` and exits non-zero when any check fails.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("triton", "nvidia.dali", "flash_attn", "xformers", "matplotlib", "tensorboard")
+NO_PLOT = "matplotlib is not importable"  # the pictures are skipped with this reason; the runs carry on
 
 
 def run(name: str, args: list[str], env: dict, expect_rc: int = 0, expect: tuple[str, ...] = ()) -> str | None:
@@ -53,6 +55,8 @@ def main() -> int:
              "make_labeled_videos(sys.argv[1] + '/lab', {'train': 2, 'test': 1}, size=(48, 40), num_frames=16, "
              "motions=('still', 'right'))")
     pre, lab = work / "pre" / "train.csv", work / "lab"
+    bench = work / "bench.json"  # a one-benchmark pytest-benchmark file for the report
+    bench.write_text(json.dumps({"benchmarks": [{"group": "g", "name": "test_a", "stats": {"median": 0.001}}]}))
     small_ft = ["--preset", "demo", "--num_frames", "4", "--sampling_rate", "2", "--input_size", "32",
                 "--short_side_size", "32", "--test_num_segment", "1", "--test_num_crop", "1", "--num_workers", "1"]
     checks = [
@@ -62,18 +66,22 @@ def main() -> int:
          {"expect": ("triton is not importable", "the native extension (csrc/) is unavailable")}),
         ("pretraining", ["-m", "vmae2.train", "--preset", "demo", "--data_path", str(pre), "--num_frames", "4",
                          "--input_size", "64", "--batch_size", "2", "--max_steps", "2", "--log_every", "1",
-                         "--output_dir", str(work / "train")], {"expect": ("done: 2 steps",)}),
+                         "--output_dir", str(work / "train")],
+         {"expect": ("done: 2 steps", f"reconstruction.png skipped: {NO_PLOT}")}),
         ("dali requested without DALI", ["-m", "vmae2.train", "--data_backend", "dali", "--data_path", str(pre),
                                          "--output_dir", str(work / "never")],
          {"expect_rc": 2, "expect": ("--data_backend 'dali' is invalid: nvidia-dali is not installed",)}),
         ("fine-tuning", ["-m", "vmae2.finetune", *small_ft, "--data_path", str(lab / "train.csv"),
                          "--test_data_path", str(lab / "test.csv"), "--batch_size", "2", "--max_steps", "2",
-                         "--output_dir", str(work / "ft")], {}),
+                         "--output_dir", str(work / "ft")], {"expect": (f"confusion.png skipped: {NO_PLOT}",)}),
         ("evaluation", ["-m", "vmae2.evaluate", "--model", "vit_tiny_patch16_224", "--nb_classes", "2",
                         "--weights", str(work / "ft" / "model.safetensors"), "--data_path", str(lab / "test.csv"),
-                        *small_ft[2:], "--output_dir", str(work / "eval")], {}),
+                        *small_ft[2:], "--output_dir", str(work / "eval")],
+         {"expect": (f"confusion.png skipped: {NO_PLOT}", "top-1")}),
         ("list check", ["-m", "vmae2.data.check", str(pre), "--num_frames", "4", "--bad-out", str(work / "bad.txt")],
          {"expect": ("4 good, 0 bad",)}),
+        ("benchmark report", ["-m", "benchmarks.report", str(bench), "--out", str(work / "report")],
+         {"expect": (f"report.png skipped: {NO_PLOT}", "wrote")}),
         ("compile report without Triton", ["-m", "benchmarks.gpu_report", "--shape", "ViT-B"],
          {"expect_rc": 2, "expect": ("needs Triton",)}),
         ("benchmark collection", ["-m", "pytest", "benchmarks/", "--collect-only", "-q", "-p", "no:cacheprovider"],

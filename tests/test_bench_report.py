@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-PIL = pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
-
-from benchmarks import report  # noqa: E402
+from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,16 +105,51 @@ def test_markdown_tables(results, tmp_path):
     assert "| test_odd | test_odd | 1 ms | 1,000.0 | — | 5 |" in odd
 
 
+# per-call seconds of each group's timed rows, in order: us_per_call, else median / calls_per_round, else median
+PER_CALL = {"token_gather B B=2": [20e-6, 5e-6, 40e-6], "data-cpu": [0.703, 0.468], report.NO_GROUP: [0.002],
+            "odd": [0.001]}
+GREY, BLUE, RED = "#969696", "#4285cc", "#d6604d"  # baseline, faster (or no baseline), slower
+
+
 def test_png(results, tmp_path):
-    out = tmp_path / "out"
-    assert report.main([str(results), "--out", str(out)]) == 0
-    with Image.open(out / "report.png") as img:
-        img.load()
-        assert img.format == "PNG" and img.mode == "RGB"
-        w, h = img.size
-        assert 800 <= w <= 2000 and 7 * 20 < h < 2000
-        colors = {c for _, c in img.getcolors(maxcolors=1 << 20)}
-    assert (66, 133, 204) in colors and (150, 150, 150) in colors and (214, 96, 77) in colors  # bars drawn
+    from matplotlib.colors import to_hex
+
+    _, groups = report.load(results)
+    assert report.chart(groups, tmp_path / "report.png", title="a run") is None
+    fig, _ = report.figure(groups, title="a run")
+    fig.canvas.draw()  # the layout the PNG was saved with
+    with Image.open(tmp_path / "report.png") as img:
+        assert img.format == "PNG" and img.size == (1100, round(fig.bbox.height))
+        png = np.asarray(img.convert("RGB")).astype(int)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == list(PER_CALL)  # one panel per group
+    for ax in fig.axes:
+        bars = ax.patches
+        assert [b.get_width() for b in bars] == pytest.approx(PER_CALL[ax.get_title(loc="left")])  # seconds
+        assert [b.get_y() + b.get_height() / 2 for b in bars] == list(range(len(bars)))  # one row each, in order
+        assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first row on top
+    gather = fig.axes[0]
+    assert [to_hex(b.get_facecolor()) for b in gather.patches] == [GREY, BLUE, RED]
+    assert [t.get_text() for t in gather.texts] == ["20 µs  (baseline)", "5 µs  4.00x", "40 µs  0.50x"]
+    assert [t.get_text() for t in gather.get_yticklabels()] == ["torch", "compiled", "cpp|x"]
+    assert "speed-up vs torch" in gather.get_xlabel()
+    assert "(guessed)" in fig.axes[1].get_xlabel()
+    # the PNG: each bar's colour halfway along it
+    for ax in fig.axes:
+        for b in ax.patches:
+            px, py = ax.transData.transform((b.get_width() / 2, b.get_y() + b.get_height() / 2))
+            want = np.array([int(to_hex(b.get_facecolor())[i:i + 2], 16) for i in (1, 3, 5)])
+            assert np.abs(png[int(round(fig.bbox.height) - py), int(px)] - want).max() <= 2
+
+
+def test_png_without_matplotlib(results, tmp_path, no_matplotlib, capsys):
+    _, groups = report.load(results)
+    reason = report.chart(groups, tmp_path / "report.png")
+    assert reason.startswith("report.png skipped: matplotlib is not importable") and "vmae2[plot]" in reason
+    assert not (tmp_path / "report.png").exists()
+    assert report.main([str(results), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "report.png skipped: matplotlib is not importable" in out and "7 benchmarks in 4 groups" in out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["report.md"]
 
 
 def test_cli_baseline_option_and_module_entry_point(results, tmp_path):
@@ -141,7 +175,9 @@ def test_empty_and_bad_input(tmp_path):
     assert report.main([str(empty), "--out", str(tmp_path / "e")]) == 0
     assert "No benchmarks" in (tmp_path / "e" / "report.md").read_text()
     with Image.open(tmp_path / "e" / "report.png") as img:
-        assert img.size[0] > 0
+        assert img.size[0] == 1100
+    fig, _ = report.figure([])
+    assert [t.get_text() for t in fig.texts] == ["no benchmarks"] and fig.axes == []
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert report.main([str(bad), "--out", str(tmp_path / "b")]) == 2
@@ -207,7 +243,9 @@ def test_predicted_gpu_times_beside_cpu_measurements(tmp_path, monkeypatch):
     assert "measured / PREDICTED" not in md  # a CPU run: no ratio column
     assert "PREDICTED" not in _section(md, "data-cpu")
     with Image.open(tmp_path / "out" / "report.png") as img:
-        assert img.size[0] > 0
+        assert img.size[0] == 1100
+    fig, _ = report.figure(report.load(tmp_path / "run.json")[1])
+    assert "predicted A100 25 µs, H100 8 µs" in fig.axes[0].get_xlabel()
 
 
 def test_measured_over_predicted_on_a_modelled_gpu(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from tolerances import assert_close_fp
 from vmae2.data.lists import shard_indices
 from vmae2.metrics import (
     ViewPredictions,
+    confusion_figure,
     confusion_matrix,
     gather_views,
     merge_views,
@@ -156,20 +157,50 @@ def test_topk_and_per_class_and_confusion():
         confusion_matrix(torch.tensor([0]), torch.tensor([3]), 3)
 
 
+def png_pixel(png: np.ndarray, fig, ax, x: float, y: float) -> np.ndarray:
+    """The RGB of ``png`` (``fig`` saved, ``[H, W, 3]``) at the data point ``(x, y)`` of ``ax``."""
+    px, py = ax.transData.transform((x, y))
+    return png[int(round(fig.bbox.height) - py), int(px)]
+
+
 def test_save_confusion_png(tmp_path):
+    from matplotlib import colormaps
+
     cm = torch.tensor([[5, 0, 0], [1, 3, 0], [0, 0, 0]])
+    names = ["abseiling", "air drumming", "zumba"]
     p = tmp_path / "sub" / "cm.png"
-    save_confusion_png(cm, p, class_names=["abseiling", "air drumming", "zumba"])
-    img = Image.open(p).convert("RGB")
-    assert img.width > 3 * 40 and img.height > 3 * 40  # cells of 40 px plus labels
-    # many classes: one pixel per cell, no labels, diagonal bright (yellow), off-diagonal dark
+    assert save_confusion_png(cm, p, class_names=names) is None
+    png = np.asarray(Image.open(p).convert("RGB")).astype(float)
+    fig, _ = confusion_figure(cm, names)
+    fig.canvas.draw()  # the layout the PNG was saved with
+    ax = fig.axes[0]
+    assert png.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width)) == (40 * 3 + 320,) * 2
+    assert len(fig.axes) == 2  # the heat map and its colour bar
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0 abseiling", "1 air drumming", "2 zumba"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+    # each cell's centre: viridis of the row fraction (5/5; 1/4 and 3/4; an empty row stays 0)
+    fractions = {(0, 0): 1.0, (0, 1): 0.0, (1, 0): 0.25, (1, 1): 0.75, (1, 2): 0.0, (2, 2): 0.0}
+    for (true, pred), frac in fractions.items():
+        want = np.array(colormaps["viridis"](frac)[:3]) * 255
+        assert np.abs(png_pixel(png, fig, ax, pred, true) - want).max() <= 3, (true, pred, frac)
+    # many classes: the image is capped at max_size, no tick labels
     k = 300
-    save_confusion_png(torch.eye(k, dtype=torch.long) * 3, tmp_path / "big.png", max_size=256)
-    big = np.asarray(Image.open(tmp_path / "big.png").convert("RGB"))
-    top = big.shape[0] - k - 2
-    assert big.shape[1] == k + 2
-    assert tuple(big[top + 10, 10]) == (253, 231, 37) and tuple(big[top + 10, 20]) == (68, 1, 84)
+    assert save_confusion_png(torch.eye(k, dtype=torch.long) * 3, tmp_path / "big.png", max_size=256) is None
+    with Image.open(tmp_path / "big.png") as big:
+        assert big.size == (256, 256)
+    fig, _ = confusion_figure(torch.eye(k, dtype=torch.long), max_size=256)
+    assert len(fig.axes[0].get_xticks()) == len(fig.axes[0].get_yticks()) == 0
     with pytest.raises(ValueError, match="square"):
+        save_confusion_png(torch.zeros(2, 3), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="2 class names for a 3x3 matrix"):
+        save_confusion_png(cm, tmp_path / "x.png", class_names=names[:2])
+
+
+def test_save_confusion_png_without_matplotlib(tmp_path, no_matplotlib):
+    reason = save_confusion_png(torch.eye(3), tmp_path / "confusion.png")
+    assert reason.startswith("confusion.png skipped: matplotlib is not importable") and "vmae2[plot]" in reason
+    assert "\n" not in reason and not (tmp_path / "confusion.png").exists()
+    with pytest.raises(ValueError, match="square"):  # bad input is refused all the same
         save_confusion_png(torch.zeros(2, 3), tmp_path / "x.png")
 
 

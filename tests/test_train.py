@@ -197,6 +197,8 @@ def test_embedded_default_generates_and_caches_videos(tmp_path):
 def test_visualize_writes_a_png(data_list, tmp_path):
     from PIL import Image
 
+    from vmae2.visualize import TITLE_HEIGHT
+
     _run(TINY + ["--data_path", data_list, "--max_steps", "1", "--output_dir", str(tmp_path)])
     video = Path(data_list).parent / "00000_h264_96x64.mp4"
     out = tmp_path / "viz.png"
@@ -205,8 +207,58 @@ def test_visualize_writes_a_png(data_list, tmp_path):
     with Image.open(out) as img:
         img.verify()
     with Image.open(out) as img:
-        # two 64-pixel tubelet columns, enlarged 4x to the readable minimum width
-        assert img.format == "PNG" and img.size[0] == 64 * 2 * 4 and img.size[1] > 4 * 64 * 4
+        # two 64-pixel tubelet columns, enlarged 4x to the readable minimum width; 4 rows under their titles
+        assert img.format == "PNG" and img.size == (64 * 2 * 4, 4 * (64 * 4 + TITLE_HEIGHT))
+
+
+def _grid_inputs():
+    """A tiny untrained model, one random 4-frame 64x64 clip (2 tubelets of 4x4 patches), tube / running-cell ids."""
+    from vmae2 import masking
+    from vmae2.models import create_model
+
+    g = torch.Generator().manual_seed(0)
+    model = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=64)
+    video = torch.randn(1, 3, 4, 64, 64, generator=g)
+    return model, video, masking.tube_ids(1, model.grid, 0.75, generator=g), \
+        masking.running_cell_ids(1, model.grid, 0.5, generator=g)
+
+
+def test_reconstruction_grid_shows_the_clip_and_the_masks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
+    from vmae2.masking import ids_to_mask
+    from vmae2.visualize import GREY, ROW_LABELS, TITLE_HEIGHT, reconstruction_grid, save_reconstruction_png
+
+    model, video, enc, dec = _grid_inputs()
+    assert save_reconstruction_png(model, video, enc, dec, tmp_path / "r.png") is None
+    with Image.open(tmp_path / "r.png") as img:
+        png = np.asarray(img.convert("RGB")).astype(float)
+    fig, _ = reconstruction_grid(model, video, enc, dec)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [*ROW_LABELS, "reconstruction (de-normalised with the "
+                                                             "true per-patch mean/std)"]
+    s, row = 4, 64 * 4 + TITLE_HEIGHT  # 128 pixels wide (2 tubelets) enlarged 4x to 512; a title band per row
+    assert png.shape == (4 * row, 512, 3)
+    original = (video[0] * torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1))
+    frames = torch.cat([original[:, 0], original[:, 2]], dim=2).clamp(0, 1).permute(1, 2, 0).numpy() * 255
+    expected = frames.repeat(s, axis=0).repeat(s, axis=1)  # each pixel a 4x4 block
+    assert np.abs(png[TITLE_HEIGHT:row] - expected).max() <= 1  # row 1: the clip's first frame of each tubelet
+    encoder_row = png[row + TITLE_HEIGHT:2 * row]
+    masked = ids_to_mask(enc, 32)[0]  # patch n = (tubelet, h, w) in a 2 x 4 x 4 grid
+    for n in (int(masked.nonzero()[0]), int((~masked).nonzero()[0])):
+        t, h, w = n // 16, n // 4 % 4, n % 4
+        rows, cols = slice(h * 16 * s, (h + 1) * 16 * s), slice((t * 64 + w * 16) * s, (t * 64 + (w + 1) * 16) * s)
+        want = GREY * 255 if masked[n] else expected[rows, cols]
+        assert np.abs(encoder_row[rows, cols] - want).max() <= 1, n  # masked: grey; visible: the clip
+
+
+def test_reconstruction_png_without_matplotlib(tmp_path, no_matplotlib):
+    from vmae2.visualize import save_reconstruction_png
+
+    reason = save_reconstruction_png(*_grid_inputs(), tmp_path / "reconstruction.png")
+    assert reason.startswith("reconstruction.png skipped: matplotlib is not importable") and "vmae2[plot]" in reason
+    assert not (tmp_path / "reconstruction.png").exists()
 
 
 @pytest.fixture(scope="module")

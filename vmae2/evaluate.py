@@ -4,8 +4,8 @@ Each video gives ``test_num_segment x test_num_crop`` views (official 5x3 for Ki
 view's softmax is averaged per video (official ``merge``), then top-1/top-5, per-class accuracy and a
 confusion matrix are reported. With ``torchrun`` every rank scores its share and the views are gathered and
 de-duplicated before merging, so N processes give the numbers of one. Outputs in ``--output_dir``:
-``test_metrics.json``, ``per_class.csv``, ``predictions.csv`` (video, label, top-5), ``confusion.png``. The run
-itself is :func:`vmae2.evaluation.run`.
+``test_metrics.json``, ``per_class.csv``, ``predictions.csv`` (video, label, top-5), ``confusion.png`` (with
+matplotlib). The run itself is :func:`vmae2.evaluation.run`.
 """
 from __future__ import annotations
 

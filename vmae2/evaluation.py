@@ -49,8 +49,8 @@ def score(views: ViewPredictions, records: list[VideoRecord], num_classes: int, 
 
 def write_report(result: dict, records: list[VideoRecord], out_dir, class_names: list[str] | None = None,
                  prefix: str = "test") -> dict:
-    """Write ``{prefix}_metrics.json``, ``per_class.csv``, ``predictions.csv``, ``confusion.png``; return the
-    JSON-able summary."""
+    """Write ``{prefix}_metrics.json``, ``per_class.csv``, ``predictions.csv``, ``confusion.png`` (without
+    matplotlib, print why not); return the JSON-able summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     num_classes = result["probs"].shape[1]
@@ -65,7 +65,8 @@ def write_report(result: dict, records: list[VideoRecord], out_dir, class_names:
     lines = [f"{records[int(v)].path},{int(y)},{' '.join(str(int(c)) for c in t)}\n"
              for v, y, t in zip(result["video_ids"], result["labels"], top)]
     (out / "predictions.csv").write_text("path,label,top5\n" + "".join(lines))
-    save_confusion_png(result["confusion"], out / "confusion.png", class_names)
+    if skipped := save_confusion_png(result["confusion"], out / "confusion.png", class_names):
+        print(skipped, flush=True)
     return summary
 
 

@@ -1,5 +1,5 @@
 """Multi-view evaluation: merge per-view logits into per-video scores as the official ``merge`` does, accuracies,
-a confusion matrix (and its PNG), and the all-rank gather for distributed evaluation.
+a confusion matrix (and its PNG, with matplotlib), and the all-rank gather for distributed evaluation.
 
 Official behaviour (``engine_for_finetuning.py`` ``final_test`` + ``merge``): every test view (temporal chunk ×
 spatial crop) is one sample; each rank writes its views' logits; ``merge`` softmaxes each view, groups the views
@@ -13,15 +13,16 @@ is used, in the order given; :func:`gather_views` concatenates ranks in rank ord
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from vmae2 import plot
+
 __all__ = ["ViewPredictions", "merge_views", "gather_views", "topk_accuracy", "per_class_accuracy",
-           "confusion_matrix", "save_confusion_png"]
+           "confusion_matrix", "confusion_figure", "save_confusion_png"]
 
 
 def _check_views(video_index, view_index, logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -237,54 +238,48 @@ def per_class_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: i
     return torch.where(total > 0, cm.diagonal() / total.clamp(min=1) * 100.0, torch.full_like(total, float("nan")))
 
 
-_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
-
-
-def save_confusion_png(cm: torch.Tensor, path, class_names: Sequence[str] | None = None, *,
-                       max_size: int = 1024) -> None:
-    """Write a row-normalised heat map of ``cm`` (rows true, columns predicted) as a PNG (PIL only).
-
-    Colour goes from dark purple (0) to yellow (1) along a viridis-like ramp; rows without samples stay 0.
-    Cells are ``max(1, min(40, max_size // K))`` pixels; class names (rows, left, prefixed by the id) and column ids
-    (top, when they fit) are drawn only when cells are at least 12 pixels, and cell percentages when at least 28.
-    """
-    from PIL import Image, ImageDraw
-
+def _row_normalised(cm) -> np.ndarray:
     a = torch.as_tensor(cm).detach().cpu().double().numpy()
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
         raise ValueError(f"cm must be a square [K, K] matrix, got shape {a.shape}")
-    k = a.shape[0]
+    rows = a.sum(axis=1, keepdims=True)
+    return np.divide(a, rows, out=np.zeros_like(a), where=rows > 0)
+
+
+def confusion_figure(cm: torch.Tensor, class_names: Sequence[str] | None = None, *, max_size: int = 1024):
+    """The heat map of ``cm`` (``[K, K]`` counts, rows true, columns predicted): ``(Figure, None)``, or
+    ``(None, reason)`` without matplotlib (bad input raises ``ValueError`` either way).
+
+    Each row is divided by its count (rows without samples stay 0) and drawn with matplotlib's ``viridis`` (vmin 0:
+    dark purple, vmax 1: yellow) beside a colour bar. The figure is ``min(max_size, 40 K + 320)`` pixels square
+    (100 dpi); tick labels (column ids; row ids, with the class names when given) when each class has ~14 pixels.
+    """
+    norm = _row_normalised(cm)
+    k = norm.shape[0]
     if class_names is not None and len(class_names) != k:
         raise ValueError(f"{len(class_names)} class names for a {k}x{k} matrix")
-    rows = a.sum(axis=1, keepdims=True)
-    norm = np.divide(a, rows, out=np.zeros_like(a), where=rows > 0)
-    x = norm * (len(_STOPS) - 1)
-    lo = np.clip(np.floor(x).astype(int), 0, len(_STOPS) - 2)
-    t = (x - lo)[..., None]
-    rgb = np.rint(_STOPS[lo] * (1 - t) + _STOPS[lo + 1] * t).astype(np.uint8)
-    cell = max(1, min(40, max_size // k))
-    heat = Image.fromarray(rgb, "RGB").resize((k * cell, k * cell), Image.NEAREST)
-    labelled = cell >= 12
-    draw_probe = ImageDraw.Draw(heat)
-    names = [f"{i} {n}"[:28] for i, n in enumerate(class_names)] if class_names is not None else \
-        [str(i) for i in range(k)]
-    left = (max(int(draw_probe.textlength(s)) for s in names) + 6) if labelled else 0
-    top = 16 + (14 if labelled else 0)
-    img = Image.new("RGB", (left + k * cell + 2, top + k * cell + 2), "white")
-    img.paste(heat, (left, top))
-    d = ImageDraw.Draw(img)
-    d.text((2, 2), "rows: true class, columns: predicted (row-normalised)", fill="black")
-    if labelled:
-        for i, s in enumerate(names):
-            d.text((2, top + i * cell + (cell - 10) // 2), s, fill="black")
-            col = str(i)
-            if d.textlength(col) < cell:  # skip ids wider than their column
-                d.text((left + i * cell + (cell - d.textlength(col)) / 2, top - 13), col, fill="black")
-    if cell >= 28:
-        for i in range(k):
-            for j in range(k):
-                s = f"{norm[i, j] * 100:.0f}"
-                d.text((left + j * cell + (cell - d.textlength(s)) / 2, top + i * cell + (cell - 10) // 2), s,
-                       fill="black" if norm[i, j] > 0.6 else "white")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path, format="PNG")
+    side = min(max_size, 40 * k + 320)
+    fig, reason = plot.figure(figsize=(side / 100, side / 100), dpi=100, layout="constrained")
+    if fig is None:
+        return None, reason
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, shrink=0.8).set_label("fraction of the true class", fontsize=9)
+    ax.set_title("confusion, row-normalised", fontsize=9)
+    if side - 320 >= 14 * k:  # room for the tick labels (the margins take ~320 pixels)
+        ax.set_xticks(range(k), [str(i) for i in range(k)], fontsize=8)
+        ax.set_yticks(range(k), [f"{i} {n}"[:28] for i, n in enumerate(class_names)] if class_names is not None
+                      else [str(i) for i in range(k)], fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel("predicted class", fontsize=9)
+    ax.set_ylabel("true class", fontsize=9)
+    return fig, None
+
+
+def save_confusion_png(cm: torch.Tensor, path, class_names: Sequence[str] | None = None, *,
+                       max_size: int = 1024) -> str | None:
+    """Write :func:`confusion_figure` as a PNG at ``path`` and return None; without matplotlib write nothing and
+    return the one-line reason (``"confusion.png skipped: matplotlib is not importable (...)"``)."""
+    return plot.save(*confusion_figure(cm, class_names, max_size=max_size), path)

@@ -200,8 +200,8 @@ def _flat_loss(cfg, model, video, enc, dec) -> torch.Tensor:
 @torch.no_grad()
 def _reconstruction_report(cfg, model, loader, device, num_batches: int = 4) -> float:
     """Loss / flat-colour loss of the final model on the first ``num_batches`` batches of epoch 0 (masks of
-    steps 0, 1, ...), and ``reconstruction.png`` of the first clip."""
-    from vmae2.visualize import reconstruction_grid
+    steps 0, 1, ...), and ``reconstruction.png`` of the first clip (or the reason it was skipped)."""
+    from vmae2.visualize import save_reconstruction_png
 
     loader.set_epoch(0)
     model.eval()
@@ -215,7 +215,6 @@ def _reconstruction_report(cfg, model, loader, device, num_batches: int = 4) -> 
         flat += float(_flat_loss(cfg, model, video, enc, dec))
         if i == 0:
             path = Path(cfg.output_dir) / "reconstruction.png"
-            reconstruction_grid(model, video[:1], enc[:1], None if dec is None else dec[:1],
-                                cfg.normalize_target).save(path)
-            print(f"wrote {path}", flush=True)
+            print(save_reconstruction_png(model, video[:1], enc[:1], None if dec is None else dec[:1], path,
+                                          cfg.normalize_target) or f"wrote {path}", flush=True)
     return loss / flat

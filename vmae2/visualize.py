@@ -1,4 +1,5 @@
-"""``python -m vmae2.visualize CHECKPOINT VIDEO``: a PNG grid of what the model sees and reconstructs.
+"""``python -m vmae2.visualize CHECKPOINT VIDEO``: a PNG grid of what the model sees and reconstructs (matplotlib;
+without it, the reason is printed and no file written).
 
 Rows (one column per tubelet): original frames, the encoder mask (masked patches greyed), the decoder mask
 (patches the decoder does not reconstruct greyed), and the reconstruction. A model trained on normalised
@@ -11,16 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
+from vmae2 import plot
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
 
 GREY = 0.5
 MIN_WIDTH = 512  # pixels: narrower grids are enlarged by a whole factor to be readable
+TITLE_HEIGHT = 20  # pixels above each row for its title
 ROW_LABELS = ("original", "encoder input (grey = masked)", "decoder targets (grey = not reconstructed)")
 RECON_LABEL = {True: "reconstruction (de-normalised with the true per-patch mean/std)",
                False: "reconstruction (raw pixel predictions)"}
@@ -63,24 +64,31 @@ def reconstruction_rows(model, video: torch.Tensor, enc_ids: torch.Tensor, dec_i
     return rows
 
 
-def reconstruction_grid(model, video, enc_ids, dec_ids, normalized_target: bool = True,
-                        label_height: int = 14) -> Image.Image:
-    """The PNG grid (one column per tubelet's first frame) as a PIL image."""
+def reconstruction_grid(model, video, enc_ids, dec_ids, normalized_target: bool = True):
+    """The grid as ``(Figure, None)``, or ``(None, reason)`` without matplotlib: one row per
+    :func:`reconstruction_rows` tensor (titled), one column per tubelet's first frame, each image pixel drawn as a
+    ``scale x scale`` block (a whole factor: grids narrower than ``MIN_WIDTH`` are enlarged), 100 dpi."""
     rows = reconstruction_rows(model, video, enc_ids, dec_ids, normalized_target)
-    tub = model.tubelet_size
-    frames = [np.concatenate([(r[:, t].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-                              for t in range(0, r.shape[1], tub)], axis=1) for r in rows]
-    scale = max(1, MIN_WIDTH // frames[0].shape[1])  # small clips are enlarged (nearest: patches stay sharp)
-    frames = [f.repeat(scale, axis=0).repeat(scale, axis=1) for f in frames]
-    width = frames[0].shape[1]
-    canvas = Image.new("RGB", (width, sum(f.shape[0] + label_height for f in frames)), "white")
-    draw = ImageDraw.Draw(canvas)
-    y = 0
-    for label, img in zip(ROW_LABELS + (RECON_LABEL[normalized_target],), frames):
-        draw.text((2, y + 1), label, fill="black")
-        canvas.paste(Image.fromarray(img), (0, y + label_height))
-        y += img.shape[0] + label_height
-    return canvas
+    frames = [torch.cat(list(r[:, ::model.tubelet_size].unbind(1)), dim=2).permute(1, 2, 0).numpy() for r in rows]
+    h, w = frames[0].shape[:2]
+    scale = max(1, MIN_WIDTH // w)
+    total = len(frames) * (h * scale + TITLE_HEIGHT)
+    fig, reason = plot.figure(figsize=(w * scale / 100, total / 100), dpi=100)
+    if fig is None:
+        return None, reason
+    for i, (label, img) in enumerate(zip(ROW_LABELS + (RECON_LABEL[normalized_target],), frames)):
+        bottom = total - (i + 1) * (h * scale + TITLE_HEIGHT)
+        ax = fig.add_axes((0, bottom / total, 1, h * scale / total))
+        ax.imshow(img, interpolation="nearest", aspect="auto")
+        ax.set_title(label, loc="left", fontsize=9, pad=3)
+        ax.set_axis_off()
+    return fig, None
+
+
+def save_reconstruction_png(model, video, enc_ids, dec_ids, path, normalized_target: bool = True) -> str | None:
+    """Write :func:`reconstruction_grid` as the PNG ``path`` and return None; without matplotlib write nothing and
+    return the one-line reason (``"reconstruction.png skipped: matplotlib is not importable (...)"``)."""
+    return plot.save(*reconstruction_grid(model, video, enc_ids, dec_ids, normalized_target), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     enc = masking.tube_ids(1, model.grid, args.mask_ratio, generator=g)
     dec = masking.running_cell_ids(1, model.grid, args.decoder_mask_ratio, generator=g)
-    reconstruction_grid(model, video, enc, dec, config.get("normalize_target", True)).save(args.out)
-    print(f"wrote {args.out}")
+    print(save_reconstruction_png(model, video, enc, dec, args.out, config.get("normalize_target", True))
+          or f"wrote {args.out}")
     return 0
 
 
