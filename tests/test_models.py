@@ -189,10 +189,23 @@ def test_drop_path_only_in_training():
 
 
 def test_finetune_forward():
+    """Logits are the head of ``fc_norm(mean token)``; head dropout acts in training only; ``num_classes=0`` gives
+    those features (the same weights, the same bits)."""
     model = create_model("vit_small_patch16_224", num_frames=4, img_size=32, num_classes=7, head_drop_rate=0.5)
-    assert model(torch.randn(3, 3, 4, 32, 32)).shape == (3, 7)
-    feats = create_model("vit_small_patch16_224", num_frames=4, img_size=32, num_classes=0)
-    assert feats(torch.randn(2, 3, 4, 32, 32)).shape == (2, 384)
+    video = torch.randn(3, 3, 4, 32, 32)
+    model.eval()
+    logits = model(video)
+    feats = model.forward_features(video)
+    assert logits.shape == (3, 7) and feats.shape == (3, 384)
+    assert torch.equal(logits, model.head(feats))  # same kernels on the same features: bit-exact
+    # fc_norm output: zero mean, unit variance per clip (LayerNorm weight 1, bias 0 at init)
+    torch.testing.assert_close(feats.mean(-1), torch.zeros(3), atol=1e-5, rtol=0)
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(video), logits)  # head dropout 0.5
+    backbone = create_model("vit_small_patch16_224", num_frames=4, img_size=32, num_classes=0).eval()
+    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
+    assert torch.equal(backbone(video), feats)
 
 
 def test_compile_ids_path_has_no_graph_break():
