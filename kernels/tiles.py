@@ -45,6 +45,17 @@ LOSS_TILES = (  # one fixed configuration: the loss kernels are not autotuned
      "a CUDA graph capture cannot contain)."),
 )
 
+# The tubelet gather (one program per token and BLOCK_F pixels of its row) is a copy like the row gathers, with one
+# fixed configuration: not autotuned, because the roofline model predicts every candidate bandwidth-bound at the same
+# time (a full wave and more: 5120 ViT-B tokens x 3 programs at batch 32), so a timed sweep could only add its
+# first-call syncs. Its reason says why this one.
+TUBELET_TILE = ({"BLOCK_F": 512}, 2, 1,
+                "512 pixels on 2 warps: 8 per thread, so one 128-bit load and store per thread in bf16/fp16 (two in "
+                "fp32) wherever the row allows it; 512 divides the p16 rows (3 x 2 x 16 x 16 = 1536: no idle lane) and "
+                "leaves 23 % idle on ViT-g's 1176 (3 programs); 2-warp CTAs fill an SM (32 of them) with ~4-8 KB of "
+                "loads each in flight, 10-20x what Little's law asks.")
+
+
 def tube_tile(hw: int) -> dict:
     """Launch sizes of the tube-mask kernel for ``hw`` keys per frame. One program ranks a whole frame with a
     ``BLOCK x BLOCK_J`` comparison tile: 64 values per thread (~170 registers) up to 8 warps, and more warps, not a
