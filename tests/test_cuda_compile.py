@@ -59,13 +59,13 @@ def test_cuda_sources_compile_without_spills(source, arch, tmp_path):
     report = nvcc_object(source, arch, tmp_path / "out.o")
     kernels = re.findall(r"Compiling entry function '(\w+)'", report)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    # 6 gather + 3 scatter + 3 decoder input + 3 mask-token grad + running cell + tube + 18 loss (3 pred x 3 video
-    # dtypes x fwd/bwd): every instantiation the launchers use was compiled and reported
-    assert len(kernels) == 35 and len(spills) == len(kernels), kernels
+    # 6 gather + 3 scatter + 3 tubelet gather + 3 decoder input + 3 mask-token grad + running cell + tube + 18 loss
+    # (3 pred x 3 video dtypes x fwd/bwd): every instantiation the launchers use was compiled and reported
+    assert len(kernels) == 38 and len(spills) == len(kernels), kernels
     assert all(s == ("0", "0") for s in spills), report
     names = " ".join(kernels)
-    assert all(k in names for k in ("token_gather", "token_scatter", "decoder_input", "mask_token_grad",
-                                    "running_cell_ids", "tube_ids", "recon_loss"))
+    assert all(k in names for k in ("token_gather", "token_scatter", "tubelet_gather", "decoder_input",
+                                    "mask_token_grad", "running_cell_ids", "tube_ids", "recon_loss"))
 
 
 def test_binding_registers_every_op_for_cuda():
@@ -76,7 +76,7 @@ def test_binding_registers_every_op_for_cuda():
     header = (ROOT / "csrc" / "vmae2_checks.h").read_text()
     schemas = set(re.findall(r'm\.def\("(\w+)\(', cpu))
     listed = re.search(r"#define VMAE2_NATIVE_OPS\(X\)((?:.*\\\n)*.*)", header).group(1)
-    assert len(schemas) == 8 and "TORCH_LIBRARY(vmae2_native" in cpu
+    assert len(schemas) == 9 and "TORCH_LIBRARY(vmae2_native" in cpu
     assert set(re.findall(r"X\((\w+)\)", listed)) == schemas
     assert "TORCH_LIBRARY(" not in binding
     for source, key in ((cpu, "CPU"), (binding, "CUDA")):
@@ -103,7 +103,7 @@ def test_binding_compiles_and_calls_only_defined_launchers(tmp_path):
 
     needed = symbols(binding_o, "-u")
     defined = symbols(device_o, "--defined-only")
-    assert len(needed) == 8, needed  # 7 launchers + mask_token_grad_blocks
+    assert len(needed) == 9, needed  # 8 launchers + mask_token_grad_blocks
     assert needed <= defined, needed - defined
 
 
