@@ -132,7 +132,8 @@ def _tubelet_gather_kernel(video_ptr,  # [B, 3, T, H, W] video, unit stride alon
     p1 = (f // PATCH) % PATCH
     offs = (b * s_vb + c * s_vc + (t * TUB + p0) * s_vt + (hh * PATCH + p1) * s_vh + ww * PATCH + f % PATCH)
     ok = f < F
-    tl.store(out_ptr + row * F + f, tl.load(video_ptr + offs, mask=ok), mask=ok)
+    pixels = tl.load(video_ptr + offs, mask=ok)
+    tl.store(out_ptr + row * F + f, pixels, mask=ok)
 
 
 @launcher

@@ -155,6 +155,13 @@ def test_cuda_ops_match_reference(dtype):
     video = torch.randn(B, 3, 2 * T, H * patch // 2, W * patch // 2, generator=g).to(dev)
     n = 2 * T // tub * (H // 2) * (W // 2)
     dids = torch.stack([torch.randperm(n, generator=g)[:20].sort().values for _ in range(B)]).to(dev)
+    # tubelet gather, pure data movement: patch 4 (fp32: 16-byte runs, vectorised; bf16/fp16: element copies) and
+    # patch 16 from a window of a larger clip (strided; 16-byte runs in every dtype)
+    clip = torch.randn(B, 3, 5, 40, 64, generator=g).to(dev, dtype)[:, :, 1:, 4:36, :48]
+    for v, p in ((video.to(dtype), patch), (clip, 16)):
+        tokens = v.shape[2] // tub * (v.shape[3] // p) * (v.shape[4] // p)
+        tids = torch.stack([torch.randperm(tokens, generator=g)[:5].sort().values for _ in range(B)]).to(dev)
+        assert torch.equal(K.tubelet_gather(v, tids, p, tub, backend="cuda"), R.tubelet_gather(v, tids, p, tub))
     pred = torch.randn(B, 20, 3 * tub * patch * patch, generator=g).to(dev, dtype).requires_grad_(True)
     w = (torch.rand(B, 20, generator=g) < 0.7).float().to(dev)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
