@@ -426,6 +426,19 @@ def test_dispatch_reasons_and_forcing(monkeypatch):
     assert any("TRITON_INTERPRET" in r for r in dispatch.not_supported_reasons("triton", "token_gather", "cpu"))
 
 
+def test_a_native_build_without_an_op_runs_the_others(monkeypatch):
+    """A library built before an op existed has no kernel for it (native.KERNELS lists what the library has): that op
+    falls back with the reason, the others keep the native backend."""
+    native, reason = dispatch.native_status()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setattr(native, "KERNELS", {k: v for k, v in native.KERNELS.items() if k[0] != "tubelet_gather"})
+    dispatch._choose.cache_clear()
+    assert dispatch.choose("tubelet_gather", "cpu") == "torch" and dispatch.choose("token_gather", "cpu") == "cpp"
+    assert dispatch.not_supported_reasons("cpp", "tubelet_gather", "cpu") == [
+        f"the native extension has no cpu kernel for tubelet_gather (built before the op existed; {native.REBUILD})"]
+
+
 def test_without_triton_everything_falls_back():
     code = ("import sys; sys.modules['triton'] = None\n"
             "import torch, vmae2_kernels as K\n"
