@@ -74,6 +74,11 @@ def build_case(op: str, shape: Shape, setting: Setting) -> Case:
         nbytes = B * Nv * C * esize(DTYPE) + B * Nv * ids_b + B * N * C * esize(DTYPE)  # the zeros are written too
         return Case(lambda b: (lambda: K.token_scatter(src, vis_ids, N, backend=b)),
                     lambda f: (lambda: f(src, vis_ids, N)), nbytes)
+    if op == "tubelet_gather":  # the masked patch embedding's input: the Nv visible tubelets of a clip in DTYPE
+        video, F = make_video(shape, setting).to(DTYPE), shape.pred_dim
+        nbytes = 2 * B * Nv * F * esize(DTYPE) + B * Nv * ids_b  # the tubelets' pixels read, their rows written
+        return Case(lambda b: (lambda: K.tubelet_gather(video, vis_ids, shape.patch, shape.tubelet, backend=b)),
+                    lambda f: (lambda: f(video, vis_ids, shape.patch, shape.tubelet)), nbytes)
     if op == "decoder_input":  # [x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]
         D = shape.dec_dim
         x_vis, pos = randn(setting, B, Nv, D, dtype=DTYPE, seed=1), randn(setting, N, D, seed=2)

@@ -91,10 +91,11 @@ def make_plan(smoke: bool, device: str) -> Plan:
     return plan
 
 
-CHECKED_OPS = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
-               "recon_loss")
+CHECKED_OPS = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "mask_token_grad",
+               "running_cell_ids", "tube_ids", "recon_loss")
 MASK_OPS = ("running_cell_ids", "tube_ids")
-BENCH_OPS = ("token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss")
+BENCH_OPS = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "running_cell_ids", "tube_ids",
+             "recon_loss")
 AUTOTUNED = {"token_gather": "_row_copy_kernel", "token_scatter": "_row_copy_kernel",
              "decoder_input": "_decoder_input_kernel"}
 

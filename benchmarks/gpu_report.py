@@ -49,8 +49,8 @@ ARCHS = {"sm_80": 80, "sm_90": 90}
 DTYPES = ("float32", "bfloat16")
 
 # Kernels that stream data: their global accesses must be 128-bit (see vector_verdict).
-MEMORY_BOUND = ("_row_copy_kernel", "_decoder_input_kernel", "_masked_rows_sum_kernel", "_recon_loss_fwd_kernel",
-                "_recon_loss_bwd_kernel")
+MEMORY_BOUND = ("_row_copy_kernel", "_tubelet_gather_kernel", "_decoder_input_kernel", "_masked_rows_sum_kernel",
+                "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel")
 # Kernels that are not bandwidth-bound, and why 128-bit access is not expected of them.
 NOT_MEMORY_BOUND = {
     "_running_cell_kernel": "index kernel: writes each kept id (int64) to a data-dependent prefix-sum slot, so "
@@ -64,6 +64,7 @@ NOT_MEMORY_BOUND = {
 STREAMS = {
     "_row_copy_kernel": {"src rows": "tl.load(src_ptr", "pos rows": ("tl.load(pos_ptr", "HAS_POS", True),
                          "dst rows": "tl.store(dst_ptr"},
+    "_tubelet_gather_kernel": {"video rows": "tl.load(video_ptr", "out rows": "tl.store(out_ptr"},
     "_decoder_input_kernel": {"x_vis rows": "tl.load(x_ptr", "pos rows": "tl.load(pos_ptr",
                               "out rows": "tl.store(out_ptr"},
     "_masked_rows_sum_kernel": {"grad rows": "tl.load(grad_ptr"},
@@ -73,6 +74,10 @@ STREAMS = {
 }
 # Explicit exemptions from the 128-bit rule: (kernel, stream, constexpr, value) -> reason.
 VECTOR_EXEMPT = {
+    ("_tubelet_gather_kernel", "video rows", "PATCH", 14):
+        "ViT-g's patch rows are 14 pixels (28 bytes in bf16, 56 in fp32) starting at multiples of 14 pixels: 4-byte "
+        "(bf16) or 8-byte (fp32) alignment at most, so no 128-bit load of them exists; Triton emits the widest the "
+        "alignment allows. The output rows (1176 pixels, 16-byte aligned) stay 128-bit (checked)",
     ("_recon_loss_fwd_kernel", "video patch", "PATCH", 14):
         "ViT-g's patch rows are 14 pixels = 56 bytes of fp32 video starting at multiples of 56 bytes: only 8-byte "
         "alignment is guaranteed, so no 128-bit load of them exists; Triton emits the 64-bit loads that do. The "
@@ -198,6 +203,8 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
 
     Activations (x, x_vis, pred, the scatter's source) in ``dtype``; position tables, mask token, video and the
     decoder-input gradient fp32; ids int64: the training setting (``reference.decoder_input`` promotes to fp32).
+    The tubelet gather's video, its only tensor, is in ``dtype`` too (fp32 is the training clip, bf16 a clip cast
+    before the embedding), so both widths are compiled.
     """
     import torch
 
@@ -227,6 +234,8 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
     launches = [
         ("token_gather", lambda: T.token_gather(meta(B, N, C, dt=act), vis, meta(N, C))),
         ("token_scatter", lambda: T.token_scatter(meta(B, Nv, C, dt=act), vis, N)),
+        ("tubelet_gather", lambda: T.tubelet_gather(meta(B, 3, s.frames, s.image, s.image, dt=act), vis, s.patch,
+                                                    s.tubelet)),
         ("decoder_input", lambda: T.decoder_input(meta(B, Nv, D, dt=act), vis, dec, meta(1, 1, D), meta(N, D))),
         ("mask_token_grad", lambda: T.mask_token_grad(meta(B, Nv + Nd, D), Nv)),
         ("running_cell_ids", lambda: T.running_cell_ids(meta(B, dt=torch.int64), s.grid, s.masked_per_cell)),
@@ -600,8 +609,9 @@ def summary(reports: list[KernelReport]) -> list[str]:
                 vec = "n/a (index kernel)"
             else:
                 vec = "yes" if all(r.vectorised for r in rs) else "**NO**"
-                if any(r.vector_note.startswith("EXEMPT") for r in rs):
-                    vec += " (ViT-g video: exempt, 64-bit)"
+                exempt = sorted({w for r in rs for w in re.findall(r"EXEMPT [^(]*\(([\d/]+)-bit\)", r.vector_note)})
+                if exempt:
+                    vec += f" (ViT-g video: exempt, {'/'.join(exempt)}-bit)"
             cells = [kernel, arch, len(rs), f"{regs[0]}-{regs[-1]}" if len(regs) > 1 else regs[0],
                      sum(r.spill_stores + r.spill_loads for r in rs), max(r.smem for r in rs), vec,
                      _span([round(100 * w / max_warps) for w in warps], " %") + f" ({_span(warps, ' warps')}/SM)"]
@@ -671,8 +681,8 @@ def compiled_resources(reports: list[KernelReport], arch: str, shape: str, dtype
 
 
 def prediction_table(reports: list[KernelReport], shapes, dtype: str, batch: int) -> str:
-    ops = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
-           "recon_loss", "recon_loss_backward")
+    ops = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "mask_token_grad", "running_cell_ids",
+           "tube_ids", "recon_loss", "recon_loss_backward")
     head = ["op", "shape"] + [f"{g.name} {w}" for g in R.GPUS.values() for w in ("floor µs", "PREDICTED µs")] + [
         "bound", "kernel config (H100)"]
     out = [f"Batch {batch}, {dtype} activations.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

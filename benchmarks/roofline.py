@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, next_pow2, tube_tile
+from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, TUBELET_TILE, next_pow2, tube_tile
 
 # -- GPUs ---------------------------------------------------------------------------------------------------
 
@@ -188,6 +188,7 @@ def cdiv(a: int, b: int) -> int:
 # (the predicted occupancy, hence the predictions, would be optimistic).
 ASSUMED_RESOURCES = {  # kernel: (registers per thread, shared memory bytes per CTA)
     "_row_copy_kernel": (64, 0),  # 16 x 256 tile, 4 warps, fp32: 56 (64 at 448 px); bf16: 32-40
+    "_tubelet_gather_kernel": (32, 0),  # 28 (patch 16) to 32 (patch 14, sm_80) in bf16 and fp32
     "_decoder_input_kernel": (110, 8192),  # fp32 16 x 256 w4: 96 (110 at 448 px); smem: the output tile's layout
     "_masked_rows_sum_kernel": (88, 2048),
     "_running_cell_kernel": (40, 128),  # smem: the prefix sum over one frame (H'W' = 1024 at 448 px)
@@ -210,8 +211,8 @@ class Traffic:
 
 MASK_OPS = {"tube_mask_batch": "tube_ids", "running_cell_mask_batch": "running_cell_ids"}
 FLOPS_PER_TARGET = {"recon_loss": 10, "recon_loss_backward": 9}  # see _loss_flops
-OPS = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
-       "recon_loss", "recon_loss_backward", "recon_loss_fwd_bwd", *MASK_OPS)
+OPS = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "mask_token_grad", "running_cell_ids",
+       "tube_ids", "recon_loss", "recon_loss_backward", "recon_loss_fwd_bwd", *MASK_OPS)
 
 
 def _loss_flops(op: str, shape: Shape, batch: int) -> float:
@@ -239,6 +240,10 @@ def traffic(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bfloa
         C = s.dim
         b = B * Nv * C * a + B * Nv * i + B * N * C * a
         return Traffic(b, b, 0.0, "read src rows and ids, write the whole [B, N, C] output (zeros included)")
+    if op == "tubelet_gather":  # the encoder-visible tubelets of a video in ``dtype``
+        rows = B * Nv * s.pred_dim
+        b = 2 * rows * a + B * Nv * i
+        return Traffic(b, b, 0.0, "read the Nv tubelets' pixels and ids, write their rows")
     if op == "decoder_input":
         D, L = s.dec_dim, Nv + Nd
         out = B * L * D * f
@@ -342,6 +347,15 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
         rows = B * Nv * s.dim * a
         return [_aux("zero fill (torch)", zeros),
                 _row_copy("_row_copy_kernel", Nv, B, s.dim, 2 * a, 2 * rows + B * Nv * i, 0.0, resources)]
+    if op == "tubelet_gather":  # mirrors triton_ops.tubelet_gather: one fixed launch, no autotuning
+        kw, warps, stages, _ = TUBELET_TILE
+        label = config_label(kw, warps, stages)
+        regs, smem = _resources("_tubelet_gather_kernel", label, resources)
+        video = B * Nv * s.pred_dim * a
+        ctas = B * Nv * cdiv(s.pred_dim, kw["BLOCK_F"])
+        moved = t.bytes - video + video * sector_overfetch(s, a)
+        return [Launch("_tubelet_gather_kernel", label, ctas, 32 * warps, moved, 0.0, 2 * kw["BLOCK_F"] * a + i, 2,
+                       regs, smem)]
     if op == "decoder_input":
         share = Nv / (Nv + Nd)  # visible rows also read x_vis
         return [_row_copy("_decoder_input_kernel", Nv + Nd, B, s.dec_dim, 2 * f + share * a, t.bytes,
@@ -395,9 +409,10 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
 
 
 def sector_overfetch(shape: Shape, video_esize: int = 4) -> float:
-    """DRAM bytes per useful byte of the patch rows the loss reads: rows of ``patch`` pixels fetched in 32-byte
-    sectors (no L2 sharing between neighbouring tokens assumed: an upper bound). 1.0 for patch 16 in fp32 (64-byte
-    rows on 64-byte boundaries); 1.43 for patch 14 (56-byte rows at 8-byte alignment touch 2.5 sectors on average)."""
+    """DRAM bytes per useful byte of the patch rows the loss and the tubelet gather read: rows of ``patch`` pixels
+    fetched in 32-byte sectors (no L2 sharing between neighbouring tokens assumed: an upper bound). 1.0 for patch 16
+    in fp32 (64-byte rows on 64-byte boundaries); 1.43 for patch 14 (56-byte rows at 8-byte alignment touch 2.5
+    sectors on average)."""
     row = shape.patch * video_esize
     sectors = [cdiv((ww * row) % 32 + row, 32) for ww in range(shape.image // shape.patch)]
     return 32 * sum(sectors) / len(sectors) / row
@@ -494,8 +509,9 @@ def fmt_us(seconds: float) -> str:
 
 
 def table(shapes=("ViT-B", "ViT-L", "ViT-g"), batch: int = BATCH, dtype: str = "bfloat16",
-          ops=("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
-               "recon_loss", "recon_loss_backward"), resources: dict | None = None) -> str:
+          ops=("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "mask_token_grad",
+               "running_cell_ids", "tube_ids", "recon_loss", "recon_loss_backward"),
+          resources: dict | None = None) -> str:
     """Markdown table: bytes, FLOPs, floor and predicted time per op and shape on both GPUs."""
     head = ["op", "shape", "MB", "MFLOP"] + [f"{g} {w}" for g in GPUS for w in ("floor µs", "predicted µs")] + [
         "bound (H100)", "Triton config (H100)"]

@@ -68,7 +68,7 @@ SHAPES = ALL_SHAPES if FULL else ALL_SHAPES[:1]
 SMALLEST = ALL_SHAPES[0].name
 SHAPE_IDS = [s.name for s in SHAPES]
 
-OPS = ["token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss"]
+OPS = ["token_gather", "token_scatter", "tubelet_gather", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss"]
 PROVIDERS = ["torch", "compiled", "triton", "cuda", "cpp"]
 
 

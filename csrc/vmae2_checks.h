@@ -9,6 +9,7 @@
 #define VMAE2_NATIVE_OPS(X) \
   X(token_gather)               \
   X(token_scatter)              \
+  X(tubelet_gather)             \
   X(decoder_input)              \
   X(mask_token_grad)            \
   X(running_cell_ids)           \
@@ -35,6 +36,17 @@ inline at::ScalarType check_decoder_input(const at::Tensor& x, const at::Tensor&
   TORCH_CHECK(token.numel() == x.size(2) && pos.dim() == 2 && pos.size(1) == x.size(2), "mask_token and pos must have ",
               x.size(2), " channels");
   return at::promote_types(at::promote_types(x.scalar_type(), token.scalar_type()), pos.scalar_type());
+}
+
+// Checks the arguments of tubelet_gather: video [B, 3, T, H, W] tiling into tubelets of tub x patch x patch, ids
+// [B, K] int64.
+inline void check_tubelet_args(const at::Tensor& video, const at::Tensor& ids, int64_t patch, int64_t tub) {
+  TORCH_CHECK(video.dim() == 5 && video.size(1) == 3, "video must be [B, 3, T, H, W], got ", video.sizes());
+  TORCH_CHECK(patch >= 1 && tub >= 1 && video.size(2) % tub == 0 && video.size(3) % patch == 0 &&
+                  video.size(4) % patch == 0,
+              "video ", video.sizes(), " does not tile into tubelets of ", tub, " frames and ", patch, "x", patch,
+              " patches");
+  check_ids(ids, video.size(0), "ids");
 }
 
 inline void check_loss_args(const at::Tensor& pred, const at::Tensor& video, const at::Tensor& ids,

@@ -20,6 +20,7 @@ namespace {
 using vmae2::check_decoder_input;
 using vmae2::check_ids;
 using vmae2::check_loss_args;
+using vmae2::check_tubelet_args;
 
 // out[b, k] = x[b, ids[b, k]] (+ pos[ids[b, k]] rounded to x's dtype), the add in fp32.
 at::Tensor token_gather(const at::Tensor& x_in, const at::Tensor& ids_in, const c10::optional<at::Tensor>& pos_in) {
@@ -75,6 +76,39 @@ at::Tensor token_scatter(const at::Tensor& src_in, const at::Tensor& ids_in, int
           const scalar_t* s = sp + (b * K + k) * C;
           for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(float(dst[c]) + float(s[c]));
         }
+      }
+    });
+  });
+  return out;
+}
+
+// out[b, k] = the pixels of tubelet ids[b, k] in (c, p0, p1, p2) order: 3 * tub * patch rows of `patch` contiguous
+// pixels (unit stride along W), each copied as one run.
+at::Tensor tubelet_gather(const at::Tensor& video_in, const at::Tensor& ids_in, int64_t patch, int64_t tub) {
+  check_tubelet_args(video_in, ids_in, patch, tub);
+  auto video = video_in.stride(4) == 1 ? video_in : video_in.contiguous();
+  auto ids = ids_in.contiguous();
+  const int64_t B = video.size(0), K = ids.size(1), hp = video.size(3) / patch, wp = video.size(4) / patch;
+  const int64_t N = video.size(2) / tub * hp * wp, F = 3 * tub * patch * patch;
+  const auto st = video.strides();
+  auto out = at::empty({B, K, F}, video.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(), "tubelet_gather", [&] {
+    const scalar_t* vp = video.data_ptr<scalar_t>();
+    const int64_t* ip = ids.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * K, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t token = ip[r];
+        TORCH_CHECK(token >= 0 && token < N, "id ", token, " is out of range [0, ", N, ")");
+        const int64_t t = token / (hp * wp), hh = (token / wp) % hp, ww = token % wp;
+        const scalar_t* base = vp + (r / K) * st[0] + t * tub * st[2] + hh * patch * st[3] + ww * patch;
+        scalar_t* dst = op + r * F;
+        for (int64_t c = 0; c < 3; ++c)
+          for (int64_t p0 = 0; p0 < tub; ++p0)
+            for (int64_t p1 = 0; p1 < patch; ++p1, dst += patch) {
+              const scalar_t* src = base + c * st[1] + p0 * st[2] + p1 * st[3];
+              std::copy(src, src + patch, dst);
+            }
       }
     });
   });
@@ -272,6 +306,7 @@ at::Tensor recon_loss_backward(const at::Tensor& grad_out, const at::Tensor& pre
 TORCH_LIBRARY(vmae2_native, m) {
   m.def("token_gather(Tensor x, Tensor ids, Tensor? pos) -> Tensor");
   m.def("token_scatter(Tensor src, Tensor ids, int num_tokens) -> Tensor");
+  m.def("tubelet_gather(Tensor video, Tensor ids, int patch_size, int tubelet_size) -> Tensor");
   m.def("decoder_input(Tensor x_vis, Tensor vis_ids, Tensor dec_ids, Tensor mask_token, Tensor pos) -> Tensor");
   m.def("mask_token_grad(Tensor grad, int num_visible) -> Tensor");
   m.def("running_cell_ids(Tensor phase, int T, int H, int W, int masked_per_cell) -> Tensor");

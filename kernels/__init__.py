@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from vmae2_kernels import ops
+from vmae2_kernels import checks, ops
 from vmae2_kernels.masks import mask_to_ids, running_cell_ids, tube_ids
 
 __version__ = "0.1.0"
-__all__ = ["token_gather", "token_scatter", "decoder_input", "running_cell_ids", "tube_ids", "recon_loss",
-           "mask_to_ids",
+__all__ = ["token_gather", "token_scatter", "tubelet_gather", "patch_embed", "decoder_input", "running_cell_ids",
+           "tube_ids", "recon_loss", "mask_to_ids",
            "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "__version__"]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +39,32 @@ def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = 
 def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int, *, backend: str = "auto") -> torch.Tensor:
     """Adjoint of :func:`token_gather`: ``[B, K, C] -> [B, N, C]``, zeros where no id points."""
     return ops.token_scatter(src, ids, num_tokens, backend)
+
+
+def tubelet_gather(video: torch.Tensor, ids: torch.Tensor, patch_size: int, tubelet_size: int, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """The pixels of the tubelets ``ids``: ``video [B, 3, T, H, W]``, ``ids [B, K]`` -> ``[B, K, 3*t*p*p]`` (video's
+    dtype), ``t = tubelet_size``, ``p = patch_size``.
+
+    Tokens in ``(t, h, w)`` order over the grid ``(T/t, H/p, W/p)``; a row's pixels in ``(c, p0, p1, p2)`` order, a
+    Conv3d weight's ``weight.flatten(1)`` order. Pure data movement; differentiable w.r.t. ``video``.
+    """
+    return ops.tubelet_gather(video, ids, patch_size, tubelet_size, backend)
+
+
+def patch_embed(video: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                pos: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+    """The tubelet embedding of the tokens ``ids`` only (+ their position rows): ``[B, K, C]``.
+
+    ``video [B, 3, T, H, W]``, ``ids [B, K]``, ``weight [C, 3, t, p, p]`` and ``bias [C]`` (a Conv3d's, kernel = stride
+    = ``(t, p, p)``), ``pos [N, C]``: ``conv3d(video, weight, bias, stride=(t, p, p)).flatten(2).transpose(1, 2)``
+    gathered at ``ids`` (+ ``pos[ids]``), computed from the ``K`` tubelets alone (:func:`tubelet_gather`, then one
+    ``F.linear``, which autocast runs in bf16 as it would the Conv3d). The position rows are added in the result's
+    dtype, as :func:`token_gather` adds them. Not a custom op: autograd and ``torch.compile`` see its parts.
+    """
+    patch, tubelet = checks.check_patch_embed(video, weight, bias, pos)
+    x = F.linear(ops.tubelet_gather(video, ids, patch, tubelet, backend), weight.flatten(1), bias)
+    return x if pos is None else x + pos[ids].to(x.dtype)
 
 
 def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Tensor, mask_token: torch.Tensor,

@@ -122,16 +122,46 @@ def check_tube(keys: Tensor, num_frames: int, num_masked: int) -> None:
                          f"[0, {keys.shape[1]}]")
 
 
+def check_video(video: Tensor, patch_size: int, tubelet_size: int, why: str) -> tuple[int, int]:
+    """``video [B, 3, T, H, W]`` tiles into tubelets of ``tubelet_size`` frames and ``patch_size`` pixels squared;
+    returns ``(B, N)``, ``N`` the tubelets of its grid. ``why`` says why RGB (in the message)."""
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"video must be [B, 3, T, H, W] ({why}), got shape {_shape(video)}")
+    B, _, T, H, W = video.shape
+    if patch_size < 1 or tubelet_size < 1 or T % tubelet_size or H % patch_size or W % patch_size:
+        raise ValueError(f"video {_shape(video)} does not tile into tubelets of {tubelet_size} frames and "
+                         f"{patch_size}x{patch_size} patches")
+    return B, (T // tubelet_size) * (H // patch_size) * (W // patch_size)
+
+
+def check_tubelet_gather(video: Tensor, ids: Tensor, patch_size: int, tubelet_size: int) -> None:
+    """``video [B, 3, T, H, W]`` tiling into tubelets, ``ids [B, K]`` int64 on its device."""
+    B, N = check_video(video, patch_size, tubelet_size, "RGB clips")
+    check_ids(ids, B, "ids", video)
+    check_ids_values(ids, N, "ids")
+
+
+def check_patch_embed(video: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None) -> tuple[int, int]:
+    """``weight [C, 3, t, p, p]`` (a Conv3d's, kernel = stride), ``bias [C]`` and ``pos [N, C]`` (each or None) on
+    ``video``'s device, ``N`` the tubelets of the video's grid; returns ``(p, t)``. ``ids`` are the op's to check."""
+    if weight.ndim != 5 or weight.shape[1] != 3 or weight.shape[3] != weight.shape[4]:
+        raise ValueError(f"weight must be a Conv3d weight [C, 3, t, p, p], got shape {_shape(weight)}")
+    C, _, t, p, _ = weight.shape
+    _, N = check_video(video, p, t, "RGB clips")
+    if bias is not None and _shape(bias) != (C,):
+        raise ValueError(f"bias must be [C] = [{C}], got {_shape(bias)}")
+    if pos is not None and _shape(pos) != (N, C):
+        raise ValueError(f"pos must be [N, C] = [{N}, {C}] (N: the tubelets of the video's grid), got {_shape(pos)}")
+    check_device(video, weight=weight, bias=bias, pos=pos)
+    return p, t
+
+
 def check_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
                mean: list[float], std: list[float]) -> None:
     """``pred [B, Nd, 3*tubelet*p*p]``, ``video [B, 3, T, H, W]``, ``dec_ids [B, Nd]`` int64, ``weights [B, Nd]``,
     3-value ``mean`` / ``std``, all on ``pred``'s device."""
-    if video.ndim != 5 or video.shape[1] != 3:
-        raise ValueError(f"video must be [B, 3, T, H, W] (the fused loss takes RGB), got shape {_shape(video)}")
-    B, C, T, H, W = video.shape
-    if patch_size < 1 or tubelet_size < 1 or T % tubelet_size or H % patch_size or W % patch_size:
-        raise ValueError(f"video {_shape(video)} does not tile into tubelets of {tubelet_size} frames and "
-                         f"{patch_size}x{patch_size} patches")
+    B, N = check_video(video, patch_size, tubelet_size, "the fused loss takes RGB")
+    C = 3  # checked by check_video
     Nd = check_ids(dec_ids, B, "dec_ids", pred)
     width = C * tubelet_size * patch_size * patch_size
     if _shape(pred) != (B, Nd, width):
@@ -143,4 +173,4 @@ def check_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, pa
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need 3 values (one per channel), got {mean} and {std}")
     check_device(pred, video=video, weights=weights)
-    check_ids_values(dec_ids, (T // tubelet_size) * (H // patch_size) * (W // patch_size), "dec_ids")
+    check_ids_values(dec_ids, N, "dec_ids")

@@ -64,8 +64,8 @@ def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -
             reasons.append(reason)
         elif (op, want) not in module.KERNELS:
             skipped = getattr(module, "BUILD_INFO", {}).get("cuda_skipped") if want == "cuda" else None
-            reasons.append(f"the native extension has no {want} kernel for {op}"
-                           + (f" (built without CUDA: {skipped})" if skipped else ""))
+            why = f"built without CUDA: {skipped}" if skipped else f"built before the op existed; {module.REBUILD}"
+            reasons.append(f"the native extension has no {want} kernel for {op} ({why})")
         elif want == "cuda" and device_type == "cuda" and module.arch_reason():
             reasons.append(module.arch_reason())
     return reasons

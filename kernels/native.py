@@ -16,8 +16,8 @@ import torch
 
 from vmae2_kernels import build
 
-OPS = ("token_gather", "token_scatter", "decoder_input", "mask_token_grad", "running_cell_ids", "tube_ids",
-       "recon_loss", "recon_loss_backward")
+OPS = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "mask_token_grad", "running_cell_ids",
+       "tube_ids", "recon_loss", "recon_loss_backward")
 REBUILD = "rebuild with `python -m vmae2_kernels.build` (or reinstall vmae2 with --no-build-isolation)"
 
 LIBRARY: Path | None = None  # the library this process loaded
@@ -71,5 +71,6 @@ def _bind(name: str):
 
 
 DEVICES = tuple(BUILD_INFO.get("backends", ["cpu"]))  # the build info says which kernels were compiled
-KERNELS = {(name, device): _bind(name) for name in OPS for device in DEVICES}
-"""``(op, "cpu" | "cuda") -> callable`` with the reference's signature, for the kernels this build has."""
+KERNELS = {(name, device): _bind(name) for name in OPS for device in DEVICES if hasattr(torch.ops.vmae2_native, name)}
+"""``(op, "cpu" | "cuda") -> callable`` with the reference's signature, for the kernels this build has (a build
+older than an op lacks it: the dispatcher says so and runs the others)."""

@@ -78,6 +78,38 @@ token_gather.register_autograd(_gather_backward, setup_context=_gather_setup)
 token_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 
 
+# -- tubelet_gather (the masked patch embedding's input) -------------------------------------------------------
+
+@torch.library.custom_op("vmae2::tubelet_gather", mutates_args=())
+def tubelet_gather(video: Tensor, ids: Tensor, patch_size: int, tubelet_size: int, backend: str) -> Tensor:
+    checks.check_tubelet_gather(video, ids, patch_size, tubelet_size)
+    return _impl("tubelet_gather", video.device, backend, video.dtype)(video, ids, patch_size, tubelet_size)
+
+
+@tubelet_gather.register_fake
+def _(video, ids, patch_size, tubelet_size, backend):
+    return video.new_empty(video.shape[0], ids.shape[1], video.shape[1] * tubelet_size * patch_size * patch_size)
+
+
+def _tubelet_setup(ctx, inputs, output):
+    video, ids, patch_size, tubelet_size, _ = inputs
+    ctx.save_for_backward(ids)
+    ctx.video_shape, ctx.geometry = tuple(video.shape), (patch_size, tubelet_size)
+
+
+def _tubelet_backward(ctx, grad):
+    """The adjoint, :func:`reference.tubelet_scatter`, on every backend: plain torch, sync-free (one zero fill of
+    the video's size and an indexed write of the ``K`` rows), computed only when the video needs a gradient."""
+    (ids,) = ctx.saved_tensors
+    grad_video = None
+    if ctx.needs_input_grad[0]:
+        grad_video = reference.tubelet_scatter(grad, ids, ctx.video_shape, *ctx.geometry)
+    return grad_video, None, None, None, None
+
+
+tubelet_gather.register_autograd(_tubelet_backward, setup_context=_tubelet_setup)
+
+
 # -- decoder_input ------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("vmae2::decoder_input", mutates_args=())
@@ -197,6 +229,6 @@ def _loss_backward(ctx, grad):
 
 recon_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
 
-OPS = {"token_gather": token_gather, "token_scatter": token_scatter, "decoder_input": decoder_input,
-       "mask_token_grad": mask_token_grad, "running_cell_ids": running_cell_ids, "tube_ids": tube_ids,
-       "recon_loss": recon_loss, "recon_loss_backward": recon_loss_backward}
+OPS = {"token_gather": token_gather, "token_scatter": token_scatter, "tubelet_gather": tubelet_gather,
+       "decoder_input": decoder_input, "mask_token_grad": mask_token_grad, "running_cell_ids": running_cell_ids,
+       "tube_ids": tube_ids, "recon_loss": recon_loss, "recon_loss_backward": recon_loss_backward}

@@ -72,6 +72,34 @@ def tube_ids(keys: torch.Tensor, num_frames: int, num_masked: int) -> torch.Tens
     return (offsets[None] + spatial[:, None, :]).reshape(B, -1)
 
 
+def tubelet_gather(video: torch.Tensor, ids: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """The pixels of the tubelets ``ids``: ``[B, 3, T, H, W], [B, K] -> [B, K, 3*t*p*p]``.
+
+    Tubelets of ``t`` frames and ``p x p`` pixels, numbered in ``(t, h, w)`` order over the grid ``(T/t, H/p, W/p)``;
+    a row holds its pixels in ``(c, p0, p1, p2)`` order, the order of a Conv3d weight's ``weight.flatten(1)``, so
+    ``rows @ weight.flatten(1).T + bias`` is that Conv3d (kernel = stride = ``(t, p, p)``) at the tokens ``ids``.
+    """
+    B, C, T, H, W = video.shape
+    t, p = tubelet_size, patch_size
+    x = video.reshape(B, C, T // t, t, H // p, p, W // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    x = x.reshape(B, -1, C * t * p * p)  # [B, N, F]: every tubelet
+    return torch.gather(x, 1, ids[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+def tubelet_scatter(rows: torch.Tensor, ids: torch.Tensor, video_shape: Sequence[int], patch_size: int,
+                    tubelet_size: int) -> torch.Tensor:
+    """Adjoint of :func:`tubelet_gather`: ``[B, K, 3*t*p*p]`` -> a zero video of ``video_shape`` holding each row at
+    its tubelet. Writes the rows through a strided view of the output (no copy of the whole video, no sync)."""
+    B, C, T, H, W = video_shape
+    t, p = tubelet_size, patch_size
+    h, w = H // p, W // p
+    out = rows.new_zeros(B, C, T, H, W)
+    view = out.view(B, C, T // t, t, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)  # [B, T', H', W', C, t, p, p]
+    batch = torch.arange(B, device=rows.device)[:, None]
+    view[batch, ids // (h * w), (ids // w) % h, ids % w] = rows.reshape(B, ids.shape[1], C, t, p, p)
+    return out
+
+
 def patchify(video: torch.Tensor, patch_size: int, tubelet_size: int = 2) -> torch.Tensor:
     """``[B, C, T, H, W] -> [B, N, tubelet*p*p, C]``: tokens in ``(t, h, w)`` order, pixels ``(p0 p1 p2)``."""
     B, C, T, H, W = video.shape

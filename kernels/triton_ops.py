@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, tube_tile
+from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, TUBELET_TILE, tube_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -102,6 +102,50 @@ def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torc
     out = src.new_zeros(B, num_tokens, C)
     _row_copy_kernel[_row_grid(B, K, C)](src, ids, src, out, K, C, K * C, num_tokens * C,
                                          SCATTER=True, HAS_POS=False)
+    return out
+
+
+# -- tubelet gather -------------------------------------------------------------------------------------
+# One program per (token, BLOCK_F pixels of its row), the one launch configuration of tiles.TUBELET_TILE. Pixel f of
+# the row is (c, p0, p1, p2) = f // (TUB P P), f // (P P) % TUB, f // P % P, f % P: runs of PATCH pixels are
+# contiguous in the video (unit stride along W), so patch 16 reads them with 128-bit loads; the row is written
+# contiguously (128-bit stores). Patch 14 rows (ViT-g) start at multiples of 14 pixels: narrower loads, wide stores.
+TUBELET_META = {**TUBELET_TILE[0], "num_warps": TUBELET_TILE[1], "num_stages": TUBELET_TILE[2]}
+
+
+@triton.jit
+def _tubelet_gather_kernel(video_ptr,  # [B, 3, T, H, W] video, unit stride along W
+                           ids_ptr,  # [B, K] int64 token ids
+                           out_ptr,  # [B, K, 3 * TUB * PATCH * PATCH] tubelet rows
+                           K, HP, WP, s_vb, s_vc, s_vt, s_vh,
+                           PATCH: tl.constexpr, TUB: tl.constexpr, BLOCK_F: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    row = b * K + tl.program_id(1)
+    n = tl.load(ids_ptr + row).to(tl.int64)
+    t = n // (HP * WP)
+    hh = (n // WP) % HP
+    ww = n % WP
+    F: tl.constexpr = 3 * TUB * PATCH * PATCH
+    f = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    c = f // (TUB * PATCH * PATCH)
+    p0 = (f // (PATCH * PATCH)) % TUB
+    p1 = (f // PATCH) % PATCH
+    offs = (b * s_vb + c * s_vc + (t * TUB + p0) * s_vt + (hh * PATCH + p1) * s_vh + ww * PATCH + f % PATCH)
+    ok = f < F
+    pixels = tl.load(video_ptr + offs, mask=ok)
+    tl.store(out_ptr + row * F + f, pixels, mask=ok)
+
+
+@launcher
+def tubelet_gather(video: torch.Tensor, ids: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    video = video if video.stride(-1) == 1 else video.contiguous()
+    ids = ids.contiguous()
+    B, C, T, H, W = video.shape
+    K, F = ids.shape[1], C * tubelet_size * patch_size * patch_size
+    out = video.new_empty(B, K, F)
+    grid = (B, K, triton.cdiv(F, TUBELET_META["BLOCK_F"]))
+    _tubelet_gather_kernel[grid](video, ids, out, K, H // patch_size, W // patch_size, *video.stride()[:4],
+                                 PATCH=patch_size, TUB=tubelet_size, **TUBELET_META)
     return out
 
 

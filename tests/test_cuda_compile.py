@@ -59,13 +59,13 @@ def test_cuda_sources_compile_without_spills(source, arch, tmp_path):
     report = nvcc_object(source, arch, tmp_path / "out.o")
     kernels = re.findall(r"Compiling entry function '(\w+)'", report)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    # 6 gather + 3 scatter + 3 decoder input + 3 mask-token grad + running cell + tube + 18 loss (3 pred x 3 video
-    # dtypes x fwd/bwd): every instantiation the launchers use was compiled and reported
-    assert len(kernels) == 35 and len(spills) == len(kernels), kernels
+    # 6 gather + 3 scatter + 3 tubelet gather + 3 decoder input + 3 mask-token grad + running cell + tube + 18 loss
+    # (3 pred x 3 video dtypes x fwd/bwd): every instantiation the launchers use was compiled and reported
+    assert len(kernels) == 38 and len(spills) == len(kernels), kernels
     assert all(s == ("0", "0") for s in spills), report
     names = " ".join(kernels)
-    assert all(k in names for k in ("token_gather", "token_scatter", "decoder_input", "mask_token_grad",
-                                    "running_cell_ids", "tube_ids", "recon_loss"))
+    assert all(k in names for k in ("token_gather", "token_scatter", "tubelet_gather", "decoder_input",
+                                    "mask_token_grad", "running_cell_ids", "tube_ids", "recon_loss"))
 
 
 def test_binding_registers_every_op_for_cuda():
@@ -76,7 +76,7 @@ def test_binding_registers_every_op_for_cuda():
     header = (ROOT / "csrc" / "vmae2_checks.h").read_text()
     schemas = set(re.findall(r'm\.def\("(\w+)\(', cpu))
     listed = re.search(r"#define VMAE2_NATIVE_OPS\(X\)((?:.*\\\n)*.*)", header).group(1)
-    assert len(schemas) == 8 and "TORCH_LIBRARY(vmae2_native" in cpu
+    assert len(schemas) == 9 and "TORCH_LIBRARY(vmae2_native" in cpu
     assert set(re.findall(r"X\((\w+)\)", listed)) == schemas
     assert "TORCH_LIBRARY(" not in binding
     for source, key in ((cpu, "CPU"), (binding, "CUDA")):
@@ -103,7 +103,7 @@ def test_binding_compiles_and_calls_only_defined_launchers(tmp_path):
 
     needed = symbols(binding_o, "-u")
     defined = symbols(device_o, "--defined-only")
-    assert len(needed) == 8, needed  # 7 launchers + mask_token_grad_blocks
+    assert len(needed) == 9, needed  # 8 launchers + mask_token_grad_blocks
     assert needed <= defined, needed - defined
 
 
@@ -155,6 +155,13 @@ def test_cuda_ops_match_reference(dtype):
     video = torch.randn(B, 3, 2 * T, H * patch // 2, W * patch // 2, generator=g).to(dev)
     n = 2 * T // tub * (H // 2) * (W // 2)
     dids = torch.stack([torch.randperm(n, generator=g)[:20].sort().values for _ in range(B)]).to(dev)
+    # tubelet gather, pure data movement: patch 4 (fp32: 16-byte runs, vectorised; bf16/fp16: element copies) and
+    # patch 16 from a window of a larger clip (strided; 16-byte runs in every dtype)
+    clip = torch.randn(B, 3, 5, 40, 64, generator=g).to(dev, dtype)[:, :, 1:, 4:36, :48]
+    for v, p in ((video.to(dtype), patch), (clip, 16)):
+        tokens = v.shape[2] // tub * (v.shape[3] // p) * (v.shape[4] // p)
+        tids = torch.stack([torch.randperm(tokens, generator=g)[:5].sort().values for _ in range(B)]).to(dev)
+        assert torch.equal(K.tubelet_gather(v, tids, p, tub, backend="cuda"), R.tubelet_gather(v, tids, p, tub))
     pred = torch.randn(B, 20, 3 * tub * patch * patch, generator=g).to(dev, dtype).requires_grad_(True)
     w = (torch.rand(B, 20, generator=g) < 0.7).float().to(dev)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

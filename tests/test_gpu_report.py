@@ -20,8 +20,8 @@ from benchmarks import gpu_report as G
 from benchmarks import roofline as R
 
 ROOT = Path(__file__).resolve().parents[1]
-TRITON_KERNELS = {"_row_copy_kernel", "_decoder_input_kernel", "_masked_rows_sum_kernel", "_running_cell_kernel",
-                  "_tube_kernel", "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"}
+TRITON_KERNELS = {"_row_copy_kernel", "_tubelet_gather_kernel", "_decoder_input_kernel", "_masked_rows_sum_kernel",
+                  "_running_cell_kernel", "_tube_kernel", "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"}
 
 
 def _has_triton_nvidia() -> str | None:
@@ -65,6 +65,7 @@ def test_cli_passes_and_compiles_every_kernel_for_both_archs(report):
     assert seen == {(k, a) for k in TRITON_KERNELS for a in ("sm_80", "sm_90")}
     # every autotune config, for both activation dtypes and every launcher that uses the kernel
     for kernel, tiles, ops in (("_row_copy_kernel", R.ROW_TILES, {"token_gather", "token_scatter"}),
+                               ("_tubelet_gather_kernel", (R.TUBELET_TILE,), {"tubelet_gather"}),
                                ("_decoder_input_kernel", R.ROW_TILES, {"decoder_input"}),
                                ("_recon_loss_fwd_kernel", R.LOSS_TILES, {"recon_loss"}),
                                ("_recon_loss_bwd_kernel", R.LOSS_TILES, {"recon_loss_backward"})):
@@ -117,7 +118,10 @@ def test_memory_bound_kernels_are_128_bit(report):
         assert r["vectorised"] is True, (r["kernel"], r["config"], r["arch"], r["dtype"], r["vector_note"])
         assert r["streams"] and all(widths == [128] or f"EXEMPT {stream}" in r["vector_note"]  # ViT-g's 14-px rows
                                     for stream, widths in r["streams"].items()), r["streams"]
-        assert r["sass"].get("LDG.128", 0) > 0 and r["ptx"].get("ld.global.v4", 0) > 0
+        if r["kernel"] == "_tubelet_gather_kernel" and "EXEMPT video rows" in r["vector_note"]:
+            assert r["sass"].get("STG.128", 0) > 0 and r["ptx"].get("st.global.v4", 0) > 0  # ViT-g: only the stores
+        else:
+            assert r["sass"].get("LDG.128", 0) > 0 and r["ptx"].get("ld.global.v4", 0) > 0
         assert not any(k in r["sass"] for k in ("LDG.8", "LDG.16", "STG.8", "STG.16"))  # no element-wise bf16
     # the fused loss reads pred (and writes the gradient) as contiguous rows: no stride-3 access left
     bwd = [r for r in _rows(doc) if r["kernel"] == "_recon_loss_bwd_kernel"]
@@ -287,12 +291,17 @@ def test_traffic_and_predictions():
     assert b.logical_bytes == rows * (2 + 4 + 2) + 32 * 160 * 8 and b.flops == rows
     loss = R.traffic("recon_loss", "ViT-B", 32, "bfloat16")
     assert loss.bytes == 32 * 784 * (1536 * 2 + 1536 * 4 + 8 + 4 + 4)
+    tubelets = R.traffic("tubelet_gather", "ViT-B", 32, "bfloat16")
+    assert tubelets.bytes == 2 * 32 * 160 * 1536 * 2 + 32 * 160 * 8 and tubelets.flops == 0  # pixels read + written
+    assert R.launches("tubelet_gather", "ViT-B")[0].ctas == 32 * 160 * 3  # 1536-pixel rows in 512-pixel programs
     assert R.sector_overfetch(R.SHAPES["ViT-B"]) == 1.0 and 1.4 < R.sector_overfetch(R.SHAPES["ViT-g"]) < 1.45
+    assert R.sector_overfetch(R.SHAPES["ViT-g"], 2) == 2.0  # bf16: 28-byte rows touch 2 sectors on average
     for op in R.OPS:
         for gpu in R.GPUS:
             p = R.predict(op, "ViT-B", 32, "bfloat16", gpu)
             assert 0 < p.floor_s <= p.predicted_s < 1e-3, (op, gpu)
-    for op in ("token_gather", "decoder_input", "mask_token_grad", "recon_loss", "recon_loss_backward"):
+    for op in ("token_gather", "tubelet_gather", "decoder_input", "mask_token_grad", "recon_loss",
+               "recon_loss_backward"):
         a, h = R.predict(op, "ViT-B", gpu="A100"), R.predict(op, "ViT-B", gpu="H100")
         assert a.bound == h.bound == "memory" and h.predicted_s < a.predicted_s
         assert a.predicted_s < 2 * a.floor_s  # bandwidth-bound kernels land near the floor

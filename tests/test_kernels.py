@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tolerances import assert_close_fp
 
 import vmae2_kernels as K
@@ -96,6 +97,134 @@ def test_learnable_pos_gradient(backend):
     want = torch.autograd.grad(R.token_gather(x, ids, pos), (x, pos), grad)
     for a, b in zip(got, want):
         assert_close_fp(a, b)  # the pos gradient sums over the batch: reduction order may differ
+
+
+# -- tubelet gather, masked patch embedding -------------------------------------------------------------
+
+TUBELET_CASES = [  # (B, T, H, W, patch, tubelet, K)
+    (2, 4, 32, 48, 16, 2, 3),  # H != W
+    (3, 2, 48, 32, 16, 2, 1),  # T' = 1, K = 1
+    (2, 4, 28, 42, 14, 2, 12),  # patch 14 (ViT-g), K = N
+    (1, 3, 16, 32, 16, 1, 4),  # tubelet 1
+]
+LAYOUTS = ["contiguous", "slice", "channels_last_3d"]  # slice: strided, unit W stride; channels_last_3d: W stride 3
+ALL_BACKENDS = ["torch", pytest.param("triton", marks=_runs("triton")), pytest.param("cpp", marks=_runs("cpp"))]
+
+
+def _video(B, T, H, W, dtype=torch.float32, layout="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "slice":  # a window of a larger clip: every stride but W's differs from the contiguous ones
+        return torch.randn(B, 3, T + 1, H + 2, W + 16, generator=g).to(dtype)[:, :, 1:, 2:, 8:W + 8]
+    video = torch.randn(B, 3, T, H, W, generator=g).to(dtype)
+    return video.to(memory_format=torch.channels_last_3d) if layout == "channels_last_3d" else video
+
+
+def _tokens(T, H, W, patch, tubelet):
+    return (T // tubelet) * (H // patch) * (W // patch)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,H,W,p,t,Kk", TUBELET_CASES)
+def test_tubelet_gather_forward(B, T, H, W, p, t, Kk, dtype, layout, backend):
+    video = _video(B, T, H, W, dtype, layout)
+    ids = _ids(B, _tokens(T, H, W, p, t), Kk)
+    out = K.tubelet_gather(video, ids, p, t, backend=backend)
+    assert out.dtype == dtype and out.shape == (B, Kk, 3 * t * p * p)
+    assert torch.equal(out, R.tubelet_gather(video, ids, p, t))  # pure data movement
+
+
+def test_reference_rows_are_the_conv3d_weight_order():
+    """Row k holds tubelet ids[k] in the (c, p0, p1, p2) order of ``weight.flatten(1)``: the Conv3d of one tubelet
+    is its row times the flattened weight (fp64: the same sums, exactly enough)."""
+    video = _video(2, 4, 32, 48, torch.float64)
+    weight = torch.randn(5, 3, 2, 16, 16, dtype=torch.float64)
+    ids = _ids(2, 12, 4)
+    conv = F.conv3d(video, weight, stride=(2, 16, 16)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(R.tubelet_gather(video, ids, 16, 2) @ weight.flatten(1).T,
+                               torch.gather(conv, 1, ids[:, :, None].expand(-1, -1, 5)))
+    b, k = 1, 2  # and one element by hand: token (t, h, w) = divmod chains of the id
+    n = int(ids[b, k])
+    tt, hh, ww = n // 6, n // 3 % 2, n % 3
+    c, p0, p1, p2 = 2, 1, 5, 9
+    assert R.tubelet_gather(video, ids, 16, 2)[b, k, ((c * 2 + p0) * 16 + p1) * 16 + p2] == \
+        video[b, c, 2 * tt + p0, 16 * hh + p1, 16 * ww + p2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,H,W,p,t,Kk", TUBELET_CASES)
+def test_tubelet_gather_gradient_is_the_adjoint(B, T, H, W, p, t, Kk, dtype, backend):
+    video = _video(B, T, H, W, dtype, "slice").requires_grad_()
+    ids = _ids(B, _tokens(T, H, W, p, t), Kk, seed=1)
+    grad = torch.randn(B, Kk, 3 * t * p * p).to(dtype)
+    (got,) = torch.autograd.grad(K.tubelet_gather(video, ids, p, t, backend=backend), video, grad)
+    (want,) = torch.autograd.grad(R.tubelet_gather(video, ids, p, t), video, grad)
+    assert got.dtype == dtype and torch.equal(got, want)  # unique ids: each row written once into zeros
+
+
+def _conv_path(video, ids, weight, bias, pos):
+    """What the model computes today: PatchEmbed's Conv3d over every tubelet, then token_gather with the table."""
+    t, p = weight.shape[2], weight.shape[3]
+    x = F.conv3d(video, weight, bias, stride=(t, p, p)).flatten(2).transpose(1, 2)
+    return K.token_gather(x, ids, pos, backend="torch")
+
+
+def _embed_inputs(B, T, H, W, p, t, Kk, C=24, learnable_pos=False):
+    g = torch.Generator().manual_seed(2)
+    video = _video(B, T, H, W, layout="slice").requires_grad_()
+    weight = (0.02 * torch.randn(C, 3, t, p, p, generator=g)).requires_grad_()
+    bias = torch.randn(C, generator=g).requires_grad_()
+    N = _tokens(T, H, W, p, t)
+    pos = torch.randn(N, C, generator=g).requires_grad_(learnable_pos)
+    return video, _ids(B, N, Kk, seed=3), weight, bias, pos
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("with_pos", [True, False])
+@pytest.mark.parametrize("B,T,H,W,p,t,Kk", TUBELET_CASES)
+def test_patch_embed_is_the_conv3d_at_ids(B, T, H, W, p, t, Kk, with_pos, backend):
+    video, ids, weight, bias, pos = _embed_inputs(B, T, H, W, p, t, Kk, learnable_pos=with_pos)
+    pos = pos if with_pos else None
+    out = K.patch_embed(video, ids, weight, bias, pos, backend=backend)
+    ref = _conv_path(video, ids, weight, bias, pos)
+    assert out.shape == ref.shape == (B, Kk, weight.shape[0]) and out.dtype == ref.dtype == torch.float32
+    assert_close_fp(out, ref)  # one GEMM vs the convolution: fp32 sums in another order
+    grad = torch.randn_like(ref)
+    inputs = (video, weight, bias) + ((pos,) if with_pos else ())
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        assert_close_fp(got, want)
+
+
+def test_patch_embed_under_bf16_autocast_follows_the_model():
+    """Autocast runs the GEMM in bf16 as it runs the Conv3d, and the fp32 table is added in bf16, as token_gather
+    adds it: a bf16 result."""
+    video, ids, weight, bias, pos = _embed_inputs(2, 4, 32, 48, 16, 2, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = K.patch_embed(video, ids, weight, bias, pos)
+        ref = _conv_path(video, ids, weight, bias, pos)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert_close_fp(out, ref, growth=2)  # two bf16 roundings each (GEMM output, the table's add)
+    grad = torch.randn(ref.shape).to(torch.bfloat16)
+    got = torch.autograd.grad(out, (video, weight, bias), grad)
+    want = torch.autograd.grad(ref, (video, weight, bias), grad)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == torch.float32  # gradients of the fp32 leaves
+        assert_close_fp(a, b, torch.bfloat16, growth=2)
+
+
+def test_patch_embed_compiles_forward_and_backward_in_one_graph():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    video, ids, weight, bias, pos = _embed_inputs(2, 4, 32, 48, 16, 2, 5)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda *a: K.patch_embed(*a).square().mean(), backend=counter, fullgraph=True)
+    loss = compiled(video, ids, weight, bias, pos)
+    grads = torch.autograd.grad(loss, (video, weight, bias))
+    eager = K.patch_embed(video, ids, weight, bias, pos).square().mean()
+    assert counter.frame_count == 1  # fullgraph: no graph break
+    assert_close_fp(loss, eager)
+    for got, want in zip(grads, torch.autograd.grad(eager, (video, weight, bias))):
+        assert_close_fp(got, want)
 
 
 # -- decoder input --------------------------------------------------------------------------------------
@@ -234,6 +363,8 @@ def _opcheck_cases(backend):
     return [
         (ops.token_gather, (x, ids, pos, backend)),
         (ops.token_scatter, (torch.randn(2, 4, 6, requires_grad=True), ids, 9, backend)),
+        (ops.tubelet_gather, (_video(2, 4, 32, 32).requires_grad_(), _ids(2, 8, 3), 16, 2, backend)),
+        (ops.tubelet_gather, (_video(2, 4, 32, 32, layout="slice").requires_grad_(), _ids(2, 8, 3), 16, 2, backend)),
         (ops.decoder_input, (torch.randn(2, 4, 6, requires_grad=True), ids, _ids(2, 9, 5),
                              torch.randn(6, requires_grad=True), pos, backend)),
         (ops.mask_token_grad, (torch.randn(2, 9, 6), 4, backend)),
@@ -258,6 +389,8 @@ def test_gradcheck_reference_fp64():
     assert torch.autograd.gradcheck(lambda a, p: ops.token_gather(a, ids, p, "torch"), (x, pos))
     src = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s: ops.token_scatter(s, ids, 7, "torch"), (src,))
+    clip, tubelets = torch.randn(2, 3, 4, 8, 12, dtype=torch.float64, requires_grad=True), _ids(2, 12, 5)
+    assert torch.autograd.gradcheck(lambda v: ops.tubelet_gather(v, tubelets, 4, 2, "torch"), (clip,))
     xv = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     tok = torch.randn(4, dtype=torch.float64, requires_grad=True)
     dec = _ids(2, 7, 5, 1)
@@ -291,6 +424,19 @@ def test_dispatch_reasons_and_forcing(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR)
     monkeypatch.delenv("TRITON_INTERPRET")
     assert any("TRITON_INTERPRET" in r for r in dispatch.not_supported_reasons("triton", "token_gather", "cpu"))
+
+
+def test_a_native_build_without_an_op_runs_the_others(monkeypatch):
+    """A library built before an op existed has no kernel for it (native.KERNELS lists what the library has): that op
+    falls back with the reason, the others keep the native backend."""
+    native, reason = dispatch.native_status()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setattr(native, "KERNELS", {k: v for k, v in native.KERNELS.items() if k[0] != "tubelet_gather"})
+    dispatch._choose.cache_clear()
+    assert dispatch.choose("tubelet_gather", "cpu") == "torch" and dispatch.choose("token_gather", "cpu") == "cpp"
+    assert dispatch.not_supported_reasons("cpp", "tubelet_gather", "cpu") == [
+        f"the native extension has no cpu kernel for tubelet_gather (built before the op existed; {native.REBUILD})"]
 
 
 def test_without_triton_everything_falls_back():

@@ -24,6 +24,7 @@ def _calls():
     video, dec = torch.randn(2, 3, 2, 32, 32), torch.tensor([[0, 2], [1, 3]])
     loss = (torch.randn(2, 2, 1536), video, dec, torch.ones(2, 2), 16, 2, True, MEAN, STD)
     return {"token_gather": (x, ids, torch.randn(8, 4)), "token_scatter": (x[:, :2], ids, 8),
+            "tubelet_gather": (video, dec, 16, 2),
             "decoder_input": (x[:, :2], ids, ids, torch.zeros(4), torch.randn(8, 4)),
             "mask_token_grad": (x, 2), "running_cell_ids": (torch.tensor([0, 3]), (2, 4, 4), 2),
             "tube_ids": (torch.rand(2, 16), 2, 12), "recon_loss": loss,

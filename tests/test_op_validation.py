@@ -79,6 +79,7 @@ def test_loss_backward_fake_matches_the_kernels_layout(backend):
 # -- token ops: shapes, dtypes, devices ---------------------------------------------------------------------
 
 X, IDS, POS = torch.randn(2, 8, 4), torch.tensor([[0, 3], [2, 7]]), torch.randn(8, 4)
+VIDEO = torch.randn(2, 3, 2, 32, 64)  # 1 x 2 x 4 = 8 tubelets of 2 x 16 x 16, as X has 8 tokens
 TOKEN_REFUSALS = [
     (lambda b: ops.token_gather(X[0], IDS, None, b), "x must be \\[B, N, C\\], got shape \\(8, 4\\)"),
     (lambda b: ops.token_gather(X, IDS.int(), None, b), "ids must be \\[B=2, K\\] int64, got \\(2, 2\\) torch.int32"),
@@ -89,6 +90,11 @@ TOKEN_REFUSALS = [
     (lambda b: ops.mask_token_grad(X, 9, b), "num_visible 9 is out of range \\[0, 8\\]"),
     (lambda b: ops.tube_ids(torch.rand(2, 4), 2, 5, b), "num_masked=5 in \\[0, 4\\]"),
     (lambda b: ops.tube_ids(torch.ones(2, 4, dtype=torch.long), 2, 1, b), "keys must be a \\[B, H'W'\\] float"),
+    (lambda b: ops.tubelet_gather(VIDEO[:, :2], IDS, 16, 2, b),
+     "video must be \\[B, 3, T, H, W\\] \\(RGB clips\\), got shape \\(2, 2, 2, 32, 64\\)"),
+    (lambda b: ops.tubelet_gather(VIDEO, IDS, 16, 3, b),
+     "video \\(2, 3, 2, 32, 64\\) does not tile into tubelets of 3 frames and 16x16 patches"),
+    (lambda b: ops.tubelet_gather(VIDEO, IDS[:, 0], 16, 2, b), "ids must be \\[B=2, K\\] int64, got \\(2,\\)"),
 ]
 
 
@@ -97,6 +103,42 @@ TOKEN_REFUSALS = [
 def test_token_op_refusals_are_the_same_everywhere(backend, call, match):
     with pytest.raises(ValueError, match=match):
         call(backend)
+
+
+WEIGHT, BIAS = torch.randn(6, 3, 2, 16, 16), torch.randn(6)
+PATCH_EMBED_REFUSALS = [
+    (dict(weight=WEIGHT[:, :, 0]), "weight must be a Conv3d weight \\[C, 3, t, p, p\\], got shape \\(6, 3, 16, 16\\)"),
+    (dict(weight=torch.randn(6, 4, 2, 16, 16)), "weight must be a Conv3d weight .* got shape \\(6, 4, 2, 16, 16\\)"),
+    (dict(weight=WEIGHT[..., :8]), "weight must be a Conv3d weight .* got shape \\(6, 3, 2, 16, 8\\)"),
+    (dict(weight=torch.randn(6, 3, 2, 24, 24)), "video \\(2, 3, 2, 32, 64\\) does not tile into tubelets of 2 frames "
+                                                "and 24x24 patches"),
+    (dict(bias=BIAS[:5]), "bias must be \\[C\\] = \\[6\\], got \\(5,\\)"),
+    (dict(pos=torch.randn(12, 6)), "pos must be \\[N, C\\] = \\[8, 6\\] \\(N: the tubelets of the video's grid\\), "
+                                   "got \\(12, 6\\)"),
+    (dict(ids=IDS.int()), "ids must be \\[B=2, K\\] int64, got \\(2, 2\\) torch.int32"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs,match", PATCH_EMBED_REFUSALS)
+def test_patch_embed_refusals_are_the_same_everywhere(backend, kwargs, match):
+    import vmae2_kernels as K
+
+    args = {"video": VIDEO, "ids": IDS, "weight": WEIGHT, "bias": BIAS, "pos": torch.randn(8, 6), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        K.patch_embed(**args, backend=backend)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="the native CPU build is not available")
+@pytest.mark.parametrize("args,match", [
+    ((VIDEO[0], IDS, 16, 2), "video must be \\[B, 3, T, H, W\\], got \\[3, 2, 32, 64\\]"),
+    ((VIDEO, IDS, 16, 3), "video \\[2, 3, 2, 32, 64\\] does not tile into tubelets of 3 frames and 16x16 patches"),
+    ((VIDEO, IDS[:1], 16, 2), "ids must be \\[B, K\\] with B = 2, got \\[1, 2\\]"),
+    ((VIDEO, IDS + 1, 16, 2), "id 8 is out of range \\[0, 8\\)"),
+])
+def test_native_tubelet_gather_checks_its_own_arguments(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.vmae2_native.tubelet_gather(*args)
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="the native CPU build is not available")
@@ -142,6 +184,8 @@ def test_debug_mode_refuses_bad_ids_on_every_backend(backend, kind, monkeypatch)
         ops.token_gather(x, ids, None, backend)
     with pytest.raises(RuntimeError, match=match):
         ops.token_scatter(X[:, :2], ids, 8, backend)
+    with pytest.raises(RuntimeError, match=match):
+        ops.tubelet_gather(VIDEO, ids, 16, 2, backend)
     if kind == "repeated":  # the gradient path: gather forward with ids the backward scatter would mis-sum
         with pytest.raises(RuntimeError, match=match):
             ops.token_gather(x, ids, POS, backend).sum().backward()

@@ -53,6 +53,30 @@ __global__ void token_scatter_kernel(const T* __restrict__ src, const int64_t* _
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[(b * N + token) * C + c] = src[r * C + c];
 }
 
+// One block per token: out[r] = the pixels of tubelet ids[r] in (c, p0, p1, p2) order, 3 * tub * patch runs of
+// `patch` pixels contiguous in the video. With vec16 (the launcher found the runs and the output rows 16-byte
+// aligned: patch * sizeof(T) and the strides multiples of 16 bytes, both pointers aligned; patch 16 in every dtype)
+// a thread copies 16-byte vectors, else elements (patch 14).
+template <typename T>
+__global__ void tubelet_gather_kernel(const T* __restrict__ video, const int64_t* __restrict__ ids,
+                                      T* __restrict__ out, int64_t K, int hp, int wp, int patch, int tub, int64_t sb,
+                                      int64_t sc, int64_t st, int64_t sh, bool vec16) {
+  const int64_t r = blockIdx.x, n = ids[r];
+  const int64_t t = n / (hp * wp), hh = (n / wp) % hp, ww = n % wp;
+  const T* base = video + (r / K) * sb + t * tub * st + hh * patch * sh + ww * patch;
+  const int runs = 3 * tub * patch, per_run = vec16 ? patch * static_cast<int>(sizeof(T)) / 16 : patch;
+  T* row = out + r * runs * patch;
+  for (int i = threadIdx.x; i < runs * per_run; i += blockDim.x) {
+    const int j = i / per_run, u = i % per_run;  // run j: channel j / (tub patch), frame j / patch % tub, line j % p
+    const T* src = base + (j / (tub * patch)) * sc + (j / patch % tub) * st + (j % patch) * sh;
+    if (vec16) {
+      reinterpret_cast<int4*>(row)[i] = reinterpret_cast<const int4*>(src)[u];
+    } else {
+      row[i] = src[u];
+    }
+  }
+}
+
 // [x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]; fp32 sums, one rounding to O.
 template <typename T, typename O>
 __global__ void decoder_input_kernel(const T* __restrict__ x, const int64_t* __restrict__ vis,
@@ -253,6 +277,23 @@ cudaError_t launch_token_scatter(DType dtype, const void* src, const int64_t* id
     using T = typename decltype(tag)::type;
     token_scatter_kernel<T><<<B * K, threads_for(C), 0, stream>>>(static_cast<const T*>(src), ids,
                                                                    static_cast<T*>(out), N, K, C);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_tubelet_gather(DType dtype, const void* video, const int64_t* ids, void* out, int64_t B, int64_t K,
+                                  int hp, int wp, int patch, int tub, int64_t sb, int64_t sc, int64_t st, int64_t sh,
+                                  cudaStream_t stream) {
+  if (B * K == 0) return cudaSuccess;
+  by_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t bytes = sizeof(T);
+    const bool vec16 = (patch * bytes) % 16 == 0 && (sb * bytes) % 16 == 0 && (sc * bytes) % 16 == 0 &&
+                       (st * bytes) % 16 == 0 && (sh * bytes) % 16 == 0 && aligned16(video) && aligned16(out);
+    const int64_t units = 3 * tub * (vec16 ? patch * bytes / 16 : patch) * patch;
+    tubelet_gather_kernel<T><<<B * K, threads_for(units), 0, stream>>>(static_cast<const T*>(video), ids,
+                                                                        static_cast<T*>(out), K, hp, wp, patch, tub,
+                                                                        sb, sc, st, sh, vec16);
   });
   return cudaGetLastError();
 }

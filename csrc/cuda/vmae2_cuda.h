@@ -19,6 +19,12 @@ cudaError_t launch_token_gather(DType dtype, const void* x, const int64_t* ids, 
 cudaError_t launch_token_scatter(DType dtype, const void* src, const int64_t* ids, void* out, int64_t B, int64_t N,
                                  int64_t K, int64_t C, cudaStream_t stream);
 
+// out [B, K, 3 * tub * patch * patch]: row k of sample b holds tubelet ids[b, k]'s pixels in (c, p0, p1, p2) order;
+// video [B, 3, T, H, W] with strides sb, sc, st, sh (elements) and unit stride along W, grid (T / tub, hp, wp).
+cudaError_t launch_tubelet_gather(DType dtype, const void* video, const int64_t* ids, void* out, int64_t B, int64_t K,
+                                  int hp, int wp, int patch, int tub, int64_t sb, int64_t sc, int64_t st, int64_t sh,
+                                  cudaStream_t stream);
+
 // fp32 out [B, Nv + Nd, D] = [x + pos[vis] | token + pos[dec]]; token [D] and pos [N, D] fp32.
 cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vis, const int64_t* dec,
                                  const float* token, const float* pos, float* out, int64_t B, int64_t Nv, int64_t Nd,

@@ -70,6 +70,23 @@ at::Tensor token_scatter(const at::Tensor& src_in, const at::Tensor& ids_in, int
   return out;
 }
 
+at::Tensor tubelet_gather(const at::Tensor& video_in, const at::Tensor& ids_in, int64_t patch, int64_t tub) {
+  vmae2::check_tubelet_args(video_in, ids_in, patch, tub);
+  check_cuda(ids_in, video_in, "ids");
+  c10::cuda::CUDAGuard guard(video_in.device());
+  auto video = video_in.stride(4) == 1 ? video_in : video_in.contiguous();
+  auto ids = ids_in.contiguous();
+  const int64_t B = video.size(0), K = ids.size(1);
+  auto out = at::empty({B, K, 3 * tub * patch * patch}, video.options());
+  C10_CUDA_CHECK(vmae2::launch_tubelet_gather(dtype_of(video, "video"), video.const_data_ptr(),
+                                              ids.const_data_ptr<int64_t>(), out.mutable_data_ptr(), B, K,
+                                              static_cast<int>(video.size(3) / patch),
+                                              static_cast<int>(video.size(4) / patch), static_cast<int>(patch),
+                                              static_cast<int>(tub), video.stride(0), video.stride(1), video.stride(2),
+                                              video.stride(3), stream()));
+  return out;
+}
+
 at::Tensor decoder_input(const at::Tensor& x_in, const at::Tensor& vis_in, const at::Tensor& dec_in,
                          const at::Tensor& token_in, const at::Tensor& pos_in) {
   const auto out_type = vmae2::check_decoder_input(x_in, vis_in, dec_in, token_in, pos_in);
