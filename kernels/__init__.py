@@ -62,6 +62,8 @@ def patch_embed(video: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bi
     ``F.linear``, which autocast runs in bf16 as it would the Conv3d). The position rows are added in the result's
     dtype, as :func:`token_gather` adds them. Not a custom op: autograd and ``torch.compile`` see its parts.
     """
+    if pos is not None and video.is_meta:  # a shape-only run of a meta-built model, whose tables stay on the CPU
+        pos = pos.to("meta")
     patch, tubelet = checks.check_patch_embed(video, weight, bias, pos)
     x = F.linear(ops.tubelet_gather(video, ids, patch, tubelet, backend), weight.flatten(1), bias)
     return x if pos is None else x + pos[ids].to(x.dtype)

@@ -64,14 +64,14 @@ def test_env_var_forces_triton_for_the_whole_model(monkeypatch):
     calls = []
     import vmae2_kernels.triton_ops as tops
 
-    for name in ("token_gather", "decoder_input", "recon_loss", "tube_ids", "running_cell_ids"):
+    for name in ("tubelet_gather", "decoder_input", "recon_loss", "tube_ids", "running_cell_ids"):
         fn = getattr(tops, name)
         monkeypatch.setattr(tops, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
     _, loss_env, _ = _step(_tiny("auto"), "auto")
     monkeypatch.delenv(dispatch.ENV_VAR)
     dispatch.reset()
     _, loss_ref, _ = _step(_tiny("torch"), "torch")
-    assert set(calls) == {"token_gather", "decoder_input", "recon_loss", "tube_ids", "running_cell_ids"}
+    assert set(calls) == {"tubelet_gather", "decoder_input", "recon_loss", "tube_ids", "running_cell_ids"}
     assert_close_fp(loss_env, loss_ref)
 
 

@@ -332,11 +332,12 @@ def test_float64_forward_is_tight_and_catches_layernorm_eps():
 TINY_CFG = ViTConfig(16, 64, 2, 4, 4.0, 32, 2)  # head dim 16 / 16
 
 
+@pytest.mark.parametrize("embed_tokens", ["visible", "all"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradients_match_oracle_tiny(backend):
+def test_gradients_match_oracle_tiny(backend, embed_tokens):
     torch.manual_seed(0)
     model = perturb_(PretrainVisionTransformer(TINY_CFG, img_size=64, num_frames=6, decoder_depth=2,
-                                               attn_backend=backend), seed=5)
+                                               attn_backend=backend, embed_tokens=embed_tokens), seed=5)
     grid = (3, 4, 4)
     enc, dec = official_masks(grid, 3, 0.5, 0.5, seed=1, rows=[0, 1, 2])
     video = video_for(3, 6, 64, seed=1)

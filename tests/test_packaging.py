@@ -208,7 +208,8 @@ def test_cuda_backend_without_code_for_the_gpu_falls_back_with_the_reason(monkey
     from vmae2_kernels import dispatch
 
     why = "the native CUDA kernels were built for '9.0', which has no code for this GPU (compute capability 8.0)"
-    fake = types.SimpleNamespace(KERNELS={("token_gather", "cuda"): object()}, arch_reason=lambda: why)
+    fake = types.SimpleNamespace(KERNELS={("token_gather", "cuda"): object()}, arch_reason=lambda: why,
+                                 REBUILD="rebuild")
     monkeypatch.setattr(dispatch, "native_status", lambda: (fake, None))
     dispatch.reset()
     try:

@@ -177,6 +177,9 @@ class TrainConfig(TrainingConfig):
     model: str = like("pretrain_videomae_base_patch16_224")
     decoder_depth: int = count(4, "decoder blocks (official scripts: 4)")
     kernel_backend: str = opt("auto", "token-op backend: auto, triton, cuda, cpp, torch")
+    embed_tokens: str = opt("visible", "tubelets the patch embedding runs on: visible (encoder-visible only: same "
+                                       "per-token arithmetic, fewer FLOPs) or all (official Conv3d, then drop)",
+                            choices=("visible", "all"))
     # masking
     mask_type: str = opt("tube", "encoder mask: tube (official) or random", choices=("tube", "random"))
     mask_ratio: float = opt(0.9, "encoder mask ratio", "[0, 1)")

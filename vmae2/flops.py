@@ -228,8 +228,8 @@ def macs_per_clip(model_name: str, mask_ratio: float = 0.9, decoder_mask_ratio: 
     from vmae2.models import create_model
 
     with torch.device("meta"):
-        model = create_model(model_name, **model_overrides)
-        pe = model.encoder.patch_embed
+        model = create_model(model_name, **model_overrides).to("meta")  # the position tables too (a meta build
+        pe = model.encoder.patch_embed                                    # keeps them on the CPU)
         nv, nd = token_counts(model.grid, mask_ratio, decoder_mask_ratio, decoder_mask_type)
         video = torch.empty(1, 3, pe.num_frames, pe.img_size, pe.img_size)
         enc_ids = torch.empty(1, nv, dtype=torch.int64)
@@ -264,7 +264,8 @@ def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
     enc = blocks(cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), num_visible)
     dec = blocks(len(model.decoder.blocks), cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio),
                  n_dec)
-    embed = 2 * model.num_patches * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
+    embedded = num_visible if model.encoder.embed_tokens == "visible" else model.num_patches
+    embed = 2 * embedded * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
     e2d = 2 * num_visible * cfg.embed_dim * cfg.decoder_embed_dim
     head = 2 * num_decoded * cfg.decoder_embed_dim * model.decoder.head.out_features
     return 3.0 * (enc + dec + embed + e2d + head)

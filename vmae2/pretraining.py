@@ -50,7 +50,8 @@ def build_model(cfg: TrainConfig, device: torch.device, d: Dist):
     model = create_model(cfg.model, num_frames=cfg.num_frames, img_size=cfg.input_size,
                          tubelet_size=cfg.tubelet_size, decoder_depth=cfg.decoder_depth,
                          drop_path_rate=cfg.drop_path, use_checkpoint=cfg.with_checkpoint,
-                         attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend)
+                         attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend,
+                         embed_tokens=cfg.embed_tokens)
     if cfg.init:
         report = load_weights(model, cfg.init, strict=False)
         print(f"initialised from {cfg.init}: {report}", flush=True)
