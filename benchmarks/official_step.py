@@ -96,11 +96,13 @@ SIZES = [Size("ViT-S", "pretrain_videomae_small_patch16_224", False),
          Size("ViT-g", "pretrain_videomae_giant_patch14_224", True)]
 
 
-def build_model(size: Size, device: torch.device):
-    """vmae2 model with a fixed seed: every arm of a size starts from the same weights."""
+def build_model(size: Size, device: torch.device, embed_tokens: str = "visible"):
+    """vmae2 model with a fixed seed: every arm of a size starts from the same weights (``embed_tokens`` changes
+    the work, not the weights)."""
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device (fast for ViT-g); the position tables are made on the
-        model = create_model(size.model, use_checkpoint=size.checkpoint)  # CPU whatever the context: .to() below
+        model = create_model(size.model, use_checkpoint=size.checkpoint,  # CPU whatever the context: .to() below
+                             embed_tokens=embed_tokens)
     return model.to(device).train()
 
 
@@ -115,13 +117,15 @@ def build_inputs(model, batch: int, device: torch.device):
 
 def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.device):
     """``(step object, facts)`` of ``arm`` (``official``, ``vmae2``/``dual``, ``v1``): facts = attention, token ops,
-    tokens and model TFLOP per step."""
-    model = build_model(size, device)
+    tokens, forward GMACs per clip (the official arm's are the paper's: every tubelet embedded) and model TFLOP
+    per step."""
+    model = build_model(size, device, "all" if arm == "official" else "visible")
     video, enc_ids, dec_ids = build_inputs(model, batch, device)
     N, nv = model.num_patches, enc_ids.shape[1]
     nd = N - nv if arm == "v1" else dec_ids.shape[1]
-    facts = dict(encoder_tokens=nv, decoded_tokens=nd, decoder_seq_len=nv + nd,
-                 model_tflop_per_step=model_flops_per_clip(model, nv, nd) * batch / 1e12)
+    flops = model_flops_per_clip(model, nv, nd)  # 3 x forward, 2 FLOPs per MAC
+    facts = dict(encoder_tokens=nv, decoded_tokens=nd, decoder_seq_len=nv + nd, fwd_gmacs_per_clip=flops / 6e9,
+                 model_tflop_per_step=flops * batch / 1e12)
     if arm == "official":
         official = official_from_vmae2(model)
         enc_mask, dec_mask = masking.ids_to_mask(enc_ids, N), masking.ids_to_mask(dec_ids, N)

@@ -192,6 +192,9 @@ def _throughput(r: Row) -> str:
         parts.append(f"{r.gbps:.2f} GB/s")
     if r.clips_per_s is not None:
         parts.append(f"{r.clips_per_s:.1f} clips/s")
+    gmacs = _num(r.extra.get("fwd_gmacs_per_clip"))
+    if gmacs is not None:
+        parts.append(f"{gmacs:.2f} GMACs/clip forward")
     return ", ".join(parts) or "—"
 
 

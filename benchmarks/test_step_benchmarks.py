@@ -225,7 +225,8 @@ class _StepSummary:
         tr = terminalreporter
         tr.section("vmae2 training-step benchmarks (one full step: forward, backward, AdamW)")
         tr.write_line(f"{'comparison':13s} {'size':6s} {'prec':5s} {'arm':9s} {'batch':>5s} {'ms/step':>10s} "
-                      f"{'clips/s':>8s} {'TFLOP/s':>8s} {'peak MiB':>9s} {'+MiB':>8s} {'speedup':>8s}  attention")
+                      f"{'clips/s':>8s} {'GMACs':>7s} {'TFLOP/s':>8s} {'peak MiB':>9s} {'+MiB':>8s} {'speedup':>8s}  "
+                      "attention")
         for (comparison, size, precision), arms in RESULTS.items():
             for arm in COMPARISONS[comparison]:
                 r = arms.get(arm)
@@ -240,11 +241,13 @@ class _StepSummary:
 
                 tr.write_line(
                     f"{comparison:13s} {size:6s} {precision:5s} {arm:9s} {r['batch']:5d} {r['ms_per_step']:10.1f} "
-                    f"{r['clips_per_s']:8.2f} {r['achieved_tflops']:8.3f} {num(r['peak_mem_mib'], '9.0f'):>9s} "
+                    f"{r['clips_per_s']:8.2f} {r['fwd_gmacs_per_clip']:7.2f} {r['achieved_tflops']:8.3f} "
+                    f"{num(r['peak_mem_mib'], '9.0f'):>9s} "
                     f"{num(r['peak_extra_mem_mib'], '8.0f'):>8s} "
                     f"{num(r.get('speedup'), '7.2f') + 'x' if r.get('speedup') else '':>8s}  {r['attention']}")
         tr.write_line("speedup = median step time of the baseline arm (v1, official) / that of the vmae2 arm "
-                      "(dual, vmae2); peak memory on CPU is sampled RSS (approximate)")
+                      "(dual, vmae2); GMACs = forward multiply-accumulates per clip (official: the paper's count, "
+                      "every tubelet embedded); peak memory on CPU is sampled RSS (approximate)")
 
 
 @pytest.fixture(autouse=True, scope="module")

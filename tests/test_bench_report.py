@@ -256,3 +256,16 @@ def test_measured_over_predicted_on_a_modelled_gpu(tmp_path, monkeypatch):
     # measured 40 and 20 µs per call over the H100's 8 µs
     assert "| torch | 400 µs | 40.0 | — | 5 | 1.00x (baseline) | 5.00x |" in g
     assert "| triton | 200 µs | 20.0 | — | 5 | **2.00x** | 2.50x |" in g
+
+
+def test_step_groups_show_the_forward_macs_of_each_arm(tmp_path):
+    """The step benchmark records forward GMACs per clip: the paper's count for the official arm beside vmae2's."""
+    step = lambda arm, sec, gmacs: _bench("step vs_official ViT-S fp32 B=2", f"test_official_step[ViT-S-fp32-{arm}]",  # noqa
+                                          sec, {"arm": arm, "clips_per_s": 2 / sec, "fwd_gmacs_per_clip": gmacs,
+                                                "is_baseline": arm == "official"}, rounds=3)
+    doc = {**DOC, "benchmarks": [step("official", 1.30, 7.840333824), step("vmae2", 1.00, 7.009861632)]}
+    path = tmp_path / "steps.json"
+    path.write_text(json.dumps(doc))
+    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "1.5 clips/s, 7.84 GMACs/clip forward" in md and "2.0 clips/s, 7.01 GMACs/clip forward" in md
