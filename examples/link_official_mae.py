@@ -49,7 +49,8 @@ def kernel_step(model, enc_pos, dec_pos, video, enc_mask, dec_mask, patch_size, 
     bool -> ids conversion needs no host sync (or build ids directly with ``vk.tube_ids``/``vk.running_cell_ids``)."""
     vis_ids = vk.mask_to_ids(enc_mask, num_visible)  # vmae2_kernels: sorted ids, no sync
     dec_ids = vk.mask_to_ids(dec_mask, num_decoded)  # vmae2_kernels
-    x_vis = vk.token_gather(model.encoder.patch_embed(video), vis_ids, enc_pos[0])  # vmae2_kernels: gather + pos
+    proj = model.encoder.patch_embed.proj  # the Conv3d: its weight and bias embed the visible tubelets alone
+    x_vis = vk.patch_embed(video, vis_ids, proj.weight, proj.bias, enc_pos[0])  # vmae2_kernels: + pos, no drop
     for blk in model.encoder.blocks:
         x_vis = blk(x_vis)
     x_vis = model.encoder_to_decoder(model.encoder.norm(x_vis))
