@@ -158,21 +158,38 @@ def test_bf16_autocast_step_runs():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_activation_checkpointing_matches():
+@pytest.mark.parametrize("mode", [True, "attn", "mlp", "every:2", "every:3"])
+def test_activation_checkpointing_matches(mode):
+    """Every checkpointing mode gives the gradients of the model without it; drop path (random) included: the
+    recomputed branches draw the same masks."""
     from tolerances import assert_close_fp
 
     torch.manual_seed(0)
-    model = _tiny()
-    ckpt = _tiny(use_checkpoint=True)
+    model = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=32, drop_path_rate=0.3)
+    ckpt = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=32, drop_path_rate=0.3,
+                        use_checkpoint=mode)
     ckpt.load_state_dict(model.state_dict())
     video = torch.randn(2, 3, 4, 32, 32)
     enc, dec = masking.tube_ids(2, model.grid, 0.5), masking.running_cell_ids(2, model.grid, 0.5)
     grads = []
     for m in (model, ckpt):
+        torch.manual_seed(1)
         reconstruction_loss(m(video, enc, dec), video, enc, dec, patch_size=16).backward()
         grads.append([p.grad for p in m.parameters()])
     for a, b in zip(*grads):
         assert_close_fp(a, b)  # recomputed forward, but gradients may accumulate in another order
+
+
+def test_checkpoint_mode_spellings():
+    from vmae2.models.configs import checkpoint_mode
+
+    assert [checkpoint_mode(v) for v in (False, "false", True, "TRUE", "every:1", "every:04", "attn")] == \
+        ["none", "none", "full", "full", "full", "every:4", "attn"]
+    assert checkpoint_mode("auto", allow_auto=True) == "auto"
+    for bad in ("auto", "every:0", "every:x", "attention"):
+        with pytest.raises(ValueError, match="choose one of false, true"):
+            checkpoint_mode(bad)
+    assert _tiny(use_checkpoint="every:2").encoder.use_checkpoint == "every:2"
 
 
 def test_drop_path_only_in_training():

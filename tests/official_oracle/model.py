@@ -162,7 +162,7 @@ def official_from_vmae2(model, *, with_cp: bool | None = None) -> OfficialPretra
             embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
             decoder_embed_dim=cfg.decoder_embed_dim, decoder_depth=len(model.decoder.blocks),
             decoder_num_heads=cfg.decoder_num_heads,
-            with_cp=model.encoder.use_checkpoint if with_cp is None else with_cp)
+            with_cp=model.encoder.use_checkpoint != "none" if with_cp is None else with_cp)
     # The tables stay CPU attributes, as in the official code (sinusoid_table builds them from numpy: on the CPU).
     official.load_state_dict(model.state_dict(), strict=True)
     return official

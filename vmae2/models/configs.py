@@ -31,6 +31,33 @@ PRETRAIN_NAMES = {f"pretrain_videomae_{s}_patch{c.patch_size}_224": s for s, c i
 FINETUNE_NAMES = {f"vit_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}
 
 
+# Activation checkpointing (``use_checkpoint`` / ``--with_checkpoint``): what each mode recomputes in backward.
+CHECKPOINT_MODES = {
+    "none": "nothing (every activation is kept)",
+    "attn": "the attention branch (norm1, qkv, attention, proj) of every block",
+    "mlp": "the MLP branch (norm2, fc1, GELU, fc2) of every block",
+    "every:K": "blocks 0, K, 2K, ... of each stack, whole",
+    "full": "every block, whole (the official ViT-H/g scripts)",
+}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def checkpoint_mode(value, allow_auto: bool = False) -> str:
+    """The canonical activation-checkpointing mode of ``value``: one of :data:`CHECKPOINT_MODES` (``every:K`` with
+    ``K >= 2``: ``every:1`` is ``full``), or ``auto`` where ``allow_auto``. ``True`` / ``true`` mean ``full``, ``False``
+    / ``false`` mean ``none``. Raises ``ValueError`` naming what is accepted."""
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return "full" if text in _TRUE else "none"
+    if text in ("none", "attn", "mlp", "full") or (text == "auto" and allow_auto):
+        return text
+    k = text[len("every:"):]
+    if text.startswith("every:") and k.isdigit() and int(k) >= 1:
+        return "full" if int(k) == 1 else f"every:{int(k)}"
+    accepted = "false, true, " + ("auto, " if allow_auto else "") + ", ".join(m for m in CHECKPOINT_MODES)
+    raise ValueError(f"activation checkpointing {value!r} is unknown; choose one of {accepted} (K >= 1)")
+
+
 def list_models() -> list[str]:
     return sorted(PRETRAIN_NAMES) + sorted(FINETUNE_NAMES)
 

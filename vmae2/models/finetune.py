@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vmae2.models.configs import ViTConfig
+from vmae2.models.configs import ViTConfig, checkpoint_mode
 from vmae2.models.layers import (
     PatchEmbed,
     check_geometry,
@@ -31,7 +31,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, cfg: ViTConfig, *, num_classes: int = 400, img_size: int = 224, num_frames: int = 16,
                  tubelet_size: int = 2, drop_path_rate: float = 0.0, head_drop_rate: float = 0.0,
-                 init_values: float = 0.0, init_scale: float = 0.001, use_checkpoint: bool = False,
+                 init_values: float = 0.0, init_scale: float = 0.001, use_checkpoint: bool | str = False,
                  attn_backend: str = "auto", pos_embed_grid: tuple[int, int, int] | None = None):
         super().__init__()
         check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
@@ -53,7 +53,7 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_dropout = nn.Dropout(head_drop_rate)
         self.head = nn.Linear(cfg.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.use_checkpoint = use_checkpoint
+        self.use_checkpoint = checkpoint_mode(use_checkpoint)  # see CHECKPOINT_MODES
         self.apply(init_trunc_normal)
         if num_classes > 0:
             with torch.no_grad():

@@ -177,12 +177,19 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gamma_1 is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
-        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, recompute: str = "none") -> torch.Tensor:
+        """``recompute`` ``"attn"`` / ``"mlp"``: that residual branch keeps only its input for backward and runs
+        again there (activation checkpointing of one sub-block); ``"none"``: every activation is kept."""
+        x = x + (_checkpointed(self.attn_branch, x) if recompute == "attn" else self.attn_branch(x))
+        return x + (_checkpointed(self.mlp_branch, x) if recompute == "mlp" else self.mlp_branch(x))
+
+    def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn(self.norm1(x))
+        return self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm2(x))
+        return self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
 
 
 def make_blocks(dim: int, num_heads: int, mlp_ratio: float, depth: int, drop_path_rate: float,
@@ -193,13 +200,21 @@ def make_blocks(dim: int, num_heads: int, mlp_ratio: float, depth: int, drop_pat
                          for r in drop_path_rates(drop_path_rate, depth))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
-    """Apply ``blocks`` in order, recomputing each block's activations in backward when asked."""
-    for blk in blocks:
-        if use_checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = blk(x)
+def _checkpointed(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` keeping only ``x`` for backward, where ``fn`` runs again (non-reentrant; RNG state restored, so drop
+    path draws the same)."""
+    return torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: str = "none") -> torch.Tensor:
+    """Apply ``blocks`` in order, recomputing in backward what the activation-checkpointing mode ``checkpoint`` says
+    (canonical, see :func:`vmae2.models.configs.checkpoint_mode`): ``full`` every block, ``every:K`` blocks 0, K,
+    2K, ... whole, ``attn`` / ``mlp`` that branch of every block. Without grad nothing is recomputed."""
+    mode = checkpoint if torch.is_grad_enabled() else "none"
+    every = 1 if mode == "full" else int(mode[len("every:"):]) if mode.startswith("every:") else 0
+    branch = mode if mode in ("attn", "mlp") else "none"
+    for i, blk in enumerate(blocks):
+        x = _checkpointed(blk, x) if every and i % every == 0 else blk(x, recompute=branch)
     return x
 
 

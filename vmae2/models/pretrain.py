@@ -10,7 +10,7 @@ from torch import nn
 
 import vmae2_kernels
 from vmae2.masking import dual_ids
-from vmae2.models.configs import ViTConfig
+from vmae2.models.configs import ViTConfig, checkpoint_mode
 from vmae2.models.layers import PatchEmbed, check_geometry, init_xavier, make_blocks, run_blocks, sinusoid_table
 
 
@@ -26,7 +26,7 @@ class PretrainEncoder(nn.Module):
     """
 
     def __init__(self, cfg: ViTConfig, img_size: int, num_frames: int, tubelet_size: int, drop_path_rate: float,
-                 use_checkpoint: bool, attn_backend: str, kernel_backend: str, embed_tokens: str = "visible"):
+                 use_checkpoint: str, attn_backend: str, kernel_backend: str, embed_tokens: str = "visible"):
         super().__init__()
         if embed_tokens not in EMBED_TOKENS:
             raise ValueError(f"embed_tokens {embed_tokens!r} is invalid: choose one of {EMBED_TOKENS}")
@@ -56,7 +56,7 @@ class PretrainEncoder(nn.Module):
 class PretrainDecoder(nn.Module):
     """Blocks + LayerNorm + linear pixel head; predicts the last ``num_predict`` tokens."""
 
-    def __init__(self, cfg: ViTConfig, depth: int, out_dim: int, drop_path_rate: float, use_checkpoint: bool,
+    def __init__(self, cfg: ViTConfig, depth: int, out_dim: int, drop_path_rate: float, use_checkpoint: str,
                  attn_backend: str):
         super().__init__()
         dim = cfg.decoder_embed_dim
@@ -83,14 +83,17 @@ class PretrainVisionTransformer(nn.Module):
     Returns ``[B, Nd, 3 * tubelet * p * p]``: predictions for the decoder-visible tokens in ascending
     token order, channel layout ``(p0 p1 p2 c)``. Bool masks cost one host sync (to read ``Nv``/``Nd``);
     pass ids on the hot path. ``kernel_backend`` picks the token-op backend (``auto``, ``torch``, ``triton``,
-    ...; see :mod:`vmae2_kernels.dispatch`). ``embed_tokens``: see :class:`PretrainEncoder`.
+    ...; see :mod:`vmae2_kernels.dispatch`). ``embed_tokens``: see :class:`PretrainEncoder`. ``use_checkpoint``:
+    activation checkpointing of the encoder and decoder blocks, ``False``/``True`` (every block) or a mode of
+    :data:`~vmae2.models.configs.CHECKPOINT_MODES`.
     """
 
     def __init__(self, cfg: ViTConfig, *, img_size: int = 224, num_frames: int = 16, tubelet_size: int = 2,
-                 decoder_depth: int = 4, drop_path_rate: float = 0.0, use_checkpoint: bool = False,
+                 decoder_depth: int = 4, drop_path_rate: float = 0.0, use_checkpoint: bool | str = False,
                  attn_backend: str = "auto", kernel_backend: str = "auto", embed_tokens: str = "visible"):
         super().__init__()
         check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
+        use_checkpoint = checkpoint_mode(use_checkpoint)
         self.cfg = cfg
         self.kernel_backend = kernel_backend
         self.encoder = PretrainEncoder(cfg, img_size, num_frames, tubelet_size, drop_path_rate, use_checkpoint,
