@@ -1,4 +1,4 @@
-"""Peak CPU memory of one call, from torch.profiler's allocator events (the loss benchmark's meter)."""
+"""Peak and held CPU memory of one call, from torch.profiler's allocator events (the loss benchmark's meter)."""
 from __future__ import annotations
 
 import torch
@@ -18,10 +18,27 @@ def cpu_peak_extra_bytes(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
     total = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
+    for e in _memory_events(prof):
         total += e.nbytes()
         peak = max(peak, total)
     return peak
+
+
+def cpu_held_bytes(fn) -> int:
+    """Bytes one call of ``fn`` allocates and still holds when it returns, its result alive: for a forward pass, the
+    tensors saved for backward and the output. The meter of :func:`cpu_peak_extra_bytes`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    held = sum(e.nbytes() for e in _memory_events(prof))
+    del out
+    return held
+
+
+def _memory_events(prof) -> list:
+    """The CPU allocator's allocation (+) and free (-) events of a finished profile, in time order."""
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    return sorted(events, key=lambda e: e.start_ns())
