@@ -275,7 +275,7 @@ def test_no_import_cycles_in_the_packages():
     assert cycles == []
 
 
-@pytest.mark.parametrize("entry", ["train", "finetune", "evaluate"])
+@pytest.mark.parametrize("entry", ["train", "finetune", "evaluate", "plan"])
 def test_help_and_bad_values_answer_without_importing_torch(entry):
     """`--help` and a refused value come from the config layer alone (no torch import: well under 2 s); the run
     module, which imports torch, is loaded only after the config is valid."""

@@ -60,6 +60,7 @@ def _losses(output_dir) -> dict[int, float]:
     (["--input_size", "100"], "--input_size 100"),
     (["--model", "vit_base_patch16_224"], "pretraining model"),
     (["--batch_size", "0"], "--batch_size 0"),
+    (["--with_checkpoint", "every:0"], "--with_checkpoint 'every:0' is invalid: choose one of false, true, auto"),
 ])
 def test_bad_values_fail_before_any_work(args, match, capsys, tmp_path):
     assert main(args + ["--output_dir", str(tmp_path / "never")]) == 2
@@ -80,7 +81,8 @@ def test_preset_file_and_flag_precedence(tmp_path):
     file = tmp_path / "cfg.json"
     file.write_text(json.dumps({"lr": 0.002, "batch_size": 16}))
     cfg = parse_config(["--preset", "vit_g_hybrid_pt", "--config", str(file), "--batch_size", "4"])
-    assert cfg.model == "pretrain_videomae_giant_patch14_224" and cfg.clip_grad == 0.02 and cfg.with_checkpoint
+    assert cfg.model == "pretrain_videomae_giant_patch14_224" and cfg.clip_grad == 0.02
+    assert cfg.with_checkpoint == "auto"  # the memory plan's choice on a GPU (the official scripts: every block)
     assert cfg.lr == 0.002 and cfg.batch_size == 4 and cfg.opt_betas == (0.9, 0.95) and cfg.num_sample == 4
     assert set(PRESETS) >= {"vit_b_hybrid_pt", "vit_l_hybrid_pt", "vit_h_hybrid_pt", "vit_g_hybrid_pt"}
     file.write_text(json.dumps({"learning_rate": 1}))

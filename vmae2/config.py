@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
-from vmae2.models.configs import list_models, model_config
+from vmae2.models.configs import checkpoint_mode, checkpoint_spellings, list_models, model_config
 
 
 def opt(default, help: str, check: str | None = None, **kw):
@@ -136,7 +136,10 @@ class TrainingConfig(CommonConfig):
 
     init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors)", path=True)
     drop_path: float = opt(0.0, "stochastic depth rate", "[0, 1]")
-    with_checkpoint: bool = opt(False, "activation checkpointing per block (official ViT-H/g scripts)")
+    with_checkpoint: str = opt("false", "activation checkpointing: false, true (every block: the official ViT-H/g "
+                                        "scripts), attn or mlp (only that branch of every block), every:K (every K-th "
+                                        "block), auto (pretraining: the memory plan's choice on a GPU, see python -m "
+                                        "vmae2.plan; none on a CPU)")
     compile: bool = opt(False, "torch.compile the model")
     num_sample: int = count(1, "views per decoded clip (repeated augmentation)")
     accum_steps: int = count(1, "micro-batches per optimizer step (gradient accumulation; official --update_freq)")
@@ -165,6 +168,11 @@ class TrainingConfig(CommonConfig):
             refuse("opt_betas", self.opt_betas, "each beta must be in [0, 1)")
         if self.resume not in ("auto", "none") and not os.path.exists(self.resume):
             refuse("resume", self.resume, "auto, none, or an existing checkpoint file")
+        auto = self.KIND == "pretrain_"  # the memory plan covers the pretraining models
+        try:
+            self.with_checkpoint = checkpoint_mode(self.with_checkpoint, allow_auto=auto)
+        except ValueError:
+            refuse("with_checkpoint", self.with_checkpoint, f"choose one of {checkpoint_spellings(auto)}")
         return self
 
 
@@ -234,10 +242,11 @@ PRESETS = {
                         "warmup_epochs": 20, "epochs": 200},
     "vit_l_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_large_patch16_224", "lr": 1e-3,
                         "warmup_epochs": 30, "epochs": 300},
+    # H/g: the official scripts checkpoint every block; "auto" lets the memory plan pick what fits (vmae2.plan).
     "vit_h_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_huge_patch16_224", "lr": 1e-3,
-                        "warmup_epochs": 30, "epochs": 300, "with_checkpoint": True},
+                        "warmup_epochs": 30, "epochs": 300, "with_checkpoint": "auto"},
     "vit_g_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_giant_patch14_224", "lr": 6e-4,
-                        "warmup_epochs": 30, "epochs": 300, "with_checkpoint": True, "clip_grad": 0.02},
+                        "warmup_epochs": 30, "epochs": 300, "with_checkpoint": "auto", "clip_grad": 0.02},
 }
 
 

@@ -17,6 +17,7 @@ from vmae2.engine import Setup, Task
 from vmae2.flops import model_flops_per_clip, peak_flops
 from vmae2.loss import flat_colour_loss, reconstruction_loss
 from vmae2.models import create_model
+from vmae2.planning import resolve_checkpoint
 from vmae2.runtime import Dist, build_optimizer, peak_memory_mb, step_generator
 
 DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_videos_v2"
@@ -49,7 +50,7 @@ def build_model(cfg: TrainConfig, device: torch.device, d: Dist):
     """Returns ``(module to run, module whose state_dict is saved)``: keys never carry wrapper prefixes."""
     model = create_model(cfg.model, num_frames=cfg.num_frames, img_size=cfg.input_size,
                          tubelet_size=cfg.tubelet_size, decoder_depth=cfg.decoder_depth,
-                         drop_path_rate=cfg.drop_path, use_checkpoint=cfg.with_checkpoint,
+                         drop_path_rate=cfg.drop_path, use_checkpoint=resolve_checkpoint(cfg, device, d.world_size),
                          attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend,
                          embed_tokens=cfg.embed_tokens)
     if cfg.init:

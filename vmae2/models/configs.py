@@ -54,8 +54,12 @@ def checkpoint_mode(value, allow_auto: bool = False) -> str:
     k = text[len("every:"):]
     if text.startswith("every:") and k.isdigit() and int(k) >= 1:
         return "full" if int(k) == 1 else f"every:{int(k)}"
-    accepted = "false, true, " + ("auto, " if allow_auto else "") + ", ".join(m for m in CHECKPOINT_MODES)
-    raise ValueError(f"activation checkpointing {value!r} is unknown; choose one of {accepted} (K >= 1)")
+    raise ValueError(f"activation checkpointing {value!r} is unknown; choose one of {checkpoint_spellings(allow_auto)}")
+
+
+def checkpoint_spellings(allow_auto: bool = False) -> str:
+    """The accepted spellings of :func:`checkpoint_mode`, for messages."""
+    return "false, true, " + ("auto, " if allow_auto else "") + ", ".join(CHECKPOINT_MODES) + " (K >= 1)"
 
 
 def list_models() -> list[str]:
