@@ -8,6 +8,7 @@ piecewise: CUDA autocast's policy op by op, FlashAttention's saves equal to the 
 import contextlib
 import io
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,6 +74,23 @@ def test_flash_attention_saves_what_the_cpu_flash_kernel_saves():
     assert cuda.peak >= cpu.peak
 
 
+def test_recomputation_flops_are_the_forward_ops_rerun():
+    """What checkpointing adds is the forward that backward reruns, as :mod:`vmae2.flops` counts it; torch stops a
+    recomputation once the saved tensors are back, so a branch's last matmul (fc2, proj) is not rerun."""
+    from vmae2.flops import count_flops
+
+    flops = {m: simulate_step(_meta(use_checkpoint=m), (2, 3, 4, 64, 64), 8, 16).flops for m in ("none", "attn", "mlp")}
+    with torch.device("meta"):
+        ids = torch.empty(2, 8, dtype=torch.int64), torch.empty(2, 16, dtype=torch.int64)
+        forward = count_flops(_meta(), torch.empty(2, 3, 4, 64, 64), *ids)["forward_by_module"]
+
+    def total(suffix):
+        return sum(v for k, v in forward.items() if ".blocks." in k and k.endswith(suffix))
+
+    assert flops["mlp"] - flops["none"] == total(".mlp.fc1") > 0
+    assert flops["attn"] - flops["none"] == total(".attn") - total(".attn.proj") > 0
+
+
 def test_cuda_autocast_policy():
     """CUDA's lists: matmuls/convolutions in bf16, LayerNorm and softmax in fp32 (CPU autocast would give bf16),
     cat in the widest type, everything else as its inputs; a parameter is cast once per step; gradients fp32."""
@@ -94,6 +112,14 @@ def test_auto_resolves_on_the_cpu_to_no_checkpointing(capsys):
     assert "--with_checkpoint auto: none" in capsys.readouterr().out
     cfg.with_checkpoint = "every:3"
     assert resolve_checkpoint(cfg, torch.device("cuda"), 8) == "every:3"  # not auto: taken as given
+
+
+def test_auto_resolves_on_a_gpu_to_the_plans_choice(monkeypatch, capsys):
+    cfg = parse_config(["--preset", "vit_b_hybrid_pt", "--model", "pretrain_videomae_small_patch16_224",
+                        "--batch_size", "2", "--with_checkpoint", "auto"])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * GIB))
+    assert resolve_checkpoint(cfg, torch.device("cuda"), 2) == "none"  # ViT-S, 8 clips: everything fits
+    assert "--with_checkpoint auto -> none (80.00 GiB GPU" in capsys.readouterr().out
 
 
 def test_plan_takes_the_least_recomputation_that_fits():
@@ -118,10 +144,11 @@ def test_cli_prints_the_vit_g_plan_on_an_h100():
         rc = main(["--model", "pretrain_videomae_giant_patch14_224", "--batch_size", "32", "--gpu", "h100-80gb"])
     text = out.getvalue()
     assert rc == 0 and text.startswith("PREDICTED memory plan") and "--num_sample 4 = 128 clips per GPU" in text
-    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in text.splitlines()[3:-1])}
+    lines = text.splitlines()
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[6:-2])}
     modes, flops = rows["GiB"], rows["step TFLOP (recomputation included)"]
     fits = rows[next(k for k in rows if k.startswith("fits"))]
     assert fits[modes.index("none")] == "no" and fits[modes.index("full")] == "yes"
-    chosen = text.splitlines()[-1].split("--with_checkpoint ")[1].split(",")[0]
+    chosen = lines[-2].split("--with_checkpoint ")[1].split(",")[0]
     cheapest = min((m for m, f in zip(modes, fits) if f == "yes"), key=lambda m: float(flops[modes.index(m)]))
-    assert chosen == cheapest and "PREDICTED" in text.splitlines()[-1]
+    assert chosen == cheapest and "PREDICTED" in lines[-1]

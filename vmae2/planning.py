@@ -25,7 +25,7 @@ from vmae2.plan import GPUS, MARGIN, RESERVE_GIB, PlanConfig
 from vmae2.step_memory import StepMemory, simulate_step
 
 GIB = 2 ** 30
-MODES = ("none", "attn", "mlp", "every:8", "every:6", "every:4", "every:3", "every:2", "full")
+MODES = ("none", "attn", "mlp", "every:8", "every:4", "every:3", "every:2", "full")
 WORKSPACES = 2 * 32 * 2 ** 20  # cuBLAS + cuBLASLt workspaces (torch's defaults on sm80/sm90 are at most 32 MiB)
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -49,6 +49,8 @@ class Plan:
 
     cfg: TrainConfig
     capacity: int
+    reserve_gib: float
+    margin: float
     budget: int
     world_size: int
     num_visible: int
@@ -97,7 +99,7 @@ def memory_plan(cfg: TrainConfig, capacity: int, world_size: int = 1, reserve_gi
                              normalize_target=cfg.normalize_target, grads_allocated=cfg.accum_steps > 1)
         plans.append(ModePlan(mode, step, static))
     budget = int((capacity - reserve_gib * GIB) * (1 - margin))
-    return Plan(cfg, capacity, budget, world_size, nv, nd, plans)
+    return Plan(cfg, capacity, reserve_gib, margin, budget, world_size, nv, nd, plans)
 
 
 def _gib(n: int) -> str:
@@ -107,8 +109,8 @@ def _gib(n: int) -> str:
 def _stack_rows(plan: Plan, stack: str) -> list[tuple[str, list[str]]]:
     """Saved bytes of ``stack``'s blocks by part, summed over its blocks."""
     depth = model_config(plan.cfg.model).depth if stack == "encoder" else plan.cfg.decoder_depth
-    parts = (("norm", "LayerNorms (inputs, statistics)"), ("attn", "attention (input, q/k/v, out, lse)"),
-             ("mlp", "MLP (input, fc1, GELU)"), ("kept", "block outputs kept"))
+    parts = (("norm", "LayerNorms (inputs, stats)"), ("attn", "attention (in, qkv, out, lse)"),
+             ("mlp", "MLP (in, fc1, GELU)"), ("kept", "block outputs kept"))
     return [(f"  {stack} x{depth}: {text}", [_gib(sum(v for k, v in m.step.saved.items()
                                                      if k.startswith(stack + ".") and k.endswith("." + part)))
                                              for m in plan.modes]) for part, text in parts]
@@ -120,15 +122,16 @@ def format_plan(plan: Plan) -> str:
     precision = cfg.run_precision("cuda")
     decoded = "v1: every masked token" if plan.num_decoded is None else \
         f"{cfg.decoder_mask_type} {cfg.decoder_mask_ratio}: {plan.num_decoded} decoded tokens"
-    head = [f"PREDICTED memory plan of one training step: {cfg.model}",
-            f"--batch_size {cfg.batch_size} videos x --num_sample {cfg.num_sample} = "
-            f"{cfg.batch_size * cfg.num_sample} clips per GPU, {cfg.num_frames}x{cfg.input_size}, "
-            f"{cfg.mask_type} {cfg.mask_ratio}: {plan.num_visible} visible tokens, {decoded}, decoder depth "
-            f"{cfg.decoder_depth}, {precision} ({'CUDA autocast' if precision != 'fp32' else 'no autocast'}), "
-            f"{'math' if cfg.attn_backend == 'math' else 'FlashAttention'} attention, "
-            f"{plan.world_size} GPU{'s (DDP)' if plan.world_size > 1 else ''}",
-            f"capacity {_gib(plan.capacity)} GiB as torch reports it; budget for the peak {_gib(plan.budget)} GiB "
-            f"(less the reserve outside the allocator, less the fragmentation margin)"]
+    head = [f"PREDICTED memory plan of one training step of {cfg.model}",
+            f"  --batch_size {cfg.batch_size} videos x --num_sample {cfg.num_sample} = "
+            f"{cfg.batch_size * cfg.num_sample} clips per GPU of {cfg.num_frames}x{cfg.input_size}, {plan.world_size} "
+            f"GPU{'s (DDP)' if plan.world_size > 1 else ''}",
+            f"  {cfg.mask_type} {cfg.mask_ratio}: {plan.num_visible} visible tokens, {decoded}, decoder depth "
+            f"{cfg.decoder_depth}",
+            f"  {precision} ({'CUDA autocast' if precision != 'fp32' else 'no autocast'}), "
+            f"{'math' if cfg.attn_backend == 'math' else 'FlashAttention'} attention",
+            f"  budget for the peak {_gib(plan.budget)} GiB = (capacity {_gib(plan.capacity)} GiB as torch reports it",
+            f"  - {plan.reserve_gib:.2f} GiB outside the allocator) x (1 - {plan.margin:g} fragmentation margin)"]
     rows: list[tuple[str, list[str]]] = [("GiB", [m.mode for m in modes]), ("before the step", [])]
     for key in modes[0].static:
         if any(m.static[key] for m in modes):
@@ -152,7 +155,7 @@ def format_plan(plan: Plan) -> str:
         rows.append(("TFLOP saved vs full checkpointing", [f"{(full - m.step.flops) / 1e12:.1f}" for m in modes]))
         rows.append(("PREDICTED speed-up vs full", [f"{full / m.step.flops:.3f}x" for m in modes]))
     width = max(len(label) for label, _ in rows) + 1
-    lines = head + [label.ljust(width) + "".join(v.rjust(9) for v in values) for label, values in rows]
+    lines = head + [(label.ljust(width) + "".join(v.rjust(9) for v in values)).rstrip() for label, values in rows]
     return "\n".join(lines + [_verdict(plan, full)])
 
 
@@ -161,7 +164,7 @@ def _verdict(plan: Plan, full: int | None) -> str:
     if choice is None:
         return (f"plan: nothing fits {_gib(plan.budget)} GiB, not even full checkpointing; lower --batch_size "
                 f"(gradient accumulation: --accum_steps) or shard with --fsdp")
-    gain = f"; PREDICTED {full / choice.step.flops:.3f}x the speed of full checkpointing" if full else ""
+    gain = f";\n  PREDICTED {full / choice.step.flops:.3f}x the speed of full checkpointing" if full else ""
     return (f"plan: --with_checkpoint {choice.mode}, the least recomputation that fits (peak "
             f"{_gib(choice.peak)} of {_gib(plan.budget)} GiB){gain}")
 
@@ -186,7 +189,7 @@ def resolve_checkpoint(cfg: TrainConfig, device: torch.device, world_size: int) 
         print(f"--with_checkpoint auto: none (on {device.type} there is no memory budget to fit)", flush=True)
         return "none"
     plan = memory_plan(cfg, torch.cuda.get_device_properties(device).total_memory, world_size)
-    choice = plan.choice
-    print(f"--with_checkpoint auto: {_verdict(plan, plan.mode('full').step.flops)}" if choice else
-          f"--with_checkpoint auto: full; {_verdict(plan, None)}", flush=True)
-    return choice.mode if choice else "full"
+    mode = plan.choice.mode if plan.choice else "full"
+    print(f"--with_checkpoint auto -> {mode} ({_gib(plan.capacity)} GiB GPU, python -m vmae2.plan shows the table)\n"
+          f"{_verdict(plan, plan.mode('full').step.flops)}", flush=True)
+    return mode
