@@ -120,7 +120,8 @@ def format_plan(plan: Plan) -> str:
     """The plan as a table (GiB per mode) with the choice; every number is a PREDICTION."""
     cfg, modes = plan.cfg, plan.modes
     precision = cfg.run_precision("cuda")
-    decoded = "v1: every masked token" if plan.num_decoded is None else \
+    masked = cfg.grid[0] * cfg.grid[1] * cfg.grid[2] - plan.num_visible
+    decoded = f"v1: all {masked} masked tokens decoded" if plan.num_decoded is None else \
         f"{cfg.decoder_mask_type} {cfg.decoder_mask_ratio}: {plan.num_decoded} decoded tokens"
     head = [f"PREDICTED memory plan of one training step of {cfg.model}",
             f"  --batch_size {cfg.batch_size} videos x --num_sample {cfg.num_sample} = "
