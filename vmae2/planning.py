@@ -86,7 +86,7 @@ def memory_plan(cfg: TrainConfig, capacity: int, world_size: int = 1, reserve_gi
         with torch.device("meta"):
             model = create_model(cfg.model, num_frames=cfg.num_frames, img_size=cfg.input_size,
                                  tubelet_size=cfg.tubelet_size, decoder_depth=cfg.decoder_depth,
-                                 drop_path_rate=cfg.drop_path, use_checkpoint=mode,
+                                 drop_path_rate=cfg.drop_path, use_checkpoint=mode, embed_tokens=cfg.embed_tokens,
                                  attn_backend="math" if cfg.attn_backend == "math" else "sdpa")
         params = sum(p.numel() for p in model.parameters())
         static = {"weights (fp32)": 4 * params, "AdamW moments (fp32)": 8 * params,
@@ -127,8 +127,8 @@ def format_plan(plan: Plan) -> str:
             f"  --batch_size {cfg.batch_size} videos x --num_sample {cfg.num_sample} = "
             f"{cfg.batch_size * cfg.num_sample} clips per GPU of {cfg.num_frames}x{cfg.input_size}, {plan.world_size} "
             f"GPU{'s (DDP)' if plan.world_size > 1 else ''}",
-            f"  {cfg.mask_type} {cfg.mask_ratio}: {plan.num_visible} visible tokens, {decoded}, decoder depth "
-            f"{cfg.decoder_depth}",
+            f"  {cfg.mask_type} {cfg.mask_ratio}: {plan.num_visible} visible tokens ({cfg.embed_tokens} tubelets "
+            f"embedded), {decoded}, decoder depth {cfg.decoder_depth}",
             f"  {precision} ({'CUDA autocast' if precision != 'fp32' else 'no autocast'}), "
             f"{'math' if cfg.attn_backend == 'math' else 'FlashAttention'} attention",
             f"  budget for the peak {_gib(plan.budget)} GiB = (capacity {_gib(plan.capacity)} GiB as torch reports it",
