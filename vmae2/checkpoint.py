@@ -212,3 +212,51 @@ def save_safetensors(weights: nn.Module | dict[str, torch.Tensor], path: str | o
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def _candidate_prefixes(keys) -> set[str]:
+    """``""`` and every leading run of up to three dotted components of ``keys`` (``model.``, ``model.encoder.``)."""
+    found = {""}
+    for key in keys:
+        parts = key.split(".")[:-1]
+        found.update(".".join(parts[:i]) + "." for i in range(1, min(len(parts), 3) + 1))
+    return found
+
+
+def _as_feature_state(state: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The keys under ``prefix``, stripped; a pretraining model's encoder converted (its final ``norm`` becomes
+    ``fc_norm``, the decoder is dropped). Returns ``(state, converted)``."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not any(k.startswith("encoder.") for k in sub):
+        return sub, False
+    norm = {f"fc_norm.{p}": sub[f"encoder.norm.{p}"] for p in ("weight", "bias") if f"encoder.norm.{p}" in sub}
+    return {**pretrain_to_finetune(sub)[0], **norm}, True
+
+
+def load_feature_weights(model: nn.Module, source: str | os.PathLike | dict) -> str:
+    """Load a feature model (a classification ``VisionTransformer``; its head, if any, is left alone) from an official
+    fine-tuned or pretraining ``.pth``, a vmae2 ``.safetensors`` or a state dict, whatever wrapper prefix its keys
+    carry (``model.``, ``module.``, ``backbone.``, ...: the prefix under which most keys match the model, found from
+    the keys). A pretraining encoder becomes the feature model: its final ``norm`` serves as ``fc_norm`` after the
+    mean pooling, the decoder is dropped. ``head.*`` keys are ignored. Anything else missing or left over raises
+    ``ValueError`` naming the closest prefix and the missing / unexpected counts. Returns what was done, in words."""
+    state = load_state_dict(source) if not isinstance(source, dict) else unwrap(source, "state dict")
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    scored = []
+    for prefix in _candidate_prefixes(state):
+        sub, converted = _as_feature_state(state, prefix)
+        scored.append((len(own.keys() & sub.keys()), -len(prefix), prefix, sub, converted))
+    _, _, prefix, sub, converted = max(scored, key=lambda s: s[:2])
+    missing = sorted(own.keys() - sub.keys())
+    unexpected = sorted(k for k in sub.keys() - own.keys() if not k.startswith("head."))
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit {type(model).__name__}: the closest key prefix {prefix!r} leaves "
+                         f"{len(missing)} missing and {len(unexpected)} unexpected keys (of {len(own)} the model has"
+                         f"); missing e.g. {missing[:3]}, unexpected e.g. {unexpected[:3]}")
+    wrong = [f"{k}: {tuple(sub[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if sub[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{len(wrong)} weights have the wrong shape (checkpoint vs model; another model size?): "
+                         + "; ".join(wrong[:4]))
+    model.load_state_dict({k: sub[k] for k in own}, strict=False)
+    kind = "pretraining encoder (decoder dropped, encoder.norm as fc_norm)" if converted else "classifier"
+    return f"{kind}, key prefix {prefix!r}" + (", head ignored" if "head.weight" in sub else "")

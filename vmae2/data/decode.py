@@ -125,6 +125,35 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
     return np.stack([got[int(i)] for i in ids])
 
 
+def iter_frames(path: str, chunk: int = 32):
+    """Every frame of video file ``path`` once, in order, as RGB uint8 ``[<= chunk, H, W, 3]`` arrays (a streaming
+    decode: memory holds one chunk). Raises :class:`BadVideo` (``missing``, ``empty``, ``unreadable``,
+    ``undecodable`` when no frame decodes, ``truncated`` when the stream fails or ends before the frame count its
+    header claims) possibly after some chunks were yielded: a caller keeps nothing of such a video."""
+    container = _open(path)
+    decoded, error, frames = 0, None, []
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        claimed = stream.frames
+        try:
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                decoded += 1
+                if len(frames) == chunk:
+                    yield np.stack(frames)
+                    frames = []
+        except Exception as exc:  # a damaged packet
+            error = f"{type(exc).__name__}: {exc}"
+    finally:
+        container.close()
+    if error or not decoded or decoded < claimed:
+        detail = f"{decoded} frames decode" + (f" of the {claimed} its header claims" if claimed else "")
+        raise BadVideo("truncated" if decoded else "undecodable", path, detail + (f"; {error}" if error else ""))
+    if frames:
+        yield np.stack(frames)
+
+
 def _seek(container, stream, first: int):
     """Jump to the keyframe at or before frame ``first`` (constant frame rate, timestamps present) and return
     ``frame -> index`` from its timestamp; ``None`` (decode from the start, counting) when that is not safe."""

@@ -60,12 +60,15 @@ class VisionTransformer(nn.Module):
                 self.head.weight.mul_(init_scale)
                 self.head.bias.mul_(init_scale)
 
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, T, H, W] -> [B, D]``: ``fc_norm`` of the mean token."""
+    def forward_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, T, H, W] -> [B, N, D]``: the last block's tokens, ``(t, h, w)`` order, before pooling."""
         x = self.patch_embed(video)
         x = x + self.pos_embed.to(x.dtype)
-        x = run_blocks(self.blocks, x, self.use_checkpoint)
-        return self.fc_norm(x.mean(dim=1))
+        return run_blocks(self.blocks, x, self.use_checkpoint)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, T, H, W] -> [B, D]``: ``fc_norm`` of the mean token."""
+        return self.fc_norm(self.forward_tokens(video).mean(dim=1))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_dropout(self.forward_features(video)))
