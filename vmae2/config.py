@@ -55,6 +55,22 @@ def refuse(name: str, value, allowed: str):
     raise ValueError(f"--{name} {value!r} is invalid: {allowed}")
 
 
+def check_fields(config) -> None:
+    """Apply every field's own rule (:func:`opt`'s ``check`` and ``path``); raise on the first value refused."""
+    for f in fields(config):
+        value, meta = getattr(config, f.name), _meta(type(config), f.name)
+        if value is None:
+            continue
+        if meta.get("check") and not _in_range(value, meta["check"]):
+            rule = f"must be {meta['check']}" if meta["check"][0] in "<>" else f"must be in {meta['check']}"
+            refuse(f.name, value, rule + (" (or omit it)" if f.default is None else ""))
+        if meta.get("path"):
+            for path in str(value).split(","):
+                if not os.path.exists(path):
+                    refuse(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
+                                                                      "--data_path)" if "," in value else ""))
+
+
 @dataclass
 class CommonConfig:
     """The fields of every entry point (pretraining, fine-tuning, evaluation), declared once."""
@@ -105,18 +121,7 @@ class CommonConfig:
         if self.model not in models:
             refuse("model", self.model, f"choose a {'pretraining' if self.KIND == 'pretrain_' else 'classification'} "
                                       f"model: {models}")
-        for f in fields(self):
-            value, meta = getattr(self, f.name), _meta(type(self), f.name)
-            if value is None:
-                continue
-            if meta.get("check") and not _in_range(value, meta["check"]):
-                rule = f"must be {meta['check']}" if meta["check"][0] in "<>" else f"must be in {meta['check']}"
-                refuse(f.name, value, rule + (" (or omit it)" if f.default is None else ""))
-            if meta.get("path"):
-                for path in str(value).split(","):
-                    if not os.path.exists(path):
-                        refuse(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
-                                                                          "--data_path)" if "," in value else ""))
+        check_fields(self)
         if self.num_frames % self.tubelet_size:
             refuse("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
         if self.input_size % self.patch_size:
@@ -295,9 +300,10 @@ def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=command.prog, description=command.description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if command.presets:
+        default = f"{command.default_preset} without --data_path, official_defaults with it" \
+            if "official_defaults" in command.presets else command.default_preset
         parser.add_argument("--preset", choices=sorted(command.presets), default=None,
-                            help=command.preset_help + f" (default: {command.default_preset} without --data_path, "
-                                                       "official_defaults with it)")
+                            help=command.preset_help + f" (default: {default})")
     parser.add_argument("--config", default=None, help="JSON or YAML file of option: value pairs")
     hints = get_type_hints(command.config_cls)
     for f in fields(command.config_cls):

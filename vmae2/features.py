@@ -48,14 +48,16 @@ def preprocess(frames: torch.Tensor, input_size: int, normalize: bool = False) -
     return x
 
 
-def embed_clips(model: torch.nn.Module, clips: torch.Tensor, tokens: bool = False,
-                amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def embed_clips(model: torch.nn.Module, clips: torch.Tensor, tokens: bool = False, precision: str = "auto"
+                ) -> torch.Tensor:
     """``clips [B, 3, T, H, W]`` -> float32 ``[B, C]`` (``forward_features``: ``fc_norm`` of the mean token) or, with
-    ``tokens``, ``[B, N, C]`` (the last block's tokens, ``(t, h, w)`` order), under ``inference_mode``. ``amp_dtype``
-    ``None``: bf16 autocast on CUDA, fp32 elsewhere."""
+    ``tokens``, ``[B, N, C]`` (the last block's tokens, ``(t, h, w)`` order), under ``inference_mode``.
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere, as training), ``bf16``, ``fp16`` or ``fp32``."""
     device_type = clips.device.type
-    if amp_dtype is None and device_type == "cuda":
-        amp_dtype = torch.bfloat16
+    amp_dtype = AMP[precision if precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")]
     with torch.inference_mode(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model.forward_tokens(clips) if tokens else model.forward_features(clips)
     return out.float()
@@ -77,10 +79,10 @@ class WindowFeatures:
     start order. Holds only the frames later windows still need, plus up to ``batch_size`` pending windows."""
 
     def __init__(self, model: torch.nn.Module, window: int, stride: int, frame_stride: int, batch_size: int,
-                 tokens: bool = False, amp_dtype: torch.dtype | None = None):
+                 tokens: bool = False, precision: str = "auto"):
         self.model, self.window, self.stride, self.frame_stride = model, window, stride, frame_stride
         self.span = (window - 1) * frame_stride + 1
-        self.batch_size, self.tokens, self.amp_dtype = batch_size, tokens, amp_dtype
+        self.batch_size, self.tokens, self.precision = batch_size, tokens, precision
         self.buf: torch.Tensor | None = None  # frames [base, end)
         self.base = self.end = self.next = 0
         self.pending: list[torch.Tensor] = []
@@ -99,7 +101,7 @@ class WindowFeatures:
         self.buf, self.base = self.buf[:, drop:], self.base + drop
 
     def _run(self) -> None:
-        self.out.append(embed_clips(self.model, torch.stack(self.pending), self.tokens, self.amp_dtype))
+        self.out.append(embed_clips(self.model, torch.stack(self.pending), self.tokens, self.precision))
         self.pending = []
 
     @property
@@ -121,7 +123,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def extract(model: torch.nn.Module, video, window: int = 16, stride: int = 4, frame_stride: int = 1,
             input_size: int = 224, normalize: bool = False, batch_size: int | None = None, tokens: bool = False,
-            amp_dtype: torch.dtype | None = None) -> np.ndarray:
+            precision: str = "auto") -> np.ndarray:
     """Features of every window of ``video`` (a file path, or RGB uint8 ``[T, H, W, 3]`` numpy array or tensor):
     float32 ``[num_windows, C]`` (``[num_windows, N, C]`` with ``tokens``); see the module docstring. ``model`` is a
     ``VisionTransformer`` built for ``num_frames=window``, ``img_size=input_size``, on its device, in eval mode.
@@ -134,7 +136,7 @@ def extract(model: torch.nn.Module, video, window: int = 16, stride: int = 4, fr
     else:
         frames = torch.as_tensor(video)
         name, chunks = "tensor", (frames[i:i + CHUNK] for i in range(0, len(frames), CHUNK))
-    windows = WindowFeatures(model, window, stride, frame_stride, batch_size, tokens, amp_dtype)
+    windows = WindowFeatures(model, window, stride, frame_stride, batch_size, tokens, precision)
     for chunk in chunks:
         windows.add(preprocess(torch.as_tensor(chunk).to(device), input_size, normalize))
     return windows.finish(name)
