@@ -1,0 +1,161 @@
+"""Feature extraction (``vmae2.features``, ``python -m vmae2.extract``): the official per-window procedure's numbers,
+window layout, weights from anywhere, bad videos, and resume after ``kill -9``."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("av", reason="PyAV makes and decodes the videos")
+
+from official_oracle.extract import official_extract, official_starts, official_transform  # noqa: E402
+from tolerances import assert_close_fp  # noqa: E402
+from vmae2.checkpoint import load_feature_weights  # noqa: E402
+from vmae2.data.decode import BadVideo  # noqa: E402
+from vmae2.data.synthetic import decode_frames, make_bad_files, make_videos  # noqa: E402
+from vmae2.extract import main  # noqa: E402
+from vmae2.features import embed_clips, extract, preprocess, window_starts  # noqa: E402
+from vmae2.models import create_model  # noqa: E402
+
+SIZE = 64  # --input_size of the tests: a tiny ViT at 64 px keeps each run under seconds
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return create_model("vit_tiny_patch16_224", img_size=SIZE, **kw).eval()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Three H.264 clips of 61, 40 and 30 frames (61: not a multiple of the stride 4), keyframe every 25."""
+    root = tmp_path_factory.mktemp("videos")
+    return make_videos(root, 3, sizes=((96, 64),), num_frames=(61, 40, 30), codecs=("h264",))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """An official-style fine-tuned checkpoint: 5 classes, keys under ``model`` with a ``module.`` prefix."""
+    path = tmp_path_factory.mktemp("weights") / "ft.pth"
+    torch.save({"model": {"module." + k: v for k, v in _model(num_classes=5).state_dict().items()}}, path)
+    return path
+
+
+def _cli(args, out):
+    return [sys.executable, "-m", "vmae2.extract", "--model", "vit_tiny_patch16_224", "--input_size", str(SIZE),
+            "--output_dir", str(out), *map(str, args)]
+
+
+@pytest.mark.parametrize("n, window, stride, frame_stride, expected", [
+    (61, 16, 4, 1, list(range(0, 46, 4))), (16, 16, 4, 1, [0]), (15, 16, 4, 1, []), (0, 16, 4, 1, []),
+    (64, 16, 16, 1, [0, 16, 32, 48]), (40, 8, 4, 2, [0, 4, 8, 12, 16, 20, 24]), (20, 4, 100, 1, [0])])
+def test_window_starts(n, window, stride, frame_stride, expected):
+    assert list(window_starts(n, window, stride, frame_stride)) == expected
+    if frame_stride == 1 and window == 16:
+        assert list(official_starts(n, stride)) == expected
+
+
+def test_frame_by_frame_preprocessing_equals_the_official_window_transform(videos):
+    """The official Resize runs on [C, T, H, W] with T as channels: frames are independent, chunks give equal bits."""
+    frames = decode_frames(videos[0])[:16]
+    whole = official_transform(frames, SIZE)
+    for chunk in (1, 3, 16):
+        parts = torch.cat([preprocess(torch.from_numpy(frames[i:i + chunk]), SIZE) for i in range(0, 16, chunk)], 1)
+        assert torch.equal(parts, whole)
+
+
+def test_cli_thumos14_equals_the_official_per_window_procedure(videos, weights, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p} 0 -1\n" for p in videos))
+    assert main(["--preset", "thumos14", "--model", "vit_tiny_patch16_224", "--input_size", str(SIZE),
+                 "--weights", str(weights), "--data_path", str(listing), "--output_dir", str(tmp_path / "out"),
+                 "--batch_size", "5", "--num_workers", "1"]) == 0
+    model = _model(num_classes=0)
+    load_feature_weights(model, str(weights))
+    for path in videos:
+        got = np.load(tmp_path / "out" / f"{path.stem}.npy")
+        expected = official_extract(model, path, step=4, size=SIZE)
+        assert got.dtype == np.float32 and got.shape == expected.shape == (len(official_starts(
+            len(decode_frames(path)), 4)), 192)
+        assert_close_fp(torch.from_numpy(got), torch.from_numpy(expected))
+
+
+def test_api_paths_tensors_presets_and_tokens(videos):
+    model = _model(num_classes=0)
+    frames = decode_frames(videos[0])  # 61 frames
+    from_path = extract(model, videos[0], input_size=SIZE, batch_size=3)
+    assert np.array_equal(extract(model, torch.from_numpy(frames), input_size=SIZE, batch_size=3), from_path)
+    fineaction = extract(model, frames, stride=16, input_size=SIZE)
+    assert fineaction.shape == (3, 192) and np.array_equal(fineaction, from_path[::4])
+    tokens = extract(model, frames[:20], input_size=SIZE, tokens=True)
+    assert tokens.shape == (2, 8 * 4 * 4, 192)
+    clips = torch.stack([preprocess(torch.from_numpy(frames[s:s + 16]), SIZE) for s in (0, 4)])
+    assert_close_fp(torch.from_numpy(tokens), embed_clips(model, clips, tokens=True))
+    with pytest.raises(BadVideo, match="too_short"):
+        extract(model, frames[:15], input_size=SIZE)
+
+
+@pytest.mark.parametrize("prefix, wrapper", [("", None), ("model.", None), ("module.", "model"),
+                                             ("backbone.", "state_dict")])
+@pytest.mark.parametrize("kind", ["finetuned", "pretraining"])
+def test_weights_from_official_checkpoints_under_any_prefix(kind, prefix, wrapper):
+    if kind == "finetuned":
+        source = _model(seed=1, num_classes=710)
+    else:
+        torch.manual_seed(1)
+        source = create_model("pretrain_videomae_tiny_patch16_224", img_size=SIZE)
+    state = {prefix + k: v for k, v in source.state_dict().items()}
+    model = _model(num_classes=0)
+    how = load_feature_weights(model, {wrapper: state} if wrapper else state)
+    assert f"key prefix {prefix.replace('module.', '')!r}" in how  # DDP's module. goes first, as for every load
+    encoder = source if kind == "finetuned" else source.encoder
+    assert torch.equal(model.blocks[-1].mlp.fc2.weight, encoder.blocks[-1].mlp.fc2.weight)
+    norm = source.fc_norm if kind == "finetuned" else source.encoder.norm
+    assert torch.equal(model.fc_norm.bias, norm.bias)
+
+
+def test_weights_mismatch_names_the_closest_prefix_and_counts():
+    state = {"model." + k: v for k, v in _model(num_classes=0).state_dict().items() if not k.startswith("blocks.0.")}
+    state["model.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"closest key prefix 'model\.' leaves 13 missing and 1 unexpected"):
+        load_feature_weights(_model(num_classes=0), state)
+
+
+def test_bad_videos_are_listed_and_every_good_video_written(videos, weights, tmp_path):
+    bad = make_bad_files(tmp_path / "bad", size=(64, 48), num_frames=40)
+    three = {k: bad[k] for k in ("truncated_faststart", "missing", "empty")}
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p} 0 -1\n" for p in [*three.values(), *videos]))
+    result = subprocess.run(_cli(["--weights", weights, "--data_path", listing], tmp_path / "out"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    rows = [line.split("\t") for line in (tmp_path / "out" / "failed.tsv").read_text().splitlines()[1:]]
+    assert {row[0]: row[1] for row in rows} == {str(three["truncated_faststart"]): "truncated",
+                                                str(three["missing"]): "missing", str(three["empty"]): "empty"}
+    for path in three.values():
+        assert f"skipping bad video {path}" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.npy")) == sorted(f"{p.stem}.npy" for p in videos)
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_files(weights, tmp_path):
+    vids = make_videos(tmp_path / "v", 6, sizes=((96, 64),), num_frames=(61,), codecs=("h264",))
+    args = ["--weights", weights, "--data_path", tmp_path / "v", "--batch_size", "2", "--num_workers", "0",
+            "--input_size", "112"]
+    subprocess.run(_cli(args, tmp_path / "a"), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(_cli(args, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((tmp_path / "b").glob("*.npy")) and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = list((tmp_path / "b").glob("*.npy"))
+    assert 1 <= len(partial) < len(vids)  # killed mid-run
+    for path in partial:
+        np.load(path)  # every file there is whole
+    subprocess.run(_cli(args, tmp_path / "b"), check=True, capture_output=True, timeout=300)
+    for path in vids:
+        name = f"{path.stem}.npy"
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
