@@ -1,0 +1,81 @@
+"""Feature extraction throughput: windows/s of ``vmae2.features.extract`` against the official per-window procedure
+(``tests/official_oracle/extract.py``: random-access decode of each window's 16 frames, its own transform, batch 1,
+fp32, the official explicit-softmax attention), both in one run, on the same videos and weights.
+
+Workload: THUMOS14 windows (16 consecutive frames, a window every 4) at 224 px, ``vit_tiny_patch16_224`` (the
+vmae2-only ViT-Ti: the smallest model, where the procedure matters most), generated 320x240 H.264 videos of 300
+frames with the encoder's default GOP (``VMAE2_BENCH_EXTRACT_VIDEOS``, default 2). Each arm runs once after a warm-up
+on a short clip; the ratio and the official arm's split (decode / transform / model) are printed and stored in
+``extra_info``.
+"""
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("av")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from official_oracle.extract import (frame_count, official_extract, official_starts, official_transform,  # noqa: E402
+                                     read_window)
+from vmae2.attention import set_backend  # noqa: E402
+from vmae2.data.synthetic import make_videos  # noqa: E402
+from vmae2.features import extract  # noqa: E402
+from vmae2.models import create_model  # noqa: E402
+
+NUM_VIDEOS = int(os.environ.get("VMAE2_BENCH_EXTRACT_VIDEOS", "2"))
+RESULTS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract_videos")
+    videos = make_videos(root, NUM_VIDEOS, seed=0, codecs=("h264",), sizes=((320, 240),), num_frames=(300,))
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch16_224", num_classes=0).eval()
+    official = copy.deepcopy(model)
+    set_backend(official, "math")  # the official Attention: explicit softmax
+    windows = sum(len(official_starts(frame_count(v), 4)) for v in videos)
+    return videos, model, official, windows
+
+
+def _record(benchmark, name, windows, baseline):
+    rate = windows / benchmark.stats.stats.median
+    RESULTS[name] = rate
+    benchmark.extra_info.update({"arm": name, "windows": windows, "windows_per_s": round(rate, 2),
+                                 "is_baseline": baseline})
+    if len(RESULTS) == 2:
+        ratio = RESULTS["vmae2"] / RESULTS["official"]
+        benchmark.extra_info["speedup_vs_official"] = round(ratio, 2)
+        print(f"\nextract windows/s: vmae2 {RESULTS['vmae2']:.2f}, official-style {RESULTS['official']:.2f}: "
+              f"{ratio:.2f}x")
+
+
+@pytest.mark.benchmark(group="extract-cpu")
+def test_official_style_extraction(benchmark, setup):
+    videos, _, official, windows = setup
+    official_extract(official, videos[0], step=64)  # warm-up
+    benchmark.pedantic(lambda: [official_extract(official, v, step=4) for v in videos], rounds=1, iterations=1)
+    _record(benchmark, "official", windows, True)
+    t0 = time.perf_counter()  # the split: decode and transform alone (the model is the rest)
+    reads = [read_window(v, s) for v in videos for s in official_starts(frame_count(v), 4)]
+    t1 = time.perf_counter()
+    _ = [official_transform(r) for r in reads]
+    t2 = time.perf_counter()
+    total = benchmark.stats.stats.median
+    benchmark.extra_info.update({"decode_s": round(t1 - t0, 2), "transform_s": round(t2 - t1, 2),
+                                 "model_s": round(total - (t2 - t0), 2)})
+    print(f"\nofficial-style split: decode {t1 - t0:.1f} s, transform {t2 - t1:.1f} s, model "
+          f"{total - (t2 - t0):.1f} s of {total:.1f} s")
+
+
+@pytest.mark.benchmark(group="extract-cpu")
+def test_vmae2_extraction(benchmark, setup):
+    videos, model, _, windows = setup
+    extract(model, videos[0], stride=64)  # warm-up
+    benchmark.pedantic(lambda: [extract(model, v, stride=4, batch_size=8) for v in videos], rounds=1, iterations=1)
+    _record(benchmark, "vmae2", windows, False)
