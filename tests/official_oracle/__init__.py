@@ -9,7 +9,8 @@ architecture and weights). Modules, one job each:
 * :mod:`.oracle`: the forward as functions of an official-format ``state_dict`` (with mutation switches);
 * :mod:`.model`: the same forward as an ``nn.Module`` with the official parameter names (the step baseline);
 * :mod:`.engine`: the official parameter groups, gradient norm and training step;
-* :mod:`.augmentations`: the fine-tuning augmentations, timm 0.4.12's own modules loaded from their files.
+* :mod:`.augmentations`: the fine-tuning augmentations, timm 0.4.12's own modules loaded from their files;
+* :mod:`.extract`: ``extract_tad_feature.py``'s per-window procedure (imported by its users, needs PyAV).
 
 Conventions (as in the official code): masks ``[B, N]`` bool, True = masked / dropped; ids ascending; tokens
 flattened ``n = t*H'*W' + h*W' + w``, i.e. ``(t, h, w)`` order; target features ``(p0 p1 p2 c)``.
