@@ -3,8 +3,9 @@
 fp32, the official explicit-softmax attention), both in one run, on the same videos and weights.
 
 Workload: THUMOS14 windows (16 consecutive frames, a window every 4) at 224 px, ``vit_tiny_patch16_224`` (the
-vmae2-only ViT-Ti: the smallest model, where the procedure matters most), generated 320x240 H.264 videos of 300
-frames with the encoder's default GOP (``VMAE2_BENCH_EXTRACT_VIDEOS``, default 2). Each arm runs once after a warm-up
+vmae2-only ViT-Ti: the smallest model, where the procedure matters most), generated H.264 videos of 300 frames:
+``VMAE2_BENCH_EXTRACT_VIDEOS`` (default 2) of ``VMAE2_BENCH_EXTRACT_SIZE`` (default 320x240) with a keyframe every
+``VMAE2_BENCH_EXTRACT_GOP`` frames (default 25, one a second). Each arm runs once after a warm-up
 on a short clip; the ratio and the official arm's split (decode / transform / model) are printed and stored in
 ``extra_info``.
 """
@@ -23,18 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from official_oracle.extract import (frame_count, official_extract, official_starts, official_transform,  # noqa: E402
                                      read_window)
 from vmae2.attention import set_backend  # noqa: E402
-from vmae2.data.synthetic import make_videos  # noqa: E402
+from vmae2.data.synthetic import encode_clip, render_clip  # noqa: E402
 from vmae2.features import extract  # noqa: E402
 from vmae2.models import create_model  # noqa: E402
 
 NUM_VIDEOS = int(os.environ.get("VMAE2_BENCH_EXTRACT_VIDEOS", "2"))
+WIDTH, HEIGHT = (int(v) for v in os.environ.get("VMAE2_BENCH_EXTRACT_SIZE", "320x240").split("x"))
+GOP = int(os.environ.get("VMAE2_BENCH_EXTRACT_GOP", "25"))
 RESULTS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("extract_videos")
-    videos = make_videos(root, NUM_VIDEOS, seed=0, codecs=("h264",), sizes=((320, 240),), num_frames=(300,))
+    videos = [encode_clip(render_clip(0, i, WIDTH, HEIGHT, 300), root / f"clip{i}.mp4", gop=GOP)
+              for i in range(NUM_VIDEOS)]
     torch.manual_seed(0)
     model = create_model("vit_tiny_patch16_224", num_classes=0).eval()
     official = copy.deepcopy(model)
@@ -47,7 +51,7 @@ def _record(benchmark, name, windows, baseline):
     rate = windows / benchmark.stats.stats.median
     RESULTS[name] = rate
     benchmark.extra_info.update({"arm": name, "windows": windows, "windows_per_s": round(rate, 2),
-                                 "is_baseline": baseline})
+                                 "is_baseline": baseline, "video": f"{WIDTH}x{HEIGHT} gop {GOP}"})
     if len(RESULTS) == 2:
         ratio = RESULTS["vmae2"] / RESULTS["official"]
         benchmark.extra_info["speedup_vs_official"] = round(ratio, 2)
