@@ -155,7 +155,10 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_files(weights, tmp_path):
     assert 1 <= len(partial) < len(vids)  # killed mid-run
     for path in partial:
         np.load(path)  # every file there is whole
+    stale = tmp_path / "b" / f".{vids[-1].stem}.npy.left-by-a-kill.tmp"  # what atomic_write leaves when killed
+    stale.write_bytes(b"partial")
     subprocess.run(_cli(args, tmp_path / "b"), check=True, capture_output=True, timeout=300)
+    assert not list((tmp_path / "b").glob("*.tmp"))  # the rerun cleared what the killed run left
     for path in vids:
         name = f"{path.stem}.npy"
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()

@@ -121,6 +121,13 @@ class Outputs:
     def npy(self, path: str) -> Path:
         return self.out / f"{Path(path).stem}.npy"
 
+    def clear_stale(self, paths: list[str]) -> None:
+        """Delete the temporary files a killed run left for ``paths`` (this rank's videos: another rank's may be
+        in use)."""
+        for path in paths:
+            for tmp in self.out.glob(f".{self.npy(path).name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def done(self, path: str, windows: int) -> None:
         self.manifest["videos"][Path(path).stem] = {"path": path, "windows": windows}
         _write_json(self.manifest_path, self.manifest)
@@ -153,6 +160,7 @@ def run(cfg: ExtractConfig) -> int:
             windows = int(np.load(outputs.npy(path), mmap_mode="r").shape[0])
             outputs.manifest["videos"][Path(path).stem] = {"path": path, "windows": windows}
     todo = [p for p in videos if not outputs.npy(p).exists()]
+    outputs.clear_stale(todo)
     print(f"rank {d.rank}: {len(videos) - len(todo)} of {len(videos)} videos already extracted, {len(todo)} to go; "
           f"{cfg.model} ({outputs.manifest['weights_loaded_as']}), preset {outputs.manifest['preset']}, batch "
           f"{batch_size}, {cfg.num_workers} decoding workers, {device}", flush=True)
