@@ -22,6 +22,11 @@ def opt(default, help: str, check: str | None = None, **kw):
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``precision`` with ``auto`` resolved: bf16 on a GPU, fp32 on a CPU (every entry point: one rule)."""
+    return precision if precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+
+
 def count(default, help: str):
     """A field holding a count or a size: an int ``>= 1`` (or ``None`` where the default is derived)."""
     return opt(default, help, ">= 1")
@@ -103,9 +108,8 @@ class CommonConfig:
         return model_config(self.model).patch_size
 
     def run_precision(self, device_type: str) -> str:
-        """The precision of this run on ``device_type``: ``auto`` is bf16 on a GPU, fp32 on a CPU (every entry
-        point: one rule)."""
-        return self.precision if self.precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+        """The precision of this run on ``device_type`` (:func:`resolve_precision`)."""
+        return resolve_precision(self.precision, device_type)
 
     @property
     def grid(self) -> tuple[int, int, int]:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from vmae2.config import TrainingConfig, to_dict
 from vmae2.runtime import (
+    AMP_DTYPES,
     Checkpoints,
     Dist,
     MetricsLog,
@@ -46,7 +47,6 @@ from vmae2.runtime import (
 )
 
 log = logging.getLogger("vmae2.engine")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass

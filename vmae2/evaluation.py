@@ -14,7 +14,7 @@ from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_finetune_csv
 from vmae2.finetune_config import EvaluateConfig
 from vmae2.metrics import ViewPredictions, confusion_matrix, per_class_accuracy, save_confusion_png, topk_accuracy
-from vmae2.runtime import Dist, finish_distributed, resolve_device, setup_distributed
+from vmae2.runtime import AMP_DTYPES, Dist, finish_distributed, resolve_device, setup_distributed
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def run(cfg: EvaluateConfig) -> int:
     loader = ClassifyLoader(records, mode="test", batch_size=cfg.batch_size, config=config, rank=d.rank,
                             world_size=d.world_size, num_workers=cfg.num_workers, device=device,
                             quarantine=Path(cfg.output_dir) / "quarantine.tsv")
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run_precision(device.type))
+    amp = AMP_DTYPES[cfg.run_precision(device.type)]
     result = score(predict(model, loader, amp), records, cfg.nb_classes, d)
     if d.is_main:
         summary = write_report(result, records, cfg.output_dir, names)

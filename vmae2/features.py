@@ -22,7 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vmae2.config import resolve_precision
 from vmae2.data.decode import BadVideo, iter_frames
+from vmae2.runtime import AMP_DTYPES
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 CHUNK = 32  # frames decoded and preprocessed together
@@ -48,16 +50,13 @@ def preprocess(frames: torch.Tensor, input_size: int, normalize: bool = False) -
     return x
 
 
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
 def embed_clips(model: torch.nn.Module, clips: torch.Tensor, tokens: bool = False, precision: str = "auto"
                 ) -> torch.Tensor:
     """``clips [B, 3, T, H, W]`` -> float32 ``[B, C]`` (``forward_features``: ``fc_norm`` of the mean token) or, with
     ``tokens``, ``[B, N, C]`` (the last block's tokens, ``(t, h, w)`` order), under ``inference_mode``.
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere, as training), ``bf16``, ``fp16`` or ``fp32``."""
     device_type = clips.device.type
-    amp_dtype = AMP[precision if precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")]
+    amp_dtype = AMP_DTYPES[resolve_precision(precision, device_type)]
     with torch.inference_mode(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model.forward_tokens(clips) if tokens else model.forward_features(clips)
     return out.float()

@@ -22,12 +22,12 @@ from vmae2 import masking
 from vmae2.config import TrainConfig
 from vmae2.models import create_model, model_config
 from vmae2.plan import GPUS, MARGIN, RESERVE_GIB, PlanConfig
+from vmae2.runtime import AMP_DTYPES
 from vmae2.step_memory import StepMemory, simulate_step
 
 GIB = 2 ** 30
 MODES = ("none", "attn", "mlp", "every:8", "every:4", "every:3", "every:2", "full")
 WORKSPACES = 2 * 32 * 2 ** 20  # cuBLAS + cuBLASLt workspaces (torch's defaults on sm80/sm90 are at most 32 MiB)
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 @dataclass
@@ -95,7 +95,7 @@ def memory_plan(cfg: TrainConfig, capacity: int, world_size: int = 1, reserve_gi
                   "input batch (fp32 video, ids)": 4 * clips * 3 * cfg.num_frames * cfg.input_size ** 2
                   + 8 * clips * (nv + (nd or 0)),
                   "cuBLAS + cuBLASLt workspaces": WORKSPACES}
-        step = simulate_step(model, video, nv, nd, amp_dtype=AMP[cfg.run_precision("cuda")], cuda=True,
+        step = simulate_step(model, video, nv, nd, amp_dtype=AMP_DTYPES[cfg.run_precision("cuda")], cuda=True,
                              normalize_target=cfg.normalize_target, grads_allocated=cfg.accum_steps > 1)
         plans.append(ModePlan(mode, step, static))
     budget = int((capacity - reserve_gib * GIB) * (1 - margin))

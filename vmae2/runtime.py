@@ -19,6 +19,8 @@ import torch.distributed as dist
 from vmae2.checkpoint import atomic_write
 from vmae2_kernels import optional
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # precision -> autocast dtype
+
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 
 
