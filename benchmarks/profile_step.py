@@ -40,12 +40,12 @@ def category(op: str) -> str:
 
 
 def alternated_times(steps: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per step of each arm, ``rounds`` times, the arms taking turns."""
+    """Seconds per call of each arm's callable, ``rounds`` times, the arms taking turns."""
     times: dict[str, list[float]] = {arm: [] for arm in steps}
     for _ in range(rounds):
         for arm, step in steps.items():
             start = time.perf_counter()
-            step.step()
+            step()
             times[arm].append(time.perf_counter() - start)
     return times
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         step.step()  # warm-up: optimizer state, allocator
     print(f"{size.name}, batch {args.batch}, {args.precision}, 16x224, {torch.get_num_threads()} threads")
     if args.rounds:
-        t = alternated_times(steps, args.rounds)
+        t = alternated_times({arm: step.step for arm, step in steps.items()}, args.rounds)
         for arm, secs in t.items():
             print(f"{arm:9s} median {statistics.median(secs) * 1e3:7.1f} ms/step  (min {min(secs) * 1e3:.1f}, "
                   f"max {max(secs) * 1e3:.1f}, {len(secs)} steps)")

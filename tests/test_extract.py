@@ -1,5 +1,6 @@
 """Feature extraction (``vmae2.features``, ``python -m vmae2.extract``): the official per-window procedure's numbers,
 window layout, weights from anywhere, bad videos, and resume after ``kill -9``."""
+import json
 import os
 import signal
 import subprocess
@@ -162,3 +163,36 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_files(weights, tmp_path):
     for path in vids:
         name = f"{path.stem}.npy"
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+
+
+def test_torchrun_shards_the_list_and_rank_0_merges_the_manifests(videos, weights, tmp_path):
+    missing = tmp_path / "missing.mp4"
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p} 0 -1\n" for p in [missing, *videos]))
+    args = ["--weights", weights, "--data_path", listing, "--num_workers", "0"]
+    subprocess.run(_cli(args, tmp_path / "one"), check=True, capture_output=True, timeout=300)
+    command = _cli(args, tmp_path / "two")[1:]  # -m vmae2.extract ...
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                             *command], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in two.glob("*.npy")) == sorted(p.name for p in one.glob("*.npy"))
+    for path in one.glob("*.npy"):
+        assert_close_fp(torch.from_numpy(np.load(two / path.name)), torch.from_numpy(np.load(path)))
+    for rank in (0, 1):  # each rank's own files, as it wrote them
+        assert (two / f"manifest.rank{rank}.json").exists()
+    merged, single = (json.loads((d / "manifest.json").read_text()) for d in (two, one))
+    assert (merged.pop("world_size"), single.pop("world_size")) == (2, 1)
+    assert merged == single  # every rank's videos and window counts, as the one-process run lists them
+    assert (two / "failed.tsv").read_text() == (one / "failed.tsv").read_text()
+
+
+def test_bf16_on_cpu_runs_in_bf16_and_stays_within_bf16_rounding_of_fp32(videos):
+    model = _model(num_classes=0)
+    fp32 = torch.from_numpy(extract(model, videos[0], input_size=SIZE))
+    bf16 = torch.from_numpy(extract(model, videos[0], input_size=SIZE, precision="bf16"))
+    rel = ((bf16 - fp32).norm() / fp32.norm()).item()
+    # bf16 keeps 8 significant bits (a rounding step of 2**-8 = 3.9e-3 relative); the rounding of 12 blocks' matmul
+    # inputs adds up to a few steps, not to a different feature. Nonzero: the matmuls really ran in bf16.
+    assert 0 < rel < 4 * 2 ** -8, rel

@@ -6,7 +6,8 @@ features are written atomically to ``OUT/<stem>.npy`` (a ``kill -9`` never leave
 videos whose file exists), or the video is listed in ``failed.tsv`` with its reason and skipped. ``manifest.json``
 (model, weights file and sha256, preset and options, window count per video) is rewritten atomically after every
 video. Under ``torchrun`` rank ``r`` takes videos ``r, r + W, ...`` of the sorted list and writes its own
-``manifest.rank{r}.json`` / ``failed.rank{r}.tsv`` (not merged).
+``manifest.rank{r}.json`` / ``failed.rank{r}.tsv`` as it goes; when every rank has finished, rank 0 merges them into
+``manifest.json`` / ``failed.tsv`` (:func:`merge_ranks`), the files a one-process run writes.
 
 GPU decoding (DALI/NVDEC) is not part of this step: DALI's video readers return fixed-length sequences by random
 access or need a fixed sequence length per pipeline, not a whole-video stream of every frame once; PyAV workers
@@ -108,8 +109,9 @@ class Outputs:
                                                 "tokens", "precision")}
         self.manifest = {"model": cfg.model, "weights": os.path.abspath(cfg.weights),
                          "weights_sha256": sha256(cfg.weights), "weights_loaded_as": how_loaded,
-                         "preset": cfg.preset_name(), "options": options, "rank": d.rank,
-                         "world_size": d.world_size, "videos": {}}
+                         "preset": cfg.preset_name(), "options": options, "world_size": d.world_size, "videos": {}}
+        if d.world_size > 1:
+            self.manifest["rank"] = d.rank
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text())
             for key in ("model", "weights_sha256", "options"):
@@ -134,8 +136,32 @@ class Outputs:
 
     def fail(self, exc: BadVideo) -> None:
         self.failed[exc.path] = f"{exc.reason}\t{exc.detail}"
-        text = "".join(f"{p}\t{r}\n" for p, r in sorted(self.failed.items()))
-        atomic_write(self.failed_path, lambda tmp: Path(tmp).write_text("path\treason\tdetail\n" + text))
+        _write_failed(self.failed_path, self.failed)
+
+
+FAILED_HEADER = "path\treason\tdetail\n"
+
+
+def _write_failed(path: Path, failed: dict[str, str]) -> None:
+    text = "".join(f"{p}\t{r}\n" for p, r in sorted(failed.items()))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(FAILED_HEADER + text))
+
+
+def merge_ranks(out: Path, world_size: int) -> None:
+    """``manifest.json`` and ``failed.tsv`` of a run of ``world_size`` ranks from their ``.rank{r}`` files: the
+    manifest of rank 0 with every rank's videos (``rank`` dropped: it describes the whole run), the failures of every
+    rank. Rank 0 calls it once every rank has written its last file."""
+    manifests = [json.loads((out / f"manifest.rank{r}.json").read_text()) for r in range(world_size)]
+    merged = {k: v for k, v in manifests[0].items() if k != "rank"}
+    merged["videos"] = {stem: v for m in manifests for stem, v in m["videos"].items()}
+    _write_json(out / "manifest.json", merged)
+    failed: dict[str, str] = {}
+    for r in range(world_size):
+        if (path := out / f"failed.rank{r}.tsv").exists():
+            lines = path.read_text().splitlines()[1:]
+            failed.update(line.split("\t", 1) for line in lines if line)
+    if failed:
+        _write_failed(out / "failed.tsv", failed)
 
 
 def run(cfg: ExtractConfig) -> int:
@@ -198,5 +224,9 @@ def run(cfg: ExtractConfig) -> int:
           + (f" (see {outputs.failed_path})" if outputs.failed else "") + f"; features in {cfg.output_dir}",
           flush=True)
     if d.world_size > 1:
+        torch.distributed.barrier()  # every rank's files are written
+        if d.is_main:
+            merge_ranks(outputs.out, d.world_size)
+            print(f"merged {d.world_size} ranks' manifests into {outputs.out / 'manifest.json'}", flush=True)
         finish_distributed()
     return 0
