@@ -106,9 +106,10 @@ def build_case(op: str, shape: Shape, setting: Setting) -> Case:
         pred, video = randn(setting, B, Nd, P, dtype=DTYPE, seed=1), make_video(shape, setting)
         weights = (torch.rand(B, Nd, generator=torch.Generator().manual_seed(7)) < shape.enc_ratio).float().to(setting.device)
         nbytes = recon_fwd_bytes(shape, B, pred.dtype, video.dtype)
-        return Case(lambda b: (lambda: K.recon_loss(pred, video, dec_ids, weights, patch_size=shape.patch,
-                                                    tubelet_size=shape.tubelet, backend=b)),
-                    lambda f: (lambda: f(pred, video, dec_ids, weights, shape.patch, shape.tubelet, True, MEAN, STD)),
+        return Case(lambda b: (lambda: K.recon_loss(pred, video, dec_ids, weights=weights,
+                                                    patch_size=shape.patch, tubelet_size=shape.tubelet,
+                                                    target="videomae", mean=MEAN, std=STD, backend=b)),
+                    lambda f: (lambda: f(pred, video, dec_ids, weights, shape.patch, shape.tubelet, 1, MEAN, STD)),
                     nbytes)
     raise ValueError(op)
 

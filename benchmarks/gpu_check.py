@@ -258,7 +258,7 @@ def check_loss_rerun(device, batch: int) -> dict:
 
     def run(backend):
         p = pred.clone().requires_grad_()
-        loss = ops.recon_loss(p, video, dec, weights, shape.patch, shape.tubelet, True, cases.MEAN, cases.STD,
+        loss = ops.recon_loss(p, video, dec, weights, shape.patch, shape.tubelet, 1, cases.MEAN, cases.STD,
                               backend)
         loss.backward()
         return loss.detach(), p.grad

@@ -230,7 +230,7 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
     vis, dec = meta(B, Nv, dt=torch.int64), meta(B, Nd, dt=torch.int64)
     video, weights = meta(B, 3, s.frames, s.image, s.image), meta(B, Nd)
     mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
-    loss_args = (video, dec, weights, s.patch, s.tubelet, True, mean, std)
+    loss_args = (video, dec, weights, s.patch, s.tubelet, 1, mean, std)
     launches = [
         ("token_gather", lambda: T.token_gather(meta(B, N, C, dt=act), vis, meta(N, C))),
         ("token_scatter", lambda: T.token_scatter(meta(B, Nv, C, dt=act), vis, N)),

@@ -204,11 +204,25 @@ at::Tensor tube_ids(const at::Tensor& keys_in, int64_t num_frames, int64_t num_m
   return out;
 }
 
+// (x - mean) / (std + 1e-6) over x[0..n) (VideoMAE), or (x - mean) / sqrt(var + 1e-6) with `eps_in_var` (MAE).
+inline void normalize_run(float* x, int64_t n, bool eps_in_var) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const float mu = sum / n;
+  float sq = 0.f;
+  for (int64_t i = 0; i < n; ++i) sq += (x[i] - mu) * (x[i] - mu);
+  const float var = sq / (n - 1);
+  const float inv = eps_in_var ? 1.f / std::sqrt(var + 1e-6f) : 1.f / (std::sqrt(var) + 1e-6f);
+  for (int64_t i = 0; i < n; ++i) x[i] = (x[i] - mu) * inv;
+}
+
 // One token's target, channel-major [3][P] (the caller interleaves to (p0 p1 p2 c)); never stored beyond `out`.
 // `offs[i]` is pixel i's offset inside a patch, so the loads are contiguous runs of `patch` elements.
+// target: 0 the pixels, 1 VideoMAE (per channel, eps added to the std), 2 MAE (per patch over pixels and channels,
+// eps added to the variance); unbiased statistics, two passes, as the reference.
 template <typename vid_t>
 void token_target(const vid_t* vp, const at::IntArrayRef& st, const std::vector<int64_t>& offs, int64_t b,
-                  int64_t n, int64_t hp, int64_t wp, int64_t patch, int64_t tub, bool normalize,
+                  int64_t n, int64_t hp, int64_t wp, int64_t patch, int64_t tub, int64_t target,
                   const std::vector<double>& mean, const std::vector<double>& std, float* out) {
   const int64_t t = n / (hp * wp), hh = (n / wp) % hp, ww = n % wp, P = static_cast<int64_t>(offs.size());
   for (int64_t c = 0; c < 3; ++c) {
@@ -216,21 +230,15 @@ void token_target(const vid_t* vp, const at::IntArrayRef& st, const std::vector<
     const vid_t* base = vp + b * st[0] + c * st[1] + t * tub * st[2] + hh * patch * st[3] + ww * patch * st[4];
     float* x = out + c * P;
     for (int64_t i = 0; i < P; ++i) x[i] = float(base[offs[i]]) * s + m;
-    if (!normalize) continue;
-    float sum = 0.f;
-    for (int64_t i = 0; i < P; ++i) sum += x[i];
-    const float mu = sum / P;
-    float sq = 0.f;
-    for (int64_t i = 0; i < P; ++i) sq += (x[i] - mu) * (x[i] - mu);
-    const float inv = 1.f / (std::sqrt(sq / (P - 1)) + 1e-6f);
-    for (int64_t i = 0; i < P; ++i) x[i] = (x[i] - mu) * inv;
+    if (target == 1) normalize_run(x, P, false);
   }
+  if (target == 2) normalize_run(out, 3 * P, true);
 }
 
 // Shared loop of the fused loss: per token, build the target and hand (pred row, target) to `fn`.
 template <typename Fn>
 void for_each_token(const at::Tensor& pred, const at::Tensor& video, const at::Tensor& ids, int64_t patch,
-                    int64_t tub, bool normalize, const std::vector<double>& mean, const std::vector<double>& std,
+                    int64_t tub, int64_t target, const std::vector<double>& mean, const std::vector<double>& std,
                     Fn fn) {
   const int64_t B = ids.size(0), Nd = ids.size(1), P = tub * patch * patch;
   const int64_t hp = video.size(3) / patch, wp = video.size(4) / patch;
@@ -242,10 +250,10 @@ void for_each_token(const at::Tensor& pred, const at::Tensor& video, const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(), "recon_loss", [&] {
     const scalar_t* vp = video.data_ptr<scalar_t>();
     at::parallel_for(0, B * Nd, 8, [&](int64_t begin, int64_t end) {
-      std::vector<float> target(P * 3);
+      std::vector<float> goal(P * 3);
       for (int64_t r = begin; r < end; ++r) {
-        token_target(vp, st, offs, r / Nd, ip[r], hp, wp, patch, tub, normalize, mean, std, target.data());
-        fn(r, target.data(), P);
+        token_target(vp, st, offs, r / Nd, ip[r], hp, wp, patch, tub, target, mean, std, goal.data());
+        fn(r, goal.data(), P);
       }
     });
   });
@@ -253,7 +261,7 @@ void for_each_token(const at::Tensor& pred, const at::Tensor& video, const at::T
 
 // sum(w * mean_P((pred - target)^2)) / sum(w), fp32 (per-token partials, reduced in a fixed order).
 at::Tensor recon_loss(const at::Tensor& pred_in, const at::Tensor& video, const at::Tensor& ids_in,
-                      const at::Tensor& w_in, int64_t patch, int64_t tub, bool normalize, at::ArrayRef<double> mean,
+                      const at::Tensor& w_in, int64_t patch, int64_t tub, int64_t target, at::ArrayRef<double> mean,
                       at::ArrayRef<double> std) {
   check_loss_args(pred_in, video, ids_in, w_in, patch, tub);
   auto pred = pred_in.to(at::kFloat).contiguous();
@@ -264,7 +272,7 @@ at::Tensor recon_loss(const at::Tensor& pred_in, const at::Tensor& video, const 
   const float* pp = pred.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* tp = per_token.data_ptr<float>();
-  for_each_token(pred, video, ids, patch, tub, normalize, mean.vec(), std.vec(),
+  for_each_token(pred, video, ids, patch, tub, target, mean.vec(), std.vec(),
                  [&](int64_t r, const float* tgt, int64_t P) {  // tgt is [3][P]; pred rows are (p c)
     float sq = 0.f;
     const float* row = pp + r * F;
@@ -281,7 +289,7 @@ at::Tensor recon_loss(const at::Tensor& pred_in, const at::Tensor& video, const 
 // d loss / d pred = 2 (pred - target) w / (F sum(w)) * grad_out, in pred's dtype.
 at::Tensor recon_loss_backward(const at::Tensor& grad_out, const at::Tensor& pred_in, const at::Tensor& video,
                                const at::Tensor& ids_in, const at::Tensor& w_in, int64_t patch, int64_t tub,
-                               bool normalize, at::ArrayRef<double> mean, at::ArrayRef<double> std) {
+                               int64_t target, at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   check_loss_args(pred_in, video, ids_in, w_in, patch, tub);
   auto pred = pred_in.to(at::kFloat).contiguous();
   auto ids = ids_in.contiguous();
@@ -292,7 +300,7 @@ at::Tensor recon_loss_backward(const at::Tensor& grad_out, const at::Tensor& pre
   const float* pp = pred.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* gp = grad.data_ptr<float>();
-  for_each_token(pred, video, ids, patch, tub, normalize, mean.vec(), std.vec(),
+  for_each_token(pred, video, ids, patch, tub, target, mean.vec(), std.vec(),
                  [&](int64_t r, const float* tgt, int64_t P) {
     const float k = scale * wp[r];
     for (int64_t i = 0; i < P; ++i)
@@ -312,9 +320,9 @@ TORCH_LIBRARY(vmae2_native, m) {
   m.def("running_cell_ids(Tensor phase, int T, int H, int W, int masked_per_cell) -> Tensor");
   m.def("tube_ids(Tensor keys, int num_frames, int num_masked) -> Tensor");
   m.def("recon_loss(Tensor pred, Tensor video, Tensor dec_ids, Tensor weights, int patch_size, int tubelet_size, "
-        "bool normalize, float[] mean, float[] std) -> Tensor");
+        "int target, float[] mean, float[] std) -> Tensor");
   m.def("recon_loss_backward(Tensor grad_out, Tensor pred, Tensor video, Tensor dec_ids, Tensor weights, "
-        "int patch_size, int tubelet_size, bool normalize, float[] mean, float[] std) -> Tensor");
+        "int patch_size, int tubelet_size, int target, float[] mean, float[] std) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vmae2_native, CPU, m) { VMAE2_NATIVE_OPS(VMAE2_IMPL) }

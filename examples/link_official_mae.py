@@ -58,7 +58,8 @@ def kernel_step(model, enc_pos, dec_pos, video, enc_mask, dec_mask, patch_size, 
     for blk in model.decoder.blocks:
         x = blk(x)
     pred = model.decoder.head(model.decoder.norm(x[:, -num_decoded:]))
-    loss = vk.recon_loss(pred, video, dec_ids, enc_mask, patch_size=patch_size)  # vmae2_kernels: fused loss
+    loss = vk.recon_loss(pred, video, dec_ids, enc_mask, patch_size=patch_size, target="videomae",  # vmae2_kernels
+                         mean=vk.IMAGENET_DEFAULT_MEAN, std=vk.IMAGENET_DEFAULT_STD)                # fused loss
     return pred, loss
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from vmae2_kernels import checks, ops
 from vmae2_kernels.masks import mask_to_ids, running_cell_ids, tube_ids
+from vmae2_kernels.reference import TARGETS
 
 __version__ = "0.1.0"
 __all__ = ["token_gather", "token_scatter", "tubelet_gather", "patch_embed", "decoder_input", "running_cell_ids",
@@ -80,24 +81,54 @@ def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Ten
     return ops.decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos, backend)
 
 
-def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, enc_mask_or_weights: torch.Tensor, *,
-               patch_size: int, tubelet_size: int = 2, normalize: bool = True,
-               mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
-               backend: str = "auto") -> torch.Tensor:
-    """Fused VideoMAE V2 loss; the full target tensor is never materialised. Returns an fp32 scalar.
+def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor | None, mask: torch.Tensor | None = None,
+               *, patch_size: int, tubelet_size: int = 2, target: str | None = None,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               weights: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Fused reconstruction loss (MSE against per-patch targets); the full target tensor is never materialised.
+    Returns an fp32 scalar; backward gives the gradient w.r.t. ``pred``.
 
-    ``pred [B, Nd, tubelet*p*p*3]`` (any float dtype), ``video [B, 3, T, H, W]`` normalised with ``mean``/``std``,
-    ``dec_ids [B, Nd]`` the decoder-visible tokens, and either the encoder mask ``[B, N]`` bool (True = masked:
-    supervised) or per-token weights ``[B, Nd]``. Target per patch and channel: un-normalise, then
-    ``(x - mean) / (std_unbiased + 1e-6)`` (if ``normalize``), layout ``(p0 p1 p2 c)``. Loss
-    ``sum(w * mse_token) / sum(w)``; backward gives the gradient w.r.t. ``pred``.
+    - ``pred [B, Nd, 3*t*p*p]`` (any float dtype), one row per reconstructed token, pixels in ``(p0 p1 p2 c)`` order
+      (channel fastest); ``t = tubelet_size``, ``p = patch_size``.
+    - ``video [B, 3, T, H, W]``, or images ``[B, 3, H, W]`` with ``tubelet_size=1``; tokens in ``(t, h, w)`` order.
+    - ``dec_ids``: which token each ``pred`` row is: ids ``[B, Nd]``; or a decoder mask ``[B, N]`` (bool or float 0/1,
+      True/1 = not reconstructed), whose ``Nd`` kept tokens are taken in ascending order (``Nd`` from ``pred``: no
+      host sync); or None: ``pred`` covers every token in order (MAE: ``Nd = N``).
+    - ``mask [B, N]`` (bool or 0/1; True/1 = masked by the encoder = supervised), in token order; or ``weights
+      [B, Nd]`` per ``pred`` row. The loss is ``sum(w * mse_row) / sum(w)``.
+    - ``target`` (required): ``"videomae"`` (VideoMAE / V2 ``normalize_target``: per patch and channel,
+      ``(x - mean) / (std + 1e-6)``), ``"mae"`` (MAE ``norm_pix_loss``: per patch over all its pixels and channels,
+      ``(x - mean) / sqrt(var + 1e-6)``) or ``"raw"`` (the pixels); unbiased statistics.
+    - ``mean``/``std``: the per-channel normalisation ``video`` carries, undone before the target is made (VideoMAE:
+      :data:`IMAGENET_DEFAULT_MEAN` / :data:`IMAGENET_DEFAULT_STD`); None: ``video`` is used as it is (MAE).
     """
-    if enc_mask_or_weights.dtype == torch.bool:
-        weights = torch.gather(enc_mask_or_weights, 1, dec_ids).float()
-    else:
-        weights = enc_mask_or_weights.float()
-    if weights.shape != dec_ids.shape:
-        raise ValueError(f"weights have shape {tuple(weights.shape)}; expected {tuple(dec_ids.shape)} (one per "
-                         f"decoder-visible token) or pass the [B, N] bool encoder mask")
-    return ops.recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, [float(m) for m in mean],
-                          [float(s) for s in std], backend)
+    if target not in TARGETS:
+        raise ValueError(
+            f"recon_loss needs target= one of {sorted(TARGETS)}, got {target!r}: 'videomae' (VideoMAE/V2 "
+            f"normalize_target: per patch and channel, (x - mean) / (std + 1e-6)), 'mae' (MAE norm_pix_loss: per patch "
+            f"over pixels and channels, (x - mean) / sqrt(var + 1e-6)) or 'raw' (the pixels); pass mean=/std= when the "
+            f"video is normalised and the target is made from un-normalised pixels (VideoMAE: IMAGENET_DEFAULT_MEAN / "
+            f"IMAGENET_DEFAULT_STD), leave them out to use the video as it is (MAE)")
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean= and std= (the normalisation the video carries), or neither")
+    if video.ndim == 4:
+        if tubelet_size != 1:
+            raise ValueError(f"images [B, 3, H, W] have one frame: pass tubelet_size=1 (got {tubelet_size})")
+        video = video.unsqueeze(2)
+    B, N = checks.check_video(video, patch_size, tubelet_size, "the fused loss takes RGB")
+    Nd = pred.shape[1] if pred.ndim == 3 else -1
+    if dec_ids is None:
+        dec_ids = torch.arange(N, device=pred.device).expand(B, N)
+    elif dec_ids.ndim == 2 and dec_ids.shape[1] == N and (dec_ids.dtype == torch.bool or dec_ids.is_floating_point()):
+        dec_ids = mask_to_ids(dec_ids != 0, Nd)
+    if (mask is None) == (weights is None):
+        raise ValueError("pass the encoder mask ([B, N], True/1 = masked = supervised) or weights= ([B, Nd], one "
+                         "per pred row), exactly one of them")
+    if mask is not None:
+        if tuple(mask.shape) != (B, N):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected [B, N] = [{B}, {N}] in token order "
+                             f"(True/1 = masked = supervised); per-row weights [B, Nd] go in weights=")
+        weights = torch.gather(mask != 0, 1, dec_ids).float()
+    return ops.recon_loss(pred, video, dec_ids, weights.float(), patch_size, tubelet_size, TARGETS[target],
+                          [float(m) for m in mean] if mean is not None else [0.0] * 3,
+                          [float(s) for s in std] if std is not None else [1.0] * 3, backend)

@@ -157,9 +157,12 @@ def check_patch_embed(video: Tensor, weight: Tensor, bias: Tensor | None, pos: T
 
 
 def check_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
-               mean: list[float], std: list[float]) -> None:
+               target: int, mean: list[float], std: list[float]) -> None:
     """``pred [B, Nd, 3*tubelet*p*p]``, ``video [B, 3, T, H, W]``, ``dec_ids [B, Nd]`` int64, ``weights [B, Nd]``,
-    3-value ``mean`` / ``std``, all on ``pred``'s device."""
+    ``target`` one of ``reference.TARGETS``' values, 3-value ``mean`` / ``std``, all on ``pred``'s device."""
+    if target not in (0, 1, 2):
+        raise ValueError(f"target {target} is unknown; use 0 (raw pixels), 1 (VideoMAE: per patch and channel) or 2 "
+                         f"(MAE: per patch)")
     B, N = check_video(video, patch_size, tubelet_size, "the fused loss takes RGB")
     C = 3  # checked by check_video
     Nd = check_ids(dec_ids, B, "dec_ids", pred)

@@ -190,35 +190,35 @@ def _(keys, num_frames, num_masked, backend):
 
 @torch.library.custom_op("vmae2::recon_loss", mutates_args=())
 def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
-               normalize: bool, mean: list[float], std: list[float], backend: str) -> Tensor:
-    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
+               target: int, mean: list[float], std: list[float], backend: str) -> Tensor:
+    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
     return _impl("recon_loss", pred.device, backend, pred.dtype)(pred, video, dec_ids, weights, patch_size,
-                                                                 tubelet_size, normalize, mean, std)
+                                                                 tubelet_size, target, mean, std)
 
 
 @recon_loss.register_fake
-def _(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std, backend):
+def _(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std, backend):
     return pred.new_empty((), dtype=torch.promote_types(pred.dtype, torch.float32))
 
 
 @torch.library.custom_op("vmae2::recon_loss_backward", mutates_args=())
 def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor,
-                        patch_size: int, tubelet_size: int, normalize: bool, mean: list[float], std: list[float],
+                        patch_size: int, tubelet_size: int, target: int, mean: list[float], std: list[float],
                         backend: str) -> Tensor:
-    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
+    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
     return _impl("recon_loss_backward", pred.device, backend, pred.dtype)(
-        grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std).contiguous()
+        grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std).contiguous()
 
 
 @recon_loss_backward.register_fake
-def _(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std, backend):
+def _(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std, backend):
     return pred.new_empty(pred.shape)  # contiguous, as every backend returns it (not pred's strides)
 
 
 def _loss_setup(ctx, inputs, output):
     pred, video, dec_ids, weights, *config = inputs
     ctx.save_for_backward(pred, video, dec_ids, weights)
-    ctx.config = config  # patch_size, tubelet_size, normalize, mean, std, backend
+    ctx.config = config  # patch_size, tubelet_size, target, mean, std, backend
 
 
 def _loss_backward(ctx, grad):

@@ -111,8 +111,13 @@ def patchify(video: torch.Tensor, patch_size: int, tubelet_size: int = 2) -> tor
     return x.reshape(B, t * h * w, tubelet_size * patch_size * patch_size, C)
 
 
-def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch per-channel normalisation over dim -2 (pixels): unbiased std, ``eps`` added to the std.
+# Loss targets, as the ops take them (``target: int``); ``vmae2_kernels.recon_loss`` takes the names.
+TARGETS = {"raw": 0, "videomae": 1, "mae": 2}
+EPS = 1e-6  # both normalisations' epsilon (VideoMAE: added to the std; MAE: added to the variance)
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """VideoMAE's target: per patch and channel over dim -2 (pixels), unbiased std, ``eps`` added to the std.
 
     Written as the two-pass sums the fused kernel computes.
     """
@@ -123,12 +128,23 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return centred / (std + eps)
 
 
+def normalize_patches_whole(patches: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """MAE's ``norm_pix_loss`` target: per patch over all its pixels and channels (dims -2 and -1) together,
+    unbiased variance, ``eps`` added to the variance inside the square root. Two-pass sums, as the kernels."""
+    n = patches.shape[-2] * patches.shape[-1]
+    mean = patches.sum(dim=(-2, -1), keepdim=True) / n
+    centred = patches - mean
+    var = centred.square().sum(dim=(-2, -1), keepdim=True) / (n - 1)
+    return centred / (var + eps).sqrt()
+
+
 def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tubelet_size: int,
-                 normalize: bool, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+                 target: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """fp32 targets ``[B, Nd, tubelet*p*p*C]`` (layout ``(p0 p1 p2 c)``) of the tokens ``dec_ids``.
 
     Gather the ``Nd`` patches (nothing else is copied), un-normalise (``x*std + mean`` per channel, python floats:
-    no host-to-device copy), then per patch and channel :func:`normalize_patches`.
+    no host-to-device copy; mean 0 / std 1 leave the values as they are), then ``target`` (:data:`TARGETS`): 0 the
+    pixels, 1 :func:`normalize_patches`, 2 :func:`normalize_patches_whole`.
     """
     B, C, T, H, W = video.shape
     t, h, w, p = T // tubelet_size, H // patch_size, W // patch_size, patch_size
@@ -138,34 +154,36 @@ def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tu
     P = tubelet_size * p * p
     patches = patches.reshape(B, -1, P, C)
     patches = torch.stack([patches[..., c].float() * std[c] + mean[c] for c in range(C)], dim=-1)
-    if normalize:
+    if target == TARGETS["videomae"]:
         patches = normalize_patches(patches)
+    elif target == TARGETS["mae"]:
+        patches = normalize_patches_whole(patches)
     return patches.reshape(B, dec_ids.shape[1], P * C)
 
 
 def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, weights: torch.Tensor,
-               patch_size: int, tubelet_size: int, normalize: bool, mean: Sequence[float],
+               patch_size: int, tubelet_size: int, target: int, mean: Sequence[float],
                std: Sequence[float]) -> torch.Tensor:
     """``sum(weights * mean_P((pred - target)^2)) / sum(weights)`` in fp32: the official loss.
 
     ``pred [B, Nd, P]`` any float dtype, ``weights [B, Nd]`` (1 = encoder-masked, i.e. supervised).
     """
     acc = torch.promote_types(pred.dtype, torch.float32)  # fp32 accumulation (fp64 stays fp64 for gradcheck)
-    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std).to(acc)
-    per_token = (pred.to(acc) - target).pow(2).mean(dim=-1)
+    goal = recon_target(video, dec_ids, patch_size, tubelet_size, target, mean, std).to(acc)
+    per_token = (pred.to(acc) - goal).pow(2).mean(dim=-1)
     w = weights.to(acc)
     return (per_token * w).sum() / w.sum()
 
 
 def recon_loss_backward(grad_out: torch.Tensor, pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor,
-                        weights: torch.Tensor, patch_size: int, tubelet_size: int, normalize: bool,
+                        weights: torch.Tensor, patch_size: int, tubelet_size: int, target: int,
                         mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Gradient of :func:`recon_loss` w.r.t. ``pred``: ``2 (pred - target) w / (P sum(w)) * grad_out``."""
     acc = torch.promote_types(pred.dtype, torch.float32)
-    target = recon_target(video, dec_ids, patch_size, tubelet_size, normalize, mean, std).to(acc)
+    goal = recon_target(video, dec_ids, patch_size, tubelet_size, target, mean, std).to(acc)
     w = weights.to(acc)
     scale = grad_out.to(acc) * 2.0 / (pred.shape[-1] * w.sum())
-    return ((pred.to(acc) - target) * (w[..., None] * scale)).to(pred.dtype)
+    return ((pred.to(acc) - goal) * (w[..., None] * scale)).to(pred.dtype)
 
 
 def mask_token_grad(grad: torch.Tensor, num_visible: int) -> torch.Tensor:

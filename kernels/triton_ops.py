@@ -296,7 +296,7 @@ def tube_ids(keys: torch.Tensor, num_frames: int, num_masked: int) -> torch.Tens
 @triton.jit
 def _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP,
                  s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
-                 PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
+                 PATCH: tl.constexpr, TUB: tl.constexpr, TARGET: tl.constexpr, BLOCK_P: tl.constexpr):
     """Load this program's token (batch ``b`` = axis 0, decoder slot ``k`` = axis 1): its prediction
     ``[BLOCK_P, 4]`` and its target, built from the video (never stored).
 
@@ -324,11 +324,16 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP,
     mean = tl.where(c == 0, mean0, tl.where(c == 1, mean1, mean2))
     std = tl.where(c == 0, std0, tl.where(c == 1, std1, std2))
     x = x * std[None, :] + mean[None, :]
-    if NORMALIZE:
+    if TARGET == 1:  # VideoMAE: per channel, eps added to the std
         mu = tl.sum(tl.where(ok, x, 0.0), axis=0) / P
         xc = tl.where(ok, x - mu[None, :], 0.0)
         sigma = tl.sqrt(tl.sum(xc * xc, axis=0) / (P - 1))
         x = xc / (sigma + 1e-6)[None, :]
+    elif TARGET == 2:  # MAE: over pixels and channels together, eps added to the variance
+        mu = tl.sum(tl.sum(tl.where(ok, x, 0.0), axis=1), axis=0) / (P * 3)
+        xc = tl.where(ok, x - mu, 0.0)
+        var = tl.sum(tl.sum(xc * xc, axis=1), axis=0) / (P * 3 - 1)
+        x = xc / tl.sqrt(var + 1e-6)
     f = tl.arange(0, 4 * BLOCK_P)
     flat = tl.load(pred_ptr + token * (P * 3) + f, mask=f < P * 3, other=0.0).to(tl.float32)
     return token, _flat_to_tile(flat, BLOCK_P), x, ok
@@ -363,9 +368,9 @@ def _tile_to_flat(tile, BLOCK_P: tl.constexpr):
 def _recon_loss_fwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            out_ptr,  # [B * ND] fp32 weighted per-token MSE
                            ND, HP, WP, s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
-                           PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
+                           PATCH: tl.constexpr, TUB: tl.constexpr, TARGET: tl.constexpr, BLOCK_P: tl.constexpr):
     token, pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
-                                           mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
+                                           mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, TARGET, BLOCK_P)
     diff = tl.where(ok, pred - target, 0.0)
     mse = tl.sum(tl.sum(diff * diff, axis=1), axis=0) / (TUB * PATCH * PATCH * 3)
     w = tl.load(weight_ptr + token).to(tl.float32)
@@ -377,9 +382,9 @@ def _recon_loss_bwd_kernel(pred_ptr, video_ptr, ids_ptr, weight_ptr,
                            scale_ptr,  # [] fp32: grad_out * 2 / (P * 3 * sum(weights)), read on the device
                            grad_ptr,  # [B, ND, P*3] gradient w.r.t. pred (pred's dtype)
                            ND, HP, WP, s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
-                           PATCH: tl.constexpr, TUB: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr):
+                           PATCH: tl.constexpr, TUB: tl.constexpr, TARGET: tl.constexpr, BLOCK_P: tl.constexpr):
     token, pred, target, ok = _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP, s_vb, s_vc, s_vt, s_vh,
-                                           mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, NORMALIZE, BLOCK_P)
+                                           mean0, mean1, mean2, std0, std1, std2, PATCH, TUB, TARGET, BLOCK_P)
     scale = tl.load(scale_ptr) * tl.load(weight_ptr + token).to(tl.float32)
     F: tl.constexpr = TUB * PATCH * PATCH * 3
     f = tl.arange(0, 4 * BLOCK_P)
@@ -398,17 +403,17 @@ def _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, st
 
 
 @launcher
-def recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std):
+def recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std):
     tensors, scalars, meta, grid = _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     per_token = torch.empty(grid, dtype=torch.float32, device=pred.device)
-    _recon_loss_fwd_kernel[grid](*tensors, per_token, *scalars, NORMALIZE=normalize, **meta)
+    _recon_loss_fwd_kernel[grid](*tensors, per_token, *scalars, TARGET=target, **meta)
     return per_token.sum() / weights.float().sum()
 
 
 @launcher
-def recon_loss_backward(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, normalize, mean, std):
+def recon_loss_backward(grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std):
     tensors, scalars, meta, grid = _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, std)
     scale = (grad_out.float() * 2.0 / (pred.shape[-1] * weights.float().sum())).reshape(())
     grad = torch.empty_like(tensors[0])
-    _recon_loss_bwd_kernel[grid](*tensors, scale, grad, *scalars, NORMALIZE=normalize, **meta)
+    _recon_loss_bwd_kernel[grid](*tensors, scale, grad, *scalars, TARGET=target, **meta)
     return grad

@@ -300,15 +300,15 @@ LOSS_CASES = [  # (B, T, H, W, patch, Nd)
 
 @pytest.mark.parametrize("B,T,H,W,p,Nd", LOSS_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("normalize", [True, False])
-def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, normalize, backend):
+@pytest.mark.parametrize("target", ["videomae", "mae", "raw"])
+def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, target, backend):
     N = (T // 2) * (H // p) * (W // p)
     video = torch.randn(B, 3, T, H, W)
     dec = _ids(B, N, Nd, 5)
     enc_mask = torch.rand(B, N) < 0.6
     enc_mask[:, dec[:, 0]] = True  # at least one supervised token per sample
     pred = torch.randn(B, Nd, 2 * p * p * 3).to(dtype).requires_grad_()
-    kw = dict(patch_size=p, normalize=normalize)
+    kw = dict(patch_size=p, target=target, mean=MEAN, std=STD)
     loss = K.recon_loss(pred, video, dec, enc_mask, backend=backend, **kw)
     ref = K.recon_loss(pred, video, dec, enc_mask, backend="torch", **kw)
     assert loss.dtype == ref.dtype == torch.float32
@@ -325,12 +325,15 @@ def test_recon_loss_weights_and_official_equivalence(backend):
     dec = _ids(2, 8, 4, 6)
     w = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
     pred = torch.randn(2, 4, 1536)
-    loss = K.recon_loss(pred, video, dec, w, patch_size=16, backend=backend)
-    target = R.recon_target(video, dec, 16, 2, True, MEAN, STD)
+    kw = dict(patch_size=16, target="videomae", mean=MEAN, std=STD)
+    loss = K.recon_loss(pred, video, dec, weights=w, backend=backend, **kw)
+    target = R.recon_target(video, dec, 16, 2, 1, MEAN, STD)
     expected = ((pred - target).pow(2).mean(-1) * w).sum() / w.sum()
     assert_close_fp(loss, expected)
-    with pytest.raises(ValueError, match="weights have shape"):
-        K.recon_loss(pred, video, dec, w[:, :3], patch_size=16)
+    with pytest.raises(ValueError, match="weights has shape"):
+        K.recon_loss(pred, video, dec, weights=w[:, :3], **kw)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 4\); expected \[B, N\] = \[2, 8\].*weights="):
+        K.recon_loss(pred, video, dec, w, **kw)  # [B, Nd] weights given where the [B, N] mask goes
 
 
 @pytest.mark.slow
@@ -350,8 +353,9 @@ def test_vit_b_shapes(backend):
     video = torch.randn(B, 3, 16, 224, 224)
     enc_mask = torch.ones(B, 1568, dtype=torch.bool).scatter_(1, vis, False)
     pred = torch.randn(B, 784, 1536)
-    assert_close_fp(K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend=backend),
-                    K.recon_loss(pred, video, dec, enc_mask, patch_size=16, backend="torch"))
+    kw = dict(patch_size=16, target="videomae", mean=MEAN, std=STD)
+    assert_close_fp(K.recon_loss(pred, video, dec, enc_mask, backend=backend, **kw),
+                    K.recon_loss(pred, video, dec, enc_mask, backend="torch", **kw))
 
 
 # -- the op layer ---------------------------------------------------------------------------------------
@@ -370,7 +374,7 @@ def _opcheck_cases(backend):
         (ops.mask_token_grad, (torch.randn(2, 9, 6), 4, backend)),
         (ops.running_cell_ids, (torch.tensor([0, 3]), 2, 4, 4, 2, backend)),
         (ops.tube_ids, (torch.rand(2, 16), 3, 12, backend)),
-        (ops.recon_loss, (torch.randn(2, 3, 1536, requires_grad=True), video, dec, torch.ones(2, 3), 16, 2, True,
+        (ops.recon_loss, (torch.randn(2, 3, 1536, requires_grad=True), video, dec, torch.ones(2, 3), 16, 2, 1,
                           MEAN, STD, backend)),
     ]
 
@@ -398,7 +402,7 @@ def test_gradcheck_reference_fp64():
     pred = torch.randn(2, 3, 96, dtype=torch.float64, requires_grad=True)
     video, d = torch.randn(2, 3, 2, 8, 8), _ids(2, 4, 3)
     w = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
-    assert torch.autograd.gradcheck(lambda p: ops.recon_loss(p, video, d, w, 4, 2, True, MEAN, STD, "torch"), (pred,))
+    assert torch.autograd.gradcheck(lambda p: ops.recon_loss(p, video, d, w, 4, 2, 1, MEAN, STD, "torch"), (pred,))
 
 
 def test_dispatch_reasons_and_forcing(monkeypatch):

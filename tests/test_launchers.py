@@ -22,7 +22,7 @@ def _calls():
     """One small valid call of every launcher (the argument lists of the references)."""
     x, ids = torch.randn(2, 8, 4), torch.tensor([[0, 3], [2, 7]])
     video, dec = torch.randn(2, 3, 2, 32, 32), torch.tensor([[0, 2], [1, 3]])
-    loss = (torch.randn(2, 2, 1536), video, dec, torch.ones(2, 2), 16, 2, True, MEAN, STD)
+    loss = (torch.randn(2, 2, 1536), video, dec, torch.ones(2, 2), 16, 2, 1, MEAN, STD)
     return {"token_gather": (x, ids, torch.randn(8, 4)), "token_scatter": (x[:, :2], ids, 8),
             "tubelet_gather": (video, dec, 16, 2),
             "decoder_input": (x[:, :2], ids, ids, torch.zeros(4), torch.randn(8, 4)),
@@ -74,7 +74,7 @@ def test_loss_and_gradient_are_bit_identical_run_to_run(backend, dtype):
 
     def run():
         p = pred.clone().requires_grad_()
-        loss = ops.recon_loss(p, video, dec, weights, 16, 2, True, MEAN, STD, backend)
+        loss = ops.recon_loss(p, video, dec, weights, 16, 2, 1, MEAN, STD, backend)
         loss.backward()
         return loss.detach(), p.grad
 

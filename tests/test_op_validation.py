@@ -45,7 +45,7 @@ def _loss_args(pred_width=1536, tokens=3, weights=None, patch=16):
     video = torch.randn(2, 3, 4, 2 * patch, 2 * patch)  # grid (2, 2, 2)
     dec = torch.tensor([[0, 2, 5], [1, 3, 7]])[:, :tokens]
     weights = torch.ones(2, tokens) if weights is None else weights
-    return torch.randn(2, tokens, pred_width), video, dec, weights, patch, 2, True, MEAN, STD
+    return torch.randn(2, tokens, pred_width), video, dec, weights, patch, 2, 1, MEAN, STD
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -162,7 +162,7 @@ def test_inputs_on_two_devices_are_refused():
         checks.check_decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS.to("meta"))
     with pytest.raises(ValueError, match="weights is on meta, expected cpu"):
         pred, video, dec, weights, patch, tub, _, mean, std = _loss_args()
-        checks.check_loss(pred, video, dec, weights.to("meta"), patch, tub, mean, std)
+        checks.check_loss(pred, video, dec, weights.to("meta"), patch, tub, 1, mean, std)
 
 
 # -- ids precondition: range and uniqueness, checked on the device in debug mode (findings 3 and 4) ----------

@@ -11,7 +11,7 @@ import torch
 import vmae2_kernels
 from vmae2.masking import dual_ids, ids_to_mask
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from vmae2_kernels.reference import normalize_patches, patchify, recon_target
+from vmae2_kernels.reference import TARGETS, normalize_patches, patchify, recon_target
 
 __all__ = ["reconstruction_loss", "reconstruction_target", "flat_colour_loss", "patchify", "normalize_patches",
            "denormalize_patches"]
@@ -22,7 +22,8 @@ def reconstruction_target(video: torch.Tensor, dec_ids: torch.Tensor, *, patch_s
                           std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
     """fp32 targets ``[B, Nd, tubelet*p*p*3]`` for the decoder-visible tokens ``dec_ids [B, Nd]``."""
     with torch.no_grad():
-        return recon_target(video, dec_ids, patch_size, tubelet_size, normalize_target, mean, std)
+        return recon_target(video, dec_ids, patch_size, tubelet_size, TARGETS[target_name(normalize_target)], mean,
+                            std)
 
 
 def reconstruction_loss(pred: torch.Tensor, video: torch.Tensor, encoder_mask: torch.Tensor,
@@ -45,8 +46,14 @@ def reconstruction_loss(pred: torch.Tensor, video: torch.Tensor, encoder_mask: t
     if pred.shape[:2] != dec_ids.shape:
         raise ValueError(f"pred has {tuple(pred.shape[:2])} tokens but the decoder mask selects "
                          f"{tuple(dec_ids.shape)}; pred must be [B, Nd, P] for the decoder-visible tokens")
-    return vmae2_kernels.recon_loss(pred, video, dec_ids, weights, patch_size=patch_size, tubelet_size=tubelet_size,
-                                    normalize=normalize_target, mean=mean, std=std, backend=backend)
+    return vmae2_kernels.recon_loss(pred, video, dec_ids, weights=weights, patch_size=patch_size,
+                                    tubelet_size=tubelet_size, target=target_name(normalize_target), mean=mean, std=std,
+                                    backend=backend)
+
+
+def target_name(normalize_target: bool) -> str:
+    """The official ``normalize_target`` flag as ``vmae2_kernels.recon_loss``'s ``target``."""
+    return "videomae" if normalize_target else "raw"
 
 
 def _supervision(video, encoder_mask, decoder_mask, patch_size: int, tubelet_size: int, loss_on: str):

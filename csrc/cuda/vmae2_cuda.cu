@@ -149,16 +149,42 @@ __global__ void tube_ids_kernel(const float* __restrict__ keys, int64_t* __restr
   }
 }
 
+// Sum of every thread's `v`, returned to every thread: warp shuffles, then the warps' partials in `scratch` (32 floats)
+// read in a fixed order. Starts with a barrier, so `scratch` may be reused from one call to the next.
+__device__ float block_sum(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
+  return total;
+}
+
+// Normalises x[0..n) (shared memory) in place: (x - mean) / (std + 1e-6) (VideoMAE) or, with `eps_in_var`,
+// (x - mean) / sqrt(var + 1e-6) (MAE); unbiased, two passes.
+__device__ void normalize_run(float* x, int n, bool eps_in_var, float* scratch) {
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) sum += x[i];
+  const float mu = block_sum(sum, scratch) / n;
+  float sq = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) sq += (x[i] - mu) * (x[i] - mu);
+  const float var = block_sum(sq, scratch) / (n - 1);
+  const float inv = eps_in_var ? rsqrtf(var + 1e-6f) : 1.f / (sqrtf(var) + 1e-6f);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = (x[i] - mu) * inv;
+}
+
 // Fused reconstruction loss: one block per token, target built in registers/shared memory, never stored.
 // forward: per_token[r] = w * mean((pred - target)^2); backward: grad = (pred - target) * scale * w.
+// target: 0 the pixels, 1 VideoMAE (per channel), 2 MAE (per patch over pixels and channels).
 template <typename P, typename V, bool BACKWARD>
 __global__ void recon_loss_kernel(const P* __restrict__ pred, const V* __restrict__ video,
                                   const int64_t* __restrict__ ids, const float* __restrict__ weight,
                                   const float* __restrict__ scale, float* __restrict__ per_token,
-                                  P* __restrict__ grad, int64_t Nd, int hp, int wp, int patch, int tub, bool normalize,
+                                  P* __restrict__ grad, int64_t Nd, int hp, int wp, int patch, int tub, int mode,
                                   int64_t sb, int64_t sc, int64_t st, int64_t sh, float m0, float m1, float m2,
                                   float s0, float s1, float s2) {
-  extern __shared__ float smem[];  // [3][Ppix] target, then 2 x 32 floats of block-reduction scratch
+  extern __shared__ float smem[];  // [3][Ppix] target, then 32 floats of block-reduction scratch
   const int Ppix = tub * patch * patch;
   float* target = smem;
   float* scratch = smem + 3 * Ppix;
@@ -168,34 +194,15 @@ __global__ void recon_loss_kernel(const P* __restrict__ pred, const V* __restric
   for (int c = 0; c < 3; ++c) {
     const V* base = video + b * sb + c * sc + static_cast<int64_t>(t) * tub * st + static_cast<int64_t>(hh) * patch * sh +
                     ww * patch;
-    float sum = 0.f;
     for (int i = threadIdx.x; i < Ppix; i += blockDim.x) {
       const int p0 = i / (patch * patch), p1 = (i / patch) % patch, p2 = i % patch;
-      const float v = to_f(base[p0 * st + p1 * sh + p2]) * stdv[c] + mean[c];
-      target[c * Ppix + i] = v;
-      sum += v;
+      target[c * Ppix + i] = to_f(base[p0 * st + p1 * sh + p2]) * stdv[c] + mean[c];
     }
-    if (normalize) {  // block sums via warp shuffles
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_down_sync(0xffffffff, sum, o);
-      if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = sum;
-      __syncthreads();
-      float mu = 0.f;
-      for (int w = 0; w < (blockDim.x + 31) / 32; ++w) mu += scratch[w];
-      mu /= Ppix;
-      float sq = 0.f;
-      for (int i = threadIdx.x; i < Ppix; i += blockDim.x) {
-        const float d = target[c * Ppix + i] - mu;
-        sq += d * d;
-      }
-      for (int o = 16; o > 0; o >>= 1) sq += __shfl_down_sync(0xffffffff, sq, o);
-      if ((threadIdx.x & 31) == 0) scratch[32 + (threadIdx.x >> 5)] = sq;
-      __syncthreads();
-      float var = 0.f;
-      for (int w = 0; w < (blockDim.x + 31) / 32; ++w) var += scratch[32 + w];
-      const float inv = 1.f / (sqrtf(var / (Ppix - 1)) + 1e-6f);
-      for (int i = threadIdx.x; i < Ppix; i += blockDim.x) target[c * Ppix + i] = (target[c * Ppix + i] - mu) * inv;
-      __syncthreads();
-    }
+    if (mode == 1) normalize_run(target + c * Ppix, Ppix, false, scratch);  // each thread reads its own writes
+  }
+  if (mode == 2) {
+    __syncthreads();  // the whole patch is read across threads
+    normalize_run(target, 3 * Ppix, true, scratch);
   }
   __syncthreads();
   const int F = 3 * Ppix;
@@ -212,15 +219,8 @@ __global__ void recon_loss_kernel(const P* __restrict__ pred, const V* __restric
     const float d = to_f(row[f]) - target[(f % 3) * Ppix + f / 3];
     sq += d * d;
   }
-  for (int o = 16; o > 0; o >>= 1) sq += __shfl_down_sync(0xffffffff, sq, o);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = sq;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.f;
-    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
-    per_token[r] = total / F * weight[r];
-  }
+  const float total = block_sum(sq, scratch);
+  if (threadIdx.x == 0) per_token[r] = total / F * weight[r];
 }
 
 
@@ -342,7 +342,7 @@ cudaError_t launch_tube_ids(const float* keys, int64_t* out, int64_t B, int HW, 
 cudaError_t launch_recon_loss(const ReconLossArgs& a, cudaStream_t stream) {
   if (a.B * a.Nd == 0) return cudaSuccess;
   const int pixels = a.tub * a.patch * a.patch;
-  const size_t smem = (3 * pixels + 64) * sizeof(float);  // target [3][pixels] + 2 x 32 reduction slots
+  const size_t smem = (3 * pixels + 32) * sizeof(float);  // target [3][pixels] + 32 reduction slots
   const int threads = threads_for(pixels);
   by_dtype(a.pred_dtype, [&](auto ptag) {
     using P = typename decltype(ptag)::type;
@@ -351,7 +351,7 @@ cudaError_t launch_recon_loss(const ReconLossArgs& a, cudaStream_t stream) {
       auto kernel = a.backward ? recon_loss_kernel<P, V, true> : recon_loss_kernel<P, V, false>;
       kernel<<<a.B * a.Nd, threads, smem, stream>>>(
           static_cast<const P*>(a.pred), static_cast<const V*>(a.video), a.ids, a.weight, a.scale, a.per_token,
-          static_cast<P*>(a.grad), a.Nd, a.hp, a.wp, a.patch, a.tub, a.normalize, a.stride_b, a.stride_c,
+          static_cast<P*>(a.grad), a.Nd, a.hp, a.wp, a.patch, a.tub, a.target, a.stride_b, a.stride_c,
           a.stride_t, a.stride_h, a.mean[0], a.mean[1], a.mean[2], a.std[0], a.std[1], a.std[2]);
     });
   });

@@ -57,7 +57,8 @@ struct ReconLossArgs {
   void* grad;              // backward output, pred's shape and dtype
   int64_t B, Nd;
   int hp, wp, patch, tub;  // token grid (H / patch, W / patch), patch size, tubelet size
-  bool normalize, backward;
+  int target;  // 0 pixels, 1 VideoMAE (per channel), 2 MAE (per patch)
+  bool backward;
   int64_t stride_b, stride_c, stride_t, stride_h;
   float mean[3], std[3];
 };

@@ -151,7 +151,7 @@ struct LossInputs {
 };
 
 LossInputs loss_inputs(const at::Tensor& pred_in, const at::Tensor& video_in, const at::Tensor& ids_in,
-                       const at::Tensor& w_in, int64_t patch, int64_t tub, bool normalize, at::ArrayRef<double> mean,
+                       const at::Tensor& w_in, int64_t patch, int64_t tub, int64_t target, at::ArrayRef<double> mean,
                        at::ArrayRef<double> std) {
   vmae2::check_loss_args(pred_in, video_in, ids_in, w_in, patch, tub);
   for (const auto* t : {&video_in, &ids_in, &w_in}) check_cuda(*t, pred_in, "recon_loss argument");
@@ -178,7 +178,7 @@ LossInputs loss_inputs(const at::Tensor& pred_in, const at::Tensor& video_in, co
   a.wp = static_cast<int>(in.video.size(4) / patch);
   a.patch = static_cast<int>(patch);
   a.tub = static_cast<int>(tub);
-  a.normalize = normalize;
+  a.target = static_cast<int>(target);
   a.backward = false;
   a.stride_b = in.video.stride(0);
   a.stride_c = in.video.stride(1);
@@ -192,10 +192,10 @@ LossInputs loss_inputs(const at::Tensor& pred_in, const at::Tensor& video_in, co
 }
 
 at::Tensor recon_loss(const at::Tensor& pred, const at::Tensor& video, const at::Tensor& ids, const at::Tensor& w,
-                      int64_t patch, int64_t tub, bool normalize, at::ArrayRef<double> mean,
+                      int64_t patch, int64_t tub, int64_t target, at::ArrayRef<double> mean,
                       at::ArrayRef<double> std) {
   c10::cuda::CUDAGuard guard(pred.device());
-  auto in = loss_inputs(pred, video, ids, w, patch, tub, normalize, mean, std);
+  auto in = loss_inputs(pred, video, ids, w, patch, tub, target, mean, std);
   auto per_token = at::empty({in.args.B * in.args.Nd}, in.pred.options().dtype(at::kFloat));
   in.args.per_token = per_token.mutable_data_ptr<float>();
   C10_CUDA_CHECK(vmae2::launch_recon_loss(in.args, stream()));
@@ -204,9 +204,9 @@ at::Tensor recon_loss(const at::Tensor& pred, const at::Tensor& video, const at:
 
 at::Tensor recon_loss_backward(const at::Tensor& grad_out, const at::Tensor& pred, const at::Tensor& video,
                                const at::Tensor& ids, const at::Tensor& w, int64_t patch, int64_t tub,
-                               bool normalize, at::ArrayRef<double> mean, at::ArrayRef<double> std) {
+                               int64_t target, at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   c10::cuda::CUDAGuard guard(pred.device());
-  auto in = loss_inputs(pred, video, ids, w, patch, tub, normalize, mean, std);
+  auto in = loss_inputs(pred, video, ids, w, patch, tub, target, mean, std);
   // On the device, no host sync: grad_out * 2 / (F * sum(w)).
   auto scale = (grad_out.to(at::kFloat) * (2.0 / static_cast<double>(in.pred.size(2))) / in.w.sum())
                    .reshape({1})
