@@ -131,7 +131,8 @@ def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Ten
         vis_ids, dec_ids = _with_prefix(vis_ids, num_prefix), dec_ids + num_prefix
     out = ops.decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos, backend)
     if layout == "ordered":  # the prefix ids 0..P-1 are the smallest: the prefix rows stay first
-        out = ops.token_gather(out, torch.argsort(torch.cat([vis_ids, dec_ids], 1), dim=1, stable=True), None, backend)
+        order = torch.argsort(torch.cat([vis_ids, dec_ids], 1), dim=1, stable=True)
+        out = ops.token_gather(out, order, None, backend)
     return out
 
 

@@ -72,9 +72,10 @@ def pos_rows(pos: Tensor, num_tokens: int | None, channels: int, num_prefix: int
             rows is None or shape[-2] == rows):
         return pos.reshape(shape[-2], channels)
     n = "N" if rows is None else rows
-    what = ("N" if rows is None else f"N={num_tokens}") + (f" + P={num_prefix} prefix rows first" if num_prefix else "")
-    raise ValueError(f"pos must be [{n}, {channels}] or [1, {n}, {channels}] ({what} rows of C={channels} "
-                     f"channels), got {shape}")
+    what = "N token rows" if rows is None else f"N={num_tokens} token rows"
+    what = f"P={num_prefix} prefix rows, then {what}" if num_prefix else what
+    raise ValueError(f"pos must be [{n}, {channels}] or [1, {n}, {channels}] ({what}, C={channels} channels), "
+                     f"got {shape}")
 
 
 def check_prefix(num_prefix: int, length: int, name: str) -> None:
