@@ -78,8 +78,9 @@ def patch_embed(video: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bi
     """The tubelet embedding of the tokens ``ids`` only (+ their position rows): ``[B, K, C]``.
 
     ``video [B, 3, T, H, W]``, ``ids [B, K]``, ``weight [C, 3, t, p, p]`` and ``bias [C]`` (a Conv3d's, kernel = stride
-    = ``(t, p, p)``), ``pos [N, C]`` or ``[1, N, C]``: ``conv3d(video, weight, bias, stride=(t, p, p)).flatten(2).transpose(1, 2)``
-    gathered at ``ids`` (+ ``pos[ids]``), computed from the ``K`` tubelets alone (:func:`tubelet_gather`, then one
+    = ``(t, p, p)``), ``pos [N, C]`` or ``[1, N, C]``:
+    ``conv3d(video, weight, bias, stride=(t, p, p)).flatten(2).transpose(1, 2)`` gathered at ``ids`` (+ ``pos[ids]``),
+    computed from the ``K`` tubelets alone (:func:`tubelet_gather`, then one
     ``F.linear``, which autocast runs in bf16 as it would the Conv3d). The position rows are added in the result's
     dtype, as :func:`token_gather` adds them. Not a custom op: autograd and ``torch.compile`` see its parts.
     """
