@@ -2,7 +2,9 @@
 
 Conventions: ``grid = (T', H', W')`` tokens, flattened in ``(t, h, w)`` order (``n = t*H'*W' + h*W' + w``).
 A *mask* is ``[B, N]`` bool with **True = masked** (dropped). An *ids* tensor is ``[B, K]`` int64 holding
-the kept (visible) token indices of each sample, **sorted ascending**, same ``K`` for every sample.
+the kept (visible) token indices of each sample, **sorted ascending** (the ops take any order), same ``K`` for every
+sample. ``random_ids``, ``complement_ids``, ``ids_to_mask`` and ``mask_to_ids`` are :mod:`vmae2_kernels`' (one
+implementation; VideoMAE's keep count ``N - int(ratio * N)`` here).
 
 Masks are drawn for the whole batch at once on the target device, reproducibly from a
 ``torch.Generator`` (drawn on the generator's device when one is given). No host sync.
