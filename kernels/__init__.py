@@ -80,9 +80,9 @@ def patch_embed(video: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bi
     ``video [B, 3, T, H, W]``, ``ids [B, K]``, ``weight [C, 3, t, p, p]`` and ``bias [C]`` (a Conv3d's, kernel = stride
     = ``(t, p, p)``), ``pos [N, C]`` or ``[1, N, C]``:
     ``conv3d(video, weight, bias, stride=(t, p, p)).flatten(2).transpose(1, 2)`` gathered at ``ids`` (+ ``pos[ids]``),
-    computed from the ``K`` tubelets alone (:func:`tubelet_gather`, then one
-    ``F.linear``, which autocast runs in bf16 as it would the Conv3d). The position rows are added in the result's
-    dtype, as :func:`token_gather` adds them. Not a custom op: autograd and ``torch.compile`` see its parts.
+    computed from the ``K`` tubelets alone (:func:`tubelet_gather`, then one ``F.linear``, which autocast runs in bf16
+    as it would the Conv3d). The position rows are added in the result's dtype, as :func:`token_gather` adds them.
+    Not a custom op: autograd and ``torch.compile`` see its parts.
     """
     if pos is not None and video.is_meta:  # a shape-only run of a meta-built model, whose tables stay on the CPU
         pos = pos.to("meta")
@@ -97,7 +97,7 @@ LAYOUTS = ("concat", "ordered")
 def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Tensor | None, mask_token: torch.Tensor,
                   pos: torch.Tensor, *, num_prefix: int = 0, layout: str = "concat",
                   backend: str = "auto") -> torch.Tensor:
-    """The whole decoder sequence in one launch: ``[x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]``.
+    """The whole decoder sequence, ``[x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]``, in one launch.
 
     ``x_vis [B, Nv, D]``, ``vis_ids [B, Nv]``, ``dec_ids [B, Nd]``, ``mask_token`` (D elements), ``pos [N, D]``
     -> ``[B, Nv + Nd, D]`` in the promoted dtype of the three inputs (fp32 for an fp32 table, as the official
