@@ -159,7 +159,7 @@ def test_ordered_prefixed_decoder_input_compiles_in_one_graph():
     x, tok = torch.randn(2, 5, 8, requires_grad=True), torch.randn(1, 1, 8, requires_grad=True)
     pos = torch.randn(1, 13, 8)
     counter = CompileCounterWithBackend("aot_eager")
-    fn = lambda *a: K.decoder_input(*a, num_prefix=1, layout="ordered").square().sum()  # noqa: E731
+    fn = lambda *a: K.decoder_input(*a, num_prefix=1, layout="ordered").square().sum()
     loss = torch.compile(fn, backend=counter, fullgraph=True)(x, ids_keep, None, tok, pos)
     assert counter.frame_count == 1
     assert_close_fp(loss, fn(x, ids_keep, None, tok, pos))
