@@ -2,8 +2,9 @@
 the same message (the native binding keeps its own checks in ``csrc/vmae2_checks.h`` for direct callers).
 
 Host-side checks only (shapes, dtypes, devices, grid parity): nothing here reads a tensor's values, so nothing
-syncs. The ids precondition, ``0 <= id < N`` and unique within a row, is the caller's guarantee (the mask
-builders give it); with ``VMAE2_DEBUG=1`` it is also checked on the device (:func:`check_ids_values`,
+syncs. The ids precondition, ``0 <= id < N`` and unique within a row (in any order: every op is row-independent),
+is the caller's guarantee (the mask builders give it, ascending); with ``VMAE2_DEBUG=1`` it is also checked on the
+device (:func:`check_ids_values`,
 ``torch._assert_async``: asynchronous on CUDA, where a violation is a device-side assert; immediate on CPU).
 Without the guarantee the fused kernels read or write out of bounds (range) and their scatter keeps one write per
 repeated id where the reference adds them (uniqueness).
@@ -61,13 +62,35 @@ def check_ids_values(ids: Tensor, num_tokens: int, name: str) -> None:
     torch._assert_async(unique, f"{name} repeats an id within a row; ids must be unique per row (VMAE2_DEBUG=1 check)")
 
 
+def pos_rows(pos: Tensor, num_tokens: int | None, channels: int, num_prefix: int = 0) -> Tensor:
+    """A position table as its ``[P + N, C]`` rows (a view where possible), ``P = num_prefix``: accepts ``[P + N, C]``
+    and a codebase's ``[1, P + N, C]`` parameter (``num_tokens=None``: any ``N``); refuses any other shape, naming
+    the accepted ones."""
+    shape = _shape(pos)
+    rows = None if num_tokens is None else num_prefix + num_tokens
+    if (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)) and shape[-1] == channels and (
+            rows is None or shape[-2] == rows):
+        return pos.reshape(shape[-2], channels)
+    n = "N" if rows is None else rows
+    what = "N token rows" if rows is None else f"N={num_tokens} token rows"
+    what = f"P={num_prefix} prefix rows, then {what}" if num_prefix else what
+    raise ValueError(f"pos must be [{n}, {channels}] or [1, {n}, {channels}] ({what}, C={channels} channels), "
+                     f"got {shape}")
+
+
+def check_prefix(num_prefix: int, length: int, name: str) -> None:
+    """``0 <= num_prefix <= length`` (the rows of ``name``)."""
+    if not 0 <= num_prefix <= length:
+        raise ValueError(f"num_prefix={num_prefix} must be in [0, {length}] (the leading cls/register rows of {name})")
+
+
 # -- per op -------------------------------------------------------------------------------------------------
 
 def check_gather(x: Tensor, ids: Tensor, pos: Tensor | None) -> None:
     B, N, C = check_rows(x, "x", "[B, N, C]")
     check_ids(ids, B, "ids", x)
-    if pos is not None and _shape(pos) != (N, C):
-        raise ValueError(f"pos must be [N, C] = [{N}, {C}], got {_shape(pos)}")
+    if pos is not None:
+        pos_rows(pos, N, C)
     check_device(x, pos=pos)
     check_ids_values(ids, N, "ids")
 
@@ -84,12 +107,12 @@ def check_decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_to
     B, Nv, D = check_rows(x_vis, "x_vis", "[B, Nv, D]")
     check_ids(vis_ids, B, "vis_ids", x_vis, Nv)
     check_ids(dec_ids, B, "dec_ids", x_vis)
-    if mask_token.numel() != D or pos.ndim != 2 or pos.shape[1] != D:
-        raise ValueError(f"mask_token must have D={D} elements and pos be [N, {D}], got {_shape(mask_token)} and "
-                         f"{_shape(pos)}")
+    if mask_token.numel() != D:
+        raise ValueError(f"mask_token must have D={D} elements, got {_shape(mask_token)}")
+    N = pos_rows(pos, None, D).shape[0]
     check_device(x_vis, mask_token=mask_token, pos=pos)
-    check_ids_values(vis_ids, pos.shape[0], "vis_ids")
-    check_ids_values(dec_ids, pos.shape[0], "dec_ids")
+    check_ids_values(vis_ids, N, "vis_ids")
+    check_ids_values(dec_ids, N, "dec_ids")
 
 
 def check_mask_token_grad(grad: Tensor, num_visible: int) -> None:
@@ -150,8 +173,8 @@ def check_patch_embed(video: Tensor, weight: Tensor, bias: Tensor | None, pos: T
     _, N = check_video(video, p, t, "RGB clips")
     if bias is not None and _shape(bias) != (C,):
         raise ValueError(f"bias must be [C] = [{C}], got {_shape(bias)}")
-    if pos is not None and _shape(pos) != (N, C):
-        raise ValueError(f"pos must be [N, C] = [{N}, {C}] (N: the tubelets of the video's grid), got {_shape(pos)}")
+    if pos is not None:
+        pos_rows(pos, N, C)
     check_device(video, weight=weight, bias=bias, pos=pos)
     return p, t
 

@@ -2,6 +2,10 @@
 
 ``grid = (T', H', W')`` tokens in ``(t, h, w)`` order. Returned ids are the *kept* tokens, ``[B, K]`` int64,
 ascending. Randomness comes from a ``torch.Generator`` (drawn on its device when given).
+
+Keep counts at a mask ratio ``r`` over ``n`` tokens (:data:`KEEP_RULES`, :func:`keep_count`): ``"mae"`` keeps
+``int(n * (1 - r))`` (MAE's ``random_masking``), ``"videomae"`` keeps ``n - int(r * n)`` (VideoMAE's generators);
+they differ when ``r * n`` is not an integer in floating point (N=392, r=0.9: 39 vs 40).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 from vmae2_kernels import checks, ops
 
 RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)
+KEEP_RULES = {"mae": "int(n * (1 - ratio))", "videomae": "n - int(ratio * n)"}
 
 
 def check_grid(grid: Sequence[int]) -> tuple[int, int, int]:
@@ -23,6 +28,16 @@ def check_grid(grid: Sequence[int]) -> tuple[int, int, int]:
 def check_ratio(ratio: float, name: str = "ratio") -> None:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"{name} {ratio} is out of range; use a value in [0, 1) (e.g. 0.9 for the encoder)")
+
+
+def keep_count(n: int, ratio: float, keep: str) -> int:
+    """Tokens kept out of ``n`` at mask ratio ``ratio`` under the rule ``keep`` (:data:`KEEP_RULES`)."""
+    check_ratio(ratio)
+    if keep == "mae":
+        return int(n * (1 - ratio))
+    if keep == "videomae":
+        return n - int(ratio * n)
+    raise ValueError(f"keep={keep!r} is unknown; choose one of {tuple(KEEP_RULES)} ({KEEP_RULES})")
 
 
 def target_device(device, generator: torch.Generator | None) -> torch.device:
@@ -74,25 +89,74 @@ def running_cell_ids(batch_size: int, grid: Sequence[int], ratio: float = 0.5, p
 
 
 def tube_ids(batch_size: int, grid: Sequence[int], ratio: float, generator=None, *, device=None,
-             backend: str = "auto") -> torch.Tensor:
-    """Encoder-visible ids ``[B, T' * (H'W' - m)]`` of tube masks, ``m = int(ratio * H'W')``, ascending.
+             keep: str = "videomae", backend: str = "auto") -> torch.Tensor:
+    """Encoder-visible ids ``[B, T' * k]`` of tube masks, ``k = keep_count(H'W', ratio, keep)`` per slice, ascending.
 
-    Each sample masks a uniformly random set of ``m`` spatial positions in every temporal slice.
+    Each sample masks a uniformly random set of ``H'W' - k`` spatial positions in every temporal slice. With
+    ``grid = (1, 1, L)`` this is random masking of ``L`` tokens; ``keep="mae"`` then keeps MAE's count.
     """
     t, h, w = check_grid(grid)
-    check_ratio(ratio)
+    kept = keep_count(h * w, ratio, keep)
     keys = torch.rand((batch_size, h * w), generator=generator, device=target_device(device, generator))
-    return ops.tube_ids(keys, t, int(ratio * h * w), backend)
+    return ops.tube_ids(keys, t, h * w - kept, backend)
+
+
+def random_ids(batch_size: int, num_tokens: int, ratio: float, noise: torch.Tensor | None = None, *,
+               keep: str = "mae", generator=None, device=None) -> torch.Tensor:
+    """Kept ids ``[B, K]`` of uniformly random masks over ``N = num_tokens`` tokens, ascending; sync-free.
+
+    ``K = keep_count(N, ratio, keep)``. As MAE's ``random_masking``: per sample the ``K`` tokens of smallest ``noise``
+    (``[B, N]`` float, uniform from ``generator`` when None) are kept, so the result is the same *set* as MAE's
+    ``ids_keep = argsort(noise)[:, :K]``, sorted (``ids_keep.sort(1).values``). :func:`restore_ids` gives the
+    matching ``ids_restore``, :func:`ids_to_mask` the ``[B, N]`` mask.
+    """
+    K = keep_count(num_tokens, ratio, keep)
+    if noise is None:
+        noise = torch.rand((batch_size, num_tokens), generator=generator, device=target_device(device, generator))
+    elif noise.shape != (batch_size, num_tokens) or not noise.dtype.is_floating_point:
+        raise ValueError(f"noise must be a [B, N] = [{batch_size}, {num_tokens}] float tensor, got "
+                         f"{tuple(noise.shape)} {noise.dtype}")
+    return torch.argsort(noise, dim=1, stable=True)[:, :K].sort(dim=1).values
+
+
+def ids_to_mask(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``[B, N]`` bool mask of kept ids ``[B, K]`` (any order): False at ``ids``, True (masked) elsewhere."""
+    mask = torch.ones(ids.shape[0], num_tokens, dtype=torch.bool, device=ids.device)
+    return mask.scatter_(1, ids, False)
+
+
+def complement_ids(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The ``N - K`` ids not in ``ids`` (any order), ascending: ``[B, N - K]`` (the masked ids of kept ids).
+    Sync-free."""
+    order = torch.argsort(ids_to_mask(ids, num_tokens).to(torch.int8), dim=1, stable=True)
+    return order[:, ids.shape[1]:]
+
+
+def restore_ids(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """MAE's ``ids_restore`` ``[B, N]`` for kept ids ``[B, K]`` (any order, e.g. MAE's unsorted ``ids_keep``).
+
+    ``torch.gather(torch.cat([x_kept, mask_tokens], 1), 1, ids_restore[..., None].expand(-1, -1, C))`` puts row
+    ``k`` of ``x_kept`` at token ``ids[:, k]`` and a mask token at every other token: the token-ordered sequence
+    (:func:`vmae2_kernels.decoder_input` with ``dec_ids=None, layout="ordered"`` builds it in the kernels). It is
+    the inverse of the permutation ``cat([ids, complement_ids(ids, N)])``; it equals MAE's own ``ids_restore`` at the
+    kept tokens (MAE orders the masked ones by noise, which no result depends on).
+    """
+    shuffle = torch.cat([ids, complement_ids(ids, num_tokens)], dim=1)
+    rank = torch.arange(num_tokens, device=ids.device).expand(ids.shape[0], -1)
+    return torch.empty_like(shuffle).scatter_(1, shuffle, rank)
 
 
 def mask_to_ids(mask: torch.Tensor, num_kept: int | None = None) -> torch.Tensor:
-    """Kept ids ``[B, K]`` (ascending) of a ``[B, N]`` bool mask (True = masked).
+    """Kept ids ``[B, K]`` (ascending) of a ``[B, N]`` mask: bool (True = masked) or 0/1 int/float (nonzero =
+    masked, MAE's ``mask``).
 
     With ``num_kept`` given this is sync-free; without it ``K`` is read from the mask (one host sync) and
     every sample must keep the same number of tokens.
     """
-    if mask.dtype != torch.bool or mask.ndim != 2:
-        raise ValueError(f"mask must be [B, N] bool (True = masked), got {tuple(mask.shape)} {mask.dtype}")
+    if mask.ndim != 2 or mask.is_complex():
+        raise ValueError(f"mask must be [B, N] bool, or 0/1 int or float (True / nonzero = masked), got "
+                         f"{tuple(mask.shape)} {mask.dtype}")
+    mask = mask if mask.dtype == torch.bool else mask != 0
     if num_kept is None:
         kept = (~mask).sum(dim=1)
         lo, hi = int(kept.min()), int(kept.max())

@@ -29,6 +29,7 @@ def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None
 @torch.library.custom_op("vmae2::token_gather", mutates_args=())
 def token_gather(x: Tensor, ids: Tensor, pos: Optional[Tensor], backend: str) -> Tensor:
     checks.check_gather(x, ids, pos)
+    pos = None if pos is None else checks.pos_rows(pos, x.shape[1], x.shape[2])  # [N, C] or [1, N, C] -> [N, C]
     return _impl("token_gather", x.device, backend, x.dtype)(x, ids, pos)
 
 
@@ -52,14 +53,16 @@ def _gather_setup(ctx, inputs, output):
     x, ids, pos, backend = inputs
     ctx.save_for_backward(ids)
     ctx.num_tokens, ctx.backend = x.shape[1], backend
-    ctx.pos_dtype = pos.dtype if pos is not None else None
+    ctx.pos_dtype, ctx.pos_shape = (pos.dtype, pos.shape) if pos is not None else (None, None)
 
 
 def _gather_backward(ctx, grad):
     (ids,) = ctx.saved_tensors
     scattered = token_scatter(grad, ids, ctx.num_tokens, ctx.backend)
     grad_x = scattered if ctx.needs_input_grad[0] else None
-    grad_pos = scattered.float().sum(0).to(ctx.pos_dtype) if ctx.needs_input_grad[2] else None  # summed over B
+    grad_pos = None
+    if ctx.needs_input_grad[2]:  # summed over B, in the table's own shape
+        grad_pos = scattered.float().sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
     return grad_x, None, grad_pos, None
 
 
@@ -117,6 +120,7 @@ def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: T
                   backend: str) -> Tensor:
     checks.check_decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos)
     dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
+    pos = checks.pos_rows(pos, None, x_vis.shape[2])  # [N, D] or [1, N, D] -> [N, D]
     return _impl("decoder_input", x_vis.device, backend, dtype)(x_vis, vis_ids, dec_ids, mask_token, pos)
 
 
@@ -152,10 +156,11 @@ def _decoder_backward(ctx, grad):
     if ctx.needs_input_grad[3]:
         grad_token = mask_token_grad(grad, nv, ctx.backend).to(ctx.token_dtype).reshape(ctx.token_shape)
     grad_pos = None
-    if ctx.needs_input_grad[4]:  # learnable decoder position table (the official one is fixed)
-        grad_pos = (token_scatter(grad[:, :nv].contiguous(), vis_ids, ctx.pos_shape[0], ctx.backend).float()
-                    + token_scatter(grad[:, nv:].contiguous(), dec_ids, ctx.pos_shape[0], ctx.backend).float())
-        grad_pos = grad_pos.sum(0).to(ctx.pos_dtype)
+    if ctx.needs_input_grad[4]:  # learnable decoder position table (the official one is fixed), in its own shape
+        rows = ctx.pos_shape[-2]
+        grad_pos = (token_scatter(grad[:, :nv].contiguous(), vis_ids, rows, ctx.backend).float()
+                    + token_scatter(grad[:, nv:].contiguous(), dec_ids, rows, ctx.backend).float())
+        grad_pos = grad_pos.sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
     return grad_x, None, None, grad_token, grad_pos, None
 
 

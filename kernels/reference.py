@@ -1,7 +1,8 @@
 """Plain-PyTorch references of the token ops: the specification every faster backend is tested against.
 
-Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order; ids ``[B, K]`` int64, unique and sorted ascending
-within a row, the same ``K`` for every sample; a position table ``pos [N, C]`` is shared by the batch.
+Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order; ids ``[B, K]`` int64, unique within a row and in
+``[0, N)``, in any order (row ``k`` of a result follows ``ids[:, k]``), the same ``K`` for every sample; a position
+table ``pos [N, C]`` is shared by the batch (the ops layer turns ``[1, N, C]`` into it).
 """
 from __future__ import annotations
 

@@ -84,7 +84,13 @@ TOKEN_REFUSALS = [
     (lambda b: ops.token_gather(X[0], IDS, None, b), "x must be \\[B, N, C\\], got shape \\(8, 4\\)"),
     (lambda b: ops.token_gather(X, IDS.int(), None, b), "ids must be \\[B=2, K\\] int64, got \\(2, 2\\) torch.int32"),
     (lambda b: ops.token_gather(X, IDS[:1], None, b), "ids must be \\[B=2, K\\] int64, got \\(1, 2\\)"),
-    (lambda b: ops.token_gather(X, IDS, POS[:5], b), "pos must be \\[N, C\\] = \\[8, 4\\], got \\(5, 4\\)"),
+    (lambda b: ops.token_gather(X, IDS, POS[:5], b),
+     "pos must be \\[8, 4\\] or \\[1, 8, 4\\] \\(N=8 token rows, C=4 channels\\), got \\(5, 4\\)"),
+    # issue 18: the native forward took any table of N*C elements; a per-sample table is not a shared one
+    (lambda b: ops.token_gather(X, IDS, POS.reshape(4, 8), b), "pos must be \\[8, 4\\] or .* got \\(4, 8\\)"),
+    (lambda b: ops.token_gather(X, IDS, POS.expand(2, 8, 4), b), "pos must be .* got \\(2, 8, 4\\)"),
+    (lambda b: ops.decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS[None, :, :3], b),
+     "pos must be \\[N, 4\\] or \\[1, N, 4\\] \\(N token rows, C=4 channels\\), got \\(1, 8, 3\\)"),
     (lambda b: ops.token_scatter(X[:, :2], IDS[:, :1], 8, b), "ids must be \\[B=2, 2\\] int64, got \\(2, 1\\)"),
     (lambda b: ops.decoder_input(X[:, :2], IDS, IDS, torch.zeros(3), POS, b), "mask_token must have D=4 elements"),
     (lambda b: ops.mask_token_grad(X, 9, b), "num_visible 9 is out of range \\[0, 8\\]"),
@@ -113,7 +119,7 @@ PATCH_EMBED_REFUSALS = [
     (dict(weight=torch.randn(6, 3, 2, 24, 24)), "video \\(2, 3, 2, 32, 64\\) does not tile into tubelets of 2 frames "
                                                 "and 24x24 patches"),
     (dict(bias=BIAS[:5]), "bias must be \\[C\\] = \\[6\\], got \\(5,\\)"),
-    (dict(pos=torch.randn(12, 6)), "pos must be \\[N, C\\] = \\[8, 6\\] \\(N: the tubelets of the video's grid\\), "
+    (dict(pos=torch.randn(12, 6)), "pos must be \\[8, 6\\] or \\[1, 8, 6\\] \\(N=8 token rows, C=6 channels\\), "
                                    "got \\(12, 6\\)"),
     (dict(ids=IDS.int()), "ids must be \\[B=2, K\\] int64, got \\(2, 2\\) torch.int32"),
 ]
@@ -206,3 +212,57 @@ def test_debug_mode_passes_good_ids_and_changes_nothing(backend, monkeypatch):
     plain = ops.token_gather(X, IDS, POS, backend)
     monkeypatch.setenv(checks.DEBUG_ENV, "1")
     assert torch.equal(ops.token_gather(X, IDS, POS, backend), plain)  # same kernel rerun: exact
+
+
+# -- issue 18: prefix tokens, position-table shapes, layouts, keep rules (the public wrappers) -------------
+
+WRAPPER_REFUSALS = [
+    (lambda K, b: K.token_gather(X, IDS, POS[:7], num_prefix=1, backend=b),
+     "pos must be \\[8, 4\\] or \\[1, 8, 4\\] \\(P=1 prefix rows, then N=7 token rows, C=4 channels\\), "
+     "got \\(7, 4\\)"),
+    (lambda K, b: K.token_gather(X, IDS, None, num_prefix=9, backend=b),
+     "num_prefix=9 must be in \\[0, 8\\] \\(the leading cls/register rows of x\\)"),
+    (lambda K, b: K.decoder_input(X[:, :3], IDS, None, torch.zeros(4), POS, num_prefix=2, backend=b),
+     "vis_ids must be \\[B=2, 1\\] int64, got \\(2, 2\\)"),
+    (lambda K, b: K.decoder_input(X[:, :2], IDS, None, torch.zeros(4), POS, layout="sorted", backend=b),
+     "layout='sorted' is unknown; choose one of \\('concat', 'ordered'\\)"),
+    (lambda K, b: K.decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS.expand(2, 8, 4), backend=b),
+     "pos must be \\[N, 4\\] or \\[1, N, 4\\] .* got \\(2, 8, 4\\)"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,match", WRAPPER_REFUSALS)
+def test_prefix_and_layout_refusals_are_the_same_everywhere(backend, call, match):
+    import vmae2_kernels as K
+
+    with pytest.raises(ValueError, match=match):
+        call(K, backend)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda K: K.random_ids(2, 8, 0.5, keep="timm"), "keep='timm' is unknown; choose one of \\('mae', 'videomae'\\)"),
+    (lambda K: K.random_ids(2, 8, 1.0), "ratio 1.0 is out of range; use a value in \\[0, 1\\)"),
+    (lambda K: K.random_ids(2, 8, 0.5, torch.rand(2, 7)), "noise must be a \\[B, N\\] = \\[2, 8\\] float tensor, got "
+                                                          "\\(2, 7\\)"),
+    (lambda K: K.tube_ids(2, (1, 1, 8), 0.5, keep="timm"), "keep='timm' is unknown"),
+    (lambda K: K.mask_to_ids(torch.zeros(8)), "mask must be \\[B, N\\] bool, or 0/1 int or float"),
+])
+def test_mask_builder_refusals(call, match):
+    import vmae2_kernels as K
+
+    with pytest.raises(ValueError, match=match):
+        call(K)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_debug_mode_checks_prefixed_ids_against_the_non_prefix_tokens(backend, monkeypatch):
+    """With a prefix the ids index the ``N`` non-prefix tokens: id ``N`` is out of range (not the last row)."""
+    import vmae2_kernels as K
+
+    monkeypatch.setenv(checks.DEBUG_ENV, "1")
+    with pytest.raises(RuntimeError, match="ids has ids outside \\[0, 7\\)"):
+        K.token_gather(X, torch.tensor([[0, 7], [2, 6]]), None, num_prefix=1, backend=backend)
+    with pytest.raises(RuntimeError, match="dec_ids has ids outside \\[0, 7\\)"):
+        K.decoder_input(X[:, :3], IDS.clamp(max=6), torch.tensor([[1, 7], [0, 1]]), torch.zeros(4), POS, num_prefix=1,
+                        backend=backend)

@@ -2,7 +2,9 @@
 
 Conventions: ``grid = (T', H', W')`` tokens, flattened in ``(t, h, w)`` order (``n = t*H'*W' + h*W' + w``).
 A *mask* is ``[B, N]`` bool with **True = masked** (dropped). An *ids* tensor is ``[B, K]`` int64 holding
-the kept (visible) token indices of each sample, **sorted ascending**, same ``K`` for every sample.
+the kept (visible) token indices of each sample, **sorted ascending** (the ops take any order), same ``K`` for every
+sample. ``random_ids``, ``complement_ids``, ``ids_to_mask`` and ``mask_to_ids`` are :mod:`vmae2_kernels`' (one
+implementation; VideoMAE's keep count ``N - int(ratio * N)`` here).
 
 Masks are drawn for the whole batch at once on the target device, reproducibly from a
 ``torch.Generator`` (drawn on the generator's device when one is given). No host sync.
@@ -14,11 +16,14 @@ from typing import Sequence
 
 import torch
 
+from vmae2_kernels import masks as _kernel_masks
 from vmae2_kernels.masks import (
     RUNNING_CELL_RATIOS,
     check_even,
     check_grid,
     check_ratio,
+    complement_ids,
+    ids_to_mask,
     mask_to_ids,
     running_cell_ids,
     running_cell_masked_per_cell,
@@ -39,18 +44,6 @@ def _rand(shape, generator, device) -> torch.Tensor:
 
 
 # -- conversions --------------------------------------------------------------------------------------
-
-def ids_to_mask(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Inverse of :func:`mask_to_ids`: ``[B, N]`` bool, False at ``ids``, True elsewhere."""
-    mask = torch.ones(ids.shape[0], num_tokens, dtype=torch.bool, device=ids.device)
-    return mask.scatter_(1, ids, False)
-
-
-def complement_ids(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """The ``N - K`` ids not in ``ids``, ascending: ``[B, N - K]``. Sync-free."""
-    order = torch.argsort(ids_to_mask(ids, num_tokens).to(torch.int8), dim=1, stable=True)
-    return order[:, ids.shape[1]:]
-
 
 def as_ids(mask_or_ids: torch.Tensor, num_tokens: int, name: str = "mask") -> torch.Tensor:
     """Kept ids ``[B, K]`` int64 from a ``[B, N]`` bool mask (one host sync) or from ids (passed through)."""
@@ -91,12 +84,10 @@ def tube_mask(batch_size: int, grid: Grid, ratio: float, *, generator=None, devi
 
 
 def random_ids(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:
-    """Kept ids ``[B, N - int(ratio * N)]`` of uniformly random masks over all ``N`` tokens."""
-    n = math.prod(check_grid(grid))
-    check_ratio(ratio)
-    m = int(ratio * n)
-    perm = _rand((batch_size, n), generator, device).argsort(dim=1)
-    return perm[:, m:].sort(dim=1).values
+    """Kept ids ``[B, N - int(ratio * N)]`` of uniformly random masks over all ``N`` tokens (VideoMAE's count):
+    :func:`vmae2_kernels.random_ids` with ``keep="videomae"``."""
+    return _kernel_masks.random_ids(batch_size, math.prod(check_grid(grid)), ratio, keep="videomae",
+                                    generator=generator, device=device)
 
 
 def random_mask(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 // CUDA kernels of the vmae2_kernels ops and their host launchers (vmae2_cuda.h), free of torch headers: plain nvcc
 // compiles this file for sm_80/sm_90 in CI, which also checks ptxas' register/spill report. The torch binding
 // (vmae2_cuda_binding.cpp) calls the launchers on the current stream. Conventions as kernels/reference.py: ids
-// int64 [B, K] ascending and unique per row; fp32 arithmetic with one rounding to the output type;
+// int64 [B, K] unique per row, any order; fp32 arithmetic with one rounding to the output type;
 // T in {float, __half, __nv_bfloat16}.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
