@@ -230,7 +230,8 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
     vis, dec = meta(B, Nv, dt=torch.int64), meta(B, Nd, dt=torch.int64)
     video, weights = meta(B, 3, s.frames, s.image, s.image), meta(B, Nd)
     mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
-    loss_args = (video, dec, weights, s.patch, s.tubelet, 1, mean, std)
+    loss_args = (video, dec, weights, s.patch, s.tubelet, 1, mean, std)  # the VideoMAE target
+    mae_args = (video, dec, weights, s.patch, s.tubelet, 2, mean, std)  # MAE's: one statistic over the whole patch
     launches = [
         ("token_gather", lambda: T.token_gather(meta(B, N, C, dt=act), vis, meta(N, C))),
         ("token_scatter", lambda: T.token_scatter(meta(B, Nv, C, dt=act), vis, N)),
@@ -242,6 +243,8 @@ def capture(shape: str = "ViT-B", dtype: str = "bfloat16", batch: int = R.BATCH)
         ("tube_ids", lambda: T.tube_ids(meta(B, s.hw), s.grid[0], s.masked_per_frame)),
         ("recon_loss", lambda: T.recon_loss(meta(B, Nd, s.pred_dim, dt=act), *loss_args)),
         ("recon_loss_backward", lambda: T.recon_loss_backward(meta(()), meta(B, Nd, s.pred_dim, dt=act), *loss_args)),
+        ("recon_loss", lambda: T.recon_loss(meta(B, Nd, s.pred_dim, dt=act), *mae_args)),
+        ("recon_loss_backward", lambda: T.recon_loss_backward(meta(()), meta(B, Nd, s.pred_dim, dt=act), *mae_args)),
     ]
     try:
         for name, obj in kernels.items():

@@ -63,6 +63,8 @@ def test_ids_and_masks_agree():
     a = reconstruction_loss(pred, video, enc, dec, patch_size=16)
     b = reconstruction_loss(pred, video, masking.mask_to_ids(enc), masking.mask_to_ids(dec), patch_size=16)
     assert torch.equal(a, b)  # masks become the same ids, then the same kernels run: bit-exact
+    c = reconstruction_loss(pred, video, enc.float(), dec.float(), patch_size=16)  # float 0/1 masks (MAE's kind)
+    assert torch.equal(a, c)
 
 
 def test_v1_and_loss_on_all():

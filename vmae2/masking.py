@@ -46,10 +46,11 @@ def _rand(shape, generator, device) -> torch.Tensor:
 # -- conversions --------------------------------------------------------------------------------------
 
 def as_ids(mask_or_ids: torch.Tensor, num_tokens: int, name: str = "mask") -> torch.Tensor:
-    """Kept ids ``[B, K]`` int64 from a ``[B, N]`` bool mask (one host sync) or from ids (passed through)."""
+    """Kept ids ``[B, K]`` int64 from a ``[B, N]`` mask, bool or float 0/1 (nonzero = masked; one host sync), or from
+    ids (passed through)."""
     if mask_or_ids.ndim != 2:
         raise ValueError(f"{name} must be 2-D ([B, N] bool mask or [B, K] ids), got shape {tuple(mask_or_ids.shape)}")
-    if mask_or_ids.dtype == torch.bool:
+    if mask_or_ids.dtype == torch.bool or mask_or_ids.is_floating_point():
         if mask_or_ids.shape[1] != num_tokens:
             raise ValueError(f"{name} has {mask_or_ids.shape[1]} tokens per sample; the model has {num_tokens}")
         return mask_to_ids(mask_or_ids)
