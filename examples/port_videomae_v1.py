@@ -82,7 +82,7 @@ def original_step(model, video, mask):
 def kernel_step(model, video, mask, num_visible):
     """The same step on vmae2_kernels. ``num_visible`` (known from the ratio) makes the bool -> ids step sync-free;
     ids can also be drawn on the device, ``vk.tube_ids(B, grid, 0.9, generator)``."""
-    N = mask.shape[1]
+    N = mask.shape[1]  # vmae2_kernels: the number of tokens, for the ids
     vis_ids = vk.mask_to_ids(mask, num_visible)  # vmae2_kernels: visible ids, ascending, no sync
     proj = model.patch_embed  # vmae2_kernels: its weight and bias embed the visible tubelets alone
     x_vis = vk.patch_embed(video, vis_ids, proj.weight, proj.bias, model.pos_embed)  # vmae2_kernels: + pos rows

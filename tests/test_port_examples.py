@@ -6,6 +6,7 @@ the examples' ``original_step``. Loss, predictions and the gradient of every par
 ``kernel_step`` and ``original_step`` must match it on the same weights, noise and inputs, on every kernel backend
 (Triton through its interpreter on CPU). The guide's code must be the examples' marked lines."""
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 
@@ -260,10 +261,23 @@ def test_the_restatements_can_fail(monkeypatch):
         assert_close_fp(ex.kernel_step(model, *args)[1], loss)
 
 
-def _marked_lines(module):
-    import inspect
+def _body(fn):
+    """The stripped source lines of ``fn`` after its docstring."""
+    source = inspect.getsource(fn)
+    return [line.strip() for line in source.split('"""')[2].splitlines() if line.strip()]
 
-    return [line.strip() for line in inspect.getsource(module.kernel_step).splitlines() if "# vmae2_kernels" in line]
+
+def _marked_lines(module):
+    return [line for line in _body(module.kernel_step) if "# vmae2_kernels" in line]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_changed_line_is_marked(name):
+    """Each unmarked line of ``kernel_step`` is a line of ``original_step``: the marks show the whole port."""
+    module = _load(name)
+    original = set(_body(module.original_step))
+    unmarked = [line for line in _body(module.kernel_step) if "# vmae2_kernels" not in line]
+    assert [line for line in unmarked if line not in original] == []
 
 
 def _guide_blocks():
