@@ -58,7 +58,8 @@ def original_step(model, imgs, noise, mask_ratio):
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :len_keep]
     x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-    mask = torch.gather(torch.cat([torch.zeros(B, len_keep), torch.ones(B, N - len_keep)], 1), 1, ids_restore)
+    mask = torch.gather(torch.cat([noise.new_zeros(B, len_keep), noise.new_ones(B, N - len_keep)], 1), 1,
+                        ids_restore)
     cls = (model.cls_token + model.pos_embed[:, :1]).expand(B, -1, -1)
     x = torch.cat([cls, x], dim=1)
     for blk in model.blocks:

@@ -5,8 +5,9 @@ The recipe: tubelet patches, a cls token with its own position row, separable po
 ``[1, HW, C]`` + temporal ``[1, T', C]``, summed per token), agnostic random masking (argsort of noise over all
 ``N = T' * HW`` tubelets, 90 %, ``int(N * (1 - r))`` kept), a decoder with its own separable tables that works on the
 token-ordered sequence (it reshapes to ``[B, T', HW, D]``: to add its tables and for a frame-wise attention block),
-``norm_pix_loss`` per tubelet on the removed ones. ``kernel_step`` runs the same submodules; every changed line is
-marked ``# vmae2_kernels``.
+``norm_pix_loss`` per tubelet on the removed ones. (The paper's decoder has joint blocks only; the frame-wise
+block stands for any decoder part that needs the token grid.) ``kernel_step`` runs the same submodules; every
+changed line is marked ``# vmae2_kernels``.
 Video ``[B, 3, T, H, W]``, tokens in ``(t, h, w)`` order, ``noise [B, N]``, masks 1 = removed.
 Run ``python examples/port_spatiotemporal_mae.py``.
 """
@@ -62,7 +63,8 @@ def original_step(model, video, noise, mask_ratio):
     ids_shuffle = torch.argsort(noise, dim=1)  # agnostic: one ranking over all space-time tokens
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     x = torch.gather(x, 1, ids_shuffle[:, :len_keep, None].expand(-1, -1, x.shape[-1]))
-    mask = torch.gather(torch.cat([torch.zeros(B, len_keep), torch.ones(B, N - len_keep)], 1), 1, ids_restore)
+    mask = torch.gather(torch.cat([noise.new_zeros(B, len_keep), noise.new_ones(B, N - len_keep)], 1), 1,
+                        ids_restore)
     cls = (model.cls_token + model.pos_embed_class).expand(B, -1, -1)
     x = torch.cat([cls, x], dim=1)
     for blk in model.blocks:

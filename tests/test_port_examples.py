@@ -58,9 +58,9 @@ def _perturbed(model):
 
 
 def _run(model, fn):
-    """``(pred, loss, grads)`` of ``fn(model)``, the gradients of every parameter in ``named_parameters`` order."""
+    """``(pred, loss, grads)`` of ``fn(model)``, the gradients of every parameter in ``model.parameters()`` order."""
     pred, loss = fn(model)
-    grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
     return pred, loss, grads
 
 
