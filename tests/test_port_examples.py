@@ -299,3 +299,11 @@ def test_the_guide_says_where_the_gains_are():
     assert "PREDICTED" in text and "39" in text and "40" in text
     readme = (ROOT / "README.md").read_text()
     assert "docs/porting.md" in readme.split("### Using the ops in your own MAE code")[1].split("\n## ")[0]
+
+
+def test_port_steps_tally_runs_and_every_port_moves_fewer_bytes(capsys):
+    from benchmarks import port_steps
+
+    assert port_steps.main(["--no-time"]) == 0
+    assert capsys.readouterr().out.count("PREDICTED saving") == 3
+    assert all(kernel < original for original, kernel in port_steps.forward_bytes().values())
