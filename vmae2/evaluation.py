@@ -77,9 +77,9 @@ def run(cfg: EvaluateConfig) -> int:
     try:
         d = setup_distributed("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
         device = resolve_device(cfg.device, d)
-        records = read_finetune_csv(cfg.data_path, data_root=cfg.data_root, num_classes=cfg.nb_classes,
-                                    step=cfg.sampling_rate)
         names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
+        records = read_finetune_csv(cfg.data_path, data_root=cfg.data_root, num_classes=cfg.nb_classes,
+                                    step=cfg.sampling_rate, class_names=names)
         if names is not None and len(names) != cfg.nb_classes:
             raise ValueError(f"--class_names {cfg.class_names} has {len(names)} classes, --nb_classes is "
                              f"{cfg.nb_classes}")

@@ -59,19 +59,21 @@ def read_train_records(cfg: FinetuneConfig):
     """Training records and class names: one list, several lists sharing labels, or several lists with their
     label maps merged by class name and de-duplicated by video id (K710)."""
     paths = cfg.data_path.split(",")
+    names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
 
     def read(path, num_classes):
-        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=num_classes, step=cfg.sampling_rate)
+        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=num_classes, step=cfg.sampling_rate,
+                                 class_names=names if not cfg.label_maps else None)
 
     if not cfg.label_maps:
-        return [r for p in paths for r in read(p, cfg.nb_classes)], None
+        return [r for p in paths for r in read(p, cfg.nb_classes)], names
     maps = [LabelMap.read(m) for m in cfg.label_maps.split(",")]
     merged = merge_labeled_lists([(read(p, len(m)), m) for p, m in zip(paths, maps)])
     print(merged.summary(), flush=True)
     if len(merged.label_map) != cfg.nb_classes:
         raise ValueError(f"the merged label maps have {len(merged.label_map)} classes but --nb_classes is "
                          f"{cfg.nb_classes}; set --nb_classes {len(merged.label_map)}")
-    return merged.records, list(merged.label_map.names)
+    return merged.records, names or list(merged.label_map.names)
 
 
 def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
@@ -125,8 +127,6 @@ class FinetuneTask(Task):
             if cfg.init is None:
                 cfg.init = demo_pretrain(demo["train"], out)
         self.records, self.names = read_train_records(cfg)
-        if cfg.class_names:
-            self.names = list(LabelMap.read(cfg.class_names).names)
         if self.names is not None and len(self.names) != cfg.nb_classes:
             raise ValueError(f"{len(self.names)} class names ({cfg.class_names or '--label_maps'}) for --nb_classes "
                              f"{cfg.nb_classes}; they must agree")
@@ -153,7 +153,8 @@ class FinetuneTask(Task):
 
     def eval_records(self, path):
         cfg = self.cfg
-        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=cfg.nb_classes, step=cfg.sampling_rate)
+        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=cfg.nb_classes, step=cfg.sampling_rate,
+                                 class_names=self.names)
 
     def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
         cfg = self.cfg
