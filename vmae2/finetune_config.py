@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
+from vmae2 import rundir
 from vmae2.config import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}
@@ -56,15 +59,17 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
 
     # model
     init: str | None = like(None, "initial weights: a pretraining checkpoint (encoder kept, decoder dropped, head new) "
-                                  "or a fine-tuned one (.pth or .safetensors)")
+                                  "or a fine-tuned one (.pth or .safetensors); the model and clip geometry of the "
+                                  "run that wrote it (its config.json) are the defaults")
     init_head_index: str | None = opt(None, "official label_710to{400,600,700}.json: re-index the head rows of a "
                                             "710-class --init checkpoint to this model's classes", path=True)
     drop_path: float = like(0.1)
     head_drop: float = opt(0.0, "dropout before the head", "[0, 1]")
     init_scale: float = opt(0.001, "scale of the fresh head's initial weights", "> 0")
     # data
-    data_path: str | None = like(None, "training list(s) (official fine-tune CSV `path label`), comma-separated; "
-                                       "default: generated still/moving videos (demo)")
+    data_path: str | None = like(None, "training list(s) (official fine-tune CSV `path label`, label a class id or, "
+                                       "with --class_names, a class name), comma-separated; default: generated "
+                                       "still/moving videos (demo)")
     label_maps: str | None = opt(None, "class-name files of the lists in --data_path, comma-separated: the lists are "
                                        "merged by class name and de-duplicated by video id (the K710 construction)",
                                  path=True)
@@ -109,21 +114,55 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
 
 
 @dataclass
-class EvaluateConfig(ClassifierConfig):
+class WeightsConfig(ClassifierConfig):
+    """The fields of the two entry points that apply fine-tuned weights (evaluation, prediction)."""
+
+    REQUIRED = ("model", "weights", "nb_classes")
+    REQUIRED_HINT = " (or --run DIR: a fine-tuning output folder gives it)"
+    MAX_WORKERS = 4
+    run: str | None = opt(None, "a python -m vmae2.finetune output folder: its config.json gives the model, classes, "
+                                "clip geometry, test views, weights (model.safetensors) and test list; flags still "
+                                "override (with a warning)")
+    model: str | None = like(None)
+    nb_classes: int | None = like(None)
+    weights: str | None = opt(None, "fine-tuned checkpoint (.pth official or ours, .safetensors); a config.json beside "
+                                    "it (a vmae2 run) gives the model, classes and clip geometry", path=True)
+    test_num_segment: int = like(5)
+    batch_size: int = like(4, "videos per batch (each gives all its views)")
+    num_workers: int | None = like(None, "data workers (default: min(4, CPU cores); 0: load in the main process)")
+
+
+@dataclass
+class EvaluateConfig(WeightsConfig):
     """Multi-view testing of a classifier (``python -m vmae2.evaluate``)."""
 
     REQUIRED = ("model", "weights", "data_path", "nb_classes")
-    model: str | None = like(None)
-    nb_classes: int | None = like(None)
     data_path: str | None = like(None, "test list (official fine-tune CSV: `path label`, or `folder total_frames "
-                                       "label`)")
-    weights: str | None = opt(None, "fine-tuned checkpoint (.pth official or ours, .safetensors)", path=True)
+                                       "label`; with --run: the run's test list)")
     head_index: str | None = opt(None, "official label_710to{400,600,700}.json: evaluate a 710-class checkpoint on "
                                        "those classes", path=True)
-    test_num_segment: int = like(5)
-    batch_size: int = like(4, "videos per batch (each gives all its views)")
-    num_workers: int = like(4)
-    output_dir: str = like("output/evaluate")
+    output_dir: str = like("output/evaluate", "where the report goes (default: output/evaluate; with --run: "
+                                              "RUN/evaluate)")
+
+
+@dataclass
+class PredictConfig(WeightsConfig):
+    """The classes of single videos (``python -m vmae2.predict``)."""
+
+    videos: list[str] | None = opt(None, "video files", positional=True)
+    data_path: str | None = like(None, "a list of videos to predict too (the first column of each line is the path)")
+    topk: int = count(5, "classes shown per video")
+    format: str = opt("table", "table or json (one object per video: path, top classes and probabilities)",
+                      choices=("table", "json"))
+    batch_size: int = like(1, "videos per batch (each gives all its views)")
+    num_workers: int | None = like(0, "data workers (0: decode in the main process)")
+
+    def check(self) -> None:
+        if not self.videos and not self.data_path:
+            raise ValueError("give at least one VIDEO file: python -m vmae2.predict --run RUN VIDEO...")
+        for video in self.videos or ():
+            if not os.path.isfile(video):
+                raise ValueError(f"VIDEO {video!r} does not exist; give the path of a video file")
 
 
 def _script(model: str, dataset: str, **kw) -> dict:
@@ -150,6 +189,14 @@ FINETUNE_PRESETS = {
                  reprob=0.0, mixup=0.0, cutmix=0.0, num_workers=2, test_num_segment=2, test_num_crop=2,
                  output_dir="output/finetune_demo", log_every=10, save_every_steps=100),
     "official_defaults": {},
+    # The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA):
+    # the demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos;
+    # with --init from a vmae2 run its model and geometry win.
+    "small_data": dict(model="vit_tiny_patch16_224", num_frames=8, sampling_rate=2, input_size=64,
+                       short_side_size=64, batch_size=8, num_sample=2, epochs=10, lr=0.032, warmup_epochs=1,
+                       layer_decay=0.9, drop_path=0.0, crop_scale=(0.5, 1.0), aa="none", reprob=0.0, mixup=0.0,
+                       cutmix=0.0, test_num_segment=2, test_num_crop=2, output_dir="output/finetune", log_every=10,
+                       save_every_steps=100),
     "vit_b_k400": _script(_B, "k400", batch_size=16, lr=7e-4, layer_decay=0.75, epochs=90),
     "vit_b_k710": _script(_B, "k710", batch_size=16, lr=7e-4, layer_decay=0.75, epochs=90),
     "vit_b_ssv2": _script(_B, "ssv2", batch_size=16, lr=2e-3, layer_decay=0.65, epochs=25),
@@ -180,7 +227,12 @@ FINETUNE_PRESETS = {
 }
 
 EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
-                   "top-1/top-5, per-class accuracy, confusion matrix.", EvaluateConfig)
+                   "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
+                   "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
+
+PREDICT = Command("python -m vmae2.predict", "The top classes of videos, with probabilities, from the test protocol's "
+                  "views (test_num_segment x test_num_crop, softmax averaged). python -m vmae2.predict --run DIR "
+                  "VIDEO...", PredictConfig, inherit=rundir.predict_values)
 
 FINETUNE = Command(
     "python -m vmae2.finetune",
@@ -188,4 +240,5 @@ FINETUNE = Command(
     "generated still/moving videos, pretraining then fine-tuning, a few minutes on a CPU). Precedence: "
     "defaults < --preset < --config < flags. Defaults below are the official run_class_finetuning.py ones.",
     FinetuneConfig, FINETUNE_PRESETS, "demo",
-    "a released fine-tune script (vit_{b,l,h,g}_{k400,k710,ssv2,...}), or demo")
+    "a released fine-tune script (vit_{b,l,h,g}_{k400,k710,ssv2,...}), demo or small_data",
+    rundir.finetune_values)

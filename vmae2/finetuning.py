@@ -13,7 +13,8 @@ from vmae2.checkpoint import POS_GRID_KEY, load_classifier_weights, save_safeten
 from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap, merge_labeled_lists
-from vmae2.data.lists import read_finetune_csv
+from vmae2.data.decode import upscale_note
+from vmae2.data.lists import check_found, read_finetune_csv
 from vmae2.data.synthetic import make_labeled_videos
 from vmae2.engine import Setup, Task
 from vmae2.evaluation import predict, score, write_report
@@ -62,8 +63,10 @@ def read_train_records(cfg: FinetuneConfig):
     names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
 
     def read(path, num_classes):
-        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=num_classes, step=cfg.sampling_rate,
-                                 class_names=names if not cfg.label_maps else None)
+        records = read_finetune_csv(path, data_root=cfg.data_root, num_classes=num_classes, step=cfg.sampling_rate,
+                                    class_names=names if not cfg.label_maps else None)
+        check_found(records, path, cfg.data_root)
+        return records
 
     if not cfg.label_maps:
         return [r for p in paths for r in read(p, cfg.nb_classes)], names
@@ -110,6 +113,7 @@ class FinetuneTask(Task):
     """Supervised fine-tuning / post-pre-training: labeled clips, mixup/cutmix with label smoothing, layer-wise lr
     decay; validation after every epoch (the best weights kept) and multi-view testing at the end."""
 
+    ENTRY = "finetune"
     epoch_checkpoints = True
 
     def __init__(self, s: Setup):
@@ -127,6 +131,8 @@ class FinetuneTask(Task):
             if cfg.init is None:
                 cfg.init = demo_pretrain(demo["train"], out)
         self.records, self.names = read_train_records(cfg)
+        if d.is_main and (note := upscale_note(self.records, cfg.short_side_size, "--short_side_size")):
+            print(note, flush=True)
         if self.names is not None and len(self.names) != cfg.nb_classes:
             raise ValueError(f"{len(self.names)} class names ({cfg.class_names or '--label_maps'}) for --nb_classes "
                              f"{cfg.nb_classes}; they must agree")
@@ -153,8 +159,10 @@ class FinetuneTask(Task):
 
     def eval_records(self, path):
         cfg = self.cfg
-        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=cfg.nb_classes, step=cfg.sampling_rate,
-                                 class_names=self.names)
+        records = read_finetune_csv(path, data_root=cfg.data_root, num_classes=cfg.nb_classes,
+                                    step=cfg.sampling_rate, class_names=self.names)
+        check_found(records, path, cfg.data_root)
+        return records
 
     def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
         cfg = self.cfg

@@ -33,8 +33,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["VideoRecord", "read_pretrain_list", "read_finetune_csv", "read_list", "MixedList", "MixedSampler",
-           "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
+__all__ = ["VideoRecord", "read_pretrain_list", "read_finetune_csv", "read_list", "check_found", "MixedList",
+           "MixedSampler", "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
 
 PRETRAIN_FORMAT = "path start_idx total_frames  (total_frames -1 for a video file)"
 VIDEO_FORMAT = "path label"
@@ -287,10 +287,25 @@ def read_list(path, kind: str = "auto", **kwargs) -> list[VideoRecord]:
         else:
             raise ValueError(f"{path}: no records (only blank or comment lines)")
     if kind == "pretrain":
+        kwargs.pop("class_names", None)  # a pretraining list has no labels
         return read_pretrain_list(path, **kwargs)
     if kind in ("video", "rawframes"):
         return read_finetune_csv(path, kind=kind, **kwargs)
     raise ValueError(f"kind must be 'auto', 'pretrain', 'video' or 'rawframes', got {kind!r}")
+
+
+def check_found(records: Sequence[VideoRecord], list_path, data_root: str = "", probe: int = 20) -> None:
+    """Raise ``ValueError`` when none of the first ``probe`` relative paths of a list exists: the sign of a missing
+    or wrong ``--data_root`` (the message says so); single missing files are the loaders' business (quarantine)."""
+    first = [r for r in records[:probe] if "://" not in r.path]
+    if not first or any(os.path.exists(r.path) for r in first):
+        return
+    relative = [r for r in first if not os.path.isabs(r.path if not data_root else r.path[len(data_root):].lstrip("/"))]
+    where = (f"--data_root {data_root!r}" if data_root else f"the working directory {os.getcwd()} (no --data_root)")
+    hint = ("relative paths are joined to --data_root: pass --data_root FOLDER (the folder the list's paths start "
+            "from)" if relative else "check the paths")
+    raise ValueError(f"{list_path}: none of the first {len(first)} videos exists, e.g. {first[0].path!r} (from "
+                     f"{where}); {hint}, or write absolute paths (python -m vmae2.data.make_lists does)")
 
 
 # -- mixing and sharding ---------------------------------------------------------------------------------
