@@ -10,6 +10,7 @@ No torch import: the entry points call this while parsing.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
@@ -17,11 +18,22 @@ GEOMETRY = ("num_frames", "input_size", "sampling_rate", "tubelet_size")
 TEST_PROTOCOL = ("short_side_size", "sparse_sample", "test_num_segment", "test_num_crop")
 
 
+FILES = ("data_path", "val_data_path", "test_data_path", "class_names", "label_maps", "init", "init_head_index")
+
+
+def _absolute(value):
+    """A comma-separated list of existing files made absolute (the run folder is read from anywhere); else as is."""
+    parts = str(value).split(",")
+    return ",".join(os.path.abspath(p) for p in parts) if all(os.path.exists(p) for p in parts) else value
+
+
 def write(config: dict, entry: str, out_dir) -> Path:
-    """Write ``config`` (plain values) of a ``entry`` run (``train``, ``finetune``) as ``out_dir/config.json``."""
+    """Write ``config`` (plain values) of a ``entry`` run (``train``, ``finetune``) as ``out_dir/config.json``, the
+    files it names with absolute paths."""
     path = Path(out_dir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"vmae2_entry": entry, **config}, indent=2) + "\n")
+    values = {k: _absolute(v) if k in FILES and v else v for k, v in config.items()}
+    path.write_text(json.dumps({"vmae2_entry": entry, **values}, indent=2) + "\n")
     return path
 
 
