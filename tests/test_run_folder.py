@@ -84,6 +84,7 @@ def test_finetune_init_and_extract_take_the_pretraining_geometry(tmp_path, capsy
         "vit_tiny_patch16_224", 4, 128, 128, 3)
     cfg = parse_config(["--preset", "demo", "--init", str(weights), "--num_frames", "8"], FINETUNE)
     assert cfg.num_frames == 8 and "--num_frames 8 differs from the run's 4" in capsys.readouterr().err
+    assert cfg.pretrain_grid() == (2, 8, 8)  # the table of the 4 x 128 px pretraining, resampled onto 8 frames
     cfg = parse_config(["--weights", str(weights), "--data_path", str(names)], EXTRACT)
     assert (cfg.model, cfg.window, cfg.input_size) == ("vit_tiny_patch16_224", 4, 128)
 

@@ -104,7 +104,8 @@ def predict_values(values: dict) -> tuple[str | None, dict]:
 
 def finetune_values(values: dict) -> tuple[str | None, dict]:
     """``finetune --init``: the model and geometry of the run that wrote the initial weights (the short side follows
-    the input size); and ``--nb_classes`` from ``--class_names`` when that names a readable file."""
+    the input size; a pretraining run's geometry is also ``--init_num_frames/--init_input_size``, so a fine-tuning at
+    another geometry resamples its position table); and ``--nb_classes`` from ``--class_names`` (one name a line)."""
     out, source = {}, None
     found = read(values["init"]) if values.get("init") else None
     if found is not None:
@@ -112,6 +113,8 @@ def finetune_values(values: dict) -> tuple[str | None, dict]:
         source = str(path)
         out = weights_values(run)
         out["short_side_size"] = run.get("short_side_size", out.get("input_size"))
+        if run["vmae2_entry"] == "train":  # the grid of the pretraining position table: resampled if it differs
+            out["init_num_frames"], out["init_input_size"] = run["num_frames"], run["input_size"]
     names = values.get("class_names")
     if names and Path(names).is_file() and not names.endswith(".json"):  # one name a line (JSON maps: the run)
         out["nb_classes"] = sum(1 for line in Path(names).read_text().splitlines() if line.strip())

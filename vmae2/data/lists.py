@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -40,6 +41,7 @@ PRETRAIN_FORMAT = "path start_idx total_frames  (total_frames -1 for a video fil
 VIDEO_FORMAT = "path label"
 RAWFRAMES_FORMAT = "folder total_frames label"
 
+_WS = re.compile(r"\s+")
 SSV2_TMPL = "img_{:05}.jpg"
 AVA_TMPL = "image_{:06}.jpg"
 
@@ -99,6 +101,15 @@ def _words(line: str, sep: str | None) -> list[str]:
     return [w.strip() for w in line.split(sep)] if sep else line.split()
 
 
+def normalize_name(name: str) -> str:
+    """The matching key of a class name: strip, drop one pair of surrounding ``"``/``'``, casefold, ``_`` → space,
+    collapse blank runs to one space."""
+    s = str(name).strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+        s = s[1:-1]
+    return _WS.sub(" ", s.casefold().replace("_", " ")).strip()
+
+
 def _is_int(s: str) -> bool:
     try:
         int(s)
@@ -142,8 +153,6 @@ def _int(w: _Where, name: str, s: str) -> int:
 
 def _label(w: _Where, s: str, num_classes: int | None, names: dict[str, int] | None = None) -> int:
     if not _is_int(s):
-        from vmae2.data.labels import normalize_name
-
         if names is None:
             raise w.error(f"label {s!r} is not an integer; a label is a class id 0..num_classes-1, or a class name "
                           "when the class names are given (--class_names FILE, one name a line; python -m "
@@ -228,13 +237,11 @@ def read_finetune_csv(path, *, data_root: str = "", num_classes: int | None = No
     Rawframe records get ``start=start_idx`` (official ``RawFrameClsDataset`` default 1, frames
     ``img_00001.jpg`` ...) and ``fname_tmpl``. Labels must be non-negative integers, ``< num_classes`` if
     given; with ``class_names`` (id ``i`` = ``class_names[i]``) a label may also be a class name (matched as
-    :func:`vmae2.data.labels.normalize_name` does). Columns may be comma-separated (then paths may hold spaces).
+    :func:`normalize_name` does). Columns may be comma-separated (then paths may hold spaces).
     """
     src = str(path) if source is None else source
     names = None
     if class_names is not None:
-        from vmae2.data.labels import normalize_name
-
         names = {normalize_name(c): i for i, c in enumerate(class_names)}
     sep = _separator(path)
     strict = kind == "auto" and sep is None
