@@ -131,13 +131,13 @@ def test_finetune_rawframes_csv(tmp_path):
 
 def test_finetune_spaces_need_explicit_kind(tmp_path):
     p = _write(tmp_path, "a.mp4 1\nmy video.mp4 2\n")
-    with pytest.raises(ValueError, match=r":2: .*pass kind="):
+    with pytest.raises(ValueError, match=r":2: .*needs commas between the columns"):
         read_finetune_csv(p)
     recs = read_finetune_csv(p, kind="video")
     assert [(r.path, r.label) for r in recs] == [("a.mp4", 1), ("my video.mp4", 2)]
     q = _write(tmp_path, "my frames/x 30 7\n", "q.txt")
     assert read_finetune_csv(q, kind="rawframes")[0].path == "my frames/x"
-    with pytest.raises(ValueError, match="pass kind="):
+    with pytest.raises(ValueError, match="a path with spaces needs commas"):
         read_finetune_csv(q)
 
 

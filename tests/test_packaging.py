@@ -275,13 +275,14 @@ def test_no_import_cycles_in_the_packages():
     assert cycles == []
 
 
-@pytest.mark.parametrize("entry", ["train", "finetune", "evaluate", "plan", "extract"])
+@pytest.mark.parametrize("entry", ["train", "finetune", "evaluate", "predict", "plan", "extract"])
 def test_help_and_bad_values_answer_without_importing_torch(entry):
     """`--help` and a refused value come from the config layer alone (no torch import: well under 2 s); the run
     module, which imports torch, is loaded only after the config is valid."""
     existing = str(ROOT / "pyproject.toml")  # any existing file: evaluate's required paths are checked first
     required = {"evaluate": ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--weights", existing,
                              "--data_path", existing],
+                "predict": ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--weights", existing, existing],
                 "extract": ["--weights", existing, "--data_path", existing]}.get(entry, [])
     bad = "--window" if entry == "extract" else "--num_frames"
     code = ("import sys\n"

@@ -54,10 +54,10 @@ def test_quick_start_runs_as_written_and_evaluate_reproduces_the_fine_tune_test(
     train = out["vmae2.train"]
     if not gpu_visible():  # the small-data default, said on start-up
         assert "no --preset: 12 videos and no GPU, so --preset small_data" in train.err
-    assert "clips of 4 frames x 128 px, every 4th frame" in train.out and "3 steps of batch 4" in train.out
+    assert "clips of 4 frames x 128 px, sampling rate 4" in train.out and "3 steps of batch 4" in train.out
     # the fine-tuning took the model and geometry of the pretraining run (its config.json)
     assert "vit_tiny_patch16_224" in out["vmae2.finetune"].out
-    assert "clips of 4 frames x 128 px, every 4th frame" in out["vmae2.finetune"].out
+    assert "clips of 4 frames x 128 px, sampling rate 4" in out["vmae2.finetune"].out
     run = tmp_path / "runs" / "finetune"
     saved = json.loads((run / "config.json").read_text())
     assert (saved["num_frames"], saved["input_size"], saved["nb_classes"]) == (4, 128, 2)

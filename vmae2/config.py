@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
+from vmae2 import rundir
 from vmae2.models.configs import checkpoint_mode, checkpoint_spellings, list_models, model_config
 
 
@@ -443,8 +444,8 @@ def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     values: dict = {**command.presets.get(preset, {}), **explicit}
     if command.inherit is not None:
         source, carried = command.inherit(values)
-        for name, value in carried.items():
-            if name in explicit and not _same(explicit[name], value):
+        for name, value in carried.items():  # a flag naming other files or folders is a choice, not a contradiction
+            if name in explicit and name not in rundir.LOCATIONS and not _same(explicit[name], value):
                 print(f"warning: --{name} {_default_text(explicit[name])} differs from the run's "
                       f"{_default_text(value)} ({source}); using {_default_text(explicit[name])}", file=sys.stderr)
         values = {**command.presets.get(preset, {}), **carried, **explicit}

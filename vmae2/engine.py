@@ -282,8 +282,8 @@ def train(task: Task) -> int:
     metrics = MetricsLog(task.cfg.output_dir, run.total_steps, run.step, enabled=d.is_main)
     if d.is_main:
         cfg = task.cfg
-        print(f"{task.describe()}; clips of {cfg.num_frames} frames x {cfg.input_size} px, every "
-              f"{cfg.sampling_rate}th frame; {d.world_size} process(es) on {s.device}, {s.precision}; "
+        print(f"{task.describe()}; clips of {cfg.num_frames} frames x {cfg.input_size} px, sampling rate "
+              f"{cfg.sampling_rate}; {d.world_size} process(es) on {s.device}, {s.precision}; "
               f"{run.total_steps} steps of batch {cfg.batch_size} x {d.world_size} process(es) x {cfg.accum_steps} "
               f"accumulated = {run.global_videos} videos x {cfg.num_sample} views; lr {run.lr:.2e}", flush=True)
     stopped = run.loop(stop_signal, metrics)

@@ -126,7 +126,7 @@ def run(cfg: EvaluateConfig) -> int:
     if d.is_main:
         print(f"loaded {cfg.weights}: {report}", flush=True)
         print(f"{cfg.model}, {cfg.nb_classes} classes; clips of {cfg.num_frames} frames x {cfg.input_size} px (short "
-              f"side {cfg.short_side_size}), every {cfg.sampling_rate}th frame; {cfg.test_num_segment}x"
+              f"side {cfg.short_side_size}), sampling rate {cfg.sampling_rate}; {cfg.test_num_segment}x"
               f"{cfg.test_num_crop} views per video; {len(records)} videos from {cfg.data_path}", flush=True)
     loader = ClassifyLoader(records, mode="test", batch_size=cfg.batch_size, config=config, rank=d.rank,
                             world_size=d.world_size, num_workers=cfg.num_workers, device=device,

@@ -19,6 +19,7 @@ TEST_PROTOCOL = ("short_side_size", "sparse_sample", "test_num_segment", "test_n
 
 
 FILES = ("data_path", "val_data_path", "test_data_path", "class_names", "label_maps", "init", "init_head_index")
+LOCATIONS = FILES + ("weights", "output_dir", "data_root")  # taken from a run, but a flag naming others is no conflict
 
 
 def _absolute(value):
