@@ -80,7 +80,7 @@ def main() -> int:
                         "--weights", str(work / "ft" / "model.safetensors"), "--data_path", str(lab / "test.csv"),
                         *small_ft[2:], "--output_dir", str(work / "eval")],
          {"expect": (f"confusion.png skipped: {NO_PLOT}", "top-1")}),
-        ("class folders and lists", folders, {"expect": ("2 class folders",)}),
+        ("class folders", folders, {"expect": ("2 class folders",)}),
         ("lists", ["-m", "vmae2.data.make_lists", str(work / "classes"), "--out", str(work / "lists")],
          {"expect": ("classes.txt  2 lines",)}),
         ("prediction", ["-m", "vmae2.predict", "--run", str(work / "ft"), str(lab / "test" / "still_000.mp4")],
