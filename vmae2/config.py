@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
@@ -260,11 +261,6 @@ PRESETS = {
                  num_sample=4, mask_ratio=0.7, num_workers=2, lr=0.128, warmup_steps=50, max_steps=1500,
                  normalize_target=False, output_dir="output/demo", log_every=50, save_every_steps=500),
     "official_defaults": {},  # run_mae_pretraining.py's own defaults
-    # The default for --data_path without --preset on a small data set without a GPU (SMALL_DATA): the demo's
-    # recipe (tiny model, 4 frames x 128 px, 1500 steps: minutes on a CPU) on the user's videos.
-    "small_data": dict(model="pretrain_videomae_tiny_patch16_224", num_frames=4, input_size=128, batch_size=4,
-                       num_sample=4, mask_ratio=0.7, lr=0.128, warmup_steps=50, max_steps=1500,
-                       normalize_target=False, output_dir="output/pretrain", log_every=50, save_every_steps=500),
     "vit_b_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_base_patch16_224", "lr": 1e-3,
                         "warmup_epochs": 20, "epochs": 200},
     "vit_l_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_large_patch16_224", "lr": 1e-3,
@@ -275,6 +271,11 @@ PRESETS = {
     "vit_g_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_giant_patch14_224", "lr": 6e-4,
                         "warmup_epochs": 30, "epochs": 300, "with_checkpoint": "auto", "clip_grad": 0.02},
 }
+
+# The default for --data_path without --preset on a small data set without a GPU (SMALL_DATA): the demo's recipe
+# (tiny model, 4 frames x 128 px, 1500 steps: minutes on a CPU) on the user's videos.
+PRESETS["small_data"] = {**{k: v for k, v in PRESETS["demo"].items() if k != "num_workers"},
+                         "output_dir": "output/pretrain"}
 
 
 def _field_parser(name: str, kind):
@@ -309,7 +310,7 @@ class Command:
     presets: dict = field(default_factory=dict)  # none: no --preset
     default_preset: str | None = None
     preset_help: str = ""
-    inherit: object = None
+    inherit: Callable[[dict], tuple[str | None, dict]] | None = None
 
 
 PRETRAIN = Command(
@@ -318,7 +319,8 @@ PRETRAIN = Command(
     "on a CPU). Precedence: defaults < --preset < --config < flags. Defaults below are the official "
     "run_mae_pretraining.py ones; the preset replaces some of them.",
     TrainConfig, PRESETS, "demo",
-    "official script settings (vit_*_hybrid_pt), or demo (tiny model, generated videos)")
+    "official script settings (vit_*_hybrid_pt), demo (tiny model, generated videos) or small_data (the demo's "
+    "recipe on your videos)")
 
 
 class Parser(argparse.ArgumentParser):

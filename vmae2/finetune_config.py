@@ -7,9 +7,8 @@ official ``run_class_finetuning.py`` ones; flag names follow it where sensible (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 from vmae2 import rundir
 from vmae2.config import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
@@ -189,14 +188,6 @@ FINETUNE_PRESETS = {
                  reprob=0.0, mixup=0.0, cutmix=0.0, num_workers=2, test_num_segment=2, test_num_crop=2,
                  output_dir="output/finetune_demo", log_every=10, save_every_steps=100),
     "official_defaults": {},
-    # The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA):
-    # the demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos;
-    # with --init from a vmae2 run its model and geometry win.
-    "small_data": dict(model="vit_tiny_patch16_224", num_frames=8, sampling_rate=2, input_size=64,
-                       short_side_size=64, batch_size=8, num_sample=2, epochs=10, lr=0.032, warmup_epochs=1,
-                       layer_decay=0.9, drop_path=0.0, crop_scale=(0.5, 1.0), aa="none", reprob=0.0, mixup=0.0,
-                       cutmix=0.0, test_num_segment=2, test_num_crop=2, output_dir="output/finetune", log_every=10,
-                       save_every_steps=100),
     "vit_b_k400": _script(_B, "k400", batch_size=16, lr=7e-4, layer_decay=0.75, epochs=90),
     "vit_b_k710": _script(_B, "k710", batch_size=16, lr=7e-4, layer_decay=0.75, epochs=90),
     "vit_b_ssv2": _script(_B, "ssv2", batch_size=16, lr=2e-3, layer_decay=0.65, epochs=25),
@@ -225,6 +216,12 @@ FINETUNE_PRESETS = {
     "vit_g_k710_it_hmdb51": _script(_G, "hmdb51", batch_size=3, lr=5e-4, layer_decay=0.9, drop_path=0.35,
                                     head_drop=0.5, epochs=15, sampling_rate=2, with_checkpoint=True),
 }
+
+# The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA): the
+# demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos, with the
+# official flips and the classes of the user's list; with --init from a vmae2 run, that run's model and geometry win.
+FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].items()
+                                     if k not in ("nb_classes", "num_workers", "flip")}, "output_dir": "output/finetune"}
 
 EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
                    "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
