@@ -105,6 +105,7 @@ def test_resume_at_another_geometry_is_refused_and_small_videos_are_noted(tmp_pa
                            env=env, timeout=300)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert "written with --input_size 96, at --input_size 64; pass --input_size 96" in again.stderr
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["input_size"] == 96  # the run's, unchanged
 
 
 # -- 4. defaults that fit the data ----------------------------------------------------------------------------

@@ -167,7 +167,6 @@ class _Run:
         n_params = sum(p.numel() for p in task.model.parameters())
         if d.is_main:
             check_output_dir(cfg.output_dir, needed_bytes=n_params * 4 * 3 + 2**20)  # weights + 2 AdamW moments
-            rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
         if d.world_size > 1:
             dist.barrier()
         self.global_videos = cfg.batch_size * d.world_size * cfg.accum_steps  # official: num_sample not counted
@@ -180,6 +179,8 @@ class _Run:
         self.guard = _Guard(self.s.device, d)
         self.loss_sum = torch.zeros((), device=self.s.device)  # device-side: read on log steps only
         self.step = _resume(task, cfg, self.checkpoints, self.scaler)
+        if d.is_main:  # after the resume check: a refused resume leaves the run's config.json as it was
+            rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
         self.epoch, first_batch = divmod(self.step * cfg.accum_steps, len(loader))
         loader.set_epoch(self.epoch)
         self.batches = loader.iterate(first_batch)

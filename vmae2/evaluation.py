@@ -94,14 +94,14 @@ def build_classifier(cfg, device: torch.device):
     return model.to(device), report
 
 
-def test_clips(cfg) -> ClassifyConfig:
+def multi_view_config(cfg) -> ClassifyConfig:
     """The multi-view test protocol of ``cfg``."""
     return ClassifyConfig(clip_len=cfg.num_frames, rate=cfg.sampling_rate, input_size=cfg.input_size,
                           short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample,
                           num_segments=cfg.test_num_segment, num_crops=cfg.test_num_crop, num_classes=cfg.nb_classes)
 
 
-def class_names(cfg) -> list[str] | None:
+def read_class_names(cfg) -> list[str] | None:
     """The names of ``cfg.class_names``, checked against ``cfg.nb_classes``; None without a file."""
     names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
     if names is not None and len(names) != cfg.nb_classes:
@@ -114,12 +114,12 @@ def run(cfg: EvaluateConfig) -> int:
     try:
         d = setup_distributed("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
         device = resolve_device(cfg.device, d)
-        names = class_names(cfg)
+        names = read_class_names(cfg)
         records = read_finetune_csv(cfg.data_path, data_root=cfg.data_root, num_classes=cfg.nb_classes,
                                     step=cfg.sampling_rate, class_names=names)
         check_found(records, cfg.data_path, cfg.data_root)
         model, report = build_classifier(cfg, device)
-        config = test_clips(cfg)
+        config = multi_view_config(cfg)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import torch
 
 from vmae2.data.classify import ClassifyLoader
 from vmae2.data.lists import VideoRecord, read_list
-from vmae2.evaluation import build_classifier, class_names, predict, test_clips
+from vmae2.evaluation import build_classifier, multi_view_config, predict, read_class_names
 from vmae2.finetune_config import PredictConfig
 from vmae2.runtime import AMP_DTYPES, Dist, resolve_device
 
@@ -31,7 +31,7 @@ def run(cfg: PredictConfig) -> int:
     """Print the top ``cfg.topk`` classes of every video; exit code 0, or 2 for bad weights / lists."""
     try:
         device = resolve_device(cfg.device, Dist())
-        names = class_names(cfg) or [str(k) for k in range(cfg.nb_classes)]
+        names = read_class_names(cfg) or [str(k) for k in range(cfg.nb_classes)]
         paths = list(cfg.videos or [])
         if cfg.data_path:
             paths += [r.path for r in read_list(cfg.data_path, data_root=cfg.data_root, class_names=names)]
@@ -41,7 +41,7 @@ def run(cfg: PredictConfig) -> int:
         return 2
     # label 0 is a placeholder: the loader carries a label per video, prediction never reads it
     records = [VideoRecord(p, 0, -1, 0, True, "", cfg.sampling_rate, "predict") for p in paths]
-    loader = ClassifyLoader(records, mode="test", batch_size=cfg.batch_size, config=test_clips(cfg),
+    loader = ClassifyLoader(records, mode="test", batch_size=cfg.batch_size, config=multi_view_config(cfg),
                             num_workers=cfg.num_workers, device=device)
     video_ids, probs = predict(model, loader, AMP_DTYPES[cfg.run_precision(device.type)]).compute()
     scored = [paths[int(i)] for i in video_ids]
