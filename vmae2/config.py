@@ -22,7 +22,8 @@ from vmae2.models.configs import checkpoint_mode, checkpoint_spellings, list_mod
 def opt(default, help: str, check: str | None = None, **kw):
     """A config field: its default, its ``--help`` text and its range ``check`` (``">= 1"``, ``"> 0"``,
     ``"[0, 1)"``, ... : one rule, applied by :meth:`CommonConfig.validate`; ``None`` values skip it). Other keywords
-    (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them) go to metadata."""
+    (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them, ``positional=METAVAR``:
+    an argument without ``--``) go to metadata."""
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
@@ -345,9 +346,10 @@ def _default_text(value) -> str:
 
 def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
     hints = get_type_hints(command.config_cls)
-    positional = [f.name for f in fields(command.config_cls) if _meta(command.config_cls, f.name).get("positional")]
+    positional = [_meta(command.config_cls, f.name)["positional"] for f in fields(command.config_cls)
+                  if _meta(command.config_cls, f.name).get("positional")]
     parser = Parser(prog=command.prog, description=command.description,
-                    usage="%(prog)s [--option value ...]" + "".join(f" {p[:-1].upper()}..." for p in positional))
+                    usage="%(prog)s " + "".join(f"{p} " for p in positional) + "[--option value ...]")
     if command.presets:
         default = command.default_preset
         if "official_defaults" in command.presets:
@@ -364,8 +366,9 @@ def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
             kw["choices"] = meta["choices"]
         if "tuple" in str(hints[f.name]):
             kw["type"], kw["nargs"] = float, 2
-        if meta.get("positional"):
-            parser.add_argument(f.name, nargs="*", metavar=f.name[:-1].upper(), **kw)
+        if meta.get("positional"):  # its metavar; a list field takes any number of values
+            parser.add_argument(f.name, nargs="*" if "list" in str(hints[f.name]) else "?", metavar=meta["positional"],
+                                **kw)
         else:
             parser.add_argument(f"--{f.name}", **kw)
     return parser

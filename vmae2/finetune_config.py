@@ -148,7 +148,7 @@ class EvaluateConfig(WeightsConfig):
 class PredictConfig(WeightsConfig):
     """The classes of single videos (``python -m vmae2.predict``)."""
 
-    videos: list[str] | None = opt(None, "video files", positional=True)
+    videos: list[str] | None = opt(None, "video files", positional="VIDEO...")
     data_path: str | None = like(None, "a list of videos to predict too (the first column of each line is the path)")
     topk: int = count(5, "classes shown per video")
     format: str = opt("table", "table or json (one object per video: path, top classes and probabilities)",

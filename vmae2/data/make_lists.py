@@ -9,13 +9,36 @@ commas when a path holds a blank.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vmae2.config import Command, check_fields, cli, opt
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
+
+
+@dataclass
+class MakeListsConfig:
+    """The options of ``python -m vmae2.data.make_lists``."""
+
+    dir: str | None = opt(None, "a folder of class folders of videos, or a flat folder of videos", positional="DIR")
+    out: str | None = opt(None, "folder for the lists (created if needed)")
+    val_fraction: float = opt(0.2, "share of each class in val.csv", "[0, 1)")
+    seed: int = opt(0, "seed of the split")
+
+    def validate(self):
+        if self.dir is None or self.out is None:
+            raise ValueError("give the folder and where the lists go: python -m vmae2.data.make_lists DIR --out LISTS")
+        check_fields(self)
+        return self
+
+
+MAKE_LISTS = Command("python -m vmae2.data.make_lists", "The lists of a folder of videos: pretrain.txt (every video); "
+                     "with one subfolder per class also train.csv, val.csv (a seeded split of each class) and "
+                     "classes.txt. Absolute paths.", MakeListsConfig)
 
 
 def _videos(folder: Path, recursive: bool) -> list[Path]:
@@ -73,19 +96,10 @@ def write_lists(root, out, val_fraction: float = 0.2, seed: int = 0) -> dict[str
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vmae2.data.make_lists", description=__doc__.splitlines()[0],
-                                epilog=" ".join(__doc__.splitlines()[2:]))
-    p.add_argument("dir", help="a folder of class folders of videos, or a flat folder of videos")
-    p.add_argument("--out", required=True, help="folder for the lists (created if needed)")
-    p.add_argument("--val_fraction", type=float, default=0.2, help="share of each class in val.csv (default: 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
-    args = p.parse_args(argv)
-    if not 0 <= args.val_fraction < 1:
-        print(f"error: --val_fraction {args.val_fraction} is invalid: must be in [0, 1)", file=sys.stderr)
-        return 2
+def run(cfg: MakeListsConfig) -> int:
+    """Write the lists and say what was written; exit code 0, or 2 for a folder it cannot use."""
     try:
-        written = write_lists(args.dir, args.out, args.val_fraction, args.seed)
+        written = write_lists(cfg.dir, cfg.out, cfg.val_fraction, cfg.seed)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -94,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if "classes" not in written:
         print("no class folders: pretraining list only (put videos in one subfolder per class for fine-tuning lists)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(MAKE_LISTS, argv, "vmae2.data.make_lists:run")
 
 
 if __name__ == "__main__":
