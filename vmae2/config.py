@@ -422,10 +422,10 @@ def _default_preset(command: Command, data_path: str | None, device: str | None)
     on_cpu = device == "cpu" or not gpu_visible()
     preset = "small_data" if videos is not None and videos < SMALL_DATA and on_cpu else "official_defaults"
     size = f"{videos} videos" if videos is not None else "unreadable list"
+    others = ", ".join(p for p in sorted(command.presets) if p != preset and "vit_" not in p)
     print(f"no --preset: {size}{' and no GPU' if on_cpu else ''}, so --preset {preset}"
           + (" (a tiny model for minutes on a CPU)" if preset == "small_data" else " (the official recipe)")
-          + f"; the others (--preset): {', '.join(p for p in sorted(command.presets) if p != preset and 'vit_' not in p)}"
-          f" and the official scripts vit_*", file=sys.stderr)
+          + f"; the others (--preset): {others} and the official scripts vit_*", file=sys.stderr)
     return preset
 
 

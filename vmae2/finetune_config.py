@@ -221,7 +221,8 @@ FINETUNE_PRESETS = {
 # demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos, with the
 # official flips and the classes of the user's list; with --init from a vmae2 run, that run's model and geometry win.
 FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].items()
-                                     if k not in ("nb_classes", "num_workers", "flip")}, "output_dir": "output/finetune"}
+                                     if k not in ("nb_classes", "num_workers", "flip")},
+                                  "output_dir": "output/finetune"}
 
 EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
                    "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "

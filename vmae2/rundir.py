@@ -42,7 +42,8 @@ def read(path) -> tuple[Path, dict] | None:
     """``(config.json path, its values)`` of the run folder ``path`` or of the run holding the file ``path``;
     ``None`` where there is none (official weights, a folder of another tool)."""
     path = Path(path)
-    candidates = [path / CONFIG_FILE] if path.is_dir() else [path.parent / CONFIG_FILE, path.parent.parent / CONFIG_FILE]
+    candidates = [path / CONFIG_FILE] if path.is_dir() else [path.parent / CONFIG_FILE,
+                                                             path.parent.parent / CONFIG_FILE]
     for candidate in candidates:
         if candidate.is_file():
             try:

@@ -255,8 +255,8 @@ def read_finetune_csv(path, *, data_root: str = "", num_classes: int | None = No
         w = _Where(path, n, line, fmt)
         if strict and len(line.split()) != ncols:
             raise w.error(f"{len(line.split())} words but the file was detected as {kind} ({ncols} columns) from "
-                          "its first record; a path with spaces needs commas between the columns (`path,label`), or kind= from "
-                          "Python")
+                          "its first record; a path with spaces needs commas between the columns (`path,label`), "
+                          "or kind= from Python")
         parts = _split(w, ncols, sep)
         full = _join(data_root, parts[0])
         label = _label(w, parts[-1], num_classes, names)
