@@ -30,21 +30,32 @@ def lines() -> list[str]:
                 else f"no CUDA kernels: {info.get('cuda_skipped')}")
         out.append(f"native extension: {native.LIBRARY} (torch {info.get('torch')}, built by {info.get('builder')}; "
                    f"{cuda})")
-    if torch.cuda.is_available():
+    gpu = torch.cuda.is_available()
+    if gpu:
         cap = torch.cuda.get_device_capability()
         out.append(f"GPU {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")
-    else:
-        out.append("GPU none")
+    for device in ("cpu", "cuda") if gpu else ("cpu",):
+        out += _device_lines(device)
+    if not gpu:
+        out.append("cuda: no GPU on this machine (torch sees none): every op runs on the cpu backends above")
+    return out
+
+
+def _device_lines(device: str) -> list[str]:
+    """The backend of every op on ``device``: ops with the same choice and reasons share one entry."""
+    groups: dict[tuple, list[str]] = {}
     for op in OPS:
-        for device in ("cpu", "cuda"):
-            try:
-                chosen = dispatch.choose(op, device)
-            except RuntimeError as exc:
-                chosen = f"error: {exc}"
-            out.append(f"{op:22s} {device:4s} -> {chosen}")
-            for backend, reasons in dispatch.report(op, device).items():
-                if reasons:
-                    out.append(f"{'':27s}{backend}: " + "; ".join(reasons))
+        try:
+            chosen = dispatch.choose(op, device)
+        except RuntimeError as exc:
+            chosen = f"error: {str(exc).replace(op, '<op>')}"
+        reasons = tuple((b, "; ".join(r).replace(op, "<op>")) for b, r in dispatch.report(op, device).items() if r)
+        groups.setdefault((chosen, reasons), []).append(op)
+    out = []
+    for (chosen, reasons), ops in groups.items():
+        names = "every op" if len(ops) == len(OPS) else ", ".join(ops)
+        out.append(f"{device}: {names} -> {chosen}")
+        out += [f"    {backend} not used: {text}" for backend, text in reasons]
     return out
 
 

@@ -54,6 +54,8 @@ def main() -> int:
              "make_videos(sys.argv[1] + '/pre', 4, seed=0, sizes=((64, 48),), num_frames=(24,)); "
              "make_labeled_videos(sys.argv[1] + '/lab', {'train': 2, 'test': 1}, size=(48, 40), num_frames=16, "
              "motions=('still', 'right'))")
+    folders = ["-m", "vmae2.data.make_videos", "--out", str(work / "classes"), "--classes", "still", "right",
+               "--count", "2", "--sizes", "48x40", "--frames", "16"]
     pre, lab = work / "pre" / "train.csv", work / "lab"
     bench = work / "bench.json"  # a one-benchmark pytest-benchmark file for the report
     bench.write_text(json.dumps({"benchmarks": [{"group": "g", "name": "test_a", "stats": {"median": 0.001}}]}))
@@ -78,6 +80,11 @@ def main() -> int:
                         "--weights", str(work / "ft" / "model.safetensors"), "--data_path", str(lab / "test.csv"),
                         *small_ft[2:], "--output_dir", str(work / "eval")],
          {"expect": (f"confusion.png skipped: {NO_PLOT}", "top-1")}),
+        ("class folders", folders, {"expect": ("2 class folders",)}),
+        ("lists", ["-m", "vmae2.data.make_lists", str(work / "classes"), "--out", str(work / "lists")],
+         {"expect": ("classes.txt  2 lines",)}),
+        ("prediction", ["-m", "vmae2.predict", "--run", str(work / "ft"), str(lab / "test" / "still_000.mp4")],
+         {"expect": ("still_000.mp4  ",)}),
         ("feature extraction", ["-m", "vmae2.extract", "--model", "vit_tiny_patch16_224",
                                 "--weights", str(work / "ft" / "model.safetensors"), "--data_path",
                                 str(lab / "test.csv"), "--window", "4", "--stride", "2", "--input_size", "32",

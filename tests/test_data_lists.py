@@ -131,13 +131,13 @@ def test_finetune_rawframes_csv(tmp_path):
 
 def test_finetune_spaces_need_explicit_kind(tmp_path):
     p = _write(tmp_path, "a.mp4 1\nmy video.mp4 2\n")
-    with pytest.raises(ValueError, match=r":2: .*pass kind="):
+    with pytest.raises(ValueError, match=r":2: .*needs commas between the columns"):
         read_finetune_csv(p)
     recs = read_finetune_csv(p, kind="video")
     assert [(r.path, r.label) for r in recs] == [("a.mp4", 1), ("my video.mp4", 2)]
     q = _write(tmp_path, "my frames/x 30 7\n", "q.txt")
     assert read_finetune_csv(q, kind="rawframes")[0].path == "my frames/x"
-    with pytest.raises(ValueError, match="pass kind="):
+    with pytest.raises(ValueError, match="a path with spaces needs commas"):
         read_finetune_csv(q)
 
 
@@ -267,3 +267,63 @@ def test_mixed_shards_disjoint_and_sampler():
     assert list(sampler) != shards[2].tolist()
     with pytest.raises(ValueError):
         MixedSampler(mixed, rank=5, world_size=5)
+
+
+# -- lists from a folder (python -m vmae2.data.make_lists); class names and commas in lists ---------------
+
+def _touch_videos(root, layout):
+    for rel in layout:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+
+
+def test_make_lists_from_class_folders(tmp_path):
+    from vmae2.data.make_lists import main
+
+    _touch_videos(tmp_path / "v", [f"blue_squares/{i}.mp4" for i in range(5)] +
+                  [f"red circles/sub/{i}.webm" for i in range(5)] + ["red circles/notes.txt"])
+    assert main([str(tmp_path / "v"), "--out", str(tmp_path / "lists"), "--val_fraction", "0.2"]) == 0
+    lists = tmp_path / "lists"
+    assert (lists / "classes.txt").read_text() == "blue_squares\nred circles\n"
+    pre = read_list(lists / "pretrain.txt")
+    assert len(pre) == 10 and all(r.is_video and os.path.isabs(r.path) for r in pre)
+    train = read_finetune_csv(lists / "train.csv", num_classes=2)
+    val = read_finetune_csv(lists / "val.csv", num_classes=2)
+    assert sorted(r.label for r in val) == [0, 1] and len(train) == 8  # one of each class's five in val
+    assert {r.path for r in train} | {r.path for r in val} == {r.path for r in pre}
+    assert all(("red circles" in r.path) == (r.label == 1) for r in train + val)
+    # the same seed gives the same split; another seed may not
+    main([str(tmp_path / "v"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "val.csv").read_text() == (lists / "val.csv").read_text()
+
+
+def test_make_lists_flat_folder_and_bad_folders(tmp_path, capsys):
+    from vmae2.data.make_lists import main
+
+    _touch_videos(tmp_path / "flat", ["a.mp4", "b.avi"])
+    assert main([str(tmp_path / "flat"), "--out", str(tmp_path / "l")]) == 0
+    assert sorted(os.listdir(tmp_path / "l")) == ["pretrain.txt"]
+    assert "pretraining list only" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "l2")]) == 2
+    assert "no videos in" in capsys.readouterr().err
+    _touch_videos(tmp_path / "mixed", ["a.mp4", "cls/b.mp4"])
+    assert main([str(tmp_path / "mixed"), "--out", str(tmp_path / "l3")]) == 2
+    assert "move each video into its class folder" in capsys.readouterr().err
+
+
+def test_finetune_list_with_class_names_and_commas(tmp_path):
+    names = ["blue_squares", "red circles"]
+    p = _write(tmp_path, "path,label\na b.mp4,blue_squares\nc.mp4, Red Circles\nd.mp4,1\n", "named.csv")
+    recs = read_finetune_csv(p, num_classes=2, class_names=names)
+    assert [(r.path, r.label) for r in recs] == [("a b.mp4", 0), ("c.mp4", 1), ("d.mp4", 1)]
+    assert [r.label for r in read_list(p, class_names=names)] == [0, 1, 1]
+    q = _write(tmp_path, "x.mp4,0,-1\n", "pre.csv")
+    assert read_list(q)[0].is_video
+    # a class name without the class-name file: the error says how to give it
+    with pytest.raises(ValueError, match=r"named.csv:2: label 'blue_squares' is not an integer.*--class_names"):
+        read_finetune_csv(p, num_classes=2)
+    with pytest.raises(ValueError, match=r":2: label 'blue_squares' is not an integer nor one of the 1 class"):
+        read_finetune_csv(p, num_classes=2, class_names=["cats"])
+    with pytest.raises(ValueError, match=r":1: .*expected a pretraining list.*make_lists"):
+        read_list(_write(tmp_path, "a;b;c;d\n", "semi.txt"))

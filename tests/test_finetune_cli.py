@@ -1,4 +1,5 @@
 """``python -m vmae2.finetune`` and ``python -m vmae2.evaluate`` end to end on the tiny model (few steps)."""
+import csv
 import json
 import os
 import subprocess
@@ -68,7 +69,8 @@ def test_finetune_evaluate_and_step_exact_resume(lists, tmp_path):
     assert test["videos_scored"] == test["videos_listed"] == 4
     # The accuracies recomputed from the saved per-video predictions and the labels in the test list.
     listed = dict(line.rsplit(" ", 1) for line in lists["test"].read_text().splitlines())
-    rows = [line.split(",") for line in (a / "predictions.csv").read_text().splitlines()[1:]]
+    with open(a / "predictions.csv", newline="") as fh:
+        rows = [(r["path"], r["label"], r["top5"]) for r in csv.DictReader(fh)]
     assert sorted(path for path, _, _ in rows) == sorted(listed)
     assert all(label == listed[path] for path, label, _ in rows)
     hits = {path: top5.split()[0] == listed[path] for path, _, top5 in rows}
@@ -113,15 +115,22 @@ def test_init_from_a_pretraining_checkpoint_on_another_grid(lists, tmp_path):
     assert stored_pos_grid(out / "model.safetensors") == (4, 4, 4)
 
 
-def test_demo_preset_only_without_data(tmp_path):
+def test_demo_preset_only_without_data_and_small_data_gets_small_data(tmp_path, monkeypatch, capsys):
+    import vmae2.config
     from vmae2.config import parse_config
     from vmae2.finetune_config import FINETUNE
 
     assert parse_config([], FINETUNE).model == "vit_tiny_patch16_224"
     listing = tmp_path / "l.csv"
     listing.write_text("a.mp4 0\n")
+    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: False)
+    cfg = parse_config(["--data_path", str(listing)], FINETUNE)
+    assert cfg.model == "vit_tiny_patch16_224" and cfg.output_dir == "output/finetune"
+    assert "no --preset: 1 videos and no GPU, so --preset small_data" in capsys.readouterr().err
+    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: True)  # the official recipe where it can run
     cfg = parse_config(["--data_path", str(listing)], FINETUNE)
     assert cfg.model == "vit_base_patch16_224" and cfg.aa == "rand-m7-n4-mstd0.5-inc1" and cfg.test_num_segment == 10
+    assert "so --preset official_defaults (the official recipe)" in capsys.readouterr().err
 
 
 def test_evaluation_scores_the_readable_videos(lists, tmp_path):

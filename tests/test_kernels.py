@@ -455,13 +455,19 @@ def test_without_triton_everything_falls_back():
     assert out == ["torch", "2", "refused"]
 
 
-def test_info_lists_every_op():
+def test_info_groups_identical_reasons_and_says_when_there_is_no_gpu(monkeypatch):
     from vmae2_kernels.info import lines
 
-    text = "\n".join(lines())
-    for op in ops.OPS:
-        assert f"{op:22s} cpu" in text and f"{op:22s} cuda" in text
-    assert "torch" in text and "triton" in text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = lines()
+    text = "\n".join(out)
+    assert all(op in text for op in ops.OPS) or "cpu: every op -> " in text
+    assert "triton" in text
+    # no backend is claimed for CUDA tensors on a machine without a GPU; it says so in one line
+    assert [line for line in out if line.startswith("cuda")] == [
+        "cuda: no GPU on this machine (torch sees none): every op runs on the cpu backends above"]
+    reasons = [line for line in out if line.startswith("    ")]
+    assert len(reasons) == len(set(reasons)) and len(out) < 5 + 3 * len(ops.OPS)  # was 4 lines per op and device
 
 
 def test_fused_backends_refuse_float64():

@@ -174,7 +174,7 @@ def test_save_confusion_png(tmp_path):
     fig, _ = confusion_figure(cm, names)
     fig.canvas.draw()  # the layout the PNG was saved with
     ax = fig.axes[0]
-    assert png.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width)) == (40 * 3 + 320,) * 2
+    assert png.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width)) == (560, 560)  # MIN_SIDE (> 40 K + 320)
     assert len(fig.axes) == 2  # the heat map and its colour bar
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0 abseiling", "1 air drumming", "2 zumba"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
@@ -194,6 +194,21 @@ def test_save_confusion_png(tmp_path):
         save_confusion_png(torch.zeros(2, 3), tmp_path / "x.png")
     with pytest.raises(ValueError, match="2 class names for a 3x3 matrix"):
         save_confusion_png(cm, tmp_path / "x.png", class_names=names[:2])
+
+
+def test_confusion_png_of_two_classes_is_readable(tmp_path):
+    """Two classes (a small user data set): a picture of at least 560 px whose title and labels lie inside it."""
+    assert save_confusion_png(torch.tensor([[3, 1], [0, 4]]), tmp_path / "cm.png", class_names=["a", "b"]) is None
+    with Image.open(tmp_path / "cm.png") as img:
+        assert min(img.size) >= 560
+    fig, _ = confusion_figure(torch.tensor([[3, 1], [0, 4]]), ["a", "b"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    for text in [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_yticklabels()]:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text
+    assert ax.title.get_fontsize() >= 9
 
 
 def test_save_confusion_png_without_matplotlib(tmp_path, no_matplotlib):

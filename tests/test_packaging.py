@@ -275,21 +275,25 @@ def test_no_import_cycles_in_the_packages():
     assert cycles == []
 
 
-@pytest.mark.parametrize("entry", ["train", "finetune", "evaluate", "plan", "extract"])
+@pytest.mark.parametrize("entry", ["train", "finetune", "evaluate", "predict", "plan", "extract", "data.make_lists"])
 def test_help_and_bad_values_answer_without_importing_torch(entry):
     """`--help` and a refused value come from the config layer alone (no torch import: well under 2 s); the run
     module, which imports torch, is loaded only after the config is valid."""
     existing = str(ROOT / "pyproject.toml")  # any existing file: evaluate's required paths are checked first
     required = {"evaluate": ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--weights", existing,
                              "--data_path", existing],
-                "extract": ["--weights", existing, "--data_path", existing]}.get(entry, [])
-    bad = "--window" if entry == "extract" else "--num_frames"
+                "predict": ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--weights", existing, existing],
+                "extract": ["--weights", existing, "--data_path", existing],
+                "data.make_lists": [str(ROOT), "--out", "never"]}.get(entry, [])
+    bad, value, refused = {"extract": ("--window", "0", "0 is invalid: must be >= 1"),
+                           "data.make_lists": ("--val_fraction", "1", "1.0 is invalid: must be in [0, 1)")}.get(
+        entry, ("--num_frames", "0", "0 is invalid: must be >= 1"))
     code = ("import sys\n"
             f"from vmae2.{entry} import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            f"rc = main({required!r} + [{bad!r}, '0'])\n"
+            f"rc = main({required!r} + [{bad!r}, {value!r}])\n"
             "print(rc, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "2 False"
-    assert f"{bad} 0 is invalid: must be >= 1" in out.stderr
+    assert f"{bad} {refused}" in out.stderr

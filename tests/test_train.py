@@ -204,8 +204,15 @@ def test_visualize_writes_a_png(data_list, tmp_path):
     _run(TINY + ["--data_path", data_list, "--max_steps", "1", "--output_dir", str(tmp_path)])
     video = Path(data_list).parent / "00000_h264_96x64.mp4"
     out = tmp_path / "viz.png"
-    subprocess.run([sys.executable, "-m", "vmae2.visualize", str(Checkpoints(tmp_path, 2).latest()), str(video),
-                    "--out", str(out), "--sampling_rate", "2"], check=True, capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "vmae2.visualize", str(Checkpoints(tmp_path, 2).latest()),
+                             str(video), "--out", str(out), "--sampling_rate", "2"], check=True, capture_output=True,
+                             text=True)
+    assert "--sampling_rate 2 differs from the run's 4" in result.stderr  # a flag against the run's geometry says so
+    # weights alone: the config.json beside them gives model and geometry (4 frames x 64 px, not 16 x 224)
+    subprocess.run([sys.executable, "-m", "vmae2.visualize", str(tmp_path / "model.safetensors"), str(video),
+                    "--out", str(tmp_path / "viz2.png")], check=True, capture_output=True)
+    with Image.open(tmp_path / "viz2.png") as img:
+        assert img.size == (64 * 2 * 4, 4 * (64 * 4 + TITLE_HEIGHT))
     with Image.open(out) as img:
         img.verify()
     with Image.open(out) as img:

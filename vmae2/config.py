@@ -7,24 +7,34 @@ Everything is validated before any work starts; errors name the value and what i
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
+from vmae2 import rundir
 from vmae2.models.configs import checkpoint_mode, checkpoint_spellings, list_models, model_config
 
 
 def opt(default, help: str, check: str | None = None, **kw):
     """A config field: its default, its ``--help`` text and its range ``check`` (``">= 1"``, ``"> 0"``,
     ``"[0, 1)"``, ... : one rule, applied by :meth:`CommonConfig.validate`; ``None`` values skip it). Other keywords
-    (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them) go to metadata."""
+    (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them, ``positional=METAVAR``:
+    an argument without ``--``) go to metadata."""
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
     """``precision`` with ``auto`` resolved: bf16 on a GPU, fp32 on a CPU (every entry point: one rule)."""
     return precision if precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def count(default, help: str):
@@ -86,7 +96,8 @@ class CommonConfig:
     # data
     data_path: str | None = opt(None, "list file(s), comma-separated", path=True)
     data_root: str = opt("", "prefix for relative paths in the lists")
-    num_workers: int = opt(10, "data workers (PyTorch) or threads (DALI)", ">= 0")
+    num_workers: int | None = opt(None, "data workers (PyTorch) or threads (DALI) (default: min(10, CPU cores); "
+                                        "0: load in the main process)", ">= 0")
     # clip geometry
     num_frames: int = count(16, "frames per clip")
     sampling_rate: int = count(4, "temporal stride (official: 4)")
@@ -102,6 +113,8 @@ class CommonConfig:
 
     KIND = ""  # "pretrain_" or "vit_": the model names this entry point takes (class attributes, not fields)
     REQUIRED = ()  # fields without a usable default
+    REQUIRED_HINT = ""  # how else a required field can be given
+    MAX_WORKERS = 10  # the default --num_workers is min(MAX_WORKERS, the CPU cores this process may use)
 
     @property
     def patch_size(self) -> int:
@@ -120,12 +133,14 @@ class CommonConfig:
         """Raise ``ValueError`` naming the first invalid value and what is allowed; return ``self``."""
         for name in self.REQUIRED:
             if getattr(self, name) is None:
-                raise ValueError(f"--{name} is required")
+                raise ValueError(f"--{name} is required{self.REQUIRED_HINT}")
         models = [m for m in list_models() if m.startswith(self.KIND)]
         if self.model not in models:
             refuse("model", self.model, f"choose a {'pretraining' if self.KIND == 'pretrain_' else 'classification'} "
                                       f"model: {models}")
         check_fields(self)
+        if self.num_workers is None:
+            self.num_workers = min(self.MAX_WORKERS, cpu_cores())
         if self.num_frames % self.tubelet_size:
             refuse("num_frames", self.num_frames, f"must be divisible by --tubelet_size {self.tubelet_size}")
         if self.input_size % self.patch_size:
@@ -233,7 +248,7 @@ class TrainConfig(TrainingConfig):
 # betas (0.9, 0.95), 4 views per clip, batch 32 per GPU.
 _OFFICIAL = dict(num_frames=16, input_size=224, sampling_rate=4, mask_ratio=0.9, decoder_mask_type="run_cell",
                  decoder_mask_ratio=0.5, decoder_depth=4, opt_betas=(0.9, 0.95), num_sample=4, batch_size=32,
-                 min_lr=1e-5, weight_decay=0.05, num_workers=10, save_every_steps=1000)
+                 min_lr=1e-5, weight_decay=0.05, save_every_steps=1000)  # workers: 10 (official) where the cores are
 PRESETS = {
     # The embedded default (applied when no --preset is given): a tiny model on generated videos (flat objects
     # over gradients), a few minutes on a CPU, chosen so that the model visibly reconstructs the moving objects
@@ -258,6 +273,11 @@ PRESETS = {
                         "warmup_epochs": 30, "epochs": 300, "with_checkpoint": "auto", "clip_grad": 0.02},
 }
 
+# The default for --data_path without --preset on a small data set without a GPU (SMALL_DATA): the demo's recipe
+# (tiny model, 4 frames x 128 px, 1500 steps: minutes on a CPU) on the user's videos.
+PRESETS["small_data"] = {**{k: v for k, v in PRESETS["demo"].items() if k != "num_workers"},
+                         "output_dir": "output/pretrain"}
+
 
 def _field_parser(name: str, kind):
     text = str(kind)
@@ -281,7 +301,9 @@ def _parse_bool(s: str) -> bool:
 
 @dataclass(frozen=True)
 class Command:
-    """What an entry point parses: its config dataclass, named presets and help texts."""
+    """What an entry point parses: its config dataclass, named presets and help texts. ``inherit(values)`` gives
+    ``(source, options)`` that the weights the options name carry (:mod:`vmae2.rundir`): they override the preset,
+    explicit options override them (with a warning naming both values)."""
 
     prog: str
     description: str
@@ -289,6 +311,7 @@ class Command:
     presets: dict = field(default_factory=dict)  # none: no --preset
     default_preset: str | None = None
     preset_help: str = ""
+    inherit: Callable[[dict], tuple[str | None, dict]] | None = None
 
 
 PRETRAIN = Command(
@@ -297,27 +320,57 @@ PRETRAIN = Command(
     "on a CPU). Precedence: defaults < --preset < --config < flags. Defaults below are the official "
     "run_mae_pretraining.py ones; the preset replaces some of them.",
     TrainConfig, PRESETS, "demo",
-    "official script settings (vit_*_hybrid_pt), or demo (tiny model, generated videos)")
+    "official script settings (vit_*_hybrid_pt), demo (tiny model, generated videos) or small_data (the demo's "
+    "recipe on your videos)")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are two lines: the problem (with a "did you mean" for a mistyped
+    option) and where the options are listed, not the whole usage."""
+
+    def error(self, message: str):
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            options = [o for action in self._actions for o in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("-"):
+                    close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+                    hints.append(f"unknown option {word}" + (f": did you mean {close[0]}?" if close else ""))
+        text = "; ".join(hints) or message
+        self.exit(2, f"{self.prog}: error: {text}\n({self.prog} --help lists every option)\n")
+
+
+def _default_text(value) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, tuple) else repr(value) if value == "" else str(value)
 
 
 def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=command.prog, description=command.description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = get_type_hints(command.config_cls)
+    positional = [_meta(command.config_cls, f.name)["positional"] for f in fields(command.config_cls)
+                  if _meta(command.config_cls, f.name).get("positional")]
+    parser = Parser(prog=command.prog, description=command.description,
+                    usage="%(prog)s " + "".join(f"{p} " for p in positional) + "[--option value ...]")
     if command.presets:
-        default = f"{command.default_preset} without --data_path, official_defaults with it" \
-            if "official_defaults" in command.presets else command.default_preset
+        default = command.default_preset
+        if "official_defaults" in command.presets:
+            default = (f"{default} without --data_path; with it, small_data for fewer than {SMALL_DATA} videos and "
+                       f"no GPU, else official_defaults")
         parser.add_argument("--preset", choices=sorted(command.presets), default=None,
                             help=command.preset_help + f" (default: {default})")
     parser.add_argument("--config", default=None, help="JSON or YAML file of option: value pairs")
-    hints = get_type_hints(command.config_cls)
     for f in fields(command.config_cls):
         meta = _meta(command.config_cls, f.name)
-        kw = {"help": meta["help"], "default": argparse.SUPPRESS, "type": _field_parser(f.name, hints[f.name])}
+        text = meta["help"] if "default" in meta["help"] else f"{meta['help']} (default: {_default_text(f.default)})"
+        kw = {"help": text, "default": argparse.SUPPRESS, "type": _field_parser(f.name, hints[f.name])}
         if "choices" in meta:
             kw["choices"] = meta["choices"]
         if "tuple" in str(hints[f.name]):
             kw["type"], kw["nargs"] = float, 2
-        parser.add_argument(f"--{f.name}", **kw)
+        if meta.get("positional"):  # its metavar; a list field takes any number of values
+            parser.add_argument(f.name, nargs="*" if "list" in str(hints[f.name]) else "?", metavar=meta["positional"],
+                                **kw)
+        else:
+            parser.add_argument(f"--{f.name}", **kw)
     return parser
 
 
@@ -338,6 +391,48 @@ def _read_file(path: str) -> dict:
     return data
 
 
+SMALL_DATA = 1000  # videos: below this, without a GPU, --data_path without --preset runs the small_data preset
+
+
+def _count_videos(data_path: str) -> int | None:
+    """Records in the lists of ``data_path`` (non-blank, non-comment lines), or None when one is unreadable."""
+    total = 0
+    for path in str(data_path).split(","):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                total += sum(1 for line in fh if line.strip() and not line.lstrip().startswith("#"))
+        except (OSError, UnicodeDecodeError):
+            return None
+    return total
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, read without importing torch (``CUDA_VISIBLE_DEVICES``, the driver)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus"))
+
+
+def _default_preset(command: Command, data_path: str | None, device: str | None) -> str:
+    """The preset when none is given: the demo without data; with data, ``small_data`` for a small set on a
+    machine without a GPU, else ``official_defaults``; said on stderr."""
+    if data_path is None or "official_defaults" not in command.presets:
+        return command.default_preset
+    videos = _count_videos(data_path)
+    on_cpu = device == "cpu" or not gpu_visible()
+    preset = "small_data" if videos is not None and videos < SMALL_DATA and on_cpu else "official_defaults"
+    size = f"{videos} videos" if videos is not None else "unreadable list"
+    others = ", ".join(p for p in sorted(command.presets) if p != preset and "vit_" not in p)
+    print(f"no --preset: {size}{' and no GPU' if on_cpu else ''}, so --preset {preset}"
+          + (" (a tiny model for minutes on a CPU)" if preset == "small_data" else " (the official recipe)")
+          + f"; the others (--preset): {others} and the official scripts vit_*", file=sys.stderr)
+    return preset
+
+
+def _same(a, b) -> bool:
+    return (list(a) if isinstance(a, (tuple, list)) else a) == (list(b) if isinstance(b, (tuple, list)) else b)
+
+
 def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     """Parse ``argv`` into a validated ``command.config_cls`` (raises ``SystemExit`` / ``ValueError``)."""
     args = vars(build_parser(command).parse_args(argv))
@@ -348,11 +443,17 @@ def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     unknown = sorted(set(from_file) - known)
     if unknown:
         raise ValueError(f"--config {config_file}: unknown options {unknown}")
-    if preset is None and command.presets:  # the demo only when no data is named; real data: official defaults
-        preset = command.default_preset if "data_path" not in args and "data_path" not in from_file \
-            else "official_defaults"
-    values: dict = {**command.presets.get(preset, {}), **from_file}
-    values.update(args)
+    explicit = {**from_file, **args}
+    if preset is None and command.presets:  # the demo only when no data is named
+        preset = _default_preset(command, explicit.get("data_path"), explicit.get("device"))
+    values: dict = {**command.presets.get(preset, {}), **explicit}
+    if command.inherit is not None:
+        source, carried = command.inherit(values)
+        for name, value in carried.items():  # a flag naming other files or folders is a choice, not a contradiction
+            if name in explicit and name not in rundir.LOCATIONS and not _same(explicit[name], value):
+                print(f"warning: --{name} {_default_text(explicit[name])} differs from the run's "
+                      f"{_default_text(value)} ({source}); using {_default_text(explicit[name])}", file=sys.stderr)
+        values = {**command.presets.get(preset, {}), **carried, **explicit}
     if "opt_betas" in values:
         values["opt_betas"] = tuple(float(b) for b in values["opt_betas"])
     return command.config_cls(**values).validate()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vmae2 import rundir
 from vmae2.config import TrainingConfig, to_dict
 from vmae2.runtime import (
     AMP_DTYPES,
@@ -77,6 +78,7 @@ class Task:
     model: torch.nn.Module
     runner: torch.nn.Module
     loader: object  # len(), set_epoch(e), iterate(first_batch), telemetry, ledger
+    ENTRY = ""  # "train" or "finetune": the run kind in config.json (vmae2.rundir)
     epoch_checkpoints = False  # log, evaluate and save at every epoch's end too
     log_divisor_per_rank = True  # the logged loss is a per-rank mean: divide its all-reduced sum by the world size
 
@@ -158,8 +160,10 @@ class _Run:
         self.task, self.s, self.cfg, self.d = task, task.s, task.cfg, task.d
         cfg, d, loader = self.cfg, self.d, task.loader
         if len(loader) < cfg.accum_steps:
-            raise ValueError(f"the data gives {len(loader)} batches per epoch per process; need at least "
-                             f"--accum_steps {cfg.accum_steps}: add videos or lower --batch_size {cfg.batch_size}")
+            fits = max(1, cfg.batch_size * len(loader) // cfg.accum_steps)
+            raise ValueError(f"--batch_size {cfg.batch_size} is too large for this data: it gives {len(loader)} "
+                             f"batches per epoch per process, and --accum_steps {cfg.accum_steps} needs at least "
+                             f"{cfg.accum_steps}; pass a smaller --batch_size (at most {fits}) or add videos")
         n_params = sum(p.numel() for p in task.model.parameters())
         if d.is_main:
             check_output_dir(cfg.output_dir, needed_bytes=n_params * 4 * 3 + 2**20)  # weights + 2 AdamW moments
@@ -175,6 +179,8 @@ class _Run:
         self.guard = _Guard(self.s.device, d)
         self.loss_sum = torch.zeros((), device=self.s.device)  # device-side: read on log steps only
         self.step = _resume(task, cfg, self.checkpoints, self.scaler)
+        if d.is_main:  # after the resume check: a refused resume leaves the run's config.json as it was
+            rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
         self.epoch, first_batch = divmod(self.step * cfg.accum_steps, len(loader))
         loader.set_epoch(self.epoch)
         self.batches = loader.iterate(first_batch)
@@ -276,8 +282,11 @@ def train(task: Task) -> int:
     stop_signal = stop_signals()
     metrics = MetricsLog(task.cfg.output_dir, run.total_steps, run.step, enabled=d.is_main)
     if d.is_main:
-        print(f"{task.describe()}, {d.world_size} process(es) on {s.device}, {s.precision}, {run.total_steps} steps "
-              f"of {run.global_videos} videos x {task.cfg.num_sample} views, lr {run.lr:.2e}", flush=True)
+        cfg = task.cfg
+        print(f"{task.describe()}; clips of {cfg.num_frames} frames x {cfg.input_size} px, sampling rate "
+              f"{cfg.sampling_rate}; {d.world_size} process(es) on {s.device}, {s.precision}; "
+              f"{run.total_steps} steps of batch {cfg.batch_size} x {d.world_size} process(es) x {cfg.accum_steps} "
+              f"accumulated = {run.global_videos} videos x {cfg.num_sample} views; lr {run.lr:.2e}", flush=True)
     stopped = run.loop(stop_signal, metrics)
     metrics.close()
     if stopped:
@@ -298,6 +307,15 @@ def _resume(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler) -
     if not source:
         return 0
     state = Checkpoints.load(source)
+    saved = state.get("config", {})
+    for name in ("model",) + rundir.GEOMETRY:  # the weights' shapes follow all but the sampling rate
+        if name in saved and saved[name] != getattr(cfg, name):
+            text = (f"resuming {source}, written with --{name} {saved[name]}, at --{name} {getattr(cfg, name)}; pass "
+                    f"--{name} {saved[name]} to continue that run")
+            if name != "sampling_rate":
+                raise ValueError(f"{text}, or --resume none (or another --output_dir) for a new one")
+            if task.d.is_main:
+                log.warning(text)
     task.load_state(state)
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])

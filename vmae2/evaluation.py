@@ -2,6 +2,8 @@
 top-k, per-class accuracy, confusion matrix and the report files. Fine-tuning tests with the same functions."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 from vmae2.checkpoint import load_classifier_weights, stored_pos_grid
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
-from vmae2.data.lists import VideoRecord, read_finetune_csv
+from vmae2.data.lists import VideoRecord, check_found, read_finetune_csv
 from vmae2.finetune_config import EvaluateConfig
 from vmae2.metrics import ViewPredictions, confusion_matrix, per_class_accuracy, save_confusion_png, topk_accuracy
 from vmae2.runtime import AMP_DTYPES, Dist, finish_distributed, resolve_device, setup_distributed
@@ -61,42 +63,71 @@ def write_report(result: dict, records: list[VideoRecord], out_dir, class_names:
     counts = result["confusion"].sum(dim=1)
     rows = [f"{k},{names[k]},{int(counts[k])},{float(result['per_class'][k]):.4f}\n" for k in range(num_classes)]
     (out / "per_class.csv").write_text("class,name,videos,top1\n" + "".join(rows))
-    top = result["probs"].topk(min(5, num_classes), dim=1).indices
-    lines = [f"{records[int(v)].path},{int(y)},{' '.join(str(int(c)) for c in t)}\n"
-             for v, y, t in zip(result["video_ids"], result["labels"], top)]
-    (out / "predictions.csv").write_text("path,label,top5\n" + "".join(lines))
+    (out / "predictions.csv").write_text(predictions_csv(result, records, names))
     if skipped := save_confusion_png(result["confusion"], out / "confusion.png", class_names):
         print(skipped, flush=True)
     return summary
 
 
-def run(cfg: EvaluateConfig) -> int:
-    """Evaluate ``cfg.weights`` on ``cfg.data_path``; exit code 0, or 2 for bad lists / weights."""
+def predictions_csv(result: dict, records: list[VideoRecord], names: list[str]) -> str:
+    """One row per scored video: ``path,label,label_name,top5,top5_names,top5_probs`` (the top-5 ids and their
+    merged softmax probabilities space-separated, the names ``|``-separated; quoted where a field needs it)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "label_name", "top5", "top5_names", "top5_probs"])
+    probs, top = result["probs"].topk(min(5, result["probs"].shape[1]), dim=1)
+    for v, y, p, t in zip(result["video_ids"], result["labels"], probs.tolist(), top.tolist()):
+        writer.writerow([records[int(v)].path, int(y), names[int(y)], " ".join(map(str, t)),
+                         "|".join(names[c] for c in t), " ".join(f"{x:.4f}" for x in p)])
+    return text.getvalue()
+
+
+def build_classifier(cfg, device: torch.device):
+    """The classifier of ``cfg`` (evaluation or prediction) with ``cfg.weights`` loaded, on ``device``; returns
+    ``(model, load report)``. Raises ``ValueError`` for weights that do not fit."""
     from vmae2.models import create_model
 
+    model = create_model(cfg.model, num_classes=cfg.nb_classes, num_frames=cfg.num_frames, img_size=cfg.input_size,
+                         tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend,
+                         pos_embed_grid=cfg.pretrain_grid() or stored_pos_grid(cfg.weights))
+    report = load_classifier_weights(model, cfg.weights, head_index=getattr(cfg, "head_index", None), strict=True)
+    return model.to(device), report
+
+
+def multi_view_config(cfg) -> ClassifyConfig:
+    """The multi-view test protocol of ``cfg``."""
+    return ClassifyConfig(clip_len=cfg.num_frames, rate=cfg.sampling_rate, input_size=cfg.input_size,
+                          short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample,
+                          num_segments=cfg.test_num_segment, num_crops=cfg.test_num_crop, num_classes=cfg.nb_classes)
+
+
+def read_class_names(cfg) -> list[str] | None:
+    """The names of ``cfg.class_names``, checked against ``cfg.nb_classes``; None without a file."""
+    names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
+    if names is not None and len(names) != cfg.nb_classes:
+        raise ValueError(f"--class_names {cfg.class_names} has {len(names)} classes, --nb_classes is {cfg.nb_classes}")
+    return names
+
+
+def run(cfg: EvaluateConfig) -> int:
+    """Evaluate ``cfg.weights`` on ``cfg.data_path``; exit code 0, or 2 for bad lists / weights."""
     try:
         d = setup_distributed("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
         device = resolve_device(cfg.device, d)
+        names = read_class_names(cfg)
         records = read_finetune_csv(cfg.data_path, data_root=cfg.data_root, num_classes=cfg.nb_classes,
-                                    step=cfg.sampling_rate)
-        names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
-        if names is not None and len(names) != cfg.nb_classes:
-            raise ValueError(f"--class_names {cfg.class_names} has {len(names)} classes, --nb_classes is "
-                             f"{cfg.nb_classes}")
-        model = create_model(cfg.model, num_classes=cfg.nb_classes, num_frames=cfg.num_frames,
-                             img_size=cfg.input_size, tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend,
-                             pos_embed_grid=cfg.pretrain_grid() or stored_pos_grid(cfg.weights))
-        report = load_classifier_weights(model, cfg.weights, head_index=cfg.head_index, strict=True)
-        config = ClassifyConfig(clip_len=cfg.num_frames, rate=cfg.sampling_rate, input_size=cfg.input_size,
-                                short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample,
-                                num_segments=cfg.test_num_segment, num_crops=cfg.test_num_crop,
-                                num_classes=cfg.nb_classes)
+                                    step=cfg.sampling_rate, class_names=names)
+        check_found(records, cfg.data_path, cfg.data_root)
+        model, report = build_classifier(cfg, device)
+        config = multi_view_config(cfg)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model.to(device)
     if d.is_main:
         print(f"loaded {cfg.weights}: {report}", flush=True)
+        print(f"{cfg.model}, {cfg.nb_classes} classes; clips of {cfg.num_frames} frames x {cfg.input_size} px (short "
+              f"side {cfg.short_side_size}), sampling rate {cfg.sampling_rate}; {cfg.test_num_segment}x"
+              f"{cfg.test_num_crop} views per video; {len(records)} videos from {cfg.data_path}", flush=True)
     loader = ClassifyLoader(records, mode="test", batch_size=cfg.batch_size, config=config, rank=d.rank,
                             world_size=d.world_size, num_workers=cfg.num_workers, device=device,
                             quarantine=Path(cfg.output_dir) / "quarantine.tsv")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from vmae2 import rundir
 from vmae2.config import Command, check_fields, cli, count, opt, refuse
 from vmae2.models.configs import FINETUNE_NAMES, model_config
 
@@ -71,8 +72,9 @@ class ExtractConfig:
 
 EXTRACT = Command("python -m vmae2.extract", "Windowed clip features of videos (official extract_tad_feature.py "
                   "layout): one .npy per video, resumable, bad videos listed and skipped. Precedence: defaults < "
-                  "--preset < --config < flags.", ExtractConfig, PRESETS, "thumos14",
-                  "thumos14 (a window every 4 frames) or fineaction (every 16)")
+                  "--preset < --config < flags; a vmae2 run's config.json beside --weights gives the model, window "
+                  "and input size.", ExtractConfig, PRESETS, "thumos14",
+                  "thumos14 (a window every 4 frames) or fineaction (every 16)", rundir.extract_values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,10 @@ official ``run_class_finetuning.py`` ones; flag names follow it where sensible (
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from vmae2 import rundir
 from vmae2.config import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}
@@ -56,15 +58,17 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
 
     # model
     init: str | None = like(None, "initial weights: a pretraining checkpoint (encoder kept, decoder dropped, head new) "
-                                  "or a fine-tuned one (.pth or .safetensors)")
+                                  "or a fine-tuned one (.pth or .safetensors); the model and clip geometry of the "
+                                  "run that wrote it (its config.json) are the defaults")
     init_head_index: str | None = opt(None, "official label_710to{400,600,700}.json: re-index the head rows of a "
                                             "710-class --init checkpoint to this model's classes", path=True)
     drop_path: float = like(0.1)
     head_drop: float = opt(0.0, "dropout before the head", "[0, 1]")
     init_scale: float = opt(0.001, "scale of the fresh head's initial weights", "> 0")
     # data
-    data_path: str | None = like(None, "training list(s) (official fine-tune CSV `path label`), comma-separated; "
-                                       "default: generated still/moving videos (demo)")
+    data_path: str | None = like(None, "training list(s) (official fine-tune CSV `path label`, label a class id or, "
+                                       "with --class_names, a class name), comma-separated; default: generated "
+                                       "still/moving videos (demo)")
     label_maps: str | None = opt(None, "class-name files of the lists in --data_path, comma-separated: the lists are "
                                        "merged by class name and de-duplicated by video id (the K710 construction)",
                                  path=True)
@@ -109,21 +113,55 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
 
 
 @dataclass
-class EvaluateConfig(ClassifierConfig):
+class WeightsConfig(ClassifierConfig):
+    """The fields of the two entry points that apply fine-tuned weights (evaluation, prediction)."""
+
+    REQUIRED = ("model", "weights", "nb_classes")
+    REQUIRED_HINT = " (or --run DIR: a fine-tuning output folder gives it)"
+    MAX_WORKERS = 4
+    run: str | None = opt(None, "a python -m vmae2.finetune output folder: its config.json gives the model, classes, "
+                                "clip geometry, test views, weights (model.safetensors) and test list; flags still "
+                                "override (with a warning)")
+    model: str | None = like(None)
+    nb_classes: int | None = like(None)
+    weights: str | None = opt(None, "fine-tuned checkpoint (.pth official or ours, .safetensors); a config.json beside "
+                                    "it (a vmae2 run) gives the model, classes and clip geometry", path=True)
+    test_num_segment: int = like(5)
+    batch_size: int = like(4, "videos per batch (each gives all its views)")
+    num_workers: int | None = like(None, "data workers (default: min(4, CPU cores); 0: load in the main process)")
+
+
+@dataclass
+class EvaluateConfig(WeightsConfig):
     """Multi-view testing of a classifier (``python -m vmae2.evaluate``)."""
 
     REQUIRED = ("model", "weights", "data_path", "nb_classes")
-    model: str | None = like(None)
-    nb_classes: int | None = like(None)
     data_path: str | None = like(None, "test list (official fine-tune CSV: `path label`, or `folder total_frames "
-                                       "label`)")
-    weights: str | None = opt(None, "fine-tuned checkpoint (.pth official or ours, .safetensors)", path=True)
+                                       "label`; with --run: the run's test list)")
     head_index: str | None = opt(None, "official label_710to{400,600,700}.json: evaluate a 710-class checkpoint on "
                                        "those classes", path=True)
-    test_num_segment: int = like(5)
-    batch_size: int = like(4, "videos per batch (each gives all its views)")
-    num_workers: int = like(4)
-    output_dir: str = like("output/evaluate")
+    output_dir: str = like("output/evaluate", "where the report goes (default: output/evaluate; with --run: "
+                                              "RUN/evaluate)")
+
+
+@dataclass
+class PredictConfig(WeightsConfig):
+    """The classes of single videos (``python -m vmae2.predict``)."""
+
+    videos: list[str] | None = opt(None, "video files", positional="VIDEO...")
+    data_path: str | None = like(None, "a list of videos to predict too (the first column of each line is the path)")
+    topk: int = count(5, "classes shown per video")
+    format: str = opt("table", "table or json (one object per video: path, top classes and probabilities)",
+                      choices=("table", "json"))
+    batch_size: int = like(1, "videos per batch (each gives all its views)")
+    num_workers: int | None = like(0, "data workers (0: decode in the main process)")
+
+    def check(self) -> None:
+        if not self.videos and not self.data_path:
+            raise ValueError("give at least one VIDEO file: python -m vmae2.predict --run RUN VIDEO...")
+        for video in self.videos or ():
+            if not os.path.isfile(video):
+                raise ValueError(f"VIDEO {video!r} does not exist; give the path of a video file")
 
 
 def _script(model: str, dataset: str, **kw) -> dict:
@@ -179,8 +217,20 @@ FINETUNE_PRESETS = {
                                     head_drop=0.5, epochs=15, sampling_rate=2, with_checkpoint=True),
 }
 
+# The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA): the
+# demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos, with the
+# official flips and the classes of the user's list; with --init from a vmae2 run, that run's model and geometry win.
+FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].items()
+                                     if k not in ("nb_classes", "num_workers", "flip")},
+                                  "output_dir": "output/finetune"}
+
 EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
-                   "top-1/top-5, per-class accuracy, confusion matrix.", EvaluateConfig)
+                   "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
+                   "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
+
+PREDICT = Command("python -m vmae2.predict", "The top classes of videos, with probabilities, from the test protocol's "
+                  "views (test_num_segment x test_num_crop, softmax averaged). python -m vmae2.predict --run DIR "
+                  "VIDEO...", PredictConfig, inherit=rundir.predict_values)
 
 FINETUNE = Command(
     "python -m vmae2.finetune",
@@ -188,4 +238,5 @@ FINETUNE = Command(
     "generated still/moving videos, pretraining then fine-tuning, a few minutes on a CPU). Precedence: "
     "defaults < --preset < --config < flags. Defaults below are the official run_class_finetuning.py ones.",
     FinetuneConfig, FINETUNE_PRESETS, "demo",
-    "a released fine-tune script (vit_{b,l,h,g}_{k400,k710,ssv2,...}), or demo")
+    "a released fine-tune script (vit_{b,l,h,g}_{k400,k710,ssv2,...}), demo or small_data",
+    rundir.finetune_values)

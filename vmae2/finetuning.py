@@ -13,7 +13,8 @@ from vmae2.checkpoint import POS_GRID_KEY, load_classifier_weights, save_safeten
 from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap, merge_labeled_lists
-from vmae2.data.lists import read_finetune_csv
+from vmae2.data.decode import upscale_note
+from vmae2.data.lists import check_found, read_finetune_csv
 from vmae2.data.synthetic import make_labeled_videos
 from vmae2.engine import Setup, Task
 from vmae2.evaluation import predict, score, write_report
@@ -59,19 +60,23 @@ def read_train_records(cfg: FinetuneConfig):
     """Training records and class names: one list, several lists sharing labels, or several lists with their
     label maps merged by class name and de-duplicated by video id (K710)."""
     paths = cfg.data_path.split(",")
+    names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
 
     def read(path, num_classes):
-        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=num_classes, step=cfg.sampling_rate)
+        records = read_finetune_csv(path, data_root=cfg.data_root, num_classes=num_classes, step=cfg.sampling_rate,
+                                    class_names=names if not cfg.label_maps else None)
+        check_found(records, path, cfg.data_root)
+        return records
 
     if not cfg.label_maps:
-        return [r for p in paths for r in read(p, cfg.nb_classes)], None
+        return [r for p in paths for r in read(p, cfg.nb_classes)], names
     maps = [LabelMap.read(m) for m in cfg.label_maps.split(",")]
     merged = merge_labeled_lists([(read(p, len(m)), m) for p, m in zip(paths, maps)])
     print(merged.summary(), flush=True)
     if len(merged.label_map) != cfg.nb_classes:
         raise ValueError(f"the merged label maps have {len(merged.label_map)} classes but --nb_classes is "
                          f"{cfg.nb_classes}; set --nb_classes {len(merged.label_map)}")
-    return merged.records, list(merged.label_map.names)
+    return merged.records, names or list(merged.label_map.names)
 
 
 def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
@@ -108,6 +113,7 @@ class FinetuneTask(Task):
     """Supervised fine-tuning / post-pre-training: labeled clips, mixup/cutmix with label smoothing, layer-wise lr
     decay; validation after every epoch (the best weights kept) and multi-view testing at the end."""
 
+    ENTRY = "finetune"
     epoch_checkpoints = True
 
     def __init__(self, s: Setup):
@@ -125,8 +131,8 @@ class FinetuneTask(Task):
             if cfg.init is None:
                 cfg.init = demo_pretrain(demo["train"], out)
         self.records, self.names = read_train_records(cfg)
-        if cfg.class_names:
-            self.names = list(LabelMap.read(cfg.class_names).names)
+        if d.is_main and (note := upscale_note(self.records, cfg.short_side_size, "--short_side_size")):
+            print(note, flush=True)
         if self.names is not None and len(self.names) != cfg.nb_classes:
             raise ValueError(f"{len(self.names)} class names ({cfg.class_names or '--label_maps'}) for --nb_classes "
                              f"{cfg.nb_classes}; they must agree")
@@ -153,7 +159,10 @@ class FinetuneTask(Task):
 
     def eval_records(self, path):
         cfg = self.cfg
-        return read_finetune_csv(path, data_root=cfg.data_root, num_classes=cfg.nb_classes, step=cfg.sampling_rate)
+        records = read_finetune_csv(path, data_root=cfg.data_root, num_classes=cfg.nb_classes,
+                                    step=cfg.sampling_rate, class_names=self.names)
+        check_found(records, path, cfg.data_root)
+        return records
 
     def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
         cfg = self.cfg

@@ -246,19 +246,23 @@ def _row_normalised(cm) -> np.ndarray:
     return np.divide(a, rows, out=np.zeros_like(a), where=rows > 0)
 
 
+MIN_SIDE = 560  # pixels: the smallest confusion.png
+
+
 def confusion_figure(cm: torch.Tensor, class_names: Sequence[str] | None = None, *, max_size: int = 1024):
     """The heat map of ``cm`` (``[K, K]`` counts, rows true, columns predicted): ``(Figure, None)``, or
     ``(None, reason)`` without matplotlib (bad input raises ``ValueError`` either way).
 
     Each row is divided by its count (rows without samples stay 0) and drawn with matplotlib's ``viridis`` (vmin 0:
-    dark purple, vmax 1: yellow) beside a colour bar. The figure is ``min(max_size, 40 K + 320)`` pixels square
-    (100 dpi); tick labels (column ids; row ids, with the class names when given) when each class has ~14 pixels.
+    dark purple, vmax 1: yellow) beside a colour bar. The figure is ``min(max_size, max(MIN_SIDE, 40 K + 320))``
+    pixels square (100 dpi: a few classes still give a picture that reads at its own size, title inside); tick
+    labels (column ids; row ids, with the class names when given) when each class has ~14 pixels.
     """
     norm = _row_normalised(cm)
     k = norm.shape[0]
     if class_names is not None and len(class_names) != k:
         raise ValueError(f"{len(class_names)} class names for a {k}x{k} matrix")
-    side = min(max_size, 40 * k + 320)
+    side = min(max_size, max(MIN_SIDE, 40 * k + 320))
     fig, reason = plot.figure(figsize=(side / 100, side / 100), dpi=100, layout="constrained")
     if fig is None:
         return None, reason

@@ -13,6 +13,8 @@ from vmae2 import engine, masking
 from vmae2.checkpoint import load_weights, save_safetensors
 from vmae2.config import TrainConfig
 from vmae2.data import ClipConfig, MixedList, PretrainLoader, make_videos, read_list
+from vmae2.data.decode import upscale_note
+from vmae2.data.lists import check_found
 from vmae2.engine import Setup, Task
 from vmae2.flops import model_flops_per_clip, peak_flops
 from vmae2.loss import flat_colour_loss, reconstruction_loss
@@ -39,6 +41,10 @@ def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> PretrainLoa
     if len(weights) != len(paths):
         raise ValueError(f"--data_weights has {len(weights)} values for {len(paths)} lists in --data_path")
     lists = [read_list(p, kind="pretrain", data_root=cfg.data_root, step=cfg.sampling_rate) for p in paths]
+    for path, records in zip(paths, lists):
+        check_found(records, path, cfg.data_root)
+    if d.is_main and (note := upscale_note(lists[0], cfg.input_size, "--input_size")):
+        print(note, flush=True)
     mixed = MixedList(list(zip(lists, weights)), seed=cfg.seed)
     clip = ClipConfig(clip_len=cfg.num_frames, input_size=cfg.input_size, num_sample=cfg.num_sample)
     return PretrainLoader(mixed, batch_size=cfg.batch_size, config=clip, seed=cfg.seed, rank=d.rank,
@@ -93,6 +99,8 @@ def make_masks(cfg: TrainConfig, grid, clips_global: int, d: Dist, step: int, mi
 
 class PretrainTask(Task):
     """Dual-masking MAE pretraining: clips, tube + running-cell masks drawn on the device, the fused loss."""
+
+    ENTRY = "train"
 
     def __init__(self, s: Setup):
         super().__init__(s)

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from vmae2 import plot
+from vmae2 import plot, rundir
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
@@ -106,13 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                                            "with --model")
     parser.add_argument("video", help="a video file")
     parser.add_argument("--out", default="reconstruction.png")
-    parser.add_argument("--model", default=None, help="model name (read from a vmae2 checkpoint otherwise)")
-    parser.add_argument("--num_frames", type=int, default=None)
-    parser.add_argument("--input_size", type=int, default=None)
-    parser.add_argument("--sampling_rate", type=int, default=4)
-    parser.add_argument("--mask_ratio", type=float, default=0.9)
-    parser.add_argument("--decoder_mask_ratio", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
+    defaults = {"model": None, "num_frames": 16, "input_size": 224, "sampling_rate": 4, "mask_ratio": 0.9,
+                "decoder_mask_ratio": 0.5}
+    for name, value in defaults.items():
+        parser.add_argument(f"--{name}", type=type(value) if value is not None else str, default=None,
+                            help=f"default: the run's (its checkpoint or config.json), else {value}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the masks (default: 0)")
     args = parser.parse_args(argv)
 
     config = {}
@@ -121,19 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         config, weights = state.get("config", {}), state["model"]
     else:
         weights = args.checkpoint
-    name = args.model or config.get("model")
-    if name is None:
-        print("error: --model is needed for a plain weights file", file=sys.stderr)
+        config = (rundir.read(weights) or (None, {}))[1]  # the config.json of the run that wrote the weights
+    chosen = {}
+    for name, value in defaults.items():
+        flag, run = getattr(args, name), config.get(name)
+        if flag is not None and run is not None and flag != run:
+            print(f"warning: --{name} {flag} differs from the run's {run}; using {flag}", file=sys.stderr)
+        chosen[name] = flag if flag is not None else run if run is not None else value
+    if chosen["model"] is None:
+        print("error: --model is needed for weights without a vmae2 run (config.json) beside them", file=sys.stderr)
         return 2
-    num_frames = args.num_frames or config.get("num_frames", 16)
-    size = args.input_size or config.get("input_size", 224)
-    model = create_model(name, num_frames=num_frames, img_size=size,
+    num_frames, size, rate = chosen["num_frames"], chosen["input_size"], chosen["sampling_rate"]
+    model = create_model(chosen["model"], num_frames=num_frames, img_size=size,
                          decoder_depth=config.get("decoder_depth", 4), attn_backend="sdpa")
     load_weights(model, weights, strict=False)
-    record = VideoRecord(args.video, 0, -1, -1, True, "", args.sampling_rate, "cli")
+    record = VideoRecord(args.video, 0, -1, -1, True, "", rate, "cli")
     try:
         info = probe(record)
-        frames = decode_frames(record, frame_ids(0, info.num_frames, num_frames, args.sampling_rate), info)
+        frames = decode_frames(record, frame_ids(0, info.num_frames, num_frames, rate), info)
     except BadVideo as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     crop = Crop((info.width - side) // 2, (info.height - side) // 2, side, side)
     video = augment(frames, crop, size)[None]
     g = torch.Generator().manual_seed(args.seed)
-    enc = masking.tube_ids(1, model.grid, args.mask_ratio, generator=g)
-    dec = masking.running_cell_ids(1, model.grid, args.decoder_mask_ratio, generator=g)
+    enc = masking.tube_ids(1, model.grid, chosen["mask_ratio"], generator=g)
+    dec = masking.running_cell_ids(1, model.grid, chosen["decoder_mask_ratio"], generator=g)
     print(save_reconstruction_png(model, video, enc, dec, args.out, config.get("normalize_target", True))
           or f"wrote {args.out}")
     return 0

@@ -5,18 +5,28 @@ Pretraining: :func:`read_list` / :class:`MixedList` (lists), :func:`make_videos`
 Fine-tuning and testing: :class:`ClassifyLoader` (labeled clips, multi-view test batches), :mod:`vmae2.data.augment`
 (RandAugment, erasing, mixup/cutmix), :mod:`vmae2.data.labels` (label maps, K710 merge, head conversion),
 :func:`make_labeled_videos` (generated motion classes).
-"""
-from vmae2.data.classify import ClassifyConfig, ClassifyLoader, LabeledBatch
-from vmae2.data.clips import ClipConfig, ClipSource
-from vmae2.data.decode import BadVideo, VideoInfo, probe
-from vmae2.data.labels import LabelMap, merge_labeled_lists
-from vmae2.data.lists import MixedList, VideoRecord, read_finetune_csv, read_list, read_pretrain_list
-from vmae2.data.loader import Batch, PretrainLoader, dali_available
-from vmae2.data.sampling import ClipPlan, Crop, plan_clip
-from vmae2.data.synthetic import make_bad_files, make_labeled_videos, make_videos
-from vmae2.data.telemetry import BadFileLedger, Telemetry
 
-__all__ = ["ClassifyConfig", "ClassifyLoader", "LabeledBatch", "ClipConfig", "ClipSource", "BadVideo", "VideoInfo",
-           "probe", "LabelMap", "merge_labeled_lists", "MixedList", "VideoRecord", "read_finetune_csv", "read_list",
-           "read_pretrain_list", "Batch", "PretrainLoader", "dali_available", "ClipPlan", "Crop", "plan_clip",
-           "make_bad_files", "make_labeled_videos", "make_videos", "BadFileLedger", "Telemetry"]
+The names below load their module on first use (PEP 562), so a data entry point (``python -m vmae2.data.make_lists``)
+answers ``--help`` without importing torch.
+"""
+import importlib
+
+_MODULES = {
+    "classify": ("ClassifyConfig", "ClassifyLoader", "LabeledBatch"),
+    "clips": ("ClipConfig", "ClipSource"),
+    "decode": ("BadVideo", "VideoInfo", "probe"),
+    "labels": ("LabelMap", "merge_labeled_lists"),
+    "lists": ("MixedList", "VideoRecord", "read_finetune_csv", "read_list", "read_pretrain_list"),
+    "loader": ("Batch", "PretrainLoader", "dali_available"),
+    "sampling": ("ClipPlan", "Crop", "plan_clip"),
+    "synthetic": ("make_bad_files", "make_labeled_videos", "make_videos"),
+    "telemetry": ("BadFileLedger", "Telemetry"),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'vmae2.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vmae2.data.{_HOME[name]}"), name)

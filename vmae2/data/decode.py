@@ -201,3 +201,19 @@ def _decode_rawframes(record: VideoRecord, ids) -> np.ndarray:
         except Exception as exc:
             raise BadVideo("undecodable", path, f"{type(exc).__name__}: {exc}") from exc
     return np.stack([frames[int(i)] for i in ids])
+
+
+def upscale_note(records, size: int, option: str) -> str | None:
+    """A one-line note when the first readable video of ``records`` has a short side below ``size`` (its frames are
+    upscaled to ``option`` ``size``), else ``None``."""
+    for record in records[:5]:
+        try:
+            info = probe(record)
+        except BadVideo:
+            continue
+        side = min(info.width, info.height)
+        if side >= size:
+            return None
+        return (f"note: {record.path} is {info.width}x{info.height}: its frames are upscaled to {option} {size}; "
+                f"{option} {max(side // 32 * 32, 32)} would fit the data")
+    return None

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from vmae2.data.lists import VideoRecord, _data_lines, _join, _Where
+from vmae2.data.lists import VideoRecord, _data_lines, _join, _Where, normalize_name
 
 __all__ = ["normalize_name", "LabelMap", "read_aliases", "merge_label_maps", "video_id", "video_ids",
            "SourceStats", "MergedLabeled", "merge_labeled_lists", "read_named_list", "head_index", "convert_head",
@@ -39,18 +39,8 @@ __all__ = ["normalize_name", "LabelMap", "read_aliases", "merge_label_maps", "vi
 
 Aliases = Union[Mapping[str, str], Sequence[Sequence[str]]]
 
-_WS = re.compile(r"\s+")
 # Kinetics clip file names: <11-char YouTube id>_<start:06d>_<end:06d>; the id itself may contain '_' and '-'.
 _KINETICS_STEM = re.compile(r"^([A-Za-z0-9_-]{11})_(\d{6})_(\d{6})$")
-
-
-def normalize_name(name: str) -> str:
-    """The matching key of a class name: strip, drop one pair of surrounding ``"``/``'``, casefold, ``_`` → space,
-    collapse blank runs to one space."""
-    s = str(name).strip()
-    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
-        s = s[1:-1]
-    return _WS.sub(" ", s.casefold().replace("_", " ")).strip()
 
 
 def _closest(name: str, keys: Iterable[str], display: Callable[[str], str], n: int = 3) -> str:

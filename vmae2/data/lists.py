@@ -1,21 +1,23 @@
 """Read the official VideoMAE V2 list files, and mix several lists into one seeded, sharded epoch order.
 
-Formats (whitespace separated, no header, one record a line):
+Formats (one record a line; columns separated by blanks, or by commas when the first record has one):
 
 * pre-training list: ``path start_idx total_frames``. ``total_frames < 0`` (``path 0 -1``) is a video file;
   otherwise ``path`` is a folder of frames ``path/fname_tmpl.format(i + start_idx)``, ``i`` 0-based.
-* fine-tune CSV: videos ``path label``; rawframes ``folder total_frames label``.
+* fine-tune CSV: videos ``path label``; rawframes ``folder total_frames label``. A label is a class id
+  (``0 .. num_classes - 1``) or, given the class names (``--class_names``), a class name.
 
 Rules shared by every reader:
 
-* Blank lines and lines whose first non-blank character is ``#`` are skipped.
+* Blank lines and lines whose first non-blank character is ``#`` are skipped, and so is a header line (``path,label``).
 * Columns are split from the right, so a path may contain spaces (but not start or end with one). A path whose
   last word is an integer is rejected as ambiguous, since it usually means an extra column (for example a
   VideoMAE V1 ``path start total label`` line).
 * ``data_root`` is joined with :func:`os.path.join`: a relative list path becomes ``data_root/path``; an
   absolute path (``/x/y``) or a URI (``s3://...``) is kept as is, ``data_root`` ignored. Relative paths with
   ``data_root=""`` stay relative to the working directory, as in the official code (not to the list file).
-* Errors are ``ValueError`` naming the file, the 1-based line number, the line and the expected format.
+* Errors are ``ValueError`` naming the file, the 1-based line number, the line, the expected format and the fix.
+  ``python -m vmae2.data.make_lists DIR --out LISTS`` writes every list from a folder of videos.
 
 Hybrid naming rules of the official ``HybridVideoMAE`` (rawframe records only, substring match on the joined
 path, SSv2 checked first): ``SomethingV2`` → ``img_{:05}.jpg`` and step ``ssv2_step`` (2: SSv2 frames decoded
@@ -26,18 +28,20 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["VideoRecord", "read_pretrain_list", "read_finetune_csv", "read_list", "MixedList", "MixedSampler",
-           "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
+__all__ = ["VideoRecord", "read_pretrain_list", "read_finetune_csv", "read_list", "check_found", "MixedList",
+           "MixedSampler", "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
 
 PRETRAIN_FORMAT = "path start_idx total_frames  (total_frames -1 for a video file)"
 VIDEO_FORMAT = "path label"
 RAWFRAMES_FORMAT = "folder total_frames label"
 
+_WS = re.compile(r"\s+")
 SSV2_TMPL = "img_{:05}.jpg"
 AVA_TMPL = "image_{:06}.jpg"
 
@@ -71,13 +75,39 @@ def _join(root: str, path: str) -> str:
     return os.path.join(root, path)
 
 
+HEADER_WORDS = {"path", "video", "folder", "file", "filename", "start_idx", "total_frames", "label", "class"}
+
+
 def _data_lines(path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, stripped_line)`` for every non-blank, non-comment line."""
+    """Yield ``(line_number, stripped_line)`` for every non-blank, non-comment, non-header line."""
+    first = True
     with open(path, encoding="utf-8") as f:
         for n, raw in enumerate(f, 1):
             line = raw.strip()
             if line and not line.startswith("#"):
+                if first and set(line.lower().replace(",", " ").split()) <= HEADER_WORDS:
+                    first = False
+                    continue
+                first = False
                 yield n, line
+
+
+def _separator(path) -> str | None:
+    """``","`` when the file's first record holds a comma (a comma-separated list), else ``None`` (blanks)."""
+    return next(("," if "," in line else None for _, line in _data_lines(path)), None)
+
+
+def _words(line: str, sep: str | None) -> list[str]:
+    return [w.strip() for w in line.split(sep)] if sep else line.split()
+
+
+def normalize_name(name: str) -> str:
+    """The matching key of a class name: strip, drop one pair of surrounding ``"``/``'``, casefold, ``_`` → space,
+    collapse blank runs to one space."""
+    s = str(name).strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+        s = s[1:-1]
+    return _WS.sub(" ", s.casefold().replace("_", " ")).strip()
 
 
 def _is_int(s: str) -> bool:
@@ -98,7 +128,12 @@ class _Where:
         return ValueError(f"{self.file}:{self.n}: {problem}; line: {self.line!r}; expected `{self.fmt}`")
 
 
-def _split(w: _Where, ncols: int) -> list[str]:
+def _split(w: _Where, ncols: int, sep: str | None = None) -> list[str]:
+    if sep:
+        parts = [p.strip() for p in w.line.rsplit(sep, ncols - 1)]
+        if len(parts) < ncols or not all(parts):
+            raise w.error(f"expected {ncols} comma-separated columns, found {len(parts)}")
+        return parts
     parts = w.line.rsplit(None, ncols - 1)
     if len(parts) < ncols:
         raise w.error(f"expected {ncols} columns, found {len(parts)}")
@@ -116,8 +151,18 @@ def _int(w: _Where, name: str, s: str) -> int:
         raise w.error(f"{name} {s!r} is not an integer") from None
 
 
-def _label(w: _Where, s: str, num_classes: int | None) -> int:
-    label = _int(w, "label", s)
+def _label(w: _Where, s: str, num_classes: int | None, names: dict[str, int] | None = None) -> int:
+    if not _is_int(s):
+        if names is None:
+            raise w.error(f"label {s!r} is not an integer; a label is a class id 0..num_classes-1, or a class name "
+                          "when the class names are given (--class_names FILE, one name a line; python -m "
+                          "vmae2.data.make_lists writes classes.txt)")
+        if normalize_name(s) not in names:
+            raise w.error(f"label {s!r} is not an integer nor one of the {len(names)} class names "
+                          f"({', '.join(list(names)[:8])}{' ...' if len(names) > 8 else ''}); fix the line or the "
+                          "class-name file")
+        return names[normalize_name(s)]
+    label = int(s)
     if label < 0:
         raise w.error(f"label {label} is negative; labels must be integers in [0, num_classes)")
     if num_classes is not None and label >= num_classes:
@@ -145,10 +190,10 @@ def read_pretrain_list(path, *, data_root: str = "", fname_tmpl: str = "img_{:05
     list path.
     """
     src = str(path) if source is None else source
-    records = []
+    records, sep = [], _separator(path)
     for n, line in _data_lines(path):
         w = _Where(path, n, line, PRETRAIN_FORMAT)
-        p, start_s, total_s = _split(w, 3)
+        p, start_s, total_s = _split(w, 3, sep)
         start, total = _int(w, "start_idx", start_s), _int(w, "total_frames", total_s)
         full = _join(data_root, p)
         if total < 0:
@@ -168,31 +213,39 @@ def read_pretrain_list(path, *, data_root: str = "", fname_tmpl: str = "img_{:05
 
 
 def _detect_finetune_kind(path) -> str:
+    sep = _separator(path)
     for n, line in _data_lines(path):
-        words = line.split()
+        words = _words(line, sep)
         if len(words) == 2:
             return "video"
         if len(words) == 3 and _is_int(words[1]):
             return "rawframes"
-        raise ValueError(f"{path}:{n}: cannot tell a video CSV (`{VIDEO_FORMAT}`) from a rawframe CSV "
-                         f"(`{RAWFRAMES_FORMAT}`) from line {line!r}; pass kind='video' or kind='rawframes'")
+        raise ValueError(f"{path}:{n}: cannot tell a video list (`{VIDEO_FORMAT}`) from a rawframe list "
+                         f"(`{RAWFRAMES_FORMAT}`) from line {line!r} ({len(words)} columns); write one of those "
+                         "formats (blanks or commas between columns; a path with spaces needs commas, or pass "
+                         "kind='video' or kind='rawframes' from Python)")
     raise ValueError(f"{path}: no records (only blank or comment lines)")
 
 
 def read_finetune_csv(path, *, data_root: str = "", num_classes: int | None = None, kind: str = "auto",
                       fname_tmpl: str = "img_{:05}.jpg", start_idx: int = 1, step: int = 4,
-                      source: str | None = None) -> list[VideoRecord]:
+                      source: str | None = None, class_names: Sequence[str] | None = None) -> list[VideoRecord]:
     """Read an official fine-tune CSV: videos ``path label`` or rawframes ``folder total_frames label``.
 
     ``kind="auto"`` decides from the first record (2 words: video, 3 words: rawframes) and then requires every
     line to have that many words, so paths with spaces need an explicit ``kind`` ("video" or "rawframes").
     Rawframe records get ``start=start_idx`` (official ``RawFrameClsDataset`` default 1, frames
     ``img_00001.jpg`` ...) and ``fname_tmpl``. Labels must be non-negative integers, ``< num_classes`` if
-    given.
+    given; with ``class_names`` (id ``i`` = ``class_names[i]``) a label may also be a class name (matched as
+    :func:`normalize_name` does). Columns may be comma-separated (then paths may hold spaces).
     """
     src = str(path) if source is None else source
-    strict = kind == "auto"
-    if strict:
+    names = None
+    if class_names is not None:
+        names = {normalize_name(c): i for i, c in enumerate(class_names)}
+    sep = _separator(path)
+    strict = kind == "auto" and sep is None
+    if kind == "auto":
         kind = _detect_finetune_kind(path)
     if kind not in ("video", "rawframes"):
         raise ValueError(f"kind must be 'auto', 'video' or 'rawframes', got {kind!r}")
@@ -202,10 +255,11 @@ def read_finetune_csv(path, *, data_root: str = "", num_classes: int | None = No
         w = _Where(path, n, line, fmt)
         if strict and len(line.split()) != ncols:
             raise w.error(f"{len(line.split())} words but the file was detected as {kind} ({ncols} columns) from "
-                          "its first record; pass kind= explicitly if paths contain spaces")
-        parts = _split(w, ncols)
+                          "its first record; a path with spaces needs commas between the columns (`path,label`), "
+                          "or kind= from Python")
+        parts = _split(w, ncols, sep)
         full = _join(data_root, parts[0])
-        label = _label(w, parts[-1], num_classes)
+        label = _label(w, parts[-1], num_classes, names)
         if kind == "video":
             records.append(VideoRecord(full, 0, -1, label, True, "", step, src))
         else:
@@ -225,23 +279,41 @@ def read_list(path, kind: str = "auto", **kwargs) -> list[VideoRecord]:
     Anything else (e.g. paths with spaces) needs an explicit kind. ``kwargs`` go to the reader.
     """
     if kind == "auto":
+        sep = _separator(path)
         for n, line in _data_lines(path):
-            words = line.split()
+            words = _words(line, sep)
             if len(words) == 2:
                 kind = "video"
             elif len(words) == 3 and _is_int(words[1]) and _is_int(words[2]):
                 kind = "pretrain"
             else:
-                raise ValueError(f"{path}:{n}: cannot infer the list kind from {line!r}; pass kind='pretrain', "
-                                 "'video' or 'rawframes'")
+                raise ValueError(f"{path}:{n}: cannot infer the list kind from {line!r} ({len(words)} columns); "
+                                 f"expected a pretraining list (`{PRETRAIN_FORMAT}`) or a fine-tune list "
+                                 f"(`{VIDEO_FORMAT}`), blanks or commas between columns. python -m "
+                                 "vmae2.data.make_lists DIR --out LISTS writes both from a folder of videos")
             break
         else:
             raise ValueError(f"{path}: no records (only blank or comment lines)")
     if kind == "pretrain":
+        kwargs.pop("class_names", None)  # a pretraining list has no labels
         return read_pretrain_list(path, **kwargs)
     if kind in ("video", "rawframes"):
         return read_finetune_csv(path, kind=kind, **kwargs)
     raise ValueError(f"kind must be 'auto', 'pretrain', 'video' or 'rawframes', got {kind!r}")
+
+
+def check_found(records: Sequence[VideoRecord], list_path, data_root: str = "", probe: int = 20) -> None:
+    """Raise ``ValueError`` when none of the first ``probe`` relative paths of a list exists: the sign of a missing
+    or wrong ``--data_root`` (the message says so); single missing files are the loaders' business (quarantine)."""
+    first = [r for r in records[:probe] if "://" not in r.path]
+    if not first or any(os.path.exists(r.path) for r in first):
+        return
+    relative = [r for r in first if not os.path.isabs(r.path if not data_root else r.path[len(data_root):].lstrip("/"))]
+    where = (f"--data_root {data_root!r}" if data_root else f"the working directory {os.getcwd()} (no --data_root)")
+    hint = ("relative paths are joined to --data_root: pass --data_root FOLDER (the folder the list's paths start "
+            "from)" if relative else "check the paths")
+    raise ValueError(f"{list_path}: none of the first {len(first)} videos exists, e.g. {first[0].path!r} (from "
+                     f"{where}); {hint}, or write absolute paths (python -m vmae2.data.make_lists does)")
 
 
 # -- mixing and sharding ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     python -m vmae2.data.make_videos --out DIR --count N --seed S [--codecs h264 vp9] [--sizes 160x120]
         [--frames 48 96] [--fps 25] [--list-name train.csv] [--relative-paths] [--no-list] [--bad]
+    python -m vmae2.data.make_videos --out DIR --count N --classes still right   (class folders, N clips each)
 
 See :mod:`vmae2.data.synthetic` for what the clips contain and how they are named.
 """
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write list paths relative to --out (then use --out as the official --data_root)")
     p.add_argument("--no-list", action="store_true", help="do not write the list file")
     p.add_argument("--bad", action="store_true", help="also write broken inputs into OUT/bad/")
+    p.add_argument("--classes", nargs="+", choices=sorted(synthetic.MOTIONS), default=None,
+                   help="write class folders OUT/<class>/ of --count motion clips each instead (first --sizes, "
+                        "--frames and --codecs value; no list: python -m vmae2.data.make_lists OUT makes them)")
     return p
 
 
@@ -51,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         print("--count must be >= 0", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    if args.classes:
+        paths = synthetic.make_class_folders(args.out, args.classes, args.count, seed=args.seed, size=args.sizes[0],
+                                             num_frames=args.frames[0], codec=args.codecs[0], fps=args.fps)
+        print(f"wrote {len(paths)} clips in {len(args.classes)} class folders of {args.out} in "
+              f"{time.perf_counter() - t0:.1f} s")
+        return 0
     paths = synthetic.make_videos(args.out, args.count, seed=args.seed, codecs=args.codecs, sizes=args.sizes,
                                   num_frames=args.frames, fps=args.fps, start=args.start,
                                   write_list=not args.no_list, list_name=args.list_name,

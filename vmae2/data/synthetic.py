@@ -375,6 +375,17 @@ def render_motion_clip(seed: int, index: int, motion: str, width: int, height: i
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def make_class_folders(out_dir: str | os.PathLike, motions: Sequence[str], count: int, *, seed: int = 0,
+                       size: tuple[int, int] = (80, 64), num_frames: int = 32, codec: str = "h264",
+                       fps: int = 25) -> list[Path]:
+    """A folder of class folders, the layout ``python -m vmae2.data.make_lists`` reads: ``count`` clips of each
+    motion class (:func:`render_motion_clip`) as ``out_dir/{motion}/{motion}_{i:03d}.{ext}``."""
+    out = Path(out_dir)
+    return [encode_clip(render_motion_clip(seed, label * count + i, motion, *size, num_frames),
+                        out / motion / f"{motion}_{i:03d}.{CODECS[codec].ext}", codec, fps=fps)
+            for label, motion in enumerate(motions) for i in range(count)]
+
+
 def make_labeled_videos(out_dir: str | os.PathLike, per_class: dict[str, int], *, seed: int = 0,
                         motions: Sequence[str] = ("up", "down", "left", "right"), size: tuple[int, int] = (80, 64),
                         num_frames: int = 32, codec: str = "h264", fps: int = 25) -> dict[str, Path]:
