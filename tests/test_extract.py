@@ -158,6 +158,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_files(weights, tmp_path):
         np.load(path)  # every file there is whole
     stale = tmp_path / "b" / f".{vids[-1].stem}.npy.left-by-a-kill.tmp"  # what atomic_write leaves when killed
     stale.write_bytes(b"partial")
+    (tmp_path / "b" / ".manifest.json.left-by-a-kill.tmp").write_bytes(b"partial")  # killed mid-manifest
     subprocess.run(_cli(args, tmp_path / "b"), check=True, capture_output=True, timeout=300)
     assert not list((tmp_path / "b").glob("*.tmp"))  # the rerun cleared what the killed run left
     for path in vids:

@@ -142,8 +142,12 @@ def test_bad_masks():
         model(video, torch.zeros(2, 9, dtype=torch.bool), None)
     with pytest.raises(ValueError, match="batch"):
         model(video, mask[:1], None)
-    with pytest.raises(ValueError, match="float32"):
-        model(video, mask.float(), None)
+    with pytest.raises(ValueError, match="a bool or float 0/1 mask, or int64 ids, got dtype torch.uint8"):
+        model(video, mask.to(torch.uint8), None)
+    torch.manual_seed(0)
+    as_bool = model(video, mask, None)
+    torch.manual_seed(0)
+    assert torch.equal(model(video, mask.float(), None), as_bool)  # a float 0/1 mask (MAE's kind) is the same mask
 
 
 def test_bf16_autocast_step_runs():

@@ -124,10 +124,10 @@ class Outputs:
         return self.out / f"{Path(path).stem}.npy"
 
     def clear_stale(self, paths: list[str]) -> None:
-        """Delete the temporary files a killed run left for ``paths`` (this rank's videos: another rank's may be
-        in use)."""
-        for path in paths:
-            for tmp in self.out.glob(f".{self.npy(path).name}.*.tmp"):
+        """Delete the temporary files a killed run left for ``paths`` and for this rank's manifest and failure list
+        (this rank's files only: another rank's may be in use)."""
+        for name in [self.npy(path).name for path in paths] + [self.manifest_path.name, self.failed_path.name]:
+            for tmp in self.out.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
     def done(self, path: str, windows: int) -> None:

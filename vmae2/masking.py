@@ -55,7 +55,7 @@ def as_ids(mask_or_ids: torch.Tensor, num_tokens: int, name: str = "mask") -> to
             raise ValueError(f"{name} has {mask_or_ids.shape[1]} tokens per sample; the model has {num_tokens}")
         return mask_to_ids(mask_or_ids)
     if mask_or_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{name} must be a bool mask or int64 ids, got dtype {mask_or_ids.dtype}")
+        raise ValueError(f"{name} must be a bool or float 0/1 mask, or int64 ids, got dtype {mask_or_ids.dtype}")
     if mask_or_ids.shape[1] > num_tokens:
         raise ValueError(f"{name} holds {mask_or_ids.shape[1]} ids per sample but there are only {num_tokens} tokens")
     return mask_or_ids.long()
