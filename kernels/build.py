@@ -38,7 +38,9 @@ LIBRARY = BUILD_DIR / f"{NAME}.so"  # the JIT build
 INFO = BUILD_DIR / "build_info.json"
 PACKAGE_STEM = f"_{NAME}"  # setup.py's build: vmae2_kernels/_vmae2_native<ext suffix> + _vmae2_native.json
 DEFAULT_ARCH = "8.0;9.0+PTX"  # no GPU visible: A100, H100, and PTX the driver compiles for later GPUs
-CXX_FLAGS = ["-O3"]
+# -fopenmp: at::parallel_for is OpenMP code inlined into this library; without the flag every loop runs on one thread.
+# Nothing links an OpenMP runtime here: the symbols resolve to the one torch itself loads (one thread pool).
+CXX_FLAGS = ["-O3", "-fopenmp"]
 NVCC_FLAGS = ["-O3"]  # torch adds -std=c++20 and its -D__CUDA_NO_HALF_OPERATORS__ family
 
 

@@ -11,6 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's r
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Backends by the fixed order, not by timing: the same backend in every run of a test (tests of the measured choice
+# turn it on for themselves); the subprocesses that tests start inherit it.
+os.environ.setdefault("VMAE2_MEASURE", "0")
 
 torch.manual_seed(0)
 

@@ -92,14 +92,24 @@ def stand_ins(monkeypatch):
         out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale)
         return out.transpose(1, 2).to(qkv.dtype)
 
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
+        assert q.dtype in (torch.float16, torch.bfloat16), "flash-attn only takes fp16/bf16"
+        assert q.ndim == 4 and k.shape == v.shape and q.shape[::2] == k.shape[::2], "q [B, Mq, H, D], k/v [B, M, H, D]"
+        assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "flash-attn needs the last dimension contiguous"
+        calls.append(("flash", q.shape, q.dtype, softmax_scale, dropout_p, causal))
+        q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, scale=softmax_scale).transpose(1, 2).to(k.dtype)
+
     def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None):
-        assert query.shape == key.shape == value.shape and query.ndim == 4, "xformers takes [B, M, H, K]"
+        assert query.ndim == 4 and key.shape == value.shape and query.shape[::2] == key.shape[::2], \
+            "xformers takes query [B, Mq, H, K], key/value [B, M, H, K]"
         calls.append(("xformers", query.shape, query.dtype, scale, p, attn_bias))
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))
         return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
 
     flash = types.ModuleType("flash_attn")
     flash.flash_attn_qkvpacked_func = flash_attn_qkvpacked_func
+    flash.flash_attn_func = flash_attn_func
     xops = types.ModuleType("xformers.ops")
     xops.memory_efficient_attention = memory_efficient_attention
     xformers = types.ModuleType("xformers")

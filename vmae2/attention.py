@@ -1,12 +1,17 @@
 """Attention backends with an explained choice.
 
-Every backend takes packed ``qkv [B, N, 3, heads, head_dim]`` and returns ``[B, N, heads, head_dim]``.
-Priority for ``backend="auto"``: FlashAttention (flash-attn, packed qkv) -> xformers
-memory-efficient attention -> PyTorch SDPA -> ``math`` (the official explicit softmax, bit-faithful).
+Every backend takes the packed ``qkv [B, N, 3, heads, head_dim]`` and ``num_query`` (None: every token queries;
+``Nq``: only the last ``Nq`` tokens do, over all ``N`` keys) and returns ``[B, Nq or N, heads, head_dim]``.
+Backends: FlashAttention (flash-attn), xformers memory-efficient attention, PyTorch SDPA, ``math`` (the official
+explicit softmax, bit-faithful).
+
+``backend="auto"`` runs the fastest usable backend for the call's device, dtype, autocast state and shape, timed
+once at that shape (forward, and backward when the call records gradients) by :mod:`vmae2_kernels.measure` and
+remembered on disk. Where nothing is measured (``VMAE2_MEASURE=0``, or inside ``torch.compile`` with nothing
+remembered) the fixed order :data:`PRIORITY` decides. ``VMAE2_ATTENTION=<name>`` forces a backend for every
+``auto`` module; forcing one that cannot run raises with the reasons.
 
 flash-attn and xformers are imported lazily: their absence is a reason, never an ImportError.
-``VMAE2_ATTENTION=<name>`` forces a backend for every ``auto`` module; forcing one that cannot run
-raises with the reasons.
 """
 from __future__ import annotations
 
@@ -17,36 +22,47 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vmae2_kernels import optional
+from vmae2_kernels import measure, optional
 
 PRIORITY = ("flash", "xformers", "sdpa", "math")
 ENV_VAR = "VMAE2_ATTENTION"
 
 
-def _math(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    """The official numerics: q pre-scaled, explicit ``softmax(q k^T) v`` (materialises N x N)."""
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
+def _split(qkv: torch.Tensor, num_query: int | None, heads_first: bool):
+    """``q, k, v`` views of ``qkv``, ``[B, N, heads, hd]`` (or ``[B, heads, N, hd]``); q keeps the last
+    ``num_query`` tokens."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0) if heads_first else qkv.unbind(2)
+    if num_query is not None:
+        q = q[..., -num_query:, :] if heads_first else q[:, -num_query:]
+    return q, k, v
+
+
+def _math(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tensor:
+    """The official numerics: q pre-scaled, explicit ``softmax(q k^T) v`` (materialises Nq x N)."""
+    q, k, v = _split(qkv, num_query, heads_first=True)  # each [B, heads, N, head_dim]
     attn = (q * scale) @ k.transpose(-2, -1)
     return (attn.softmax(dim=-1) @ v).transpose(1, 2)
 
 
-def _sdpa(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+def _sdpa(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tensor:
+    q, k, v = _split(qkv, num_query, heads_first=True)
     return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
 
 
-def _flash(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    fn = _load("flash").flash_attn_qkvpacked_func
-    return fn(qkv, dropout_p=0.0, softmax_scale=scale)
+def _flash(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tensor:
+    module = _load("flash")
+    if num_query is None:
+        return module.flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=scale)
+    return module.flash_attn_func(*_split(qkv, num_query, heads_first=False), dropout_p=0.0, softmax_scale=scale)
 
 
-def _xformers(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    q, k, v = qkv.unbind(2)  # each [B, N, heads, head_dim], the xformers layout
+def _xformers(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tensor:
+    q, k, v = _split(qkv, num_query, heads_first=False)  # the xformers layout
     return _load("xformers").memory_efficient_attention(q, k, v, p=0.0, scale=scale)
 
 
 _MODULES = {"flash": "flash_attn", "xformers": "xformers.ops"}
-_KERNELS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+_KERNELS: dict[str, Callable[[torch.Tensor, float, int | None], torch.Tensor]] = {
     "flash": _flash, "xformers": _xformers, "sdpa": _sdpa, "math": _math}
 
 
@@ -93,13 +109,10 @@ def not_supported_reasons(backend: str, device: torch.device | str, dtype: torch
     return reasons
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: decided once at trace time, no graph break
 def select_backend(device: torch.device | str, dtype: torch.dtype, head_dim: int, requested: str = "auto") -> str:
-    """Resolve ``requested`` (a backend name or ``auto``) to the backend that will run.
-
-    ``auto`` honours ``VMAE2_ATTENTION`` and then takes the first usable backend of :data:`PRIORITY`.
-    A forced backend that cannot run raises ``RuntimeError`` with every reason.
-    """
+    """The backend the fixed order gives for ``requested`` (a backend name or ``auto``): ``auto`` honours
+    ``VMAE2_ATTENTION`` and then takes the first usable backend of :data:`PRIORITY`; :func:`attention` uses it where
+    nothing is measured. A forced backend that cannot run raises ``RuntimeError`` with every reason."""
     if requested == "auto":
         requested = os.environ.get(ENV_VAR, "auto") or "auto"
     return _select(torch.device(device).type, dtype, head_dim, requested)
@@ -113,22 +126,68 @@ def _select(device_type: str, dtype: torch.dtype, head_dim: int, requested: str)
             raise RuntimeError(f"attention backend {requested!r} cannot run on {device_type}/{dtype}/"
                                f"head_dim {head_dim}: " + "; ".join(reasons))
         return requested
-    for name in PRIORITY:
-        if not not_supported_reasons(name, device_type, dtype, head_dim):
-            return name
-    raise AssertionError("the math backend always runs")  # pragma: no cover
+    return usable(device_type, dtype, head_dim)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def usable(device_type: str, dtype: torch.dtype, head_dim: int) -> tuple[str, ...]:
+    """The backends that can run here, in :data:`PRIORITY` order (``math`` always can)."""
+    return tuple(b for b in PRIORITY if not not_supported_reasons(b, device_type, dtype, head_dim))
+
+
+def measure_key(device_type: str, dtype: torch.dtype, shape: tuple, num_query: int | None, grad: bool,
+                autocast: str) -> tuple:
+    """The key a measured choice is remembered under (see :mod:`vmae2_kernels.measure`)."""
+    B, N, _, heads, head_dim = shape
+    return (device_type, str(dtype).replace("torch.", ""), f"B {B} heads {heads} head_dim {head_dim}",
+            f"queries {N if num_query is None else num_query} of {N}", f"backward {grad}", f"autocast {autocast}")
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: decided once at trace time, no graph break
+def choose(device_type: str, dtype: torch.dtype, shape: tuple, num_query: int | None, grad: bool,
+           autocast: str) -> str:
+    """The fastest usable backend for this call, measured at its shape once (see the module docstring)."""
+    names = usable(device_type, dtype, shape[-1])
+    measured = measure.fastest("attention", device_type, measure_key(device_type, dtype, shape, num_query, grad,
+                                                                     autocast), names,
+                               lambda: _timed_calls(names, device_type, dtype, shape, num_query, grad))
+    return measured or names[0]
+
+
+def _timed_calls(names, device_type: str, dtype: torch.dtype, shape: tuple, num_query: int | None, grad: bool):
+    """``{backend: call}`` on random inputs of the call's shape: forward, and backward when ``grad``."""
+    qkv = torch.randn(shape, device=device_type).to(dtype).requires_grad_(grad)
+    scale = shape[-1] ** -0.5
+
+    def call(name):
+        def run():
+            out = _KERNELS[name](qkv, scale, num_query)
+            if grad:
+                torch.autograd.grad(out, qkv, torch.ones_like(out))
+        return run
+    return {name: call(name) for name in names}
 
 
 def reset() -> None:
     """Forget cached imports and choices (after installing flash-attn/xformers in-process, or in tests)."""
     optional.load.cache_clear()
     _select.cache_clear()
+    usable.cache_clear()
+    measure.forget()
 
 
-def attention(qkv: torch.Tensor, scale: float, backend: str = "auto") -> torch.Tensor:
-    """Self-attention over packed ``qkv [B, N, 3, heads, head_dim]`` -> ``[B, N, heads, head_dim]``."""
-    name = select_backend(qkv.device, qkv.dtype, qkv.shape[-1], backend)
-    return _KERNELS[name](qkv, scale)
+def attention(qkv: torch.Tensor, scale: float, backend: str = "auto", num_query: int | None = None) -> torch.Tensor:
+    """Self-attention over packed ``qkv [B, N, 3, heads, head_dim]`` -> ``[B, N, heads, head_dim]``; with
+    ``num_query``, only the last ``num_query`` tokens query (over all ``N`` keys): ``[B, num_query, heads, hd]``."""
+    device_type = qkv.device.type
+    requested = backend if backend != "auto" else (os.environ.get(ENV_VAR) or "auto")
+    if requested != "auto":
+        name = select_backend(device_type, qkv.dtype, qkv.shape[-1], requested)
+    else:
+        autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else "off"
+        grad = qkv.requires_grad and torch.is_grad_enabled()
+        name = choose(device_type, qkv.dtype, tuple(qkv.shape), num_query, grad, autocast.replace("torch.", ""))
+    return _KERNELS[name](qkv, scale, num_query)
 
 
 class AttentionModule(torch.nn.Module):
@@ -144,7 +203,9 @@ def explain(model: torch.nn.Module, device: torch.device | str | None = None,
     """Which backend each attention group of ``model`` uses and why the others were refused.
 
     ``dtype`` is the dtype attention runs in (e.g. ``torch.bfloat16`` under autocast); by default the
-    model's parameter dtype. One entry per distinct ``(head_dim, requested)`` with the module names.
+    model's parameter dtype. One entry per distinct ``(head_dim, requested)`` with the module names: ``backend``
+    (the fixed order's choice, or the forced one), ``refused`` (reasons per backend) and ``measured`` (for
+    ``auto``: each shape timed on this machine, ``{"key", "choice", "ms"}``, where the measured choice runs).
     """
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
@@ -163,6 +224,9 @@ def explain(model: torch.nn.Module, device: torch.device | str | None = None,
             entry["backend"], entry["error"] = None, str(exc)
         entry["refused"] = {b: r for b in PRIORITY
                             if (r := not_supported_reasons(b, device, dtype, head_dim))}
+        wanted = (device.type, entry["dtype"], f"head_dim {head_dim}")
+        entry["measured"] = [m for m in measure.choices("attention") if requested == "auto"
+                             and m["key"].startswith(f"{wanted[0]} | {wanted[1]} |") and f"{wanted[2]} |" in m["key"]]
         report.append(entry)
     return report
 

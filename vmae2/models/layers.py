@@ -150,14 +150,16 @@ class Attention(AttentionModule):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_query: int | None = None) -> torch.Tensor:
+        """``x [B, N, C]`` -> ``[B, N, C]``; with ``num_query`` only the last ``num_query`` tokens query (keys and
+        values from all ``N``) -> ``[B, num_query, C]``."""
         B, N, C = x.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, self.head_dim)
-        out = attention(qkv, self.scale, self.backend)  # [B, N, heads, head_dim]
-        return self.proj(out.reshape(B, N, C))
+        out = attention(qkv, self.scale, self.backend, num_query)  # [B, Nq, heads, head_dim]
+        return self.proj(out.reshape(B, out.shape[1], C))
 
 
 class Block(nn.Module):
@@ -177,14 +179,17 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor, recompute: str = "none") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, recompute: str = "none", num_query: int | None = None) -> torch.Tensor:
         """``recompute`` ``"attn"`` / ``"mlp"``: that residual branch keeps only its input for backward and runs
-        again there (activation checkpointing of one sub-block); ``"none"``: every activation is kept."""
-        x = x + (_checkpointed(self.attn_branch, x) if recompute == "attn" else self.attn_branch(x))
+        again there (activation checkpointing of one sub-block); ``"none"``: every activation is kept.
+        ``num_query``: only the last ``num_query`` tokens are computed (they attend to all tokens) ->
+        ``[B, num_query, C]``; the rows the caller drops afterwards are never computed."""
+        y = (_checkpointed(self.attn_branch, x, num_query) if recompute == "attn" else self.attn_branch(x, num_query))
+        x = (x if num_query is None else x[:, -num_query:]) + y
         return x + (_checkpointed(self.mlp_branch, x) if recompute == "mlp" else self.mlp_branch(x))
 
-    def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x))
+    def attn_branch(self, x: torch.Tensor, num_query: int | None = None) -> torch.Tensor:
+        y = self.attn(self.norm1(x), num_query)
         return self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,21 +205,26 @@ def make_blocks(dim: int, num_heads: int, mlp_ratio: float, depth: int, drop_pat
                          for r in drop_path_rates(drop_path_rate, depth))
 
 
-def _checkpointed(fn, x: torch.Tensor) -> torch.Tensor:
-    """``fn(x)`` keeping only ``x`` for backward, where ``fn`` runs again (non-reentrant; RNG state restored, so drop
-    path draws the same)."""
-    return torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)
+def _checkpointed(fn, *args) -> torch.Tensor:
+    """``fn(*args)`` keeping only the arguments for backward, where ``fn`` runs again (non-reentrant; RNG state
+    restored, so drop path draws the same)."""
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: str = "none") -> torch.Tensor:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: str = "none",
+               num_output: int | None = None) -> torch.Tensor:
     """Apply ``blocks`` in order, recomputing in backward what the activation-checkpointing mode ``checkpoint`` says
     (canonical, see :func:`vmae2.models.configs.checkpoint_mode`): ``full`` every block, ``every:K`` blocks 0, K,
-    2K, ... whole, ``attn`` / ``mlp`` that branch of every block. Without grad nothing is recomputed."""
+    2K, ... whole, ``attn`` / ``mlp`` that branch of every block. Without grad nothing is recomputed.
+    ``num_output``: only the last ``num_output`` tokens are returned, and the last block computes only those."""
     mode = checkpoint if torch.is_grad_enabled() else "none"
     every = 1 if mode == "full" else int(mode[len("every:"):]) if mode.startswith("every:") else 0
     branch = mode if mode in ("attn", "mlp") else "none"
     for i, blk in enumerate(blocks):
-        x = _checkpointed(blk, x) if every and i % every == 0 else blk(x, recompute=branch)
+        nq = num_output if i == len(blocks) - 1 else None
+        x = _checkpointed(blk, x, "none", nq) if every and i % every == 0 else blk(x, branch, nq)
+    if num_output is not None and not len(blocks):
+        x = x[:, -num_output:]
     return x
 
 

@@ -68,8 +68,8 @@ class PretrainDecoder(nn.Module):
         self.apply(init_xavier)
 
     def forward(self, x: torch.Tensor, num_predict: int) -> torch.Tensor:
-        x = run_blocks(self.blocks, x, self.use_checkpoint)
-        return self.head(self.norm(x[:, -num_predict:]))
+        x = run_blocks(self.blocks, x, self.use_checkpoint, num_output=num_predict)  # [B, num_predict, D]
+        return self.head(self.norm(x))
 
 
 class PretrainVisionTransformer(nn.Module):
