@@ -115,10 +115,24 @@ def build_inputs(model, batch: int, device: torch.device):
     return video, enc_ids, dec_ids
 
 
-def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.device):
+def official_label(official_repo: str | None) -> str:
+    """What the official arm runs, without the local path: the restated oracle, or the checkout's model file and
+    its sha256 (so a results file shows it was unmodified)."""
+    if not official_repo:
+        return "tests/official_oracle (restated)"
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256((Path(official_repo) / "models" / "modeling_pretrain.py").read_bytes()).hexdigest()
+    return f"VideoMAEv2 models/modeling_pretrain.py, unmodified (sha256 {digest[:16]})"
+
+
+def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.device,
+              official_repo: str | None = None):
     """``(step object, facts)`` of ``arm`` (``official``, ``vmae2``/``dual``, ``v1``): facts = attention, token ops,
     tokens, forward GMACs per clip (the official arm's are the paper's: every tubelet embedded) and model TFLOP
-    per step."""
+    per step. The official arm's model is the restated one (``tests/official_oracle``), or with ``official_repo``
+    the unmodified ``models/modeling_pretrain.py`` of that VideoMAE V2 checkout (:mod:`benchmarks.official_repo`)."""
     model = build_model(size, device, "all" if arm == "official" else "visible")
     video, enc_ids, dec_ids = build_inputs(model, batch, device)
     N, nv = model.num_patches, enc_ids.shape[1]
@@ -127,12 +141,18 @@ def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.de
     facts = dict(encoder_tokens=nv, decoded_tokens=nd, decoder_seq_len=nv + nd, fwd_gmacs_per_clip=flops / 6e9,
                  model_tflop_per_step=flops * batch / 1e12)
     if arm == "official":
-        official = official_from_vmae2(model)
+        if official_repo:
+            from benchmarks.official_repo import load_official_model
+
+            official = load_official_model(official_repo, model, size.model)
+        else:
+            official = official_from_vmae2(model)
         enc_mask, dec_mask = masking.ids_to_mask(enc_ids, N), masking.ids_to_mask(dec_ids, N)
         del model
         step = OfficialStep(official, official_optimizer(official, LR, WEIGHT_DECAY), video, enc_mask, dec_mask,
                             precision)
-        return step, dict(facts, attention="official explicit softmax", token_ops="boolean indexing")
+        return step, dict(facts, attention="official explicit softmax", token_ops="boolean indexing",
+                          official_model=official_label(official_repo))
     step = Vmae2Step(model, vmae2_optimizer(model, LR, WEIGHT_DECAY), video, enc_ids,
                      None if arm == "v1" else dec_ids, precision)
     amp = PRECISIONS[precision] or torch.float32

@@ -1,17 +1,30 @@
-"""The official step against vmae2's, side by side (``official_step.py``'s arms): alternated timing, then where the
-time goes op by op. ``python -m benchmarks.profile_step [--size ViT-S] [--batch 2] [--rounds 10] [--steps 3]``.
+"""The official step against vmae2's, side by side: alternated timing with a bootstrap interval, then where the time
+goes op by op, in fp32 and in bf16 autocast; optionally written to a results file.
 
-Same weights, masks and inputs for both arms (CPU, fp32 unless ``--precision``), both built in this process; one
-untimed warm-up step each. Timing: ``--rounds`` pairs of steps, official then vmae2, alternated so that a change
-of machine load hits both arms; prints each arm's median / min / max and the median of the per-pair ratios with
-its range. Profile (``--steps`` steps per arm under ``torch.profiler``): self CPU time per op category (GEMMs,
-attention, patch embedding, loss, optimizer, the rest) side by side and the top ops of each arm. Run it on a quiet
-machine (``uptime``: load well under 1).
+``python -m benchmarks.profile_step [--size ViT-S ViT-B] [--precision fp32 bf16] [--rounds 12] [--steps 2]
+[--official DIR] [--out results.json]``
+
+Same weights, masks and inputs for both arms (``official_step.py``), both built in this process; two untimed
+warm-up steps each (vmae2's first step also measures its backend choices). Timing: ``--rounds`` pairs of steps, the
+arms alternated and the order within a pair swapped every round, so a change of machine load hits both arms. Per
+pair the ratio official / vmae2; reported: its median and a bootstrap 95% interval of that median (resampled
+pairs), each arm's median / min / max. Profile (``--steps`` steps per arm under ``torch.profiler``): self CPU time
+per op category side by side. ``--official DIR``: the official arm runs the unmodified
+``models/modeling_pretrain.py`` of that VideoMAE V2 checkout; default: the restated model of
+``tests/official_oracle``. The results file records the command, date, machine (CPU model and flags, cores,
+threads, load average), versions, every pair, the summaries, the profiles and vmae2's measured backend choices.
+Run it on a quiet machine (``uptime``: load well under 1).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import random
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -19,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks import official_step as O  # noqa: E402  (needs tests/ on the path: the official oracle)
 
 # (category, substrings of the profiler's op name); the first match wins, "other" takes the rest.
@@ -30,6 +44,7 @@ CATEGORIES = [
     ("loss", ("recon_loss", "mse_loss")),
     ("optimizer", ("adam", "Optimizer.step", "_foreach")),
 ]
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def category(op: str) -> str:
@@ -40,14 +55,34 @@ def category(op: str) -> str:
 
 
 def alternated_times(steps: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each arm's callable, ``rounds`` times, the arms taking turns."""
+    """Seconds per call of each arm's callable, ``rounds`` times, the arms taking turns (the order reversed every
+    other round, so neither arm always runs right after the other)."""
     times: dict[str, list[float]] = {arm: [] for arm in steps}
-    for _ in range(rounds):
-        for arm, step in steps.items():
+    order = list(steps)
+    for r in range(rounds):
+        for arm in (order if r % 2 == 0 else order[::-1]):
             start = time.perf_counter()
-            step()
+            steps[arm]()
             times[arm].append(time.perf_counter() - start)
     return times
+
+
+def bootstrap_median(values: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``values``."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def summarize(official: list[float], vmae2: list[float]) -> dict:
+    """Per-pair ratios official / vmae2, their median and bootstrap interval, and each arm's ms."""
+    ratios = [o / v for o, v in zip(official, vmae2)]
+    low, high = bootstrap_median(ratios)
+    arm = lambda t: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3}  # noqa
+    return {"ratio_median": statistics.median(ratios), "ratio_ci95": [low, high], "ratios": ratios,
+            "ratio_of_medians": statistics.median(official) / statistics.median(vmae2),
+            "official": {**arm(official), "ms": [t * 1e3 for t in official]},
+            "vmae2": {**arm(vmae2), "ms": [t * 1e3 for t in vmae2]}}
 
 
 def profile_arm(step, steps: int) -> dict[str, float]:
@@ -61,46 +96,97 @@ def profile_arm(step, steps: int) -> dict[str, float]:
     return out
 
 
+def machine() -> dict:
+    """CPU model and the flags that decide GEMM speed, cores, threads, load average, versions."""
+    from vmae2_kernels.measure import cpu_name
+
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"cpu": cpu_name(), "cpu_flags": [f for f in CPU_FLAGS if f in flags], "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+            "python": platform.python_version(), "torch": torch.__version__, "vmae2_commit": commit,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+def compare(size, precision: str, batch: int, rounds: int, steps: int, official: str | None, top: int) -> dict:
+    """One size and precision: timing, profile, facts and vmae2's measured choices."""
+    from vmae2_kernels import measure
+
+    device = torch.device("cpu")
+    built = {arm: O.make_step(arm, size, precision, batch, device, official_repo=official)
+             for arm in ("official", "vmae2")}
+    arms = {arm: step for arm, (step, _) in built.items()}
+    for _ in range(2):
+        for step in arms.values():
+            step.step()  # warm-up: optimizer state, allocator, vmae2's measured backend choices
+    out = {"size": size.name, "precision": precision, "batch": batch, "clip": "16x224",
+           "facts": {arm: facts for arm, (_, facts) in built.items()}}
+    print(f"\n{size.name}, batch {batch}, {precision}, 16x224, {torch.get_num_threads()} threads, official model: "
+          f"{out['facts']['official']['official_model']}", flush=True)
+    if rounds:
+        t = alternated_times({arm: step.step for arm, step in arms.items()}, rounds)
+        out["timing"] = s = summarize(t["official"], t["vmae2"])
+        for arm in arms:
+            print(f"{arm:9s} median {s[arm]['median_ms']:7.1f} ms/step  (min {s[arm]['min_ms']:.1f}, "
+                  f"max {s[arm]['max_ms']:.1f}, {rounds} steps)")
+        print(f"speed-up official / vmae2, per alternated pair: median {s['ratio_median']:.3f}x, bootstrap 95% "
+              f"interval {s['ratio_ci95'][0]:.3f}-{s['ratio_ci95'][1]:.3f}x, range {min(s['ratios']):.2f}-"
+              f"{max(s['ratios']):.2f}x (ratio of medians {s['ratio_of_medians']:.3f}x)", flush=True)
+    if steps:
+        ops = {arm: profile_arm(step, steps) for arm, step in arms.items()}
+        cats = {arm: defaultdict(float) for arm in ops}
+        for arm, per_op in ops.items():
+            for op, sec in per_op.items():
+                cats[arm][category(op)] += sec / steps
+        names = [c for c, _ in CATEGORIES] + ["other"]
+        out["profile_ms_per_step"] = {arm: {n: cats[arm][n] * 1e3 for n in names} for arm in ops}
+        out["top_ops_ms_per_step"] = {arm: dict(sorted(((op, sec / steps * 1e3) for op, sec in per_op.items()),
+                                                       key=lambda kv: -kv[1])[:top]) for arm, per_op in ops.items()}
+        print(f"profile, self CPU ms per step (mean of {steps}):\n{'category':42s} {'official':>9s} {'vmae2':>9s}")
+        for n in names + ["total"]:
+            row = {arm: sum(cats[arm].values()) if n == "total" else cats[arm][n] for arm in ops}
+            print(f"{n:42s} {row['official'] * 1e3:9.1f} {row['vmae2'] * 1e3:9.1f}")
+    out["vmae2_choices"] = measure.choices()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", default="ViT-S", choices=[s.name for s in O.SIZES])
+    p.add_argument("--size", nargs="+", default=["ViT-S"], choices=[s.name for s in O.SIZES])
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=sorted(O.PRECISIONS))
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--precision", default="fp32", choices=sorted(O.PRECISIONS))
-    p.add_argument("--rounds", type=int, default=10, help="alternated timed steps per arm (0: no timing)")
-    p.add_argument("--steps", type=int, default=3, help="profiled steps per arm (0: no profile)")
-    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--rounds", type=int, default=12, help="alternated timed pairs of steps (0: no timing)")
+    p.add_argument("--steps", type=int, default=2, help="profiled steps per arm (0: no profile)")
+    p.add_argument("--top", type=int, default=15, help="top ops per arm kept in the results file")
+    p.add_argument("--official", metavar="DIR", help="a VideoMAE V2 checkout: its unmodified model is the baseline")
+    p.add_argument("--out", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
-    size = next(s for s in O.SIZES if s.name == args.size)
-    steps = {arm: O.make_step(arm, size, args.precision, args.batch, torch.device("cpu"))[0]
-             for arm in ("official", "vmae2")}
-    for step in steps.values():
-        step.step()  # warm-up: optimizer state, allocator
-    print(f"{size.name}, batch {args.batch}, {args.precision}, 16x224, {torch.get_num_threads()} threads")
-    if args.rounds:
-        t = alternated_times({arm: step.step for arm, step in steps.items()}, args.rounds)
-        for arm, secs in t.items():
-            print(f"{arm:9s} median {statistics.median(secs) * 1e3:7.1f} ms/step  (min {min(secs) * 1e3:.1f}, "
-                  f"max {max(secs) * 1e3:.1f}, {len(secs)} steps)")
-        pairs = sorted(o / v for o, v in zip(t["official"], t["vmae2"]))
-        print(f"speed-up official / vmae2: {statistics.median(t['official']) / statistics.median(t['vmae2']):.2f}x "
-              f"(ratio of medians); per alternated pair: median {statistics.median(pairs):.2f}x, range "
-              f"{pairs[0]:.2f}-{pairs[-1]:.2f}x")
-    if not args.steps:
-        return 0
-    arms = {arm: profile_arm(step, args.steps) for arm, step in steps.items()}
-    print(f"\nprofile of {args.steps} steps per arm: self CPU seconds")
-    print(f"{'category':42s} {'official':>9s} {'vmae2':>9s}")
-    totals = {arm: defaultdict(float) for arm in arms}
-    for arm, ops in arms.items():
-        for op, sec in ops.items():
-            totals[arm][category(op)] += sec
-    for name in [c for c, _ in CATEGORIES] + ["other"]:
-        print(f"{name:42s} {totals['official'][name]:9.3f} {totals['vmae2'][name]:9.3f}")
-    print(f"{'total':42s} {sum(totals['official'].values()):9.3f} {sum(totals['vmae2'].values()):9.3f}")
-    for arm, ops in arms.items():
-        print(f"\ntop {args.top} ops, {arm}:")
-        for op, sec in sorted(ops.items(), key=lambda kv: -kv[1])[:args.top]:
-            print(f"  {sec:8.3f}  {op}  [{category(op)}]")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    if args.official:
+        command = command.replace(args.official, "VideoMAEv2")  # the checkout's local path means nothing elsewhere
+    results = {"command": "python -m benchmarks.profile_step " + command,
+               "date": started.isoformat(timespec="seconds"), "machine": machine(), "runs": []}
+    for name in args.size:
+        size = next(s for s in O.SIZES if s.name == name)
+        for precision in args.precision:
+            results["runs"].append(compare(size, precision, args.batch, args.rounds, args.steps, args.official,
+                                           args.top))
+            if args.out:  # rewritten after every run: an interrupted comparison keeps what it measured
+                results["machine"]["load_average_end"] = list(os.getloadavg())
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

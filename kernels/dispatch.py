@@ -2,9 +2,11 @@
 
 Backends: ``triton`` (fused kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
 ``cuda`` / ``cpp`` (the native extension built from ``csrc/``), ``torch`` (the plain reference, always runs).
-``auto`` takes, for CUDA tensors: triton -> cuda -> torch; for CPU tensors: cpp -> torch (the interpreter is
-for testing, not speed). ``VMAE2_BACKEND=<name>`` replaces ``auto``; forcing a backend that cannot run
-raises ``RuntimeError`` with every reason.
+``auto`` runs the fastest usable backend, timed once per op and shape by :mod:`vmae2_kernels.measure` (in
+:mod:`vmae2_kernels.ops`, where the arguments are); where nothing is measured, the fixed order: for CUDA tensors
+triton -> cuda -> torch, for CPU tensors cpp -> torch (the interpreter is for testing, not speed: never ``auto``
+on a CPU). ``VMAE2_BACKEND=<name>`` replaces ``auto``; forcing a backend that cannot run raises ``RuntimeError``
+with every reason.
 """
 from __future__ import annotations
 
@@ -71,11 +73,25 @@ def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -
     return reasons
 
 
-def choose(op: str, device_type: str, requested: str = "auto", dtype=None) -> str:
-    """The backend that runs ``op`` on ``device_type`` tensors of ``dtype`` (see the module docstring)."""
-    if requested == "auto":
-        requested = os.environ.get(ENV_VAR, "auto") or "auto"
-    return _choose(op, device_type, requested, interpreting(), dtype)
+def requested(backend: str) -> str:
+    """``backend``, or for ``auto`` the ``VMAE2_BACKEND`` override (``auto`` when unset)."""
+    return (os.environ.get(ENV_VAR) or "auto") if backend == "auto" else backend
+
+
+def choose(op: str, device_type: str, backend: str = "auto", dtype=None) -> str:
+    """The backend the fixed order gives ``op`` on ``device_type`` tensors of ``dtype`` (see the module docstring)."""
+    return _choose(op, device_type, requested(backend), interpreting(), dtype)
+
+
+def usable(op: str, device_type: str, dtype=None) -> tuple[str, ...]:
+    """The backends ``auto`` may time for ``op``, in the fixed order (``torch`` always among them)."""
+    return _usable(op, device_type, interpreting(), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _usable(op: str, device_type: str, interpret: bool, dtype) -> tuple[str, ...]:
+    order = AUTO_ORDER.get(device_type, ("torch",))
+    return tuple(b for b in order if not not_supported_reasons(b, op, device_type, dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,3 +117,4 @@ def reset() -> None:
     """Forget cached imports and choices (tests, or after building the extension in-process)."""
     optional.load.cache_clear()
     _choose.cache_clear()
+    _usable.cache_clear()

@@ -7,21 +7,39 @@ its inputs with :mod:`vmae2_kernels.checks` before dispatch, so every backend re
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from vmae2_kernels import checks, dispatch, reference
+from vmae2_kernels import checks, dispatch, measure, reference
 
 
 def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None = None):
-    name = dispatch.choose(op, device.type, backend, dtype)
+    return _kernel(op, device.type, dispatch.choose(op, device.type, backend, dtype))
+
+
+def _kernel(op: str, device_type: str, name: str):
     if name == "torch":
         return getattr(reference, op)
     if name == "triton":
         return getattr(dispatch.triton_status()[0], op)
-    return dispatch.native_status()[0].KERNELS[(op, "cuda" if name == "cuda" else "cpu")]
+    return dispatch.native_status()[0].KERNELS[(op, "cuda" if device_type == "cuda" else "cpu")]
+
+
+def _run(op: str, device: torch.device, backend: str, dtype: torch.dtype | None, *args):
+    """``op(*args)`` on the backend ``backend`` names; ``auto`` (and no ``VMAE2_BACKEND``): the fastest usable backend
+    at these shapes, timed once on these arguments (:mod:`vmae2_kernels.measure`), else the fixed order."""
+    if dispatch.requested(backend) == "auto":
+        names = dispatch.usable(op, device.type, dtype)
+        key = (device.type, *(f"{tuple(a.shape)} {a.dtype}".replace("torch.", "") if isinstance(a, Tensor) else
+                              repr(a) for a in args))
+        chosen = measure.fastest(f"kernel {op}", device.type, key, names,
+                                 lambda: {n: functools.partial(_kernel(op, device.type, n), *args) for n in names})
+        if chosen is not None:
+            return _kernel(op, device.type, chosen)(*args)
+    return _impl(op, device, backend, dtype)(*args)
 
 
 # -- token_gather / token_scatter -----------------------------------------------------------------------
@@ -30,7 +48,7 @@ def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None
 def token_gather(x: Tensor, ids: Tensor, pos: Optional[Tensor], backend: str) -> Tensor:
     checks.check_gather(x, ids, pos)
     pos = None if pos is None else checks.pos_rows(pos, x.shape[1], x.shape[2])  # [N, C] or [1, N, C] -> [N, C]
-    return _impl("token_gather", x.device, backend, x.dtype)(x, ids, pos)
+    return _run("token_gather", x.device, backend, x.dtype, x, ids, pos)
 
 
 @token_gather.register_fake
@@ -41,7 +59,7 @@ def _(x, ids, pos, backend):
 @torch.library.custom_op("vmae2::token_scatter", mutates_args=())
 def token_scatter(src: Tensor, ids: Tensor, num_tokens: int, backend: str) -> Tensor:
     checks.check_scatter(src, ids, num_tokens)
-    return _impl("token_scatter", src.device, backend, src.dtype)(src, ids, num_tokens)
+    return _run("token_scatter", src.device, backend, src.dtype, src, ids, num_tokens)
 
 
 @token_scatter.register_fake
@@ -86,7 +104,7 @@ token_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 @torch.library.custom_op("vmae2::tubelet_gather", mutates_args=())
 def tubelet_gather(video: Tensor, ids: Tensor, patch_size: int, tubelet_size: int, backend: str) -> Tensor:
     checks.check_tubelet_gather(video, ids, patch_size, tubelet_size)
-    return _impl("tubelet_gather", video.device, backend, video.dtype)(video, ids, patch_size, tubelet_size)
+    return _run("tubelet_gather", video.device, backend, video.dtype, video, ids, patch_size, tubelet_size)
 
 
 @tubelet_gather.register_fake
@@ -121,7 +139,7 @@ def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: T
     checks.check_decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos)
     dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
     pos = checks.pos_rows(pos, None, x_vis.shape[2])  # [N, D] or [1, N, D] -> [N, D]
-    return _impl("decoder_input", x_vis.device, backend, dtype)(x_vis, vis_ids, dec_ids, mask_token, pos)
+    return _run("decoder_input", x_vis.device, backend, dtype, x_vis, vis_ids, dec_ids, mask_token, pos)
 
 
 @decoder_input.register_fake
@@ -133,7 +151,7 @@ def _(x_vis, vis_ids, dec_ids, mask_token, pos, backend):
 @torch.library.custom_op("vmae2::mask_token_grad", mutates_args=())
 def mask_token_grad(grad: Tensor, num_visible: int, backend: str) -> Tensor:
     checks.check_mask_token_grad(grad, num_visible)
-    return _impl("mask_token_grad", grad.device, backend, grad.dtype)(grad, num_visible)
+    return _run("mask_token_grad", grad.device, backend, grad.dtype, grad, num_visible)
 
 
 @mask_token_grad.register_fake
@@ -172,7 +190,7 @@ decoder_input.register_autograd(_decoder_backward, setup_context=_decoder_setup)
 @torch.library.custom_op("vmae2::running_cell_ids", mutates_args=())
 def running_cell_ids(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int, backend: str) -> Tensor:
     phase = checks.check_running_cell(phase, T, H, W, masked_per_cell)
-    return _impl("running_cell_ids", phase.device, backend)(phase, (T, H, W), masked_per_cell)
+    return _run("running_cell_ids", phase.device, backend, None, phase, (T, H, W), masked_per_cell)
 
 
 @running_cell_ids.register_fake
@@ -183,7 +201,7 @@ def _(phase, T, H, W, masked_per_cell, backend):
 @torch.library.custom_op("vmae2::tube_ids", mutates_args=())
 def tube_ids(keys: Tensor, num_frames: int, num_masked: int, backend: str) -> Tensor:
     checks.check_tube(keys, num_frames, num_masked)
-    return _impl("tube_ids", keys.device, backend)(keys, num_frames, num_masked)
+    return _run("tube_ids", keys.device, backend, None, keys, num_frames, num_masked)
 
 
 @tube_ids.register_fake
@@ -197,8 +215,8 @@ def _(keys, num_frames, num_masked, backend):
 def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
                target: int, mean: list[float], std: list[float], backend: str) -> Tensor:
     checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
-    return _impl("recon_loss", pred.device, backend, pred.dtype)(pred, video, dec_ids, weights, patch_size,
-                                                                 tubelet_size, target, mean, std)
+    return _run("recon_loss", pred.device, backend, pred.dtype, pred, video, dec_ids, weights, patch_size,
+                tubelet_size, target, mean, std)
 
 
 @recon_loss.register_fake
@@ -211,8 +229,8 @@ def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: 
                         patch_size: int, tubelet_size: int, target: int, mean: list[float], std: list[float],
                         backend: str) -> Tensor:
     checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
-    return _impl("recon_loss_backward", pred.device, backend, pred.dtype)(
-        grad_out, pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std).contiguous()
+    return _run("recon_loss_backward", pred.device, backend, pred.dtype, grad_out, pred, video, dec_ids, weights,
+                patch_size, tubelet_size, target, mean, std).contiguous()
 
 
 @recon_loss_backward.register_fake
