@@ -117,7 +117,7 @@ def fastest(kind: str, device_type: str, key: tuple, names: tuple[str, ...],
         return names[0]
     local = (kind, device_type, key, names)
     choice = _chosen.get(local)
-    if choice is not None:
+    if choice is not None or torch.compiler.is_compiling():  # while tracing: what this process knows, no file, no timing
         return choice
     full = _key(kind, device_type, key)
     entry = _memory.get(full) or _read().get(full)
@@ -145,6 +145,12 @@ def choices(kind: str | None = None) -> list[dict]:
         seen.add(full)
         out.append({"kind": parts[0], "key": " | ".join(parts[2:]), "choice": entry["choice"], "ms": entry["ms"]})
     return out
+
+
+def used() -> list[dict]:
+    """The measured (or remembered) choices this process has used: ``{"kind", "key", "choice", "ms"}`` each."""
+    return [{"kind": kind, "key": " | ".join(map(str, key)), **_memory[_key(kind, device_type, key)]}
+            for (kind, device_type, key, _), _ in _chosen.items()]
 
 
 def summary(entry: dict) -> str:

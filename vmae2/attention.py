@@ -144,10 +144,12 @@ def measure_key(device_type: str, dtype: torch.dtype, shape: tuple, num_query: i
 
 
 @torch.compiler.assume_constant_result  # under torch.compile: decided once at trace time, no graph break
-def choose(device_type: str, dtype: torch.dtype, shape: tuple, num_query: int | None, grad: bool,
-           autocast: str) -> str:
-    """The fastest usable backend for this call, measured at its shape once (see the module docstring)."""
-    names = usable(device_type, dtype, shape[-1])
+def choose(device_type: str, dtype: torch.dtype, batch: int, tokens: int, heads: int, head_dim: int,
+           num_query: int | None, grad: bool, autocast: str) -> str:
+    """The fastest usable backend for a call on ``qkv [batch, tokens, 3, heads, head_dim]``, measured at that shape
+    once (see the module docstring). Arguments are plain constants, as ``torch.compile`` needs them here."""
+    shape = (batch, tokens, 3, heads, head_dim)
+    names = usable(device_type, dtype, head_dim)
     measured = measure.fastest("attention", device_type, measure_key(device_type, dtype, shape, num_query, grad,
                                                                      autocast), names,
                                lambda: _timed_calls(names, device_type, dtype, shape, num_query, grad))
@@ -186,7 +188,8 @@ def attention(qkv: torch.Tensor, scale: float, backend: str = "auto", num_query:
     else:
         autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else "off"
         grad = qkv.requires_grad and torch.is_grad_enabled()
-        name = choose(device_type, qkv.dtype, tuple(qkv.shape), num_query, grad, autocast.replace("torch.", ""))
+        B, N, _, heads, head_dim = qkv.shape
+        name = choose(device_type, qkv.dtype, B, N, heads, head_dim, num_query, grad, autocast.replace("torch.", ""))
     return _KERNELS[name](qkv, scale, num_query)
 
 

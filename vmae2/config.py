@@ -164,7 +164,8 @@ class TrainingConfig(CommonConfig):
                                         "scripts), attn or mlp (only that branch of every block), every:K (every K-th "
                                         "block), auto (pretraining: the memory plan's choice on a GPU, see python -m "
                                         "vmae2.plan; none on a CPU)")
-    compile: bool = opt(False, "torch.compile the model")
+    compile: str = opt("auto", "torch.compile every transformer block: on, off, or auto (on for a GPU, off for a CPU, "
+                               "where compiled blocks measured no faster)", choices=("auto", "on", "off"))
     num_sample: int = count(1, "views per decoded clip (repeated augmentation)")
     accum_steps: int = count(1, "micro-batches per optimizer step (gradient accumulation; official --update_freq)")
     epochs: int = count(300, "epochs")

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from vmae2 import rundir
+from vmae2_kernels import measure
 from vmae2.config import TrainingConfig, to_dict
 from vmae2.runtime import (
     AMP_DTYPES,
@@ -36,6 +37,7 @@ from vmae2.runtime import (
     NonFiniteLoss,
     agreed_stop,
     check_output_dir,
+    compile_blocks,
     cosine_schedule,
     finish_distributed,
     optimizer_step,
@@ -174,6 +176,7 @@ class _Run:
         self.steps_per_epoch = max(len(loader) // cfg.accum_steps, 1)
         self.total_steps, self.lr_at, self.wd_at = _schedules(cfg, self.steps_per_epoch, self.lr)
         task.optimizer = task.build_optimizer(self.lr)
+        self.compiled_blocks = compile_blocks(task.model, cfg.compile, self.s.device)
         self.scaler = torch.amp.GradScaler(self.s.device.type) if self.s.precision == "fp16" else None
         self.checkpoints = Checkpoints(cfg.output_dir, cfg.keep_last)
         self.guard = _Guard(self.s.device, d)
@@ -246,6 +249,14 @@ class _Run:
         self.window_start, self.window_steps = time.perf_counter(), 0
         return record
 
+    def report_first_step(self, seconds: float) -> None:
+        """The first step's time (with the compilation, when blocks are compiled) and the backends measured for it."""
+        what = f"{self.compiled_blocks} blocks compiled (--compile {self.cfg.compile}); compile time included" \
+            if self.compiled_blocks else f"eager (--compile {self.cfg.compile})"
+        print(f"first step {seconds:.1f} s: {what}", flush=True)
+        for entry in measure.used():
+            print(f"  {entry['kind']} [{entry['key']}]: {entry['choice']} ({measure.summary(entry)})", flush=True)
+
     def epoch_done(self) -> bool:
         cfg = self.cfg
         return self.task.epoch_checkpoints and ((self.step * cfg.accum_steps) % len(self.task.loader) < cfg.accum_steps
@@ -256,8 +267,16 @@ class _Run:
         cfg, d = self.cfg, self.d
         self.task.runner.train()
         stopping = False
+        first = True
         while self.step < self.total_steps and not stopping:
+            started = time.perf_counter()
             grad_norm = self.optimizer_step()
+            if first:
+                first = False
+                if d.is_main:
+                    if self.s.device.type == "cuda":
+                        torch.cuda.synchronize()  # once: the first step's time, compilation included
+                    self.report_first_step(time.perf_counter() - started)
             epoch_done = self.epoch_done()
             if d.world_size == 1:
                 stopping = bool(stop_signal)

@@ -93,8 +93,6 @@ def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
     if d.world_size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.index is not None else None)
-    if cfg.compile:
-        runner = torch.compile(runner)
     return runner, model
 
 

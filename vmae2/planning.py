@@ -175,7 +175,7 @@ def run(cfg: PlanConfig) -> int:
     plan = memory_plan(cfg, int(GPUS[cfg.gpu] * GIB), cfg.world_size, cfg.reserve_gib, cfg.margin)
     notes = [note for flag, note in ((cfg.fsdp, "--fsdp shards weights, gradients and optimizer state: not modelled, "
                                                 "the plan is an upper bound"),
-                                     (cfg.compile, "--compile may recompute on its own: not modelled"))
+                                     (cfg.compile != "off", "--compile may recompute on its own: not modelled"))
              if flag]
     print(format_plan(plan), *notes, sep="\n")
     return 0 if plan.choice else 1

@@ -73,8 +73,6 @@ def build_model(cfg: TrainConfig, device: torch.device, d: Dist):
     elif d.world_size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is
                                                            not None else None)
-    if cfg.compile:
-        runner = torch.compile(runner)
     return runner, model
 
 

@@ -124,6 +124,20 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
                              fused=fused)
 
 
+def compile_blocks(model: torch.nn.Module, mode: str, device: torch.device) -> int:
+    """``--compile``: ``on`` compiles every transformer block in place (``Block.compile()``: the state_dict keys do not
+    change, identical blocks share one compiled graph, compile time stays per block); ``auto`` does so on a GPU and
+    not on a CPU, where compiled blocks measured no faster (benchmarks/README.md). Returns the blocks compiled."""
+    from vmae2.models.layers import Block
+
+    if mode == "off" or (mode == "auto" and device.type == "cpu"):
+        return 0
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:  # static shapes: each block shape is one graph, and the attention choice a constant
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
 def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     """This step's lr (times each group's ``lr_scale``) and weight decay (groups that take decay)."""
     for group in optimizer.param_groups:
