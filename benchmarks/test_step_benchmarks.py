@@ -21,8 +21,8 @@ the attention and token-op backends, and, on the second arm of each pair, the ra
 written back into the first arm's ``extra_info``). A table with the ratios is printed at the end of the run,
 ``--benchmark-only`` included.
 
-CPU (default quick mode): ViT-S and ViT-B, batch 2, 16x224, fp32, 3 rounds. CUDA or ``VMAE2_BENCH_FULL=1``:
-ViT-S/B/L/H/g at the official per-GPU batch (32 videos x ``num_sample`` 4 = 128 clips), bf16 autocast on CUDA,
+CPU (default quick mode): ViT-S and ViT-B, batch 2, 16x224, fp32 and bf16 autocast, 3 rounds. CUDA or
+``VMAE2_BENCH_FULL=1``: ViT-S/B/L/H/g at the official per-GPU batch (32 videos x ``num_sample`` 4 = 128 clips), bf16 autocast on CUDA,
 activation checkpointing for ViT-H and ViT-g in both arms (as the official H/g scripts); a size that runs out of
 memory is skipped with the reason. Environment: ``VMAE2_BENCH_BATCH=<n>``, ``VMAE2_BENCH_PRECISION=fp32,bf16,...``,
 ``VMAE2_BENCH_ROUNDS=<n>``, ``VMAE2_BENCH_THREADS=<n>`` (see ``conftest.py``).
@@ -53,7 +53,7 @@ ON_CUDA = DEVICE.type == "cuda"
 FULL = ON_CUDA or os.environ.get("VMAE2_BENCH_FULL") == "1"
 OFFICIAL_CLIPS_PER_GPU = 128  # every released pretraining script: 32 videos x num_sample 4 (reference 5.2)
 BATCH = int(os.environ.get("VMAE2_BENCH_BATCH", str(OFFICIAL_CLIPS_PER_GPU) if FULL else "2"))
-PRECISIONS = os.environ.get("VMAE2_BENCH_PRECISION", "bf16" if ON_CUDA else "fp32").split(",")
+PRECISIONS = os.environ.get("VMAE2_BENCH_PRECISION", "bf16" if ON_CUDA else "fp32,bf16").split(",")
 ROUNDS = int(os.environ.get("VMAE2_BENCH_ROUNDS", "10" if ON_CUDA else "3"))
 WARMUP_ROUNDS = 2 if ON_CUDA else 1
 for _p in PRECISIONS:

@@ -1,4 +1,5 @@
-"""``python -m vmae2_kernels.info``: versions, devices and the backend status of every op."""
+"""``python -m vmae2_kernels.info``: versions, devices, the backend status of every op, and the backend choices
+measured on this machine (kernels and attention, from the cache of :mod:`vmae2_kernels.measure`)."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -6,7 +7,7 @@ import platform
 
 import torch
 
-from vmae2_kernels import dispatch
+from vmae2_kernels import dispatch, measure
 from vmae2_kernels.ops import OPS
 
 
@@ -38,11 +39,24 @@ def lines() -> list[str]:
         out += _device_lines(device)
     if not gpu:
         out.append("cuda: no GPU on this machine (torch sees none): every op runs on the cpu backends above")
-    return out
+    return out + _measured_lines()
+
+
+def _measured_lines() -> list[str]:
+    """The remembered measured choices of this machine, or how they come about."""
+    if measure.turned_off():
+        return ["measured choices: off (VMAE2_MEASURE=0): the fixed order above decides"]
+    remembered = measure.choices()
+    if not remembered:
+        return [f"measured choices: none yet on this machine ({measure.cache_file()}); the first call of an op or an "
+                f"attention at a new shape times every usable backend and keeps the fastest"]
+    out = [f"measured choices ({len(remembered)}, {measure.cache_file()}), fastest first:"]
+    return out + [f"    {e['kind']} [{e['key']}]: {measure.summary(e)}" for e in remembered]
 
 
 def _device_lines(device: str) -> list[str]:
-    """The backend of every op on ``device``: ops with the same choice and reasons share one entry."""
+    """The fixed-order backend of every op on ``device`` (what runs where nothing is measured): ops with the same
+    choice and reasons share one entry."""
     groups: dict[tuple, list[str]] = {}
     for op in OPS:
         try:

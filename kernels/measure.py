@@ -1,13 +1,14 @@
 """Backend choice by measurement: time interchangeable implementations once at the real shapes, keep the fastest.
 
 :func:`fastest` times every candidate (a zero-argument callable) in alternated rounds and returns the name of the
-fastest by median. A choice is remembered in memory and on disk (``$VMAE2_CACHE/choices.json``, default
-``~/.cache/vmae2``) under a key of the kind of choice, the machine (CPU model and threads, or GPU name and
-capability), the library versions, and the caller's own key (op, dtype, shapes), so later runs and the other ranks
-of a run reuse it instead of timing again. The file is rewritten atomically (merge, then rename).
+fastest (its best time), keeping the caller's fixed-order choice on a near tie (:data:`MARGIN`). A choice is
+remembered in memory and on disk (``$VMAE2_CACHE/choices.json``, default ``~/.cache/vmae2``) under a key of the
+kind of choice, the machine (CPU model and threads, or GPU name and capability), the library versions, and the
+caller's own key (op, dtype, shapes), so later runs and the other ranks of a run reuse it instead of timing again. The file is rewritten atomically (merge, then rename).
 
-No timing happens (the caller's fixed order decides, and ``None`` is returned) when ``VMAE2_MEASURE=0``, while
-``torch.compile`` traces, during CUDA graph capture, or with fewer than two candidates.
+No timing happens (the caller's fixed order decides, and ``None`` is returned) while ``torch.compile`` traces,
+during CUDA graph capture, or with fewer than two candidates; ``VMAE2_MEASURE=0`` turns measured choices off
+altogether (nothing timed, nothing remembered is used).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 ENV_VAR = "VMAE2_MEASURE"
 ROUNDS = 5  # timed calls per candidate, after WARMUP untimed calls each
 WARMUP = 2
+MARGIN = 0.05  # the fixed order's first candidate stays unless another is faster by more than this fraction
 
 _memory: dict[str, dict] = {}  # full key -> {"choice", "ms"}
 _chosen: dict[tuple, str] = {}  # (kind, device type, key, names) -> choice: the hot path's lookup
@@ -34,9 +36,14 @@ def cache_file() -> Path:
     return root / "choices.json"
 
 
+def turned_off() -> bool:
+    """``VMAE2_MEASURE=0``: no timing and no remembered choice; the callers' fixed order decides."""
+    return os.environ.get(ENV_VAR, "1") == "0"
+
+
 def enabled() -> bool:
-    """Whether choices may be measured now (not disabled, not tracing, not capturing a CUDA graph)."""
-    if os.environ.get(ENV_VAR, "1") == "0" or torch.compiler.is_compiling():
+    """Whether choices may be measured now (not turned off, not tracing, not capturing a CUDA graph)."""
+    if turned_off() or torch.compiler.is_compiling():
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
@@ -110,14 +117,14 @@ def time_candidates(candidates: dict[str, Callable[[], object]], device_type: st
 
 def fastest(kind: str, device_type: str, key: tuple, names: tuple[str, ...],
             candidates: Callable[[], dict[str, Callable[[], object]]]) -> str | None:
-    """The fastest of ``names`` for ``(kind, key)`` on this machine, or ``None`` where measuring is off
-    (:func:`enabled`) and nothing is remembered. ``candidates()`` builds ``{name: zero-argument call}``; it is
+    """The fastest of ``names`` for ``(kind, key)`` on this machine (near ties: :func:`pick`), or ``None`` where
+    measuring is off (:func:`enabled`) and nothing is remembered. ``candidates()`` builds ``{name: zero-argument call}``; it is
     called only when a measurement is due, so a remembered choice costs one dictionary lookup."""
-    if len(names) == 1:
-        return names[0]
+    if len(names) == 1 or turned_off():
+        return names[0] if len(names) == 1 else None
     local = (kind, device_type, key, names)
     choice = _chosen.get(local)
-    if choice is not None or torch.compiler.is_compiling():  # while tracing: what this process knows, no file, no timing
+    if choice is not None or torch.compiler.is_compiling():  # tracing: what this process knows; no file, no timing
         return choice
     full = _key(kind, device_type, key)
     entry = _memory.get(full) or _read().get(full)
@@ -126,11 +133,18 @@ def fastest(kind: str, device_type: str, key: tuple, names: tuple[str, ...],
             return None
         with torch.random.fork_rng(devices=[] if device_type != "cuda" else None):
             ms = time_candidates(candidates(), device_type)
-        entry = {"choice": min(ms, key=ms.get), "ms": {n: round(t, 4) for n, t in ms.items()}}
+        entry = {"choice": pick(ms, names), "ms": {n: round(t, 4) for n, t in ms.items()}}
         _write(full, entry)
     _memory[full] = entry
     _chosen[local] = entry["choice"]
     return entry["choice"]
+
+
+def pick(ms: dict[str, float], names: tuple[str, ...]) -> str:
+    """The fastest of ``ms``, except that ``names[0]`` (the fixed order's choice) stays within :data:`MARGIN`: a
+    near tie is decided the same way in every run."""
+    best = min(ms, key=ms.get)
+    return names[0] if ms[names[0]] <= ms[best] * (1 + MARGIN) else best
 
 
 def choices(kind: str | None = None) -> list[dict]:

@@ -24,7 +24,10 @@ import torch.nn.functional as F
 
 from vmae2_kernels import measure, optional
 
-PRIORITY = ("flash", "xformers", "sdpa", "math")
+PRIORITY = ("flash", "xformers", "sdpa", "explicit", "math")
+# A CPU in bf16/fp16: the explicit softmax before SDPA, whose CPU kernel is the slower there (whole ViT-S/B steps in
+# bf16 autocast, benchmarks/README.md); the measured choice still decides shape by shape.
+PRIORITY_CPU_HALF = ("flash", "xformers", "explicit", "math", "sdpa")
 ENV_VAR = "VMAE2_ATTENTION"
 
 
@@ -42,6 +45,44 @@ def _math(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tenso
     q, k, v = _split(qkv, num_query, heads_first=True)  # each [B, heads, N, head_dim]
     attn = (q * scale) @ k.transpose(-2, -1)
     return (attn.softmax(dim=-1) @ v).transpose(1, 2)
+
+
+class _ExplicitInPlace(torch.autograd.Function):
+    """``softmax(scale q k^T) v`` over ``q [BH, Nq, hd]``, ``k, v [BH, N, hd]``: the scores are made (``baddbmm``'s
+    alpha is the scale), softmaxed and, in backward, differentiated in one ``[BH, Nq, N]`` buffer each way."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float):
+        scores = torch.baddbmm(q.new_empty(()).expand(q.shape[0], q.shape[1], k.shape[1]), q, k.transpose(1, 2),
+                               beta=0.0, alpha=scale)
+        probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.scale = scale
+        return torch.bmm(probs, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs = ctx.saved_tensors
+        grad_v = torch.bmm(probs.transpose(1, 2), grad)
+        grad_scores = torch.bmm(grad, v.transpose(1, 2))  # d probs, then d scores in place
+        torch.ops.aten._softmax_backward_data.out(grad_scores, probs, -1, probs.dtype, grad_input=grad_scores)
+        grad_q = torch.bmm(grad_scores, k).mul_(ctx.scale)
+        grad_k = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, None
+
+
+def _explicit(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tensor:
+    """The explicit softmax of ``math`` in place: one ``Nq x N`` buffer forward and one backward instead of two each
+    (the same products; bit-equal to ``math`` when ``scale`` is a power of two, e.g. head_dim 64). Under autocast the
+    whole attention runs in the autocast dtype, as ``math`` does."""
+    B, N, _, heads, head_dim = qkv.shape
+    q, k, v = _split(qkv, num_query, heads_first=True)
+    device_type = qkv.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else qkv.dtype
+    q, k, v = (t.to(dtype).reshape(B * heads, -1, head_dim) for t in (q, k, v))
+    with torch.autocast(device_type, enabled=False):
+        out = _ExplicitInPlace.apply(q, k, v, scale)
+    return out.reshape(B, heads, -1, head_dim).transpose(1, 2)
 
 
 def _sdpa(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.Tensor:
@@ -63,7 +104,7 @@ def _xformers(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.T
 
 _MODULES = {"flash": "flash_attn", "xformers": "xformers.ops"}
 _KERNELS: dict[str, Callable[[torch.Tensor, float, int | None], torch.Tensor]] = {
-    "flash": _flash, "xformers": _xformers, "sdpa": _sdpa, "math": _math}
+    "flash": _flash, "xformers": _xformers, "sdpa": _sdpa, "explicit": _explicit, "math": _math}
 
 
 def _import(name: str):
@@ -111,7 +152,7 @@ def not_supported_reasons(backend: str, device: torch.device | str, dtype: torch
 
 def select_backend(device: torch.device | str, dtype: torch.dtype, head_dim: int, requested: str = "auto") -> str:
     """The backend the fixed order gives for ``requested`` (a backend name or ``auto``): ``auto`` honours
-    ``VMAE2_ATTENTION`` and then takes the first usable backend of :data:`PRIORITY`; :func:`attention` uses it where
+    ``VMAE2_ATTENTION`` and then takes the first usable backend (:func:`usable`); :func:`attention` uses it where
     nothing is measured. A forced backend that cannot run raises ``RuntimeError`` with every reason."""
     if requested == "auto":
         requested = os.environ.get(ENV_VAR, "auto") or "auto"
@@ -131,8 +172,11 @@ def _select(device_type: str, dtype: torch.dtype, head_dim: int, requested: str)
 
 @functools.lru_cache(maxsize=256)
 def usable(device_type: str, dtype: torch.dtype, head_dim: int) -> tuple[str, ...]:
-    """The backends that can run here, in :data:`PRIORITY` order (``math`` always can)."""
-    return tuple(b for b in PRIORITY if not not_supported_reasons(b, device_type, dtype, head_dim))
+    """The backends that can run here, in the fixed order (:data:`PRIORITY`; :data:`PRIORITY_CPU_HALF` for bf16/fp16
+    on a CPU); ``math`` always can."""
+    half_on_cpu = device_type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+    return tuple(b for b in (PRIORITY_CPU_HALF if half_on_cpu else PRIORITY)
+                 if not not_supported_reasons(b, device_type, dtype, head_dim))
 
 
 def measure_key(device_type: str, dtype: torch.dtype, shape: tuple, num_query: int | None, grad: bool,
@@ -228,8 +272,9 @@ def explain(model: torch.nn.Module, device: torch.device | str | None = None,
         entry["refused"] = {b: r for b in PRIORITY
                             if (r := not_supported_reasons(b, device, dtype, head_dim))}
         wanted = (device.type, entry["dtype"], f"head_dim {head_dim}")
-        entry["measured"] = [m for m in measure.choices("attention") if requested == "auto"
-                             and m["key"].startswith(f"{wanted[0]} | {wanted[1]} |") and f"{wanted[2]} |" in m["key"]]
+        remembered = [] if requested != "auto" or measure.turned_off() else measure.choices("attention")
+        entry["measured"] = [m for m in remembered if m["key"].startswith(f"{wanted[0]} | {wanted[1]} |")
+                             and f"{wanted[2]} |" in m["key"]]
         report.append(entry)
     return report
 
