@@ -16,7 +16,7 @@ from official_oracle import PRECISIONS, OfficialStep, autocast_for, official_fro
 from vmae2 import attention, masking
 from vmae2.models import create_model
 from vmae2.flops import model_flops_per_clip
-from vmae2.runtime import clip_or_norm
+from vmae2.runtime import clip_or_norm, frees_grads_before_backward
 from vmae2_kernels import dispatch
 
 __all__ = ["Vmae2Step", "vmae2_optimizer", "PRECISIONS", "Size", "SIZES", "make_step"]
@@ -61,6 +61,9 @@ class Vmae2Step:
     def step(self) -> torch.Tensor:
         """One step; returns the loss (detached, not read: no host sync)."""
         _, loss = self.forward_loss()
+        early_free = frees_grads_before_backward(self.video.device)
+        if early_free:
+            self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         self.loss_sum += loss.detach()
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), 0, self.first_bad)
@@ -72,7 +75,8 @@ class Vmae2Step:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if not early_free:
+            self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
 

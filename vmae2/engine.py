@@ -38,6 +38,7 @@ from vmae2.runtime import (
     agreed_stop,
     check_output_dir,
     compile_blocks,
+    frees_grads_before_backward,
     cosine_schedule,
     finish_distributed,
     optimizer_step,
@@ -177,6 +178,7 @@ class _Run:
         self.total_steps, self.lr_at, self.wd_at = _schedules(cfg, self.steps_per_epoch, self.lr)
         task.optimizer = task.build_optimizer(self.lr)
         self.compiled_blocks = compile_blocks(task.model, cfg.compile, self.s.device)
+        self.early_free = frees_grads_before_backward(self.s.device)
         self.scaler = torch.amp.GradScaler(self.s.device.type) if self.s.precision == "fp16" else None
         self.checkpoints = Checkpoints(cfg.output_dir, cfg.keep_last)
         self.guard = _Guard(self.s.device, d)
@@ -224,10 +226,13 @@ class _Run:
             with no_sync, torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
                 objective, logged, probe = task.forward(batch, self.step, micro)
                 objective = objective / cfg.accum_steps
+                if micro == 0 and self.early_free:
+                    task.optimizer.zero_grad(set_to_none=True)
                 (self.scaler.scale(objective) if self.scaler else objective).backward()
             self.loss_sum += logged.detach() / cfg.accum_steps
             self.guard.watch(probe, self.step)
-        grad_norm = optimizer_step(task.optimizer, self.scaler, task.model.parameters(), cfg.clip_grad)
+        grad_norm = optimizer_step(task.optimizer, self.scaler, task.model.parameters(), cfg.clip_grad,
+                                   free_grads=not self.early_free)
         self.step += 1
         self.window_steps += 1
         return grad_norm

@@ -168,8 +168,18 @@ def agreed_stop(received: list[int], d: Dist, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_norm: float | None) -> torch.Tensor:
-    """Unscale (fp16), clip or measure the gradient norm, step, zero the gradients; returns the norm (no sync)."""
+def frees_grads_before_backward(device: torch.device) -> bool:
+    """Where the step frees last step's gradients: just before the first backward on a CPU (glibc then hands the freed
+    blocks to the new gradients instead of fresh pages to fault in: 7-10% of a ViT-S/B step, benchmarks/README.md),
+    right after the optimizer step elsewhere (a GPU's caching allocator reuses memory either way, and the forward's
+    peak stays without the gradients)."""
+    return device.type == "cpu"
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_norm: float | None,
+                   free_grads: bool = True) -> torch.Tensor:
+    """Unscale (fp16), clip or measure the gradient norm, step, and (``free_grads``) free the gradients; returns the
+    norm (no sync)."""
     if scaler:
         scaler.unscale_(optimizer)
     grad_norm = clip_or_norm(parameters, max_norm)
@@ -178,7 +188,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_nor
         scaler.update()
     else:
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if free_grads:
+        optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
