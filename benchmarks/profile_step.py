@@ -74,15 +74,16 @@ def bootstrap_median(values: list[float], resamples: int = 4000, seed: int = 0) 
     return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
-def summarize(official: list[float], vmae2: list[float]) -> dict:
-    """Per-pair ratios official / vmae2, their median and bootstrap interval, and each arm's ms."""
-    ratios = [o / v for o, v in zip(official, vmae2)]
+def summarize(baseline: list[float], measured: list[float], names: tuple[str, str] = ("official", "vmae2")) -> dict:
+    """Per-pair ratios baseline / measured, their median and bootstrap interval, and each arm's ms."""
+    ratios = [b / m for b, m in zip(baseline, measured)]
     low, high = bootstrap_median(ratios)
-    arm = lambda t: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3}  # noqa
-    return {"ratio_median": statistics.median(ratios), "ratio_ci95": [low, high], "ratios": ratios,
-            "ratio_of_medians": statistics.median(official) / statistics.median(vmae2),
-            "official": {**arm(official), "ms": [t * 1e3 for t in official]},
-            "vmae2": {**arm(vmae2), "ms": [t * 1e3 for t in vmae2]}}
+    out = {"ratio_median": statistics.median(ratios), "ratio_ci95": [low, high], "ratios": ratios,
+           "ratio_of_medians": statistics.median(baseline) / statistics.median(measured)}
+    for name, t in zip(names, (baseline, measured)):
+        out[name] = {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3,
+                     "ms": [x * 1e3 for x in t]}
+    return out
 
 
 def profile_arm(step, steps: int) -> dict[str, float]:
@@ -119,44 +120,56 @@ def machine() -> dict:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 
-def compare(size, precision: str, batch: int, rounds: int, steps: int, official: str | None, top: int) -> dict:
-    """One size and precision: timing, profile, facts and vmae2's measured choices."""
+ARMS = {"official": ("official", "vmae2"), "eager": ("eager", "compiled")}
+
+
+def compare(size, precision: str, batch: int, rounds: int, steps: int, official: str | None, top: int,
+            baseline: str = "official") -> dict:
+    """One size and precision: timing, profile, facts and vmae2's measured choices. ``baseline="eager"``: vmae2
+    eager against vmae2 with every block compiled (``--compile on``) instead of the official step against vmae2."""
+    from vmae2.runtime import compile_blocks
     from vmae2_kernels import measure
 
     device = torch.device("cpu")
-    built = {arm: O.make_step(arm, size, precision, batch, device, official_repo=official)
-             for arm in ("official", "vmae2")}
-    arms = {arm: step for arm, (step, _) in built.items()}
-    for _ in range(2):
-        for step in arms.values():
-            step.step()  # warm-up: optimizer state, allocator, vmae2's measured backend choices
-    out = {"size": size.name, "precision": precision, "batch": batch, "clip": "16x224",
-           "facts": {arm: facts for arm, (_, facts) in built.items()}}
-    print(f"\n{size.name}, batch {batch}, {precision}, 16x224, {torch.get_num_threads()} threads, official model: "
-          f"{out['facts']['official']['official_model']}", flush=True)
+    names = ARMS[baseline]
+    built = {name: O.make_step("vmae2" if baseline == "eager" else name, size, precision, batch, device,
+                               official_repo=official) for name in names}
+    arms = {name: step for name, (step, _) in built.items()}
+    out = {"size": size.name, "precision": precision, "batch": batch, "clip": "16x224", "arms": list(names),
+           "facts": {name: facts for name, (_, facts) in built.items()}}
+    if baseline == "eager":
+        compile_blocks(arms["compiled"].model, "on", device)
+    for name, step in arms.items():
+        start = time.perf_counter()
+        for _ in range(2):
+            step.step()  # warm-up: optimizer state, allocator, vmae2's measured backend choices, compilation
+        out.setdefault("warmup_s", {})[name] = time.perf_counter() - start
+    label = out["facts"][names[0]].get("official_model", "vmae2 eager")
+    print(f"\n{size.name}, batch {batch}, {precision}, 16x224, {torch.get_num_threads()} threads, {names[0]}: {label}",
+          flush=True)
     if rounds:
-        t = alternated_times({arm: step.step for arm, step in arms.items()}, rounds)
-        out["timing"] = s = summarize(t["official"], t["vmae2"])
-        for arm in arms:
-            print(f"{arm:9s} median {s[arm]['median_ms']:7.1f} ms/step  (min {s[arm]['min_ms']:.1f}, "
-                  f"max {s[arm]['max_ms']:.1f}, {rounds} steps)")
-        print(f"speed-up official / vmae2, per alternated pair: median {s['ratio_median']:.3f}x, bootstrap 95% "
-              f"interval {s['ratio_ci95'][0]:.3f}-{s['ratio_ci95'][1]:.3f}x, range {min(s['ratios']):.2f}-"
+        t = alternated_times({name: step.step for name, step in arms.items()}, rounds)
+        out["timing"] = s = summarize(t[names[0]], t[names[1]], names)
+        for name in names:
+            print(f"{name:9s} median {s[name]['median_ms']:7.1f} ms/step  (min {s[name]['min_ms']:.1f}, "
+                  f"max {s[name]['max_ms']:.1f}, {rounds} steps)")
+        print(f"speed-up {names[0]} / {names[1]}, per alternated pair: median {s['ratio_median']:.3f}x, bootstrap "
+              f"95% interval {s['ratio_ci95'][0]:.3f}-{s['ratio_ci95'][1]:.3f}x, range {min(s['ratios']):.2f}-"
               f"{max(s['ratios']):.2f}x (ratio of medians {s['ratio_of_medians']:.3f}x)", flush=True)
     if steps:
-        ops = {arm: profile_arm(step, steps) for arm, step in arms.items()}
-        cats = {arm: defaultdict(float) for arm in ops}
-        for arm, per_op in ops.items():
+        ops = {name: profile_arm(step, steps) for name, step in arms.items()}
+        cats = {name: defaultdict(float) for name in ops}
+        for name, per_op in ops.items():
             for op, sec in per_op.items():
-                cats[arm][category(op)] += sec / steps
-        names = [c for c, _ in CATEGORIES] + ["other"]
-        out["profile_ms_per_step"] = {arm: {n: cats[arm][n] * 1e3 for n in names} for arm in ops}
-        out["top_ops_ms_per_step"] = {arm: dict(sorted(((op, sec / steps * 1e3) for op, sec in per_op.items()),
-                                                       key=lambda kv: -kv[1])[:top]) for arm, per_op in ops.items()}
-        print(f"profile, self CPU ms per step (mean of {steps}):\n{'category':42s} {'official':>9s} {'vmae2':>9s}")
-        for n in names + ["total"]:
-            row = {arm: sum(cats[arm].values()) if n == "total" else cats[arm][n] for arm in ops}
-            print(f"{n:42s} {row['official'] * 1e3:9.1f} {row['vmae2'] * 1e3:9.1f}")
+                cats[name][category(op)] += sec / steps
+        rows = [c for c, _ in CATEGORIES] + ["other"]
+        out["profile_ms_per_step"] = {name: {r: cats[name][r] * 1e3 for r in rows} for name in ops}
+        out["top_ops_ms_per_step"] = {name: dict(sorted(((op, sec / steps * 1e3) for op, sec in per_op.items()),
+                                                        key=lambda kv: -kv[1])[:top]) for name, per_op in ops.items()}
+        print(f"profile, self CPU ms per step (mean of {steps}):\n{'category':42s} {names[0]:>9s} {names[1]:>9s}")
+        for r in rows + ["total"]:
+            row = {name: sum(cats[name].values()) if r == "total" else cats[name][r] for name in ops}
+            print(f"{r:42s} {row[names[0]] * 1e3:9.1f} {row[names[1]] * 1e3:9.1f}")
     out["vmae2_choices"] = measure.choices()
     return out
 
@@ -170,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="profiled steps per arm (0: no profile)")
     p.add_argument("--top", type=int, default=15, help="top ops per arm kept in the results file")
     p.add_argument("--official", metavar="DIR", help="a VideoMAE V2 checkout: its unmodified model is the baseline")
+    p.add_argument("--baseline", choices=sorted(ARMS), default="official",
+                   help="eager: vmae2 eager against vmae2 with every block compiled, instead of the official step")
     p.add_argument("--out", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -182,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         size = next(s for s in O.SIZES if s.name == name)
         for precision in args.precision:
             results["runs"].append(compare(size, precision, args.batch, args.rounds, args.steps, args.official,
-                                           args.top))
+                                           args.top, args.baseline))
             if args.out:  # rewritten after every run: an interrupted comparison keeps what it measured
                 results["machine"]["load_average_end"] = list(os.getloadavg())
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def test_results_file_records_machine_pairs_profile_and_choices(tmp_path):
     assert run["size"] == "ViT-S" and run["precision"] == "bf16"
     assert len(run["timing"]["ratios"]) == 2 and run["timing"]["ratio_ci95"][0] <= run["timing"]["ratio_median"]
     assert run["facts"]["official"]["official_model"] == "tests/official_oracle (restated)"
-    assert set(run["profile_ms_per_step"]) == {"official", "vmae2"}
+    assert run["arms"] == ["official", "vmae2"] and set(run["profile_ms_per_step"]) == {"official", "vmae2"}
     assert run["profile_ms_per_step"]["vmae2"]["GEMM (mm, addmm, linear)"] > 0
 
 
