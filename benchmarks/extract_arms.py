@@ -1,5 +1,5 @@
 """Feature extraction arms on one workload, for ``test_extract_benchmarks.py`` and for an alternated run:
-``python -m benchmarks.extract_arms [--rounds 3] [--size 320x240] [--gop 25] [--videos 2]``.
+``python -m benchmarks.extract_arms [--rounds 3] [--size 320x240] [--gop 25] [--videos 2] [--out FILE]``.
 
 Workload: THUMOS14 windows (16 consecutive frames, a window every 4) at 224 px, ``vit_tiny_patch16_224`` (the
 vmae2-only ViT-Ti: the smallest model, where the procedure matters most), generated H.264 videos of 300 frames.
@@ -12,7 +12,8 @@ Arms, same videos and weights:
   model's matmuls run on them; :func:`cpu_bf16_units` says whether this CPU has them).
 
 The alternated run times every arm on every video in turn, ``--rounds`` times, so a change of machine load hits every
-arm alike, and prints each arm's windows/s (median over rounds) and the per-round ratios to the official arm.
+arm alike, and prints each arm's windows/s (median over rounds) and the per-round ratios to the official arm;
+``--out`` also writes them, with the command and the machine, as JSON.
 """
 from __future__ import annotations
 
@@ -65,14 +66,20 @@ def count_windows(videos) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.profile_step import alternated_times
+    import datetime
+    import json
+
+    from benchmarks.profile_step import alternated_times, machine
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.extract_arms", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--size", default="320x240", help="source videos, WxH")
     p.add_argument("--gop", type=int, default=25, help="frames between keyframes")
     p.add_argument("--videos", type=int, default=2)
+    p.add_argument("--out", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
+    command = "python -m benchmarks.extract_arms " + " ".join(sys.argv[1:] if argv is None else argv)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     width, height = (int(v) for v in args.size.split("x"))
     arms = make_arms()
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                                  args.rounds)
     print(f"{args.videos} videos {args.size} GOP {args.gop}, {windows} windows, {torch.get_num_threads()} threads, "
           f"AMX bf16: {cpu_bf16_units()}, {args.rounds} alternated rounds")
+    results = {"command": command, "date": date, "machine": machine(), "amx_bf16": cpu_bf16_units(),
+               "workload": {"videos": args.videos, "size": args.size, "gop": args.gop, "windows": windows}, "arms": {}}
     for arm, secs in times.items():
         rates = [windows / s for s in secs]
         line = f"{arm:11s} {statistics.median(rates):6.2f} windows/s (range {min(rates):.2f}-{max(rates):.2f})"
+        results["arms"][arm] = {"windows_per_s": rates, "median_windows_per_s": statistics.median(rates)}
         if arm != "official":
             ratios = sorted(o / s for o, s in zip(times["official"], secs))
             line += f"  vs official: median {statistics.median(ratios):.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x"
+            results["arms"][arm]["ratio_vs_official"] = ratios
         print(line)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
