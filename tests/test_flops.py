@@ -28,7 +28,7 @@ PAPER = [
 @pytest.mark.parametrize("name, dec_ratio, paper, derived", PAPER,
                          ids=[f"{n.split('_')[2]}-{r}" for n, r, _, _ in PAPER])
 def test_macs_per_clip_match_paper(name, dec_ratio, paper, derived):
-    gmacs = macs_per_clip(name, 0.9, dec_ratio, embed_tokens="all")  # the paper embeds every tubelet
+    gmacs = macs_per_clip(name, 0.9, dec_ratio, embed_tokens="all", decoder_rows="all")  # the paper's (official) work
     assert gmacs == pytest.approx(paper, rel=5e-3)
     assert gmacs == pytest.approx(derived, abs=0.006)  # the independent derivation, to its 2 decimals
 
@@ -45,11 +45,25 @@ VISIBLE_ONLY = [
 ]
 
 
+@pytest.mark.parametrize("name", ["pretrain_videomae_small_patch16_224", BASE, GIANT])
+def test_last_decoder_block_skips_the_visible_rows(name):
+    """The default computes only the predicted rows in the last decoder block. Per dropped row (the Nv visible
+    tokens) that is its queries' scores and weighted sum over all N = Nv + Nd keys (2 N D MACs), the output
+    projection (D^2) and the MLP (2 D H, H its hidden width); the qkv projection still covers every row."""
+    from vmae2.models import SIZES
+
+    cfg = SIZES[name.split("_")[2]]
+    D, H = cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio)
+    n_vis, n_dec = (208, 1024) if name == GIANT else (160, 784)
+    saved = macs_per_clip(name, 0.9, 0.5, decoder_rows="all") - macs_per_clip(name, 0.9, 0.5)
+    assert saved == pytest.approx(n_vis * (2 * (n_vis + n_dec) * D + D * D + 2 * D * H) / 1e9, rel=1e-9)
+
+
 @pytest.mark.parametrize("name, every_tubelet, visible_only, sizes", VISIBLE_ONLY,
                          ids=[v[0].split("_")[2] for v in VISIBLE_ONLY])
 def test_visible_only_embedding_macs(name, every_tubelet, visible_only, sizes):
-    full = macs_per_clip(name, 0.9, 0.5, embed_tokens="all")
-    visible = macs_per_clip(name, 0.9, 0.5)  # the default
+    full = macs_per_clip(name, 0.9, 0.5, embed_tokens="all", decoder_rows="all")
+    visible = macs_per_clip(name, 0.9, 0.5, decoder_rows="all")
     assert full == pytest.approx(every_tubelet, abs=0.006) and visible == pytest.approx(visible_only, abs=0.006)
     n, nv, dim, width = sizes
     assert full - visible == pytest.approx((n - nv) * dim * width / 1e9, rel=1e-9)
@@ -73,7 +87,7 @@ def test_token_counts():
 @pytest.mark.parametrize("embed_tokens", ["all", "visible"])
 def test_count_flops_breakdown_and_decoder_share(embed_tokens):
     with torch.device("meta"):
-        model = create_model(BASE, embed_tokens=embed_tokens)
+        model = create_model(BASE, embed_tokens=embed_tokens, decoder_rows="all")
         video = torch.empty(2, 3, 16, 224, 224)
         enc = torch.empty(2, 160, dtype=torch.int64)
         dec = torch.empty(2, 784, dtype=torch.int64)
@@ -98,7 +112,7 @@ def test_count_flops_breakdown_and_decoder_share(embed_tokens):
 
 def _tiny(backend: str):
     torch.manual_seed(0)
-    model = create_model(TINY, attn_backend=backend, num_frames=4, img_size=64)
+    model = create_model(TINY, attn_backend=backend, num_frames=4, img_size=64, decoder_rows="all")
     gen = torch.Generator().manual_seed(1)
     video = torch.randn(2, 3, 4, 64, 64, generator=gen)
     enc = tube_ids(2, model.grid, 0.75, generator=gen)
@@ -142,7 +156,7 @@ def test_meta_and_cpu_counts_agree():
     model, video, enc, dec = _tiny("sdpa")
     cpu = count_flops(model, video, enc, dec)
     with torch.device("meta"):
-        meta_model = create_model(TINY, attn_backend="sdpa", num_frames=4, img_size=64)
+        meta_model = create_model(TINY, attn_backend="sdpa", num_frames=4, img_size=64, decoder_rows="all")
     meta = count_flops(meta_model, video.to("meta"), enc.to("meta"), dec.to("meta"))
     assert meta["forward_flops"] == cpu["forward_flops"]
 

@@ -2,13 +2,13 @@
 
 Every backend takes the packed ``qkv [B, N, 3, heads, head_dim]`` and ``num_query`` (None: every token queries;
 ``Nq``: only the last ``Nq`` tokens do, over all ``N`` keys) and returns ``[B, Nq or N, heads, head_dim]``.
-Backends: FlashAttention (flash-attn), xformers memory-efficient attention, PyTorch SDPA, ``math`` (the official
-explicit softmax, bit-faithful).
+Backends: FlashAttention (flash-attn), xformers memory-efficient attention, PyTorch SDPA, ``explicit`` (the official
+explicit softmax computed in place, a hand-written backward) and ``math`` (the official formula, bit-faithful).
 
 ``backend="auto"`` runs the fastest usable backend for the call's device, dtype, autocast state and shape, timed
 once at that shape (forward, and backward when the call records gradients) by :mod:`vmae2_kernels.measure` and
 remembered on disk. Where nothing is measured (``VMAE2_MEASURE=0``, or inside ``torch.compile`` with nothing
-remembered) the fixed order :data:`PRIORITY` decides. ``VMAE2_ATTENTION=<name>`` forces a backend for every
+remembered) the fixed order of :func:`usable` decides. ``VMAE2_ATTENTION=<name>`` forces a backend for every
 ``auto`` module; forcing one that cannot run raises with the reasons.
 
 flash-attn and xformers are imported lazily: their absence is a reason, never an ImportError.
@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
 
 from vmae2_kernels import measure, optional
 
@@ -78,7 +79,7 @@ def _explicit(qkv: torch.Tensor, scale: float, num_query: int | None) -> torch.T
     B, N, _, heads, head_dim = qkv.shape
     q, k, v = _split(qkv, num_query, heads_first=True)
     device_type = qkv.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else qkv.dtype
+    dtype = _autocast_dtype(device_type) or qkv.dtype
     q, k, v = (t.to(dtype).reshape(B * heads, -1, head_dim) for t in (q, k, v))
     with torch.autocast(device_type, enabled=False):
         out = _ExplicitInPlace.apply(q, k, v, scale)
@@ -150,6 +151,7 @@ def not_supported_reasons(backend: str, device: torch.device | str, dtype: torch
     return reasons
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: decided once at trace time, no graph break
 def select_backend(device: torch.device | str, dtype: torch.dtype, head_dim: int, requested: str = "auto") -> str:
     """The backend the fixed order gives for ``requested`` (a backend name or ``auto``): ``auto`` honours
     ``VMAE2_ATTENTION`` and then takes the first usable backend (:func:`usable`); :func:`attention` uses it where
@@ -227,14 +229,26 @@ def attention(qkv: torch.Tensor, scale: float, backend: str = "auto", num_query:
     ``num_query``, only the last ``num_query`` tokens query (over all ``N`` keys): ``[B, num_query, heads, hd]``."""
     device_type = qkv.device.type
     requested = backend if backend != "auto" else (os.environ.get(ENV_VAR) or "auto")
-    if requested != "auto":
+    if requested != "auto" or not measurable(qkv):
         name = select_backend(device_type, qkv.dtype, qkv.shape[-1], requested)
     else:
-        autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else "off"
+        autocast = str(_autocast_dtype(device_type) or "off").replace("torch.", "")
         grad = qkv.requires_grad and torch.is_grad_enabled()
         B, N, _, heads, head_dim = qkv.shape
-        name = choose(device_type, qkv.dtype, B, N, heads, head_dim, num_query, grad, autocast.replace("torch.", ""))
+        name = choose(device_type, qkv.dtype, B, N, heads, head_dim, num_query, grad, autocast)
     return _KERNELS[name](qkv, scale, num_query)
+
+
+def measurable(t: torch.Tensor) -> bool:
+    """Whether a call on ``t`` can be timed: real CPU or CUDA data (not meta, not a fake tensor of a simulation)."""
+    return t.device.type in ("cpu", "cuda") and not isinstance(t, FakeTensor)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type``, or None."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 class AttentionModule(torch.nn.Module):

@@ -262,8 +262,10 @@ def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
 
     n_dec = num_visible + num_decoded
     enc = blocks(cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), num_visible)
-    dec = blocks(len(model.decoder.blocks), cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio),
-                 n_dec)
+    d, h = cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio)
+    dec = blocks(len(model.decoder.blocks), d, h, n_dec)
+    if model.decoder.rows == "predicted" and len(model.decoder.blocks):  # the last block skips the visible rows:
+        dec -= 2 * num_visible * (2 * n_dec * d + d * d + 2 * d * h)  # their attention rows, projection and MLP
     embedded = num_visible if model.encoder.embed_tokens == "visible" else model.num_patches
     embed = 2 * embedded * cfg.embed_dim * 3 * model.tubelet_size * cfg.patch_size ** 2
     e2d = 2 * num_visible * cfg.embed_dim * cfg.decoder_embed_dim

@@ -15,6 +15,7 @@ from vmae2.models.layers import PatchEmbed, check_geometry, init_xavier, make_bl
 
 
 EMBED_TOKENS = ("visible", "all")
+DECODER_ROWS = ("predicted", "all")
 
 
 class PretrainEncoder(nn.Module):
@@ -54,11 +55,18 @@ class PretrainEncoder(nn.Module):
 
 
 class PretrainDecoder(nn.Module):
-    """Blocks + LayerNorm + linear pixel head; predicts the last ``num_predict`` tokens."""
+    """Blocks + LayerNorm + linear pixel head; predicts the last ``num_predict`` tokens.
+
+    ``rows``: ``predicted`` computes only those tokens in the last block (their queries attend to every token; the
+    same per-row arithmetic); ``all`` is the official order: every row of every block, then keep the predicted ones.
+    """
 
     def __init__(self, cfg: ViTConfig, depth: int, out_dim: int, drop_path_rate: float, use_checkpoint: str,
-                 attn_backend: str):
+                 attn_backend: str, rows: str = "predicted"):
         super().__init__()
+        if rows not in DECODER_ROWS:
+            raise ValueError(f"decoder_rows {rows!r} is invalid: choose one of {DECODER_ROWS}")
+        self.rows = rows
         dim = cfg.decoder_embed_dim
         self.blocks = make_blocks(dim, cfg.decoder_num_heads, cfg.mlp_ratio, depth, drop_path_rate,
                                   backend=attn_backend)
@@ -68,6 +76,8 @@ class PretrainDecoder(nn.Module):
         self.apply(init_xavier)
 
     def forward(self, x: torch.Tensor, num_predict: int) -> torch.Tensor:
+        if self.rows == "all":
+            return self.head(self.norm(run_blocks(self.blocks, x, self.use_checkpoint)[:, -num_predict:]))
         x = run_blocks(self.blocks, x, self.use_checkpoint, num_output=num_predict)  # [B, num_predict, D]
         return self.head(self.norm(x))
 
@@ -83,14 +93,16 @@ class PretrainVisionTransformer(nn.Module):
     Returns ``[B, Nd, 3 * tubelet * p * p]``: predictions for the decoder-visible tokens in ascending
     token order, channel layout ``(p0 p1 p2 c)``. Bool masks cost one host sync (to read ``Nv``/``Nd``);
     pass ids on the hot path. ``kernel_backend`` picks the token-op backend (``auto``, ``torch``, ``triton``,
-    ...; see :mod:`vmae2_kernels.dispatch`). ``embed_tokens``: see :class:`PretrainEncoder`. ``use_checkpoint``:
-    activation checkpointing of the encoder and decoder blocks, ``False``/``True`` (every block) or a mode of
+    ...; see :mod:`vmae2_kernels.dispatch`). ``embed_tokens``: see :class:`PretrainEncoder`; ``decoder_rows``: see
+    :class:`PretrainDecoder` (``all`` with ``embed_tokens="all"`` is the official work, FLOP for FLOP).
+    ``use_checkpoint``: activation checkpointing of the encoder and decoder blocks, ``False``/``True`` (every block) or a mode of
     :data:`~vmae2.models.configs.CHECKPOINT_MODES`.
     """
 
     def __init__(self, cfg: ViTConfig, *, img_size: int = 224, num_frames: int = 16, tubelet_size: int = 2,
                  decoder_depth: int = 4, drop_path_rate: float = 0.0, use_checkpoint: bool | str = False,
-                 attn_backend: str = "auto", kernel_backend: str = "auto", embed_tokens: str = "visible"):
+                 attn_backend: str = "auto", kernel_backend: str = "auto", embed_tokens: str = "visible",
+                 decoder_rows: str = "predicted"):
         super().__init__()
         check_geometry(img_size, num_frames, tubelet_size, cfg.patch_size)
         use_checkpoint = checkpoint_mode(use_checkpoint)
@@ -99,7 +111,8 @@ class PretrainVisionTransformer(nn.Module):
         self.encoder = PretrainEncoder(cfg, img_size, num_frames, tubelet_size, drop_path_rate, use_checkpoint,
                                        attn_backend, kernel_backend, embed_tokens)
         out_dim = 3 * tubelet_size * cfg.patch_size ** 2
-        self.decoder = PretrainDecoder(cfg, decoder_depth, out_dim, drop_path_rate, use_checkpoint, attn_backend)
+        self.decoder = PretrainDecoder(cfg, decoder_depth, out_dim, drop_path_rate, use_checkpoint, attn_backend,
+                                       decoder_rows)
         self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim, bias=False)  # PyTorch default init
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)  # official bounds: +-std
