@@ -65,6 +65,8 @@ def test_near_ties_keep_the_fixed_order():
 def test_attention_fixed_order_on_a_cpu_puts_math_first_for_half_dtypes():
     assert attention.usable("cpu", torch.float32, 64) == ("sdpa", "explicit", "math")
     assert attention.usable("cpu", torch.bfloat16, 64) == ("explicit", "math", "sdpa")
+    reasons = attention.not_supported_reasons("explicit", "cuda", torch.bfloat16, 64)
+    assert reasons and "verified on CPUs only" in reasons[0]
 
 
 def test_nothing_is_measured_when_turned_off(measuring, monkeypatch):

@@ -123,6 +123,7 @@ def _load(name: str):
 
 # Capabilities, xformers-style: each refusal becomes a sentence.
 CUDA_ONLY = {"flash": {"cuda"}, "xformers": {"cuda"}}
+CPU_ONLY = {"explicit": "its in-place softmax and backward are verified on CPUs only"}
 HALF_ONLY = {"flash": (torch.float16, torch.bfloat16)}
 MIN_CAPABILITY = {"flash": (8, 0)}
 MAX_HEAD_DIM = {"flash": 256}
@@ -136,6 +137,8 @@ def not_supported_reasons(backend: str, device: torch.device | str, dtype: torch
     reasons = []
     if backend in CUDA_ONLY and device.type not in CUDA_ONLY[backend]:
         reasons.append(f"device {device.type} is not supported (needs {sorted(CUDA_ONLY[backend])})")
+    if backend in CPU_ONLY and device.type != "cpu":
+        reasons.append(f"device {device.type} is not supported (needs cpu: {CPU_ONLY[backend]})")
     if backend in HALF_ONLY and dtype not in HALF_ONLY[backend]:
         reasons.append(f"dtype {dtype} is not supported (needs float16 or bfloat16; run under autocast)")
     if backend in MAX_HEAD_DIM and (head_dim % 8 or head_dim > MAX_HEAD_DIM[backend]):
