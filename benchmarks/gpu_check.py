@@ -242,7 +242,7 @@ def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: i
 
 
 def check_loss_rerun(device, batch: int) -> dict:
-    """Finding 7 on the GPU: the fused loss and its gradient are the same bits on a rerun (and close to torch)."""
+    """On the GPU: the fused loss and its gradient are the same bits on a rerun (and close to torch)."""
     import torch
 
     import cases
@@ -282,7 +282,7 @@ print("returned")
 
 
 def check_debug_mode(device, backend: str = "triton") -> dict:
-    """Finding 3 on the GPU: with VMAE2_DEBUG=1 an out-of-range id stops the op (device-side assert: the CUDA
+    """On the GPU: with VMAE2_DEBUG=1 an out-of-range id stops the op (device-side assert: the CUDA
     context is lost, hence a subprocess); without the bad id the same script returns."""
     env = {**os.environ, "VMAE2_DEBUG": "1"}
     runs = {}
@@ -300,7 +300,7 @@ def check_debug_mode(device, backend: str = "triton") -> dict:
 
 
 def check_second_device(device) -> dict:
-    """Finding 5 on the GPU: tensors on cuda:1 while cuda:0 is current give the reference's result."""
+    """On the GPU: tensors on cuda:1 while cuda:0 is current give the reference's result."""
     import torch
 
     from vmae2_kernels import ops

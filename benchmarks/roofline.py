@@ -29,7 +29,7 @@ Per op, shape, batch and dtype:
   Host-side launch overhead (Python, the custom-op dispatcher) is not included: on a GPU the ops whose device time
   is a few microseconds will measure the host overhead instead (tens of microseconds per call in eager mode).
 
-GPU figures (:data:`GPUS`): bandwidth as given in issue 9 (A100 1.9 TB/s, H100 3.0 TB/s: below the datasheet's
+GPU figures (:data:`GPUS`): bandwidth (A100 1.9 TB/s, H100 3.0 TB/s: below the datasheet's
 2.04 / 3.35 TB/s, nearer what is sustained; the bf16 tensor-core peaks, which no op here uses, are those of
 ``vmae2.flops.PEAK_TFLOPS_BF16`` for MFU); SM counts
 and FP32 peaks from the datasheets (A100 SXM4: 108 SMs, 19.5 TFLOP/s; H100 SXM5: 132 SMs, 67 TFLOP/s); DRAM

@@ -34,7 +34,7 @@ def test_macs_per_clip_match_paper(name, dec_ratio, paper, derived):
 
 
 # Dual masking (tube 0.9, running cell 0.5), forward GMACs: every tubelet embedded (= paper) vs only the visible
-# ones (issue 16's table; ViT-g's 238.567 is 238.57 to two decimals). The saving is the embedding of the masked
+# ones (ViT-g's 238.567 is 238.57 to two decimals). The saving is the embedding of the masked
 # tubelets, (N - Nv) * D * 3 * t * p^2 MACs: ViT-S/16 (1568 - 160) * 384 * 1536 = 0.83 G.
 VISIBLE_ONLY = [
     ("pretrain_videomae_small_patch16_224", 7.84, 7.01, (1568, 160, 384, 1536)),

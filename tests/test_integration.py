@@ -107,7 +107,7 @@ def _syncing_probe(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_sync_detector_sees_inside_custom_ops():
-    """Finding 10: the old counter saw only the opaque op call, so this probe passed it."""
+    """Syncs inside a custom op are counted, not only the opaque op call."""
     with CountSyncs() as mode:
         _syncing_probe(torch.randn(8))
     assert set(mode.seen) == {"item", "index with a bool mask"}, mode.seen

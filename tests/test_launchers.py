@@ -1,5 +1,5 @@
-"""The Triton launchers (issue 14): each launches on its tensors' device (finding 5), and the loss has one fixed
-launch configuration, so two runs give the same bits (finding 7). Under the interpreter on CPU; the multi-GPU and
+"""The Triton launchers: each launches on its tensors' device, and the loss has one fixed launch configuration, so
+two runs give the same bits. Under the interpreter on CPU; the multi-GPU and
 CUDA-graph halves are GPU tests (and run in ``python -m benchmarks.gpu_check``)."""
 import inspect
 import sys
@@ -37,7 +37,8 @@ def test_every_launcher_is_covered():
 
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_every_launcher_runs_under_its_tensors_device_guard(name, monkeypatch):
-    """Finding 5: Triton launches on the *current* CUDA device, so tensors on cuda:1 ran on cuda:0's stream."""
+    """Triton launches on the *current* CUDA device: the launcher must guard its tensors' device (cuda:1 tensors
+    must not run on cuda:0's stream)."""
     seen = []
     real = triton_ops.device_guard
 
@@ -52,8 +53,8 @@ def test_every_launcher_runs_under_its_tensors_device_guard(name, monkeypatch):
 
 
 def test_loss_kernels_have_one_fixed_configuration():
-    """Finding 7: the loss kernels were autotuned over 4 and 8 warps (different reduction orders), picked by timing
-    in each process; now they are plain JIT kernels launched with the one configuration of roofline.LOSS_TILES."""
+    """The loss kernels are plain JIT kernels launched with the one configuration of LOSS_TILES (autotuning over 4
+    and 8 warps would pick a reduction order by timing, per process)."""
     from triton.runtime.autotuner import Autotuner
 
     assert len(LOSS_TILES) == 1
@@ -91,15 +92,16 @@ def _gpu_check():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (finding 5 on hardware; gpu_check "
-                                                          "runs it when it finds them)")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the device guard on hardware; "
+                                                          "gpu_check runs it when it finds them)")
 def test_tensors_on_the_second_gpu_give_the_reference_result():
     assert _gpu_check().check_second_device(torch.device("cuda"))["match"] == "exact"
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (findings 3 and 7 on hardware; also in "
-                                                          "python -m benchmarks.gpu_check)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the debug assert and the fixed loss "
+                                                          "configuration on hardware; also in python -m "
+                                                          "benchmarks.gpu_check)")
 def test_debug_assert_and_bit_identical_loss_on_cuda():
     gpu_check = _gpu_check()
     assert "refusal" in gpu_check.check_debug_mode(torch.device("cuda"))

@@ -1,4 +1,4 @@
-"""``vmae2_kernels.recon_loss`` for MAE codebases (issue 18): MAE's ``norm_pix_loss`` and raw targets, images,
+"""``vmae2_kernels.recon_loss`` for MAE codebases: MAE's ``norm_pix_loss`` and raw targets, images,
 masks as MAE gives them (float 0/1, every token predicted), the decoder's mask in place of its ids, and no silent
 defaults for the target convention. The oracle is MAE's loss restated from its definition."""
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 18: what three public MAE codebases needed from vmae2_kernels, checked against plain-torch statements of
+"""What three public MAE codebases needed from vmae2_kernels, checked against plain-torch statements of
 their own code (written here from the algorithms, not copied): prefix (cls) tokens and token-ordered decoder
 sequences, MAE's random masking and ``ids_restore``, ``[1, N(+1), C]`` position tables, unsorted ids and 0/1 float
 masks. Every op on every backend (Triton through the interpreter on CPU), forward and backward."""

@@ -1,4 +1,4 @@
-"""One validation layer before dispatch (issue 14, findings 1-4 and 8): every backend refuses the same bad input
+"""One validation layer before dispatch: every backend refuses the same bad input
 with the same message, and takes the same good input the same way. Id values (range, uniqueness) are checked on the
 device under ``VMAE2_DEBUG=1``."""
 import pytest
@@ -24,7 +24,7 @@ BACKENDS = _backends()
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_negative_and_large_phases_are_taken_modulo_4(backend):
-    """Finding 1: C's truncating % gave garbage for a negative phase in compiled kernels (cpp showed it here)."""
+    """A negative phase is taken modulo 4 on every backend (C's truncating % would give garbage)."""
     phase = torch.tensor([-2, 1, 7, -5])
     got = ops.running_cell_ids(phase, 2, 4, 4, 2, backend)
     assert torch.equal(got, reference_running_cell_ids(phase.remainder(4), (2, 4, 4), 2))  # ids: exact
@@ -55,8 +55,8 @@ def _loss_args(pred_width=1536, tokens=3, weights=None, patch=16):
     (dict(weights=torch.ones(2, 16)), "weights has shape \\(2, 16\\); expected \\[B, Nd\\] = \\[2, 3\\]"),
 ])
 def test_loss_refusals_are_the_same_everywhere_forward_and_backward(backend, kwargs, match):
-    """Finding 2: Triton returned a loss for a too-wide pred (2.0009), NaN for a too-narrow one, and its backward
-    left the gradient partly unwritten or wrote past its end."""
+    """A too-wide or too-narrow pred, or weights of the wrong shape, are refused before any kernel runs (a kernel
+    would read or write past a row), forward and backward, with one message."""
     args = _loss_args(**kwargs)
     with pytest.raises(ValueError, match=match):
         ops.recon_loss(*args, backend)
@@ -66,7 +66,7 @@ def test_loss_refusals_are_the_same_everywhere_forward_and_backward(backend, kwa
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_loss_backward_fake_matches_the_kernels_layout(backend):
-    """Finding 8: the fake declared pred's strides; every backend returns a contiguous gradient."""
+    """Every backend, and the fake, return a contiguous gradient whatever pred's strides."""
     pred, *rest = _loss_args()
     pred = pred.transpose(1, 2).contiguous().transpose(1, 2)  # same shape, non-contiguous
     assert not pred.is_contiguous()
@@ -86,7 +86,7 @@ TOKEN_REFUSALS = [
     (lambda b: ops.token_gather(X, IDS[:1], None, b), "ids must be \\[B=2, K\\] int64, got \\(1, 2\\)"),
     (lambda b: ops.token_gather(X, IDS, POS[:5], b),
      "pos must be \\[8, 4\\] or \\[1, 8, 4\\] \\(N=8 token rows, C=4 channels\\), got \\(5, 4\\)"),
-    # issue 18: the native forward took any table of N*C elements; a per-sample table is not a shared one
+    # a per-sample table of N*C elements is not a shared one: refused on every backend
     (lambda b: ops.token_gather(X, IDS, POS.reshape(4, 8), b), "pos must be \\[8, 4\\] or .* got \\(4, 8\\)"),
     (lambda b: ops.token_gather(X, IDS, POS.expand(2, 8, 4), b), "pos must be .* got \\(2, 8, 4\\)"),
     (lambda b: ops.decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS[None, :, :3], b),
@@ -171,7 +171,7 @@ def test_inputs_on_two_devices_are_refused():
         checks.check_loss(pred, video, dec, weights.to("meta"), patch, tub, 1, mean, std)
 
 
-# -- ids precondition: range and uniqueness, checked on the device in debug mode (findings 3 and 4) ----------
+# -- ids precondition: range and uniqueness, checked on the device in debug mode ----------
 
 BAD_IDS = {"out of range": (torch.tensor([[0, 8], [2, 7]]), "ids has ids outside \\[0, 8\\)"),
            "negative": (torch.tensor([[0, -1], [2, 7]]), "ids has ids outside \\[0, 8\\)"),
@@ -181,8 +181,8 @@ BAD_IDS = {"out of range": (torch.tensor([[0, 8], [2, 7]]), "ids has ids outside
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", sorted(BAD_IDS))
 def test_debug_mode_refuses_bad_ids_on_every_backend(backend, kind, monkeypatch):
-    """Finding 3: Triton and CUDA read out-of-range ids silently (C++ raised, with its own message). Finding 4:
-    a repeated id scatters one write on GPU where the reference adds, so token_gather's gradient differed."""
+    """Out-of-range ids (which GPU kernels would read silently) and repeated ids (scattered once on a GPU, added by
+    the reference) stop every backend under VMAE2_DEBUG=1 with one message."""
     monkeypatch.setenv(checks.DEBUG_ENV, "1")
     ids, match = BAD_IDS[kind]
     x = X.clone().requires_grad_()
@@ -214,7 +214,7 @@ def test_debug_mode_passes_good_ids_and_changes_nothing(backend, monkeypatch):
     assert torch.equal(ops.token_gather(X, IDS, POS, backend), plain)  # same kernel rerun: exact
 
 
-# -- issue 18: prefix tokens, position-table shapes, layouts, keep rules (the public wrappers) -------------
+# -- prefix tokens, position-table shapes, layouts, keep rules (the public wrappers) -------------
 
 WRAPPER_REFUSALS = [
     (lambda K, b: K.token_gather(X, IDS, POS[:7], num_prefix=1, backend=b),

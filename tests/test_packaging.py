@@ -186,7 +186,7 @@ def test_build_plan_cuda_choice_arch_and_jobs(monkeypatch):
 @pytest.mark.parametrize("archs,capability,runs", [
     ("8.0;9.0+PTX", (8, 0), True), ("8.0;9.0+PTX", (8, 6), True), ("8.0;9.0+PTX", (9, 0), True),
     ("8.0;9.0+PTX", (10, 0), True),  # PTX compiled by the driver
-    ("9.0", (8, 0), False),  # finding 6: the old default on an A100
+    ("9.0", (8, 0), False),  # sm_90 code alone does not run on an A100
     ("9.0", (10, 0), False), ("8.6", (8, 0), False), ("7.0 8.0", (8, 9), True), ("9.0a", (9, 0), True),
     ("9.0a+PTX", (10, 0), False), ("", (8, 0), False),
 ])

@@ -1,4 +1,4 @@
-"""Issue 19: geometry that travels with the weights (config.json), defaults that fit the data, a CLI that teaches."""
+"""Geometry that travels with the weights (config.json), defaults that fit the data, a CLI that teaches."""
 import json
 import os
 import subprocess

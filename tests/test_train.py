@@ -379,7 +379,7 @@ def test_demo_pretraining_loss_falls(data_list, tmp_path):
 def test_demo_beats_half_the_flat_colour_baseline(tmp_path):
     """`make train` as shipped (no arguments, generated videos, all threads): the final reconstruction error is
     below half that of predicting every patch as the clip's mean colour, and the loss falls. Measured 0.481 in
-    three runs on the 2-core CI machine (the run is deterministic there; the previous demo ended at 1.22)."""
+    three runs on the 2-core CI machine (the run is deterministic there)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "VMAE2_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "vmae2.train", "--output_dir", str(tmp_path / "demo")],
                             capture_output=True, text=True, env=env, check=True, timeout=1200)
