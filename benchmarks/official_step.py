@@ -16,7 +16,8 @@ from official_oracle import PRECISIONS, OfficialStep, autocast_for, official_fro
 from vmae2 import attention, masking
 from vmae2.models import create_model
 from vmae2.flops import model_flops_per_clip
-from vmae2.runtime import clip_or_norm, frees_grads_before_backward
+from vmae2.config import TrainConfig
+from vmae2.runtime import frees_grads_before_backward, optimizer_step
 from vmae2_kernels import dispatch
 
 __all__ = ["Vmae2Step", "vmae2_optimizer", "PRECISIONS", "Size", "SIZES", "make_step"]
@@ -35,11 +36,13 @@ def vmae2_optimizer(model, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.
 class Vmae2Step:
     """One vmae2 training step on fixed inputs, as ``vmae2.train`` runs a micro-batch (no accumulation).
 
-    ``enc_ids [B, Nv]`` / ``dec_ids [B, Nd]`` are the ascending kept ids (``dec_ids=None``: VideoMAE v1).
+    ``enc_ids [B, Nv]`` / ``dec_ids [B, Nd]`` are the ascending kept ids (``dec_ids=None``: VideoMAE v1). The
+    gradient norm is measured every ``norm_every`` steps, as ``vmae2.train`` measures it on log steps only.
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, video: torch.Tensor, enc_ids: torch.Tensor,
-                 dec_ids: torch.Tensor | None, precision: str = "fp32", kernel_backend: str = "auto"):
+                 dec_ids: torch.Tensor | None, precision: str = "fp32", kernel_backend: str = "auto",
+                 norm_every: int = TrainConfig.log_every):
         self.model, self.optimizer, self.video = model, optimizer, video
         self.enc_ids, self.dec_ids = enc_ids, dec_ids
         self.precision, self.kernel_backend = precision, kernel_backend
@@ -47,6 +50,7 @@ class Vmae2Step:
         self.loss_sum = torch.zeros((), device=video.device)  # train.py's device-side accumulators (no sync)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=video.device)
         self.last_grad_norm = None
+        self.steps, self.norm_every = 0, norm_every
 
     def forward_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         from vmae2.loss import reconstruction_loss
@@ -67,16 +71,11 @@ class Vmae2Step:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         self.loss_sum += loss.detach()
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), 0, self.first_bad)
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        self.last_grad_norm = clip_or_norm(self.model.parameters(), None)  # as vmae2.train (no clipping)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        if not early_free:
-            self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        logs = self.steps % self.norm_every == 0
+        norm = optimizer_step(self.optimizer, self.scaler, self.model.parameters(), None, free_grads=not early_free,
+                              norm=logs)
+        self.last_grad_norm = norm if logs else self.last_grad_norm
         return loss.detach()
 
 

@@ -207,12 +207,15 @@ at::Tensor tube_ids(const at::Tensor& keys_in, int64_t num_frames, int64_t num_m
 // (x - mean) / (std + 1e-6) over x[0..n) (VideoMAE), or (x - mean) / sqrt(var + 1e-6) with `eps_in_var` (MAE).
 inline void normalize_run(float* x, int64_t n, bool eps_in_var) {
   float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += x[i];
   const float mu = sum / n;
   float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
   for (int64_t i = 0; i < n; ++i) sq += (x[i] - mu) * (x[i] - mu);
   const float var = sq / (n - 1);
   const float inv = eps_in_var ? 1.f / std::sqrt(var + 1e-6f) : 1.f / (std::sqrt(var) + 1e-6f);
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] = (x[i] - mu) * inv;
 }
 
@@ -232,7 +235,12 @@ void token_target(const vid_t* vp, const at::IntArrayRef& st, int64_t b, int64_t
     for (int64_t dt = 0; dt < tub; ++dt)
       for (int64_t y = 0; y < patch; ++y, xc += patch) {
         const vid_t* row = base + dt * st[2] + y * st[3];
-        for (int64_t j = 0; j < patch; ++j) xc[j] = float(row[j * sx]) * s + m;
+        if (sx == 1) {
+#pragma omp simd
+          for (int64_t j = 0; j < patch; ++j) xc[j] = float(row[j]) * s + m;
+        } else {
+          for (int64_t j = 0; j < patch; ++j) xc[j] = float(row[j * sx]) * s + m;
+        }
       }
     if (target == 1) normalize_run(x + c * P, P, false);
   }
@@ -282,6 +290,7 @@ at::Tensor recon_loss(const at::Tensor& pred_in, const at::Tensor& video, const 
   for_each_token(pred, video, ids, patch, tub, target, mean.vec(), std.vec(),
                  [&](int64_t r, const float* row, const float* tgt, int64_t F) {
     float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
     for (int64_t j = 0; j < F; ++j) {
       const float d = row[j] - tgt[j];
       sq += d * d;

@@ -116,7 +116,7 @@ def test_full_step_updates_weights_identically():
     lr = 1e-3
     model, official = make_pair()
     video, enc_ids, dec_ids, enc_mask, dec_mask = make_inputs(model)
-    ours = Vmae2Step(model, vmae2_optimizer(model, lr), video, enc_ids, dec_ids)
+    ours = Vmae2Step(model, vmae2_optimizer(model, lr), video, enc_ids, dec_ids, norm_every=1)
     theirs = O.OfficialStep(official, O.official_optimizer(official, lr), video, enc_mask, dec_mask)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(2):

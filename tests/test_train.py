@@ -360,6 +360,22 @@ def test_gradient_accumulation_counts_optimizer_steps(data_list, tmp_path):
     assert state["step"] == 3 and state["config"]["accum_steps"] == 2
 
 
+def test_gradient_norm_is_measured_on_log_steps_only(data_list, tmp_path, monkeypatch):
+    """Without clipping the norm is only logged: it is measured on the steps that write a record, and there only."""
+    import vmae2.runtime as runtime
+
+    norms = []
+    measure = runtime.clip_or_norm
+    monkeypatch.setattr(runtime, "clip_or_norm", lambda params, max_norm: norms.append(measure(params, max_norm))
+                        or norms[-1])
+    args = TINY + ["--data_path", data_list, "--max_steps", "7", "--log_every", "3", "--output_dir", str(tmp_path)]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert [r["step"] for r in records if "grad_norm" in r] == [3, 6, 7]
+    assert logged == [float(n) for n in norms] and all(n > 0 for n in logged)
+
+
 @pytest.mark.slow
 def test_demo_pretraining_loss_falls(data_list, tmp_path):
     """The demo preset (tiny model, raw-pixel targets, its learning rate) on generated videos, shrunk to 64 px,

@@ -214,8 +214,9 @@ class _Run:
             batch = next(self.batches)
         return batch
 
-    def optimizer_step(self) -> torch.Tensor:
-        """One optimizer step over ``accum_steps`` micro-batches; returns the gradient norm (on the device)."""
+    def optimizer_step(self) -> torch.Tensor | None:
+        """One optimizer step over ``accum_steps`` micro-batches; returns the gradient norm (on the device) when the
+        step clips or logs, else None (the norm pass over every gradient is skipped)."""
         task, cfg, s = self.task, self.cfg, self.s
         set_schedule(task.optimizer, float(self.lr_at[self.step]), float(self.wd_at[self.step]))
         task.before_step(self.step)
@@ -232,7 +233,7 @@ class _Run:
             self.loss_sum += logged.detach() / cfg.accum_steps
             self.guard.watch(probe, self.step)
         grad_norm = optimizer_step(task.optimizer, self.scaler, task.model.parameters(), cfg.clip_grad,
-                                   free_grads=not self.early_free)
+                                   free_grads=not self.early_free, norm=self.logs_at(self.step + 1))
         self.step += 1
         self.window_steps += 1
         return grad_norm
@@ -262,10 +263,15 @@ class _Run:
         for entry in measure.used():
             print(f"  {entry['kind']} [{entry['key']}]: {entry['choice']} ({measure.summary(entry)})", flush=True)
 
-    def epoch_done(self) -> bool:
-        cfg = self.cfg
-        return self.task.epoch_checkpoints and ((self.step * cfg.accum_steps) % len(self.task.loader) < cfg.accum_steps
-                                                or self.step == self.total_steps)
+    def epoch_done(self, step: int | None = None) -> bool:
+        """Whether ``step`` (default: the steps done) ends an epoch that is checkpointed."""
+        cfg, step = self.cfg, self.step if step is None else step
+        return self.task.epoch_checkpoints and ((step * cfg.accum_steps) % len(self.task.loader) < cfg.accum_steps
+                                                or step == self.total_steps)
+
+    def logs_at(self, step: int) -> bool:
+        """Whether a log record is written once ``step`` steps are done."""
+        return step % self.cfg.log_every == 0 or step == self.total_steps or self.epoch_done(step)
 
     def loop(self, stop_signal: list[int], metrics: MetricsLog) -> bool:
         """Steps until the last one or an agreed stop signal; returns whether it stopped early."""
@@ -286,7 +292,7 @@ class _Run:
             if d.world_size == 1:
                 stopping = bool(stop_signal)
             record = {}
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps or epoch_done:
+            if self.logs_at(self.step):
                 self.check_finite()  # the one host sync, on log steps only
                 stopping = agreed_stop(stop_signal, d, self.s.device)
                 record = self.record(grad_norm)

@@ -177,12 +177,12 @@ def frees_grads_before_backward(device: torch.device) -> bool:
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_norm: float | None,
-                   free_grads: bool = True) -> torch.Tensor:
-    """Unscale (fp16), clip or measure the gradient norm, step, and (``free_grads``) free the gradients; returns the
-    norm (no sync)."""
+                   free_grads: bool = True, norm: bool = True) -> torch.Tensor | None:
+    """Unscale (fp16), clip or (``norm``) measure the gradient norm, step, and (``free_grads``) free the gradients;
+    returns the norm on the device (no sync), or None when neither clipping nor ``norm`` asked for it."""
     if scaler:
         scaler.unscale_(optimizer)
-    grad_norm = clip_or_norm(parameters, max_norm)
+    grad_norm = clip_or_norm(parameters, max_norm) if max_norm or norm else None
     if scaler:
         scaler.step(optimizer)
         scaler.update()
