@@ -90,7 +90,7 @@ def main() -> int:
                                 str(lab / "test.csv"), "--window", "4", "--stride", "2", "--input_size", "32",
                                 "--num_workers", "1", "--output_dir", str(work / "features")],
          {"expect": ("videos extracted",)}),
-        ("list check", ["-m", "vmae2.data.check", str(pre), "--num_frames", "4", "--bad-out", str(work / "bad.txt")],
+        ("list check", ["-m", "vmae2.data.check", str(pre), "--num_frames", "4", "--bad_out", str(work / "bad.txt")],
          {"expect": ("4 good, 0 bad",)}),
         ("benchmark report", ["-m", "benchmarks.report", str(bench), "--out", str(work / "report")],
          {"expect": (f"report.png skipped: {NO_PLOT}", "wrote")}),

@@ -1,4 +1,5 @@
-"""Tests for ``vmae2.checkpoint``: loading official VideoMAE V2 checkpoints and atomic safetensors saving.
+"""Tests for ``vmae2.checkpoint``: loading official VideoMAE V2 checkpoints, refusing files that are not checkpoints
+and loads that would leave weights at their initialisation, and atomic safetensors saving.
 
 Every checkpoint file is generated here, in ``tmp_path``, in the layouts the official code writes
 (reference §4.3-4.5): ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` from ``utils.save_model``,
@@ -10,7 +11,9 @@ Speed (the file must run in seconds on 2 CPU cores):
   *targets* are built on the meta device and materialised with ``to_empty`` (``blank``) -- fine for checking
   state dicts, never used for a forward pass;
 * the many wrapper/prefix/error combinations use a *tiny* configuration of the same classes (2 blocks,
-  width 64): same key names, kilobytes instead of 90 MB per file.
+  width 64): same key names, kilobytes instead of 90 MB per file;
+* the command-line tests (``train``/``finetune --init``) run at most one step of the tiny models on two generated
+  videos.
 """
 from __future__ import annotations
 
@@ -440,7 +443,8 @@ def test_head_size_mismatch_raises_even_when_not_strict(tmp_path):
 
 
 def test_decoder_depth_mismatch_reports_exact_keys(tmp_path):
-    """A different decoder depth changes the key set, not shapes: missing / unexpected keys, listed."""
+    """A different decoder depth changes the key set, not shapes: missing / unexpected keys, listed (whole blocks
+    as ``decoder.blocks.2-3.*``). Extra keys are ignored by a non-strict load; missing ones need ``partial``."""
     deep = tiny_pretrain(0, decoder_depth=4)
     shallow = tiny_pretrain(1, decoder_depth=2)
     extra = sorted(k for k in deep.state_dict() if k.startswith(("decoder.blocks.2.", "decoder.blocks.3.")))
@@ -455,9 +459,7 @@ def test_decoder_depth_mismatch_reports_exact_keys(tmp_path):
     before = clone_sd(target)
     with pytest.raises(ValueError) as info:
         load_weights(target, deep_path, strict=True)
-    assert "unexpected 26" in str(info.value) and "missing 0" in str(info.value)
-    for k in extra:
-        assert k in str(info.value)
+    assert "unexpected 26: decoder.blocks.2-3.* (26)" in str(info.value) and "missing 0" in str(info.value)
     assert_same_tensors(target.state_dict(), before)
     report = load_weights(target, deep_path, strict=False)
     assert (report.missing, report.unexpected) == ([], extra)
@@ -465,13 +467,16 @@ def test_decoder_depth_mismatch_reports_exact_keys(tmp_path):
 
     # 2-block checkpoint into a 4-block model: missing keys
     target = tiny_pretrain(2, decoder_depth=4)
-    with pytest.raises(ValueError) as info:
-        load_weights(target, shallow_path, strict=True)
-    assert "missing 26" in str(info.value) and "unexpected 0" in str(info.value)
-    for k in extra:
-        assert k in str(info.value)
-    report = load_weights(target, shallow_path, strict=False)
+    before = clone_sd(target)
+    for strict in (True, False):
+        with pytest.raises(ValueError) as info:
+            load_weights(target, shallow_path, strict=strict)
+        assert "missing 26: decoder.blocks.2-3.* (26)" in str(info.value) and "unexpected 0" in str(info.value)
+    assert "--init_partial" in str(info.value)
+    assert_same_tensors(target.state_dict(), before)
+    report = load_weights(target, shallow_path, strict=False, partial=True)
     assert (report.missing, report.unexpected) == (extra, [])
+    assert "missing 26: decoder.blocks.2-3.* (26) (left at their initialisation)" in str(report)
 
 
 def test_missing_and_unexpected_keys_in_strict_mode(tmp_path, tiny_ft_sd):
@@ -493,7 +498,10 @@ def test_missing_and_unexpected_keys_in_strict_mode(tmp_path, tiny_ft_sd):
     assert "missing 2" in msg and "unexpected 2" in msg
     assert_same_tensors(model.state_dict(), before)
 
-    report = load_weights(model, path, strict=False)
+    with pytest.raises(ValueError, match="would leave 2 of the"):
+        load_weights(model, path, strict=False)
+    assert_same_tensors(model.state_dict(), before)
+    report = load_weights(model, path, strict=False, partial=True)
     assert report.missing == ["blocks.1.attn.q_bias", "head.bias"]
     assert report.unexpected == ["blocks.1.attn.qkv.bias", "cls_token"]
     assert report.dropped == []
@@ -659,9 +667,216 @@ def test_saved_file_permissions_follow_umask(tmp_path):
     assert (path.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777) == (0o666 & ~umask)
 
 
-@pytest.mark.parametrize("payload", [b"hello world", b"PK\x03\x04truncated"])
-def test_garbage_pth_is_a_clear_value_error(tmp_path, payload):
-    path = tmp_path / "broken.pth"
+# -- files that are not checkpoints, damaged files ----------------------------------------------------------
+
+NOT_A_CHECKPOINT = "is not a checkpoint (expected a .pth/.pt saved by torch or a .safetensors file)"
+MP4_START = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom\x00\x00\x00\x08free"  # an MP4's first boxes
+
+
+def _npz_bytes() -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, weight=np.zeros(3))
+    return buffer.getvalue()
+
+
+def every_reader(path: Path) -> list[str]:
+    """The message each command's reader gives for ``path``: train --init, finetune --init, evaluate/predict
+    --weights (with their position-grid look-up), extract --weights."""
+    from vmae2.checkpoint import load_classifier_weights, load_feature_weights, stored_pos_grid
+
+    readers = [lambda: load_state_dict(path),
+               lambda: load_weights(tiny_pretrain(0), path, strict=False),
+               lambda: load_classifier_weights(tiny_finetune(0), path),
+               lambda: (stored_pos_grid(path), load_classifier_weights(tiny_finetune(0), path, strict=True)),
+               lambda: load_feature_weights(tiny_finetune(0, num_classes=0), path)]
+    messages = []
+    for read in readers:
+        with pytest.raises(ValueError) as info:
+            read()
+        messages.append(str(info.value))
+    return messages
+
+
+@pytest.mark.parametrize("name, payload", [
+    ("notes.pth", b"hello world\nthese are my notes\n"),
+    ("notes.safetensors", b"hello world\nthese are my notes\n"),
+    ("clip.pth", MP4_START + bytes(range(256)) * 4),
+    ("clip.safetensors", MP4_START + bytes(range(256)) * 4),
+    ("random.pt", bytes((i * 97 + 13) % 251 for i in range(4096))),
+    ("empty.pth", b""),
+    ("empty.safetensors", b""),
+    ("numpy.pth", _npz_bytes()),  # a zip archive, but not one torch.save wrote
+], ids=["text_pth", "text_safetensors", "video_pth", "video_safetensors", "random_bytes", "empty_pth",
+        "empty_safetensors", "npz_as_pth"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_without_unpickling_advice(tmp_path, name, payload):
+    path = tmp_path / name
     path.write_bytes(payload)
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        load_state_dict(path)
+    for message in every_reader(path):
+        assert message == f"{path} {NOT_A_CHECKPOINT}"
+
+
+@pytest.mark.parametrize("cut", [12, 40, -1], ids=["in_header_length", "in_header", "in_data"])
+def test_a_damaged_safetensors_file_is_one_line_naming_it(tmp_path, tiny_ft_sd, cut):
+    whole = tmp_path / "whole.safetensors"
+    save_safetensors(tiny_ft_sd, whole)
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(whole.read_bytes()[:cut])
+    messages = every_reader(path)
+    assert len(set(messages)) == 1  # the same message from every command
+    assert messages[0].startswith(f"{path} is a damaged or truncated .safetensors file (")
+    assert messages[0].endswith("save or download it again") and "\n" not in messages[0]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_truncated_torch_checkpoint_is_one_line_naming_it(tmp_path, tiny_ft_sd, legacy):
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": tiny_ft_sd}, whole, _use_new_zipfile_serialization=not legacy)
+    for cut in (100, len(whole.read_bytes()) // 2, len(whole.read_bytes()) - 1):
+        path = tmp_path / f"cut{cut}.pth"
+        path.write_bytes(whole.read_bytes()[:cut])
+        messages = every_reader(path)
+        assert len(set(messages)) == 1
+        assert messages[0].startswith(f"{path} is a damaged or truncated torch checkpoint (")
+        assert "\n" not in messages[0] and "weights_only" not in messages[0]
+
+
+def test_a_torch_file_under_a_safetensors_name_and_back_loads(tmp_path, tiny_ft_sd):
+    """The format is read from the file, not from its name."""
+    as_st, as_pth = tmp_path / "torch.safetensors", tmp_path / "st.pth"
+    torch.save({"model": tiny_ft_sd}, as_st)
+    save_safetensors(tiny_ft_sd, as_pth)
+    assert_same_tensors(load_state_dict(as_st), tiny_ft_sd)
+    assert_same_tensors(load_state_dict(as_pth), tiny_ft_sd)
+
+
+# -- weights load fully or not at all ------------------------------------------------------------------------
+
+def test_a_checkpoint_matching_no_key_is_refused_unless_partial(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.stem.weight": torch.zeros(3)}}, path)
+    model = tiny_pretrain(0)
+    before = clone_sd(model)
+    with pytest.raises(ValueError) as info:
+        load_weights(model, path, strict=False)
+    msg = str(info.value)
+    n = len(before)
+    assert msg.startswith(f"{path} would leave {n} of the {n} tensors of PretrainVisionTransformer at their "
+                          f"initialisation (missing {n}: ")
+    assert "encoder.blocks.0-1.* (26)" in msg and "unexpected 1: backbone.stem.weight" in msg
+    assert "--init_partial" in msg and "\n" not in msg and len(msg) < 600
+    assert_same_tensors(model.state_dict(), before)
+
+    report = load_weights(model, path, strict=False, partial=True)
+    assert report.missing == sorted(before) and report.unexpected == ["backbone.stem.weight"]
+    assert f"missing {n}: " in str(report) and "(left at their initialisation)" in str(report)
+    assert_same_tensors(model.state_dict(), before)
+
+
+def test_classifier_rules_keep_a_fresh_head_and_fc_norm_but_nothing_else(tmp_path, tiny_ft_sd):
+    from vmae2.checkpoint import load_classifier_weights
+
+    # classes changing: the head of another class count starts fresh, every other tensor is loaded
+    other = clone_sd(tiny_finetune(1, num_classes=400))
+    torch.save({"model": other}, tmp_path / "k400.pth")
+    model = tiny_finetune(2)
+    head = model.head.weight.detach().clone()
+    report = load_classifier_weights(model, tmp_path / "k400.pth")
+    assert report.missing == ["head.bias", "head.weight"] and report.dropped == ["head.weight", "head.bias"]
+    assert torch.equal(model.head.weight, head)
+    assert_model_holds(model, {k: v for k, v in other.items() if not k.startswith("head.")})
+
+    # from a pretraining checkpoint: fc_norm and head fresh, the encoder loaded
+    torch.save({"model": clone_sd(tiny_pretrain(3))}, tmp_path / "pre.pth")
+    report = load_classifier_weights(tiny_finetune(2), tmp_path / "pre.pth")
+    assert report.missing == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+
+    # anything else missing is refused, in both layouts, unless partial
+    for name, state in (("ft_gap.pth", other), ("pre_gap.pth", clone_sd(tiny_pretrain(3)))):
+        gap = {k: v for k, v in state.items() if ".blocks.1." not in f".{k}"}
+        torch.save({"model": gap}, tmp_path / name)
+        model = tiny_finetune(4)
+        before = clone_sd(model)
+        with pytest.raises(ValueError, match=r"would leave 13 of the .* \(missing 13: blocks\.1\.\* \(13\); "):
+            load_classifier_weights(model, tmp_path / name)
+        assert_same_tensors(model.state_dict(), before)
+        report = load_classifier_weights(model, tmp_path / name, partial=True)
+        assert [k for k in report.missing if k.startswith("blocks.")] == sorted(k for k in before
+                                                                                if k.startswith("blocks.1."))
+
+
+def test_summarize_keys_merges_whole_blocks_and_caps_the_list():
+    from vmae2.checkpoint import summarize_keys
+
+    keys = [f"blocks.{i}.{p}" for i in (0, 1, 2, 5, 10) for p in ("a", "b")] + ["norm.weight", "blocks.7.x"]
+    assert summarize_keys(keys) == "blocks.0-2.* (6), blocks.5.* (2), blocks.7.x, blocks.10.* (2), norm.weight"
+    assert summarize_keys([f"k{i}" for i in range(12)], limit=3) == "k0, k1, k10, ... and 9 more"
+
+
+# -- the command lines: train --init and finetune --init ---------------------------------------------------------
+
+TRAIN_ARGS = ["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_sample", "1",
+              "--num_workers", "0", "--max_steps", "1", "--log_every", "1"]
+FINETUNE_ARGS = ["--preset", "demo", "--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--num_frames", "4",
+                 "--sampling_rate", "2", "--input_size", "32", "--short_side_size", "32", "--batch_size", "2",
+                 "--num_sample", "1", "--num_workers", "0", "--max_steps", "1", "--log_every", "1"]
+
+
+@pytest.fixture(scope="module")
+def cli_data(tmp_path_factory):
+    """The training lists of ``vmae2.train`` and ``vmae2.finetune``, and a checkpoint none of whose keys fit."""
+    pytest.importorskip("av", reason="PyAV makes the training videos")
+    from vmae2.data.synthetic import make_labeled_videos, make_videos
+
+    root = tmp_path_factory.mktemp("cli")
+    make_videos(root / "pre", 2, seed=0, sizes=((80, 64),), num_frames=(16,))
+    labeled = make_labeled_videos(root / "ft", {"train": 1}, size=(48, 40), num_frames=16, motions=("still", "right"))
+    foreign = root / "foreign.pth"
+    torch.save({"model": {"backbone.stem.weight": torch.zeros(3)}}, foreign)
+    return {"train": (["--data_path", str(root / "pre" / "train.csv")], "vmae2.train"),
+            "finetune": (["--data_path", str(labeled["train"])], "vmae2.finetune"), "foreign": foreign}
+
+
+def _main(command: str, args: list[str], cli_data) -> int:
+    import importlib
+
+    data, module = cli_data[command]
+    base = TRAIN_ARGS if command == "train" else FINETUNE_ARGS
+    return importlib.import_module(module).main(base + data + args)
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_cli_init_refuses_a_checkpoint_matching_no_key(cli_data, command, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _main(command, ["--init", str(cli_data["foreign"]), "--output_dir", str(out)], cli_data) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {cli_data['foreign']} would leave ")
+    assert "unexpected 1: backbone.stem.weight" in err[0] and "--init_partial" in err[0]
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_cli_init_partial_accepts_it_and_lists_what_stayed_initialised(cli_data, command, tmp_path, capsys):
+    assert _main(command, ["--init", str(cli_data["foreign"]), "--init_partial", "true", "--output_dir",
+                           str(tmp_path / "out")], cli_data) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("initialised from"))
+    assert "(left at their initialisation); unexpected 1: backbone.stem.weight (ignored)" in line
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_cli_init_with_a_text_file_is_one_line(cli_data, command, tmp_path, capsys):
+    text = tmp_path / "weights.safetensors"
+    text.write_text("not weights\n")
+    assert _main(command, ["--init", str(text), "--output_dir", str(tmp_path / "out")], cli_data) == 2
+    assert capsys.readouterr().err.strip() == f"error: {text} {NOT_A_CHECKPOINT}"
+
+
+def test_init_partial_needs_init():
+    from vmae2.config import parse_config
+
+    with pytest.raises(ValueError, match="--init_partial True is invalid: accepts a partial load of --init; give "
+                                         "--init too"):
+        parse_config(["--init_partial", "true"])

@@ -197,11 +197,11 @@ def test_telemetry(videos):
 def test_check_cli(videos, bad, tmp_path, capsys):
     good_list = tmp_path / "good.txt"
     good_list.write_text("".join(f"{r.path} 0 -1\n" for r in videos))
-    assert check_cli.main([str(good_list), "--bad-out", str(tmp_path / "none.txt")]) == 0
+    assert check_cli.main([str(good_list), "--bad_out", str(tmp_path / "none.txt")]) == 0
     mixed = tmp_path / "mixed.txt"
     mixed.write_text(good_list.read_text() + "".join(f"{p} 0 -1\n" for p in bad.values()))
     out_file = tmp_path / "bad.txt"
-    assert check_cli.main([str(mixed), "--bad-out", str(out_file), "--codecs", "h264,vp9"]) == 1
+    assert check_cli.main([str(mixed), "--bad_out", str(out_file), "--codecs", "h264,vp9"]) == 1
     table = capsys.readouterr().out
     assert "6 good, 8 bad" in table and "truncated" in table and "wrong_codec" in table
     assert sorted(line.split("\t")[0] for line in out_file.read_text().splitlines()) == sorted(map(str, bad.values()))
@@ -209,13 +209,13 @@ def test_check_cli(videos, bad, tmp_path, capsys):
 
 
 def test_check_length_rule(tmp_path, capsys):
-    """Default rule = the official clip: < 16 frames is too_short (bad); < 16 x 4 = 64 frames is short (usable)."""
+    """The official clip's rule: < 16 frames is too_short (bad); < 16 x 4 = 64 frames is short (usable)."""
     lengths = {"eight": 8, "twenty": 20, "seventy": 70}
     paths = {name: encode_clip(render_clip(0, i, 64, 48, n), tmp_path / f"{name}.mp4")
              for i, (name, n) in enumerate(lengths.items())}
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{p} 0 -1\n" for p in paths.values()))
-    assert check_cli.main([str(listing), "--bad-out", str(tmp_path / "bad.txt")]) == 1
+    assert check_cli.main([str(listing), "--preset", "official_defaults", "--bad_out", str(tmp_path / "bad.txt")]) == 1
     out = capsys.readouterr().out
     rows = {name: next(line for line in out.splitlines() if line.startswith(str(p))) for name, p in paths.items()}
     assert "BAD too_short: 8 frames < 16" in rows["eight"]
@@ -223,7 +223,7 @@ def test_check_length_rule(tmp_path, capsys):
     assert "2 good, 1 bad" in out and "1 good file(s) have fewer than 16 x 4 = 64 frames" in out
     # a shorter recipe's clip: 8 frames are enough for --num_frames 8 (but short: < 8 x 2), 20 frames are not short
     assert check_cli.main([str(listing), "--num_frames", "8", "--sampling_rate", "2",
-                           "--bad-out", str(tmp_path / "bad.txt")]) == 0
+                           "--bad_out", str(tmp_path / "bad.txt")]) == 0
     assert "1 good file(s) have fewer than 8 x 2 = 16 frames" in capsys.readouterr().out
 
 

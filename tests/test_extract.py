@@ -2,6 +2,7 @@
 window layout, weights from anywhere, bad videos, and resume after ``kill -9``."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,7 +139,8 @@ def test_bad_videos_are_listed_and_every_good_video_written(videos, weights, tmp
                                                 str(three["missing"]): "missing", str(three["empty"]): "empty"}
     for path in three.values():
         assert f"skipping bad video {path}" in result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.npy")) == sorted(f"{p.stem}.npy" for p in videos)
+    # the list spans two folders: each video's features under its folder's name
+    assert _features(tmp_path / "out") == sorted(f"{p.parent.name}/{p.stem}.npy" for p in videos)
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_files(weights, tmp_path):
@@ -197,3 +199,152 @@ def test_bf16_on_cpu_runs_in_bf16_and_stays_within_bf16_rounding_of_fp32(videos)
     # bf16 keeps 8 significant bits (a rounding step of 2**-8 = 3.9e-3 relative); the rounding of 12 blocks' matmul
     # inputs adds up to a few steps, not to a different feature. Nonzero: the matmuls really ran in bf16.
     assert 0 < rel < 4 * 2 ** -8, rel
+
+
+# -- inputs: the training lists, class folders, paths with spaces; runs into one folder; exit codes ----------------
+
+def _tiny_videos(folder, count, start=0):
+    """``count`` 12-frame 64x48 H.264 clips in ``folder`` (4-frame windows every 4 frames: 3 windows each)."""
+    return make_videos(folder, count, start=start, sizes=((64, 48),), num_frames=(12,), codecs=("h264",),
+                       write_list=False)
+
+
+def _extract(weights, data_path, out, *args, geometry=True):
+    """``python -m vmae2.extract`` in this process: 4-frame windows of the tiny model unless ``geometry`` is off."""
+    fixed = ["--model", "vit_tiny_patch16_224", "--window", "4", "--stride", "4", "--input_size", str(SIZE)]
+    return main([*(fixed if geometry else []), "--weights", str(weights), "--data_path", str(data_path),
+                 "--output_dir", str(out), "--num_workers", "0", "--batch_size", "4", *map(str, args)])
+
+
+def _features(out):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
+
+
+def _failed(out):
+    return [line.split("\t")[:2] for line in (out / "failed.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory):
+    """Class folders holding clips of one file name (``a/00000_...`` and ``b/00000_...``), one a level deeper."""
+    root = tmp_path_factory.mktemp("classes")
+    return {"a": _tiny_videos(root / "a", 2),
+            "b": [*_tiny_videos(root / "b", 1), *_tiny_videos(root / "b" / "sub", 1, start=2)]}
+
+
+def _mirrored(classes):
+    root = classes["a"][0].parent.parent
+    return sorted(p.relative_to(root).with_suffix(".npy").as_posix() for videos in classes.values() for p in videos)
+
+
+def test_a_folder_of_class_folders_is_searched_recursively_and_mirrored(classes, weights, tmp_path, capsys):
+    assert _extract(weights, classes["a"][0].parent.parent, tmp_path / "out") == 0
+    assert _features(tmp_path / "out") == _mirrored(classes) == [
+        "a/00000_h264_64x48.npy", "a/00001_h264_64x48.npy", "b/00000_h264_64x48.npy", "b/sub/00002_h264_64x48.npy"]
+    videos = json.loads((tmp_path / "out" / "manifest.json").read_text())["videos"]
+    assert videos["b/00000_h264_64x48"] == {"path": str(classes["b"][0]), "windows": 3}
+    assert "4 videos extracted" in capsys.readouterr().out
+
+
+def test_the_lists_of_make_lists_and_every_training_list_format_are_extracted_fully(classes, weights, tmp_path):
+    from vmae2.data.make_lists import write_lists
+
+    lists = write_lists(classes["a"][0].parent.parent, tmp_path / "lists", val_fraction=0)
+    everything = [p for videos in classes.values() for p in videos]
+    named = tmp_path / "named.csv"  # a header, commas, class names as labels
+    named.write_text("path,label\n" + "".join(f"{p},{c.upper()}\n" for c, vs in classes.items() for p in vs))
+    relative = tmp_path / "relative.txt"  # paths relative to --data_root, blanks, a comment
+    relative.write_text("# clips\n" + "".join(f"{p.relative_to(p.parent.parent)} 0 -1\n" for p in classes["a"]))
+    for name, listing in [("pretrain", lists["pretrain"]), ("train", lists["train"]), ("named", named)]:
+        assert _extract(weights, listing, tmp_path / name) == 0, name
+        assert _features(tmp_path / name) == _mirrored(classes), name
+        listed = json.loads((tmp_path / name / "manifest.json").read_text())["videos"]
+        assert sorted(v["path"] for v in listed.values()) == sorted(map(str, everything)), name
+        assert not (tmp_path / name / "failed.tsv").exists()
+    assert _extract(weights, relative, tmp_path / "relative", "--data_root", classes["a"][0].parent.parent) == 0
+    assert _features(tmp_path / "relative") == ["00000_h264_64x48.npy", "00001_h264_64x48.npy"]
+
+
+def test_paths_with_spaces_and_non_ascii_from_a_plain_list_and_make_lists(weights, tmp_path):
+    from vmae2.data.make_lists import write_lists
+
+    root = tmp_path / "mes vidéos"
+    made = _tiny_videos(root / "classe à 1", 1) + _tiny_videos(root / "クラス 2", 1, 1)
+    videos = [p.rename(p.with_name(name)) for p, name in zip(made, ["clip un.mp4", "動画 2.mp4"])]
+    missing = root / "classe à 1" / "absent é.mp4"
+    plain = tmp_path / "plain.txt"  # one path a line, spaces inside
+    plain.write_text("".join(f"{p}\n" for p in [*videos, missing]), encoding="utf-8")
+    lists = write_lists(root, tmp_path / "lists", val_fraction=0)  # commas: the paths hold blanks
+    for name, listing in [("plain", plain), ("train", lists["train"])]:
+        assert _extract(weights, listing, tmp_path / name) == 0, name
+        assert _features(tmp_path / name) == ["classe à 1/clip un.npy", "クラス 2/動画 2.npy"], name
+    assert _failed(tmp_path / "plain") == [[str(missing), "missing"]]
+
+
+def test_a_vmae2_runs_normalisation_and_sampling_rate_are_taken_and_a_flag_overriding_one_warns(videos, tmp_path,
+                                                                                                 capsys):
+    from vmae2 import rundir
+    from vmae2.config import parse_config
+    from vmae2.extract import EXTRACT
+
+    rundir.write({"model": "pretrain_videomae_tiny_patch16_224", "num_frames": 4, "input_size": SIZE,
+                  "sampling_rate": 3, "tubelet_size": 2}, "train", tmp_path / "run")
+    weights = tmp_path / "run" / "encoder.pth"
+    torch.save(_model(seed=2, num_classes=0).state_dict(), weights)
+    cfg = parse_config(["--weights", str(weights), "--data_path", str(videos[0])], EXTRACT)
+    assert (cfg.model, cfg.window, cfg.input_size, cfg.frame_stride, cfg.normalize) == (
+        "vit_tiny_patch16_224", 4, SIZE, 3, True)
+    capsys.readouterr()
+    cfg = parse_config(["--weights", str(weights), "--data_path", str(videos[0]), "--normalize", "false",
+                        "--frame_stride", "1"], EXTRACT)
+    assert (cfg.frame_stride, cfg.normalize) == (1, False)
+    err = capsys.readouterr().err
+    assert "--normalize False differs from the run's True" in err and "--frame_stride 1 differs from the run's 3" in err
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{videos[1]}\n")
+    assert _extract(weights, listing, tmp_path / "out", "--stride", "4", geometry=False) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["options"]["frame_stride"], manifest["options"]["normalize"]) == (3, True)
+    model = _model(seed=2, num_classes=0, num_frames=4)
+    expected = extract(model, videos[1], window=4, stride=4, frame_stride=3, input_size=SIZE, normalize=True)
+    got = np.load(tmp_path / "out" / f"{videos[1].stem}.npy")
+    assert got.shape == expected.shape == (len(window_starts(40, 4, 4, 3)), 192)
+    assert_close_fp(torch.from_numpy(got), torch.from_numpy(expected))
+
+
+def test_runs_into_one_folder_keep_every_runs_videos_and_failures(weights, tmp_path, capsys):
+    one, two = _tiny_videos(tmp_path / "v", 2)
+    gone = [tmp_path / "v" / f"gone{i}.mp4" for i in (1, 2)]
+    out = tmp_path / "out"
+    for i, video in enumerate((one, two)):
+        (tmp_path / f"list{i}.txt").write_text(f"{video} 0 -1\n{gone[i]} 0 -1\n")
+        assert _extract(weights, tmp_path / f"list{i}.txt", out) == 0
+    listed = json.loads((out / "manifest.json").read_text())["videos"]
+    assert sorted(v["path"] for v in listed.values()) == [str(one), str(two)]
+    assert _failed(out) == [[str(gone[0]), "missing"], [str(gone[1]), "missing"]]
+    shutil.copy(one, gone[0])  # a failed video made good: retried, extracted, no longer listed as failed
+    assert _extract(weights, tmp_path / "list0.txt", out) == 0
+    assert _extract(weights, tmp_path / "list1.txt", out) == 0  # fails again: listed once
+    listed = json.loads((out / "manifest.json").read_text())["videos"]
+    assert sorted(v["path"] for v in listed.values()) == sorted([str(one), str(two), str(gone[0])])
+    assert _failed(out) == [[str(gone[1]), "missing"]]
+    capsys.readouterr()
+    assert _extract(weights, tmp_path / "list0.txt", out) == 0
+    assert "all 2 videos were extracted" in capsys.readouterr().out
+
+
+def test_the_exit_code_is_nonzero_when_nothing_is_extracted(weights, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _extract(weights, tmp_path / "empty", tmp_path / "out") == 2
+    assert "holds no videos" in capsys.readouterr().err
+    short = make_videos(tmp_path / "v", 1, sizes=((64, 48),), num_frames=(3,), codecs=("h264",), write_list=False)
+    bad = make_bad_files(tmp_path / "bad", size=(64, 48), num_frames=12)
+    listing = tmp_path / "bad.txt"
+    listing.write_text(f"{short[0]}\n{bad['empty']}\n{bad['missing']}\n")
+    assert _extract(weights, listing, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"error: no video of --data_path {listing} was extracted: all 3 failed" in err
+    assert sorted(r for _, r in _failed(tmp_path / "out")) == ["empty", "missing", "too_short"]
+    listing.write_text(f"{bad['missing']}\n")
+    assert _extract(weights, listing, tmp_path / "out") == 2
+    assert "none of the first 1 videos exists" in capsys.readouterr().err

@@ -1,6 +1,10 @@
-"""Geometry that travels with the weights (config.json), defaults that fit the data, a CLI that teaches."""
+"""Geometry that travels with the weights (config.json), defaults that fit the data, a CLI that teaches, and one
+rule for run folders: locked while a run writes them, continued only by the same run, never mixed."""
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 
@@ -104,7 +108,7 @@ def test_resume_at_another_geometry_is_refused_and_small_videos_are_noted(tmp_pa
     again = subprocess.run(common + ["--input_size", "64", "--max_steps", "2"], capture_output=True, text=True,
                            env=env, timeout=300)
     assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert "written with --input_size 96, at --input_size 64; pass --input_size 96" in again.stderr
+    assert "holds another run" in again.stderr and "--input_size 96 -> 64; --max_steps 1 -> 2" in again.stderr
     assert json.loads((tmp_path / "out" / "config.json").read_text())["input_size"] == 96  # the run's, unchanged
 
 
@@ -168,3 +172,160 @@ def test_worker_default_follows_the_cores():
     run = ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--weights", __file__, "--data_path", __file__]
     assert parse_config(run, EVALUATE).num_workers == min(4, cpu_cores())
     assert parse_config(run + ["--num_workers", "7"], EVALUATE).num_workers == 7
+
+
+# -- 6. one rule for run folders ------------------------------------------------------------------------------
+
+TINY = ["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_sample", "1",
+        "--mask_ratio", "0.9", "--num_workers", "0", "--lr", "0.05", "--warmup_steps", "2", "--log_every", "1",
+        "--max_steps", "2", "--save_every_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    pytest.importorskip("av")
+    from vmae2.data.synthetic import make_videos
+
+    root = tmp_path_factory.mktemp("run_folder_videos")
+    make_videos(root, 4, seed=0, sizes=((64, 64),), num_frames=(16,))
+    return str(root / "train.csv")
+
+
+def _train(out, *args) -> int:
+    from vmae2.train import main
+
+    return main(TINY + list(args) + ["--output_dir", str(out)])
+
+
+def _steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _lock(folder, pid, host=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / rundir.LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
+                                                       "command": "python -m vmae2.train", "started": "earlier"}))
+
+
+def test_a_folder_in_use_is_refused_naming_the_holder(videos, tmp_path, capsys):
+    from vmae2.evaluate import main as evaluate
+    from vmae2.extract import main as extract
+
+    out = tmp_path / "out"
+    _lock(out, os.getpid())  # a live process on this host
+    assert _train(out, "--data_path", videos) == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {out} is in use by pid {os.getpid()} on {socket.gethostname()} (python -m vmae2.train, " \
+           f"started earlier): wait for that run to end, or choose another --output_dir" in err
+    assert os.listdir(out) == [rundir.LOCK_FILE]  # nothing written
+    run = _finetune_run(tmp_path / "ft")
+    _lock(run / "evaluate", os.getpid())
+    assert evaluate(["--run", str(run)]) == 2 and f"is in use by pid {os.getpid()}" in capsys.readouterr().err
+    _lock(tmp_path / "features", os.getpid())
+    assert extract(["--weights", str(run / "model.safetensors"), "--data_path", str(run / "test.csv"),
+                    "--output_dir", str(tmp_path / "features")]) == 2
+    assert f"is in use by pid {os.getpid()}" in capsys.readouterr().err
+    _lock(tmp_path / "far", 1, host="another-host")  # cannot be checked: refused, with what to do if it has ended
+    with pytest.raises(ValueError, match=r"pid 1 on another-host .* if that run has ended, delete .*run.lock"):
+        with rundir.lock(tmp_path / "far", "python -m vmae2.train"):
+            pass
+
+
+def test_a_stale_lock_is_taken_over(videos, tmp_path, capsys):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    out = tmp_path / "out"
+    _lock(out, ended.pid)
+    assert _train(out, "--data_path", videos) == 0
+    err = capsys.readouterr().err
+    assert f"note: taking over {out / rundir.LOCK_FILE} from pid {ended.pid} on {socket.gethostname()}" in err
+    assert _steps(out) == [1, 2] and not (out / rundir.LOCK_FILE).exists()  # released at the end
+
+
+def test_a_second_concurrent_run_is_refused_and_steps_are_logged_once(videos, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "vmae2.train", *TINY, "--max_steps", "400", "--data_path", videos,
+                              "--output_dir", str(out)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    for line in first.stdout:
+        if line.startswith("step 2/"):
+            break
+    assert _train(out, "--data_path", videos) == 2
+    assert f"is in use by pid {first.pid} on {socket.gethostname()} (python -m vmae2.train" in capsys.readouterr().err
+    first.send_signal(signal.SIGTERM)
+    first.stdout.read()
+    assert first.wait(timeout=60) == 0
+    steps = _steps(out)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # each step once
+
+
+def test_a_used_folder_continues_only_its_own_run(videos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _train(out, "--data_path", videos) == 0
+    before = {name: (out / name).read_bytes() for name in ("config.json", "metrics.jsonl", "model.safetensors")}
+    checkpoint = out / "checkpoints" / "checkpoint-00000002.pt"
+    written = checkpoint.stat().st_mtime_ns
+    other = shutil.copy(videos, tmp_path / "other.csv")
+    capsys.readouterr()
+    assert _train(out, "--data_path", str(other), "--lr", "0.1") == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {out} holds another run ({out / 'config.json'})" in err
+    assert f"--data_path {videos} -> {other}; --lr 0.05 -> 0.1." in err
+    assert "--resume none --overwrite to start a new run there" in err and "another --output_dir" in err
+    # the same run, with other logging: finished already, so nothing runs and nothing changes
+    assert _train(out, "--data_path", videos, "--log_every", "2") == 0
+    printed = capsys.readouterr().out
+    assert f"already finished at step 2; nothing to do (outputs in {out})" in printed and "done:" not in printed
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert checkpoint.stat().st_mtime_ns == written
+    # an explicit checkpoint follows the same rule
+    assert _train(tmp_path / "new", "--data_path", videos, "--lr", "0.1", "--resume", str(checkpoint)) == 2
+    assert f"--resume {checkpoint} is a checkpoint of another run ({out / 'config.json'})" in capsys.readouterr().err
+
+
+def test_a_resume_is_recorded_in_config_json(videos, tmp_path):
+    out = tmp_path / "out"
+    assert _train(out, "--data_path", videos, "--max_steps", "3") == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "checkpoints" / "checkpoint-00000003.pt").unlink()  # as if stopped after step 2
+    (out / "model.safetensors").unlink()
+    assert _train(out, "--data_path", videos, "--max_steps", "3", "--log_every", "2") == 0
+    resumed = json.loads((out / "config.json").read_text())
+    [resume] = resumed.pop("resumes")
+    assert resumed == config  # the run's values as written at its start
+    assert resume["step"] == 2 and resume["from"] == str(out / "checkpoints" / "checkpoint-00000002.pt")
+    assert resume["options"] == {"log_every": 2} and resume["time"]
+    # from a checkpoint into a new folder: its config.json says where the run came from
+    new = tmp_path / "new"
+    assert _train(new, "--data_path", videos, "--max_steps", "3", "--resume", resume["from"]) == 0
+    assert [r["step"] for r in json.loads((new / "config.json").read_text())["resumes"]] == [2]
+
+
+def test_a_new_run_in_a_used_folder_needs_overwrite_and_moves_the_old_one_aside(videos, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    assert _train(out, "--data_path", videos) == 0
+    old_weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert _train(out, "--data_path", videos, "--resume", "none") == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {out} holds a run (config.json, metrics.jsonl, model.safetensors, checkpoints) and " \
+           f"--resume none starts a new one: pass --overwrite" in err
+    assert _train(out, "--data_path", videos, "--overwrite", "true") == 2
+    assert "--overwrite True is invalid: goes with --resume none" in capsys.readouterr().err
+    assert _train(out, "--data_path", videos, "--resume", "none", "--overwrite", "true", "--lr", "0.1") == 0
+    [aside] = tmp_path.glob("out.replaced-*")
+    assert f"--overwrite: moved the run that was in {out} to {aside}" in capsys.readouterr().out
+    # the old run, whole, beside the new one
+    assert (aside / "model.safetensors").read_bytes() == old_weights
+    assert json.loads((aside / "config.json").read_text())["lr"] == 0.05 and _steps(aside) == [1, 2]
+    assert [p.name for p in (aside / "checkpoints").iterdir()] == ["checkpoint-00000002.pt"]
+    # the new run, alone in its folder
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.1 and _steps(out) == [1, 2]
+    from vmae2.runtime import Checkpoints
+
+    [checkpoint] = Checkpoints(out, 2).paths()
+    assert Checkpoints.load(checkpoint)["config"]["lr"] == 0.1
+    assert load_file(out / "model.safetensors").keys() == load_file(aside / "model.safetensors").keys()
+    assert not (out / rundir.LOCK_FILE).exists() and not (aside / rundir.LOCK_FILE).exists()

@@ -327,12 +327,22 @@ def test_compiled_blocks_match_eager_and_resume_across_modes(data_list, tmp_path
     args = TINY + ["--data_path", data_list, "--max_steps", "4", "--save_every_steps", "2"]
     eager = _run(args + ["--compile", "off", "--output_dir", str(tmp_path / "eager")])
     assert "first step" in eager.stdout and "eager (--compile off)" in eager.stdout
-    # Steps 1-2 compiled, then resumed eager for steps 3-4: the same losses as the eager run.
+    # Steps 1-2 compiled (the run killed after its step-2 checkpoint), then resumed eager for steps 3-4: the same
+    # losses as the eager run.
     mixed = tmp_path / "mixed"
-    compiled = _run(args[:-4] + ["--max_steps", "2", "--compile", "on", "--output_dir", str(mixed)])
+    log = tmp_path / "compiled.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vmae2.train", *args, "--compile", "on", "--output_dir",
+                                 str(mixed)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **DETERMINISTIC})
+        target, deadline = mixed / "checkpoints" / "checkpoint-00000002.pt", time.time() + 300
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
     assert re.search(r"first step [\d.]+ s: 8 blocks compiled \(--compile on\); compile time included",
-                     compiled.stdout), compiled.stdout
-    state = Checkpoints.load(Checkpoints(mixed, 2).latest())
+                     log.read_text()), log.read_text()
+    state = Checkpoints.load(target)
     assert "mask_token" in state["model"] and not any("_orig_mod" in k for k in state["model"])
     _run(args + ["--compile", "off", "--output_dir", str(mixed)])
     ref, got = _losses(tmp_path / "eager"), _losses(mixed)

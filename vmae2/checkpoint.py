@@ -2,16 +2,24 @@
 
 Loading never runs code: ``.pth`` files go through ``torch.load(weights_only=True)`` (only
 ``argparse.Namespace``, which official checkpoints store under ``args``, is allowed besides tensors and
-plain containers). Weights may sit under ``model``, ``module`` or ``state_dict``, or be the whole file;
-``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes are stripped. A pretraining checkpoint
-loads into a classification model by keeping the ``encoder.`` weights.
+plain containers). The format is told from the file's first bytes, not its name; a file of neither format is
+refused with one line (:func:`load_state_dict`). Weights may sit under ``model``, ``module`` or ``state_dict``, or
+be the whole file; ``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes are stripped. A pretraining
+checkpoint loads into a classification model by keeping the ``encoder.`` weights.
+
+Weights load fully or not at all (:func:`load_weights`): a load that would leave a tensor of the model at its
+initialisation raises ``ValueError`` (model untouched) unless the rule names it (a classifier's ``fc_norm``/``head``
+after a pretraining checkpoint, a head of another class count) or the caller asks for a partial load
+(``--init_partial``).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import pickle
+import struct
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,33 +29,120 @@ from torch import nn
 WRAPPER_KEYS = ("model", "module", "state_dict")
 PREFIXES = ("_orig_mod.", "module.")
 PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "encoder.norm.")
+CLASSIFIER_NEW = ("fc_norm.", "head.")  # what a classifier built on a pretraining encoder starts fresh
+NOT_A_CHECKPOINT = "is not a checkpoint (expected a .pth/.pt saved by torch or a .safetensors file)"
+SAFETENSORS_MAX_HEADER = 100_000_000  # bytes: the safetensors format's limit on its JSON header
+TORCH_LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # after ``\x80<protocol>``: torch.save's pre-zip format
+
+
+def summarize_keys(keys, limit: int = 8) -> str:
+    """``keys`` on one short line, in natural order: keys under one numbered block become ``blocks.3.*``, runs of
+    consecutive blocks ``blocks.2-5.*`` (with the key count); past ``limit`` entries, ``... and N more``."""
+    def natural(key):
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split(".")]
+
+    entries: list[list] = []  # [prefix or None, first index, last index, keys]
+    for key in sorted(keys, key=natural):
+        parts = key.split(".")
+        i = next((j for j, p in enumerate(parts[:-1]) if p.isdigit()), None)
+        prefix, index = (".".join(parts[:i]), int(parts[i])) if i is not None else (None, None)
+        last = entries[-1] if entries else None
+        if prefix is not None and last and last[0] == prefix and index in (last[2], last[2] + 1):
+            last[2] = index
+            last[3].append(key)
+        else:
+            entries.append([prefix, index, index, [key]])
+    labels = []
+    for prefix, first, last, members in entries:
+        if len(members) == 1:
+            labels.append(members[0])
+        else:
+            span = str(first) if first == last else f"{first}-{last}"
+            labels.append(f"{prefix}.{span}.* ({len(members)})")
+    more = f", ... and {len(labels) - limit} more" if len(labels) > limit else ""
+    return ", ".join(labels[:limit]) + more
+
+
+def _counted(what: str, keys) -> str:
+    """``missing 3: a, b, c`` (``missing 0`` for none)."""
+    return f"{what} {len(keys)}" + (f": {summarize_keys(keys)}" if keys else "")
 
 
 @dataclass
 class LoadReport:
-    """What :func:`load_weights` did: keys the model lacked in the file, and keys it ignored."""
+    """What :func:`load_weights` did: keys of the model the file lacked (left at their initialisation), keys of the
+    file the model lacks (ignored), and keys removed on purpose (pretraining-only keys, a head of another class
+    count)."""
 
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)  # pretraining-only keys removed by the conversion
+    dropped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"missing {len(self.missing)}: {self.missing}; unexpected {len(self.unexpected)}: "
-                f"{self.unexpected}; dropped by pretrain->finetune conversion: {len(self.dropped)}")
+        fresh = " (left at their initialisation)" if self.missing else ""
+        ignored = " (ignored)" if self.unexpected else ""
+        return (f"{_counted('missing', self.missing)}{fresh}; {_counted('unexpected', self.unexpected)}{ignored}; "
+                f"{_counted('dropped on purpose', self.dropped)}")
 
 
-def _torch_load(path: Path, map_location) -> object:
+def _reason(exc: BaseException) -> str:
+    """The first sentence of ``exc``'s message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
+
+
+def _file_format(path: Path) -> str | None:
+    """``"safetensors"``, ``"torch"`` (a torch.save zip or legacy file), ``"pickle"`` (another pickle) or ``None``,
+    from the first bytes of ``path``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[2:14] == TORCH_LEGACY_MAGIC):
+        return "torch"
+    return "pickle" if head[:1] == b"\x80" else None
+
+
+def _is_foreign_zip(path: Path) -> bool:
+    """Whether ``path`` is a readable zip archive without the ``data.pkl`` that torch.save writes."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "unsupported object")
-        raise ValueError(
-            f"{path} holds pickled objects that safe loading refuses ({detail}). vmae2 never "
-            f"unpickles arbitrary objects. If you trust the file, extract the weights yourself with "
-            f"torch.load(path, weights_only=False) and save them with vmae2.checkpoint.save_safetensors.") from exc
-    except (RuntimeError, KeyError, EOFError) as exc:  # not a torch file, or a truncated one
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        with zipfile.ZipFile(path) as z:
+            return not any(name.endswith("data.pkl") for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _torch_load(path: Path, kind: str, map_location) -> object:
+    try:  # an open file: torch.load would read a path named *.safetensors as safetensors whatever it holds
+        with open(path, "rb") as f, torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, IndexError, KeyError, ValueError,
+            struct.error) as exc:  # the ways a damaged or foreign file fails inside torch.load
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and detail:
+            raise ValueError(
+                f"{path} holds pickled objects that safe loading refuses ({detail}). vmae2 never "
+                f"unpickles arbitrary objects. If you trust the file, extract the weights yourself with "
+                f"torch.load(path, weights_only=False) and save them with vmae2.checkpoint.save_safetensors.") from exc
+        if kind == "pickle" or _is_foreign_zip(path):
+            raise ValueError(f"{path} {NOT_A_CHECKPOINT}") from exc
+        raise ValueError(f"{path} is a damaged or truncated torch checkpoint ({_reason(exc)}); save or download it "
+                         f"again") from exc
+
+
+def _read_safetensors(path: Path, map_location) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device=str(map_location))
+    except SafetensorError as exc:
+        raise _damaged_safetensors(path, exc) from exc
+
+
+def _damaged_safetensors(path: Path, exc: BaseException) -> ValueError:
+    return ValueError(f"{path} is a damaged or truncated .safetensors file ({_reason(exc)}); save or download it "
+                      f"again")
 
 
 def unwrap(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -80,18 +175,28 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor], prefixes=PREFIXES) -> di
 
 
 def load_state_dict(path: str | os.PathLike, map_location="cpu") -> dict[str, torch.Tensor]:
-    """Read weights from a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file (see module docstring)."""
+    """Read weights from a safetensors or torch.save file (see module docstring): the one reader of ``--init`` and
+    ``--weights``. A file of neither format, a damaged one, or one without tensors raises a one-line
+    ``ValueError`` naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(path, device=str(map_location))
+    kind = _file_format(path)
+    if kind is None:
+        raise ValueError(f"{path} {NOT_A_CHECKPOINT}")
+    if kind == "safetensors":
+        tensors = _read_safetensors(path, map_location)
         if not tensors:
             raise ValueError(f"{path} holds no tensors")
         return strip_prefixes(tensors)
-    return unwrap(_torch_load(path, map_location), source=str(path))
+    return unwrap(_torch_load(path, kind, map_location), source=str(path))
+
+
+def _read(source: str | os.PathLike | dict) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, name for messages)`` of a path or an in-memory checkpoint."""
+    if isinstance(source, dict):
+        return unwrap(source, "state dict"), "the state dict"
+    return load_state_dict(source), str(source)
 
 
 def pretrain_to_finetune(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -111,17 +216,27 @@ def pretrain_to_finetune(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str,
     return converted, dropped
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: bool = True) -> LoadReport:
+def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: bool = True,
+                 partial: bool = False) -> LoadReport:
     """Load ``source`` (path or state dict) into ``model``, converting pretrain -> finetune when needed.
 
-    Shape mismatches always raise ``ValueError`` listing every offending key. With ``strict=True`` missing or
-    unexpected keys raise too; otherwise they are returned in the :class:`LoadReport`.
+    Shape mismatches always raise ``ValueError`` listing every offending key. ``strict=True``: the file holds
+    exactly the model's keys. ``strict=False`` (``--init``): every tensor of the model must come from the file,
+    except a classifier's ``fc_norm``/``head`` after a pretraining checkpoint; keys the model lacks are ignored and
+    reported; ``partial=True`` (``--init_partial``) also lets other tensors stay at their initialisation. A refused
+    load raises ``ValueError`` naming the missing and unexpected keys and leaves the model untouched.
     """
-    state = unwrap(source, "state dict") if isinstance(source, dict) else load_state_dict(source)
+    return _load(model, *_read(source), strict=strict, partial=partial)
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor], name: str, *, strict: bool, partial: bool,
+          fresh: tuple[str, ...] = ()) -> LoadReport:
+    """:func:`load_weights` of a state dict read already; keys starting with ``fresh`` may stay initialised."""
     own = model.state_dict()
     report = LoadReport()
     if not any(k.startswith("encoder.") for k in own) and any(k.startswith("encoder.") for k in state):
         state, report.dropped = pretrain_to_finetune(state)
+        fresh = (*fresh, *CLASSIFIER_NEW)
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     if mismatched:
@@ -130,34 +245,44 @@ def load_weights(model: nn.Module, source: str | os.PathLike | dict, *, strict: 
                          f"decoder width or number of classes?):\n  " + "\n  ".join(mismatched[:8]) + more)
     report.missing = sorted(set(own) - set(state))
     report.unexpected = sorted(set(state) - set(own))
+    model_name = type(model).__name__
     if strict and (report.missing or report.unexpected):
-        raise ValueError(f"checkpoint does not match {type(model).__name__}: {report}")
+        raise ValueError(f"{name} does not match {model_name} ({_counted('missing', report.missing)}; "
+                         f"{_counted('unexpected', report.unexpected)}): give weights saved from this model (the "
+                         f"same --model, sizes and number of classes)")
+    uninitialised = [k for k in report.missing if not k.startswith(fresh)]
+    if uninitialised and not strict and not partial:
+        raise ValueError(f"{name} would leave {len(uninitialised)} of the {len(own)} tensors of {model_name} at "
+                         f"their initialisation ({_counted('missing', uninitialised)}; "
+                         f"{_counted('unexpected', report.unexpected)}): give a checkpoint of this model (the same "
+                         f"--model and sizes), or --init_partial (partial=True) to start from it anyway")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return report
 
 
 def load_classifier_weights(model: torch.nn.Module, source, *, head_index: str | None = None,
-                            strict: bool = False) -> LoadReport:
+                            strict: bool = False, partial: bool = False) -> LoadReport:
     """Load a pretraining or classification checkpoint into a classifier (official ``run_class_finetuning``):
     wrapper keys and ``_orig_mod.``/``module.`` prefixes removed; a pretraining encoder converted (decoder
-    dropped); a 710-way head re-indexed with ``head_index`` (official ``label_710to*.json``); otherwise, when
-    not ``strict``, a head of another class count is dropped (freshly initialised, as the official code does)."""
+    dropped, ``fc_norm`` and head fresh); a 710-way head re-indexed with ``head_index`` (official
+    ``label_710to*.json``); otherwise, when not ``strict``, a head of another class count is dropped (freshly
+    initialised, as the official code does). ``strict`` and ``partial`` as for :func:`load_weights`."""
     from vmae2.data.labels import convert_head, read_official_index
 
-    state = load_state_dict(source) if not isinstance(source, dict) else source
+    state, name = _read(source)
     own = model.state_dict()
-    dropped = []
+    dropped, fresh = [], ()
     if head_index is not None:
         if "head.weight" not in state:
-            raise ValueError(f"--init_head_index {head_index} was given but {source} has no head.weight")
+            raise ValueError(f"--init_head_index {head_index} was given but {name} has no head.weight")
         index = read_official_index(head_index, num_rows=state["head.weight"].shape[0],
                                     num_classes=own["head.weight"].shape[0] if "head.weight" in own else None)
         state = convert_head(state, index)
     elif not strict and "head.weight" in state and "head.weight" in own and \
             state["head.weight"].shape != own["head.weight"].shape:
-        dropped = [k for k in ("head.weight", "head.bias") if k in state]
+        dropped, fresh = [k for k in ("head.weight", "head.bias") if k in state], ("head.",)
         state = {k: v for k, v in state.items() if k not in dropped}
-    report = load_weights(model, state, strict=strict)
+    report = _load(model, state, name, strict=strict, partial=partial, fresh=fresh)
     report.dropped = list(report.dropped) + dropped
     return report
 
@@ -166,14 +291,18 @@ POS_GRID_KEY = "vmae2.pos_embed_grid"  # safetensors metadata: the (t, h, w) gri
 
 
 def stored_pos_grid(path: str | os.PathLike) -> tuple[int, int, int] | None:
-    """The position-table source grid that ``vmae2.finetune`` stored in a ``.safetensors`` file's metadata, or
-    ``None`` (other files, or none stored)."""
-    if not str(path).endswith(".safetensors"):
+    """The position-table source grid that ``vmae2.finetune`` stored in a safetensors file's metadata, or ``None``
+    (other files, or none stored). A damaged safetensors file raises :func:`load_state_dict`'s ``ValueError``."""
+    path = Path(path)
+    if not path.is_file() or _file_format(path) != "safetensors":
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        value = (f.metadata() or {}).get(POS_GRID_KEY)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get(POS_GRID_KEY)
+    except SafetensorError as exc:
+        raise _damaged_safetensors(path, exc) from exc
     return tuple(int(n) for n in value.split(",")) if value else None
 
 
@@ -240,7 +369,7 @@ def load_feature_weights(model: nn.Module, source: str | os.PathLike | dict) -> 
     the keys). A pretraining encoder becomes the feature model: its final ``norm`` serves as ``fc_norm`` after the
     mean pooling, the decoder is dropped. ``head.*`` keys are ignored. Anything else missing or left over raises
     ``ValueError`` naming the closest prefix and the missing / unexpected counts. Returns what was done, in words."""
-    state = load_state_dict(source) if not isinstance(source, dict) else unwrap(source, "state dict")
+    state, name = _read(source)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     scored = []
     for prefix in _candidate_prefixes(state):
@@ -250,9 +379,10 @@ def load_feature_weights(model: nn.Module, source: str | os.PathLike | dict) -> 
     missing = sorted(own.keys() - sub.keys())
     unexpected = sorted(k for k in sub.keys() - own.keys() if not k.startswith("head."))
     if missing or unexpected:
-        raise ValueError(f"weights do not fit {type(model).__name__}: the closest key prefix {prefix!r} leaves "
-                         f"{len(missing)} missing and {len(unexpected)} unexpected keys (of {len(own)} the model has"
-                         f"); missing e.g. {missing[:3]}, unexpected e.g. {unexpected[:3]}")
+        raise ValueError(f"{name} does not fit {type(model).__name__}: the closest key prefix {prefix!r} leaves "
+                         f"{len(missing)} missing and {len(unexpected)} unexpected keys (of {len(own)} the model has; "
+                         f"{_counted('missing', missing)}; {_counted('unexpected', unexpected)}): give the weights "
+                         f"of a classifier or pretraining model of this --model")
     wrong = [f"{k}: {tuple(sub[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if sub[k].shape != v.shape]
     if wrong:
         raise ValueError(f"{len(wrong)} weights have the wrong shape (checkpoint vs model; another model size?): "

@@ -158,7 +158,10 @@ class CommonConfig:
 class TrainingConfig(CommonConfig):
     """The fields of the two training entry points (pretraining, fine-tuning)."""
 
-    init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors)", path=True)
+    init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors); every tensor of "
+                                 "the model must come from it (see --init_partial)", path=True)
+    init_partial: bool = opt(False, "accept --init weights that leave other tensors of the model at their "
+                                    "initialisation (they are listed)")
     drop_path: float = opt(0.0, "stochastic depth rate", "[0, 1]")
     with_checkpoint: str = opt("false", "activation checkpointing: false, true (every block: the official ViT-H/g "
                                         "scripts), attn or mlp (only that branch of every block), every:K (every K-th "
@@ -183,7 +186,10 @@ class TrainingConfig(CommonConfig):
     log_every: int = count(20, "log (and read the loss on the host) every N steps")
     save_every_steps: int = count(1000, "checkpoint every N steps (and at the end)")
     keep_last: int = count(2, "checkpoints kept")
-    resume: str = opt("auto", "auto (latest in output_dir), a checkpoint path, or none")
+    resume: str = opt("auto", "auto (continue the run in --output_dir from its latest checkpoint), a checkpoint path, "
+                              "or none (a new run); a run continues only with its own data, model, geometry and recipe")
+    overwrite: bool = opt(False, "with --resume none: move a run already in --output_dir aside (to a new folder "
+                                 "OUTPUT_DIR.replaced-TIME beside it) instead of refusing to start")
 
     def validate(self):
         super().validate()
@@ -191,8 +197,13 @@ class TrainingConfig(CommonConfig):
             refuse("min_lr", self.min_lr, f"must not exceed --lr {self.lr}")
         if not all(0 <= b < 1 for b in self.opt_betas):
             refuse("opt_betas", self.opt_betas, "each beta must be in [0, 1)")
+        if self.init_partial and self.init is None:
+            refuse("init_partial", self.init_partial, "accepts a partial load of --init; give --init too")
         if self.resume not in ("auto", "none") and not os.path.exists(self.resume):
             refuse("resume", self.resume, "auto, none, or an existing checkpoint file")
+        if self.overwrite and self.resume != "none":
+            refuse("overwrite", self.overwrite, f"goes with --resume none (a new run where one was), not --resume "
+                                                f"{self.resume}, which continues a run")
         auto = self.KIND == "pretrain_"  # the memory plan covers the pretraining models
         try:
             self.with_checkpoint = checkpoint_mode(self.with_checkpoint, allow_auto=auto)
@@ -367,6 +378,8 @@ def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
             kw["choices"] = meta["choices"]
         if "tuple" in str(hints[f.name]):
             kw["type"], kw["nargs"] = float, 2
+        elif hints[f.name] is bool:  # a bare --flag means true
+            kw["nargs"], kw["const"] = "?", True
         if meta.get("positional"):  # its metavar; a list field takes any number of values
             parser.add_argument(f.name, nargs="*" if "list" in str(hints[f.name]) else "?", metavar=meta["positional"],
                                 **kw)

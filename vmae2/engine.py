@@ -7,6 +7,9 @@ epoch's end and at the end of the run. :func:`train` does the rest, the same way
 
 * setup: device, ``torch.distributed`` (``torchrun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
 * the official lr scaling (by the global batch of videos per optimizer step), warm-up + cosine lr and weight decay;
+* the run folder (:mod:`vmae2.rundir`): locked while the run writes it; a folder continues only its own run (its
+  ``config.json`` against the new options), a new run (``--resume none``) starts only in a folder without one (or,
+  with ``--overwrite``, once the old one is moved aside); a finished run is not run again;
 * resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
 * gradient accumulation (``no_sync`` on all micro-batches but the last), autocast, GradScaler under fp16;
 * the finite-loss guard: a device-side first-bad-step flag read on the host only on log and save steps (no
@@ -22,6 +25,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -156,6 +160,20 @@ class _Guard:
         return int(self.first_bad.item())
 
 
+def too_few_batches(loader, batch_size: int, accum_steps: int) -> str:
+    """Why ``loader`` (a training loader: full batches only) gives fewer batches per epoch than ``accum_steps``, with
+    the largest ``--batch_size`` that gives enough."""
+    videos = len(getattr(loader, "order", loader).pairs())  # this process's videos per epoch (PretrainLoader.order)
+    fits = videos // accum_steps
+    if not fits:
+        return (f"--accum_steps {accum_steps} is too large for this data: it needs {accum_steps} batches per epoch "
+                f"per process, and each process has {videos} videos (even --batch_size 1 gives {videos} batches); "
+                f"lower --accum_steps (at most {videos}) or add videos")
+    return (f"--batch_size {batch_size} is too large for this data: it gives {len(loader)} batches per epoch per "
+            f"process, and --accum_steps {accum_steps} needs at least {accum_steps}; pass a smaller --batch_size "
+            f"(at most {fits}) or add videos")
+
+
 class _Run:
     """The state of one run of a task: schedules, optimizer, scaler, checkpoints, guard, metrics, data position."""
 
@@ -163,10 +181,7 @@ class _Run:
         self.task, self.s, self.cfg, self.d = task, task.s, task.cfg, task.d
         cfg, d, loader = self.cfg, self.d, task.loader
         if len(loader) < cfg.accum_steps:
-            fits = max(1, cfg.batch_size * len(loader) // cfg.accum_steps)
-            raise ValueError(f"--batch_size {cfg.batch_size} is too large for this data: it gives {len(loader)} "
-                             f"batches per epoch per process, and --accum_steps {cfg.accum_steps} needs at least "
-                             f"{cfg.accum_steps}; pass a smaller --batch_size (at most {fits}) or add videos")
+            raise ValueError(too_few_batches(loader, cfg.batch_size, cfg.accum_steps))
         n_params = sum(p.numel() for p in task.model.parameters())
         if d.is_main:
             check_output_dir(cfg.output_dir, needed_bytes=n_params * 4 * 3 + 2**20)  # weights + 2 AdamW moments
@@ -183,9 +198,7 @@ class _Run:
         self.checkpoints = Checkpoints(cfg.output_dir, cfg.keep_last)
         self.guard = _Guard(self.s.device, d)
         self.loss_sum = torch.zeros((), device=self.s.device)  # device-side: read on log steps only
-        self.step = _resume(task, cfg, self.checkpoints, self.scaler)
-        if d.is_main:  # after the resume check: a refused resume leaves the run's config.json as it was
-            rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
+        self.step, self.finished = _start(task, cfg, self.checkpoints, self.scaler, self.total_steps)
         self.epoch, first_batch = divmod(self.step * cfg.accum_steps, len(loader))
         loader.set_epoch(self.epoch)
         self.batches = loader.iterate(first_batch)
@@ -309,6 +322,10 @@ class _Run:
 def train(task: Task) -> int:
     """Run ``task`` to its last step (or a stop signal); exit code 0. Raises ``NonFiniteLoss``."""
     run, s, d = _Run(task), task.s, task.d
+    if run.finished:
+        if d.is_main:
+            print(f"already finished at step {run.step}; nothing to do (outputs in {task.cfg.output_dir})", flush=True)
+        return _close(task)
     stop_signal = stop_signals()
     metrics = MetricsLog(task.cfg.output_dir, run.total_steps, run.step, enabled=d.is_main)
     if d.is_main:
@@ -325,44 +342,74 @@ def train(task: Task) -> int:
                   f"continues", flush=True)
     else:
         task.finish(run.step)
-    if d.world_size > 1:
+    return _close(task)
+
+
+def _close(task: Task) -> int:
+    """Leave the process group (under ``torchrun``); exit code 0."""
+    if task.d.world_size > 1:
         task.close()
         finish_distributed()
     return 0
 
 
-def _resume(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler) -> int:
-    """Load ``--resume`` (``auto``: the latest checkpoint in the output folder); the step to continue from."""
+def _same_run(old: dict, new: dict, what: str, fix: str) -> None:
+    """Refuse ``new`` (this run's options) where they make another run than ``old``
+    (:func:`vmae2.rundir.differences`)."""
+    if changed := rundir.differences(old, new):
+        raise ValueError(f"{what}, and this run differs from it (its value -> this run's): {'; '.join(changed)}. "
+                         f"{fix}")
+
+
+def _start(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler, total_steps: int) -> tuple[int, bool]:
+    """Check that this run continues the one in the output folder and the one that wrote ``--resume``; load
+    ``--resume`` (``auto``: the latest checkpoint in the output folder) and record it in ``config.json`` (written
+    here for a new run). Returns the step to continue from and whether the run is already finished (its checkpoint at
+    the last step and its weights written: nothing loaded, nothing recorded)."""
+    new = {"vmae2_entry": task.ENTRY, **to_dict(cfg)}
+    folder = rundir.read(cfg.output_dir)
+    if folder:
+        _same_run(folder[1], new, f"--output_dir {cfg.output_dir} holds another run ({folder[0]})",
+                  "Pass the run's values to continue it, --resume none --overwrite to start a new run there (the "
+                  "old one is moved aside), or choose another --output_dir")
     source = checkpoints.latest() if cfg.resume == "auto" else (None if cfg.resume == "none" else cfg.resume)
     if not source:
-        return 0
+        if task.d.is_main and folder is None:
+            rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
+        return 0, False
     state = Checkpoints.load(source)
-    saved = state.get("config", {})
-    for name in ("model",) + rundir.GEOMETRY:  # the weights' shapes follow all but the sampling rate
-        if name in saved and saved[name] != getattr(cfg, name):
-            text = (f"resuming {source}, written with --{name} {saved[name]}, at --{name} {getattr(cfg, name)}; pass "
-                    f"--{name} {saved[name]} to continue that run")
-            if name != "sampling_rate":
-                raise ValueError(f"{text}, or --resume none (or another --output_dir) for a new one")
-            if task.d.is_main:
-                log.warning(text)
+    written = rundir.read(source)
+    if written is None or folder is None or written[0].resolve() != folder[0].resolve():
+        _same_run(written[1] if written else state.get("config", {}), new,
+                  f"--resume {source} is a checkpoint of another run ({written[0] if written else 'its options'})",
+                  "Pass that run's values to continue it, or start a new run: --resume none (with --overwrite "
+                  "in a folder holding a run) or another --output_dir")
+    step = int(state["step"])
+    if step >= total_steps and (Path(cfg.output_dir) / "model.safetensors").is_file():
+        return step, True
     task.load_state(state)
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     if task.d.is_main:
-        print(f"resumed from {source} at step {state['step']}", flush=True)
+        print(f"resumed from {source} at step {step}", flush=True)
         if state.get("world_size", 1) != task.d.world_size:
             log.warning("checkpoint was written with world size %s, now %s: the data order and epoch positions "
                         "change", state.get("world_size"), task.d.world_size)
-    return int(state["step"])
+        rundir.record_resume(to_dict(cfg), task.ENTRY, cfg.output_dir, step, source)
+    return step, False
 
 
-def run(build_task, cfg: TrainingConfig) -> int:
-    """``build_task(setup(cfg))`` then :func:`train`; exit code 0, 2 (bad lists, weights, output folder ... found
-    before training) or 3 (the loss stopped being finite)."""
+def run(build_task: type[Task], cfg: TrainingConfig) -> int:
+    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock (:func:`vmae2.rundir.lock`;
+    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.rundir.start_afresh`); exit code 0, 2 (bad
+    lists, weights, output folder ... found before training) or 3 (the loss stopped being finite)."""
     try:
-        return train(build_task(setup(cfg)))
+        with rundir.lock(cfg.output_dir, f"python -m vmae2.{build_task.ENTRY}"):
+            s = setup(cfg)
+            if s.d.is_main and cfg.resume == "none" and (aside := rundir.start_afresh(cfg.output_dir, cfg.overwrite)):
+                print(f"--overwrite: moved the run that was in {cfg.output_dir} to {aside}", flush=True)
+            return train(build_task(s))
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from vmae2 import rundir
 from vmae2.checkpoint import load_classifier_weights, stored_pos_grid
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
@@ -109,6 +110,7 @@ def read_class_names(cfg) -> list[str] | None:
     return names
 
 
+@rundir.locked("python -m vmae2.evaluate")
 def run(cfg: EvaluateConfig) -> int:
     """Evaluate ``cfg.weights`` on ``cfg.data_path``; exit code 0, or 2 for bad lists / weights."""
     try:

@@ -2,10 +2,14 @@
 
 ``--preset thumos14`` (16 consecutive frames per window, a window every 4 frames, frames scaled to [0, 1] and
 resized to 224x224, no ImageNet normalisation: the official tool's transform) or ``--preset fineaction`` (a window
-every 16 frames); ``--window/--stride/--frame_stride/--input_size/--normalize`` change them. Input: a folder of videos
-or a list (the first word of each line is the path: official lists). Output per video ``OUT/<stem>.npy``,
-float32 ``[num_windows, C]`` (``fc_norm`` of the mean token, official) or ``[num_windows, N, C]`` with ``--tokens``;
-``manifest.json`` and ``failed.tsv`` beside them. The run itself is :func:`vmae2.extraction.run`.
+every 16 frames); ``--window/--stride/--frame_stride/--input_size/--normalize`` change them. A vmae2 run's
+``config.json`` beside ``--weights`` gives the model, window, input size, frame stride (its ``sampling_rate``) and
+ImageNet normalisation (vmae2 training normalises every clip). Input: a folder of videos (class folders included) or
+a list in any format the training commands read (``python -m vmae2.data.make_lists`` writes them), or one video path
+a line. Output per video ``OUT/<path under the folder, extension dropped>.npy``, float32 ``[num_windows, C]``
+(``fc_norm`` of the mean token, official) or ``[num_windows, N, C]`` with ``--tokens``; ``manifest.json`` and
+``failed.tsv`` beside them, kept up to date across runs into ``OUT``. The run itself is
+:func:`vmae2.extraction.run`.
 """
 from __future__ import annotations
 
@@ -27,14 +31,19 @@ class ExtractConfig:
                                               "(official: vit_giant_patch14_224, its K710 fine-tuned weights)")
     weights: str | None = opt(None, "official .pth (fine-tuned, or pretraining: the encoder), vmae2 .safetensors; "
                                     "keys under any wrapper prefix (model., module., backbone., ...)", path=True)
-    data_path: str | None = opt(None, "a folder of videos or a list file (first word of a line = path)", path=True)
+    data_path: str | None = opt(None, "a folder of videos (subfolders too: class folders), or a list: pretrain.txt / "
+                                      "train.csv of python -m vmae2.data.make_lists, any list the training commands "
+                                      "read, or one video path a line", path=True)
     data_root: str = opt("", "prefix for relative paths in the list")
-    output_dir: str = opt("output/features", "where <video stem>.npy, manifest.json and failed.tsv go")
+    output_dir: str = opt("output/features", "where <video>.npy (subfolders mirrored), manifest.json and failed.tsv "
+                                             "go")
     window: int = count(16, "frames per window (the model's num_frames)")
     stride: int = count(4, "frames between window starts (THUMOS14 4, FineAction 16)")
-    frame_stride: int = count(1, "frames between a window's frames (official: 1, consecutive)")
+    frame_stride: int = count(1, "frames between a window's frames (official: 1, consecutive; a vmae2 run: its "
+                                 "sampling_rate)")
     input_size: int = count(224, "frames resized to this square size (aspect not kept, official)")
-    normalize: bool = opt(False, "ImageNet mean/std after the resize (the official tool does not)")
+    normalize: bool = opt(False, "ImageNet mean/std after the resize (the official tool does not; a vmae2 run "
+                                 "does)")
     tokens: bool = opt(False, "save per-token features [num_windows, N, C] instead of the pooled [num_windows, C]")
     batch_size: int | None = count(None, "windows per model call (default: 8 on CPU, sized to free memory on GPU)")
     num_workers: int = opt(2, "decoding worker processes (0: decode in the main process)", ">= 0")
@@ -72,8 +81,8 @@ class ExtractConfig:
 
 EXTRACT = Command("python -m vmae2.extract", "Windowed clip features of videos (official extract_tad_feature.py "
                   "layout): one .npy per video, resumable, bad videos listed and skipped. Precedence: defaults < "
-                  "--preset < --config < flags; a vmae2 run's config.json beside --weights gives the model, window "
-                  "and input size.", ExtractConfig, PRESETS, "thumos14",
+                  "--preset < --config < flags; a vmae2 run's config.json beside --weights gives the model, window, "
+                  "input size, frame stride and normalisation.", ExtractConfig, PRESETS, "thumos14",
                   "thumos14 (a window every 4 frames) or fineaction (every 16)", rundir.extract_values)
 
 

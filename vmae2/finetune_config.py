@@ -57,9 +57,11 @@ class FinetuneConfig(ClassifierConfig, TrainingConfig):
     """Fine-tuning / post-pre-training (``python -m vmae2.finetune``)."""
 
     # model
-    init: str | None = like(None, "initial weights: a pretraining checkpoint (encoder kept, decoder dropped, head new) "
-                                  "or a fine-tuned one (.pth or .safetensors); the model and clip geometry of the "
-                                  "run that wrote it (its config.json) are the defaults")
+    init: str | None = like(None, "initial weights: a pretraining checkpoint (encoder kept, decoder dropped, fc_norm "
+                                  "and head new) or a fine-tuned one (.pth or .safetensors; a head of another class "
+                                  "count is new); every other tensor must come from it (see --init_partial); the "
+                                  "model and clip geometry of the run that wrote it (its config.json) are the "
+                                  "defaults")
     init_head_index: str | None = opt(None, "official label_710to{400,600,700}.json: re-index the head rows of a "
                                             "710-class --init checkpoint to this model's classes", path=True)
     drop_path: float = like(0.1)

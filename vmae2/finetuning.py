@@ -85,7 +85,8 @@ def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
                          init_scale=cfg.init_scale, use_checkpoint=cfg.with_checkpoint, attn_backend=cfg.attn_backend,
                          pos_embed_grid=cfg.pretrain_grid() or (stored_pos_grid(cfg.init) if cfg.init else None))
     if cfg.init:
-        report = load_classifier_weights(model, cfg.init, head_index=cfg.init_head_index)
+        report = load_classifier_weights(model, cfg.init, head_index=cfg.init_head_index,
+                                         partial=cfg.init_partial)
         if d.is_main:
             print(f"initialised from {cfg.init}: {report}", flush=True)
     model.to(device)

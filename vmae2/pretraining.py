@@ -60,7 +60,7 @@ def build_model(cfg: TrainConfig, device: torch.device, d: Dist):
                          attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend,
                          embed_tokens=cfg.embed_tokens)
     if cfg.init:
-        report = load_weights(model, cfg.init, strict=False)
+        report = load_weights(model, cfg.init, strict=False, partial=cfg.init_partial)
         print(f"initialised from {cfg.init}: {report}", flush=True)
     model.to(device)
     runner = model
@@ -178,6 +178,20 @@ class PretrainTask(Task):
         rel = _reconstruction_report(cfg, model, self.loader, self.s.device)
         print(f"done: {step} steps; reconstruction error {rel:.3f}x the flat-colour baseline "
               f"(1 = predicting flat colours); outputs in {cfg.output_dir}", flush=True)
+        if rel >= PLATEAU:
+            print(plateau_advice(rel, cfg), flush=True)
+
+
+PLATEAU = 0.95  # a final error above this share of the flat-colour baseline: the model predicts colours only
+
+
+def plateau_advice(rel: float, cfg: TrainConfig) -> str:
+    """What a run whose reconstruction stayed at the flat-colour plateau says, with what to try."""
+    return (f"WARNING: the reconstruction stayed at the flat-colour plateau ({rel:.2f}x): the model predicts each "
+            f"clip's colours, not its content, so its features are not worth fine-tuning yet. Try: more steps "
+            f"(--max_steps {2 * cfg.max_steps if cfg.max_steps else 'N'}), a lower --mask_ratio (now "
+            f"{cfg.mask_ratio}), --normalize_target false if it is true; if the clips are mostly noise or static "
+            f"texture there is little more to learn from them (see reconstruction.png)")
 
 
 def run(cfg: TrainConfig) -> int:

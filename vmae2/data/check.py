@@ -3,18 +3,22 @@
 Each entry is probed and fully decoded with PyAV (every frame, so truncated files are caught); the table shows
 frames, fps, resolution, codec and the verdict. The length rule is the loaders' (see :mod:`vmae2.data.decode`):
 fewer than ``--num_frames`` decodable frames is bad (``too_short``); fewer than ``--num_frames x --sampling_rate``
-is counted as ``short (frames repeat)`` but not bad. Bad paths go to ``--bad-out`` (``path<TAB>reason<TAB>detail``).
-Exit status: 0 when every entry is good, 1 when any is bad, 2 on a usage error.
+is counted as ``short (frames repeat)`` but not bad. ``--preset`` takes both from a training preset; without it, from
+the preset ``python -m vmae2.train --data_path LIST`` picks (``small_data``, 4 frames, for a small list without a
+GPU). ``--class_names FILE`` reads labels that are class names. Bad paths go to ``--bad_out``
+(``path<TAB>reason<TAB>detail``). Exit status: 0 when every entry is good, 1 when any is bad, 2 on a usage error.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from vmae2.config import PRESETS, Command, check_fields, cli, count, opt
 from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
+from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_list
+from vmae2.finetune_config import FINETUNE_PRESETS
 
 
 @dataclass
@@ -54,43 +58,73 @@ def format_table(verdicts: list[Verdict], span: int = 0) -> str:
     return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(5)) + "  " + r[5] for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vmae2.data.check", description=__doc__.splitlines()[0])
-    parser.add_argument("list", help="a pretraining list (path start total) or a fine-tuning CSV (path label)")
-    parser.add_argument("--data_root", default="", help="prefix for relative paths in the list")
-    parser.add_argument("--kind", default="auto", choices=["auto", "pretrain", "video", "rawframes"])
-    parser.add_argument("--num_frames", type=int, default=16, help="frames per clip (official: 16)")
-    parser.add_argument("--sampling_rate", type=int, default=4, help="temporal stride (official: 4)")
-    parser.add_argument("--min_frames", type=int, default=None,
-                        help="fewer decodable frames is 'too_short' (default: --num_frames)")
-    parser.add_argument("--codecs", default=None,
-                        help="comma-separated allowed codecs, e.g. h264,vp9 (default: any PyAV decodes)")
-    parser.add_argument("--bad-out", default=None, help="file for the bad paths (default: LIST.bad.txt)")
-    parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args(argv)
+@dataclass
+class CheckConfig:
+    """List checking (``python -m vmae2.data.check``)."""
+
+    data_path: str | None = opt(None, "a pretraining list (path start total) or a fine-tuning CSV (path label)",
+                                positional="LIST")
+    data_root: str = opt("", "prefix for relative paths in the list")
+    kind: str = opt("auto", "list kind: auto (from its first line), pretrain, video or rawframes",
+                    choices=("auto", "pretrain", "video", "rawframes"))
+    class_names: str | None = opt(None, "class-name file (one name a line): labels of a fine-tuning list may be "
+                                        "class names", path=True)
+    num_frames: int = count(16, "frames per clip (official: 16)")
+    sampling_rate: int = count(4, "temporal stride (official: 4)")
+    min_frames: int | None = count(None, "fewer decodable frames is 'too_short' (default: --num_frames)")
+    codecs: str | None = opt(None, "comma-separated allowed codecs, e.g. h264,vp9 (default: any PyAV decodes)")
+    bad_out: str | None = opt(None, "file for the bad paths (default: LIST.bad.txt)")
+    workers: int = count(4, "videos checked at once")
+
+    def validate(self):
+        if self.data_path is None:
+            raise ValueError("LIST is required: python -m vmae2.data.check LIST")
+        check_fields(self)
+        return self
+
+
+def clip_presets(*tables: dict) -> dict:
+    """The clip (``num_frames``, ``sampling_rate``) of every training preset; a later table wins a shared name."""
+    return {name: {k: v for k, v in values.items() if k in ("num_frames", "sampling_rate")}
+            for table in tables for name, values in table.items()}
+
+
+CHECK = Command("python -m vmae2.data.check", "Validate a data list before training: every video probed and fully "
+                "decoded, a table of frames, fps, size, codec and verdict, the bad paths written to a file. "
+                "Precedence: defaults < --preset < --config < flags.", CheckConfig,
+                clip_presets(FINETUNE_PRESETS, PRESETS), "official_defaults",
+                "the training preset whose clip (--num_frames, --sampling_rate) the videos must give: a pretraining "
+                "preset (python -m vmae2.train; demo and small_data: 4 frames) or a fine-tune script "
+                "(vit_*_k400, ...; fine-tuning's small_data clip is --num_frames 8 --sampling_rate 2)")
+
+
+def run(cfg: CheckConfig) -> int:
+    """Check every entry of ``cfg.data_path``; exit code 0 (all good), 1 (some bad) or 2 (unreadable list)."""
     try:
-        records = read_list(args.list, kind=args.kind, data_root=args.data_root)
+        names = list(LabelMap.read(cfg.class_names).names) if cfg.class_names else None
+        records = read_list(cfg.data_path, kind=cfg.kind, data_root=cfg.data_root, class_names=names)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name in ("num_frames", "sampling_rate", "min_frames", "workers"):
-        if (getattr(args, name) or 1) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
-    codecs = frozenset(args.codecs.split(",")) if args.codecs else None
-    min_frames = args.min_frames or args.num_frames
-    span = args.num_frames * args.sampling_rate
-    verdicts = check_records(records, min_frames, codecs, args.workers)
+    codecs = frozenset(cfg.codecs.split(",")) if cfg.codecs else None
+    min_frames = cfg.min_frames or cfg.num_frames
+    span = cfg.num_frames * cfg.sampling_rate
+    verdicts = check_records(records, min_frames, codecs, cfg.workers)
     print(format_table(verdicts, span))
     bad = [v for v in verdicts if v.bad]
     short = sum(1 for v in verdicts if not v.bad and v.info.num_frames < span)
-    out = args.bad_out or f"{args.list}.bad.txt"
+    out = cfg.bad_out or f"{cfg.data_path}.bad.txt"
     with open(out, "w") as f:
         for v in bad:
             f.write(f"{v.record.path}\t{v.bad.reason}\t{v.bad.detail}\n")
     print(f"\n{len(verdicts) - len(bad)} good, {len(bad)} bad" + (f"; bad paths written to {out}" if bad else ""))
     print(f"rule: fewer than {min_frames} frames is too_short (bad); {short} good file(s) have fewer than "
-          f"{args.num_frames} x {args.sampling_rate} = {span} frames: short (frames repeat)")
+          f"{cfg.num_frames} x {cfg.sampling_rate} = {span} frames: short (frames repeat)")
     return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(CHECK, argv, "vmae2.data.check:run")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class VideoRecord:
 
 # -- parsing helpers ------------------------------------------------------------------------------------
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
+
+
 def _join(root: str, path: str) -> str:
     if not root or "://" in path:
         return path
@@ -300,6 +303,29 @@ def read_list(path, kind: str = "auto", **kwargs) -> list[VideoRecord]:
     if kind in ("video", "rawframes"):
         return read_finetune_csv(path, kind=kind, **kwargs)
     raise ValueError(f"kind must be 'auto', 'pretrain', 'video' or 'rawframes', got {kind!r}")
+
+
+def read_paths(list_path, data_root: str = "") -> list[VideoRecord]:
+    """The records of a list: any list the training readers take (:func:`read_list`: ``path 0 -1``,
+    ``path label`` with class ids or class names, blanks or commas, a header line), or one video a line (the whole
+    line is the path, spaces kept: a list whose first record is one word or ends with a video extension).
+    Relative paths are joined to ``data_root``. ``ValueError`` for an unreadable list or folders of frames."""
+    lines = list(_data_lines(list_path))
+    if not lines:
+        raise ValueError(f"--data_path {list_path} has no records (only blank or comment lines); write one video "
+                         f"path a line, or the lists of a folder: python -m vmae2.data.make_lists DIR --out LISTS")
+    sep = _separator(list_path)
+    first = _words(lines[0][1], sep)
+    if len(first) == 1 or lines[0][1].lower().endswith(VIDEO_EXTENSIONS):
+        return [VideoRecord(_join(data_root, line), 0, -1, -1, True, "", 1, str(list_path)) for _, line in lines]
+    labels = {_words(line, sep)[-1] for _, line in lines} if len(first) == 2 else set()
+    records = read_list(list_path, data_root=data_root, class_names=sorted(x for x in labels if not _is_int(x)))
+    folders = [r.path for r in records if not r.is_video]
+    if folders:
+        raise ValueError(f"--data_path {list_path} lists {len(folders)} folders of frames (e.g. {folders[0]!r}: "
+                         f"`folder start_idx total_frames` records); extraction decodes video files: list the "
+                         f"videos (`path 0 -1`, `path label` or one path a line)")
+    return records
 
 
 def check_found(records: Sequence[VideoRecord], list_path, data_root: str = "", probe: int = 20) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from vmae2.config import Command, check_fields, cli, opt
+from vmae2.data.lists import VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 
 
 @dataclass

@@ -115,6 +115,24 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(bg, 0.0, 1.0)
 
 
+OCTAVE_GAIN = 0.7  # amplitude ratio of successive octaves of the natural background
+
+
+def _natural_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Scene-like texture ``[height, width, 3]`` float32 in [0, 1], close to the 1/f amplitude spectrum of natural
+    images: a two-colour gradient (sky/ground), then colour noise from cells of half the frame down to 2 pixels, each
+    octave half the cell size and ``OCTAVE_GAIN`` the amplitude of the one before, and a faint per-pixel grain. Most
+    of the variance is at scales that a patch's neighbours predict; the fine texture and the grain are not."""
+    out = _gradient_background(rng, height, width)
+    cell, amplitude = max(height, width) / 2.0, 0.3
+    while cell >= 2.0:
+        grid = rng.uniform(-1.0, 1.0, (int(height / cell) + 2, int(width / cell) + 2, 3)).astype(np.float32)
+        out += amplitude * _upsample(grid, height, width)
+        cell, amplitude = cell / 2.0, amplitude * OCTAVE_GAIN
+    out += rng.normal(0.0, 0.02, (height, width, 3)).astype(np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class _Object:
     square: bool
@@ -375,6 +393,35 @@ def render_motion_clip(seed: int, index: int, motion: str, width: int, height: i
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def render_scene_clip(seed: int, index: int, motion: str, width: int, height: int, num_frames: int
+                      ) -> np.ndarray:
+    """A textured shape moving in direction ``motion`` (a key of :data:`MOTIONS`) across a natural-looking
+    background (:func:`_natural_background`, the camera still): ``uint8 [num_frames, height, width, 3]``. The shape
+    crosses about 60% of the frame over the clip, so any window of a few frames shows the motion."""
+    if motion not in MOTIONS:
+        raise ValueError(f"unknown motion {motion!r}; choose from {sorted(MOTIONS)}")
+    rng = np.random.default_rng([int(seed), int(index), 0x5CE7E])
+    canvas = _natural_background(rng, height, width)
+    short = min(height, width)
+    radius = rng.uniform(0.12, 0.2) * short
+    dx, dy = MOTIONS[motion]
+    t = np.arange(num_frames, dtype=np.float64)
+    travel = 0.6 * (width if dx else height) / max(num_frames - 1, 1)
+    # starts where the motion leaves room to travel; a still shape stays anywhere inside the frame
+    x0 = width / 2 - dx * 0.3 * width + rng.uniform(-0.1, 0.1) * width
+    y0 = height / 2 - dy * 0.3 * height + rng.uniform(-0.1, 0.1) * height
+    obj = _Object(square=bool(rng.integers(2)), radius=radius, pulse=0.0, pulse_period=1.0, pulse_phase=0.0,
+                  x=x0 + dx * travel * t, y=y0 + dy * travel * t, angle=rng.uniform(0, 2 * np.pi) + 0 * t,
+                  colours=np.stack([_vivid_colour(rng), _vivid_colour(rng) * rng.uniform(0.3, 0.7)]),
+                  texture=int(rng.integers(3)), tex_period=rng.uniform(0.35, 0.7) * radius)
+    out = np.empty((num_frames, height, width, 3), np.uint8)
+    for i in range(num_frames):
+        frame = canvas.copy()
+        _draw(frame, obj, i)
+        out[i] = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
 def make_class_folders(out_dir: str | os.PathLike, motions: Sequence[str], count: int, *, seed: int = 0,
                        size: tuple[int, int] = (80, 64), num_frames: int = 32, codec: str = "h264",
                        fps: int = 25) -> list[Path]:
@@ -407,6 +454,39 @@ def make_labeled_videos(out_dir: str | os.PathLike, per_class: dict[str, int], *
         lists[split] = out / f"{split}.csv"
         lists[split].write_text("".join(lines))
     return lists
+
+
+# A user's own folder: containers, codecs, sizes (landscape, 16:9, portrait), frame rates and lengths vary clip by
+# clip; names carry spaces and non-ASCII letters.
+MESSY_VARIANTS = (("h264", "mp4", (160, 120), 24, 40), ("vp9", "webm", (192, 108), 30, 48),
+                  ("mjpeg", "avi", (160, 120), 25, 32), ("h264", "mkv", (108, 192), 60, 64),
+                  ("h264", "mp4", (256, 144), 30, 56))
+MESSY_NAMES = ("clip {i}", "Aufnahme_{i} ü", "vidéo {i}", "take-{i}")
+
+
+def make_messy_folder(out_dir: str | os.PathLike, motions: Sequence[str] = ("up", "left", "still"),
+                      per_class: int = 10, *, seed: int = 0) -> dict[str, list[Path]]:
+    """A class folder per motion (:func:`render_scene_clip`) of ``per_class`` clips in the mixed formats of
+    :data:`MESSY_VARIANTS`, plus the trouble a real folder holds: a truncated and an empty ``.mp4``, a text file
+    named ``.mp4``, a 5-frame clip (in the class folders) and a ``notes.txt``. Returns ``{"good": paths, "bad":
+    paths}`` (``notes.txt`` is neither: no video extension)."""
+    out = Path(out_dir)
+    good: list[Path] = []
+    for label, motion in enumerate(motions):
+        for i in range(per_class):
+            codec, ext, (w, h), fps, frames = MESSY_VARIANTS[(label + i) % len(MESSY_VARIANTS)]
+            name = MESSY_NAMES[i % len(MESSY_NAMES)].format(i=i)
+            clip = render_scene_clip(seed, label * per_class + i, motion, w, h, frames)
+            good.append(encode_clip(clip, out / motion / f"{name}.{ext}", codec, fps=fps))
+    first, second = out / motions[0], out / motions[-1]
+    data = good[0].read_bytes()
+    bad = [first / "cut off.mp4", first / "empty.mp4", second / "readme.mp4", second / "five frames.mp4"]
+    bad[0].write_bytes(data[: len(data) // 3])
+    bad[1].write_bytes(b"")
+    bad[2].write_text("not a video\n")
+    encode_clip(render_scene_clip(seed, 9999, motions[-1], 160, 120, 5), bad[3], "h264", fps=25)
+    (out / "notes.txt").write_text("shot on my phone\n")
+    return {"good": good, "bad": bad}
 
 
 # -- deliberately broken inputs ------------------------------------------------------------------------
