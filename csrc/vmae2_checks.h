@@ -38,6 +38,16 @@ inline at::ScalarType check_decoder_input(const at::Tensor& x, const at::Tensor&
   return at::promote_types(at::promote_types(x.scalar_type(), token.scalar_type()), pos.scalar_type());
 }
 
+// Checks the arguments of running_cell_ids: phase [B] of an integer dtype (any value: the kernels take it modulo 4),
+// T' >= 1, an even non-negative H' x W' grid (2x2 cells tile the frame) and 0 <= m <= 4.
+inline void check_running_cell_args(const at::Tensor& phase, int64_t T, int64_t H, int64_t W, int64_t m) {
+  TORCH_CHECK(phase.dim() == 1 && at::isIntegralType(phase.scalar_type(), /*includeBool=*/false),
+              "phase must be a [B] integer tensor, got ", phase.sizes(), " ", phase.scalar_type());
+  TORCH_CHECK(T >= 1 && H >= 0 && W >= 0 && H % 2 == 0 && W % 2 == 0, "running-cell masking needs T' >= 1 and an "
+              "even spatial grid, got T'=", T, ", H'=", H, ", W'=", W, " (use an image size giving even H'/W')");
+  TORCH_CHECK(0 <= m && m <= 4, "masked_per_cell=", m, " must be in 0..4 (masked tokens per 2x2 cell)");
+}
+
 // Checks the arguments of tubelet_gather: video [B, 3, T, H, W] tiling into tubelets of tub x patch x patch, ids
 // [B, K] int64.
 inline void check_tubelet_args(const at::Tensor& video, const at::Tensor& ids, int64_t patch, int64_t tub) {

@@ -164,8 +164,10 @@ at::Tensor mask_token_grad(const at::Tensor& grad_in, int64_t num_visible) {
   return out;
 }
 
-// Decoder-visible ids of running-cell masks: token (t, h, w) is masked iff (2(h%2) + w%2 + phase + t + 1) % 4 < m.
+// Decoder-visible ids of running-cell masks: token (t, h, w) is masked iff (2(h%2) + w%2 + p + t + 1) % 4 < m, p the
+// phase modulo 4 (in 0..3 for any phase, negative included).
 at::Tensor running_cell_ids(const at::Tensor& phase_in, int64_t T, int64_t H, int64_t W, int64_t m) {
+  vmae2::check_running_cell_args(phase_in, T, H, W, m);
   auto phase = phase_in.to(at::kLong).contiguous();
   const int64_t B = phase.size(0), kept = T * H * W * (4 - m) / 4;
   auto out = at::empty({B, kept}, phase.options());
@@ -173,11 +175,12 @@ at::Tensor running_cell_ids(const at::Tensor& phase_in, int64_t T, int64_t H, in
   int64_t* op = out.data_ptr<int64_t>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
+      const int64_t p = ((pp[b] % 4) + 4) % 4;
       int64_t k = 0;
       for (int64_t t = 0; t < T; ++t)
         for (int64_t h = 0; h < H; ++h)
           for (int64_t w = 0; w < W; ++w)
-            if ((2 * (h % 2) + (w % 2) + pp[b] + t + 1) % 4 >= m) op[b * kept + k++] = (t * H + h) * W + w;
+            if ((2 * (h % 2) + (w % 2) + p + t + 1) % 4 >= m) op[b * kept + k++] = (t * H + h) * W + w;
     }
   });
   return out;

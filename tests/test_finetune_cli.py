@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -58,7 +59,10 @@ def test_finetune_evaluate_and_step_exact_resume(lists, tmp_path):
                     "--test_data_path", str(lists["test"]), "--max_steps", "6", "--save_every_steps", "2",
                     "--keep_last", "5", "--class_names", str(lists["train"].parent / "classes.txt")]
     a = tmp_path / "a"
-    _run("vmae2.finetune", args + ["--output_dir", str(a)])
+    out = _run("vmae2.finetune", args + ["--output_dir", str(a)]).stdout
+    # the final fit check on the training videos, and its warning exactly when a small set was not fitted
+    fit = float(re.search(r"training-set top-1 ([\d.]+) \(8 training videos, one centred view\)", out).group(1))
+    assert ("WARNING: the fine-tune did not fit its own training videos" in out) == (fit < 90), out
     assert {p.name for p in a.iterdir()} >= {"checkpoints", "metrics.jsonl", "model.safetensors",
                                             "model_best.safetensors", "test_metrics.json", "per_class.csv",
                                             "predictions.csv", "confusion.png"}

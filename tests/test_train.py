@@ -108,8 +108,11 @@ def test_unwritable_output_dir_is_reported_before_training(data_list, tmp_path, 
 
 def test_outputs_and_resume_after_kill_9(data_list, tmp_path):
     args = TINY + ["--data_path", data_list, "--max_steps", "8", "--save_every_steps", "3"]
-    _run(args + ["--output_dir", str(tmp_path / "a")])
+    out = _run(args + ["--output_dir", str(tmp_path / "a")]).stdout
     reference = _losses(tmp_path / "a")
+    # the final report, and its plateau warning exactly when the error stayed at 0.95x the flat colours or more
+    rel = float(re.search(r"reconstruction error ([\d.]+)x the flat-colour baseline", out).group(1))
+    assert ("WARNING: the reconstruction stayed at the flat-colour plateau" in out) == (rel >= 0.95), out
     assert sorted(reference) == list(range(1, 9))
     out = tmp_path / "a"
     assert {p.name for p in out.iterdir()} >= {"checkpoints", "metrics.jsonl", "model.safetensors",

@@ -173,6 +173,8 @@ class TrainingConfig(CommonConfig):
     accum_steps: int = count(1, "micro-batches per optimizer step (gradient accumulation; official --update_freq)")
     epochs: int = count(300, "epochs")
     max_steps: int | None = count(None, "stop after this many optimizer steps (overrides --epochs)")
+    min_steps: int = opt(0, "at least this many optimizer steps: more epochs where --epochs of a small data set give "
+                            "fewer", ">= 0")
     lr: float = opt(1.5e-4, "base lr; the actual lr is lr * batch_size * world_size * accum_steps / 256", "> 0")
     min_lr: float = opt(1e-5, "final lr of the cosine schedule (scaled like --lr)", ">= 0")
     warmup_epochs: float = opt(40.0, "linear warm-up from 0, in epochs", ">= 0")

@@ -137,7 +137,7 @@ class Task:
 
 
 def _schedules(cfg: TrainingConfig, steps_per_epoch: int, lr: float):
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total = cfg.max_steps or max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_epochs * steps_per_epoch)
     min_lr = cfg.min_lr * lr / cfg.lr
     wd_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else cfg.weight_decay
@@ -191,6 +191,10 @@ class _Run:
         self.lr = cfg.lr * self.global_videos / 256
         self.steps_per_epoch = max(len(loader) // cfg.accum_steps, 1)
         self.total_steps, self.lr_at, self.wd_at = _schedules(cfg, self.steps_per_epoch, self.lr)
+        if d.is_main and not cfg.max_steps and cfg.epochs * self.steps_per_epoch < cfg.min_steps:
+            print(f"note: {cfg.epochs} epochs of {self.steps_per_epoch} steps are fewer than --min_steps "
+                  f"{cfg.min_steps}: running {cfg.min_steps} steps ({cfg.min_steps / self.steps_per_epoch:.0f} "
+                  f"epochs)", flush=True)
         task.optimizer = task.build_optimizer(self.lr)
         self.compiled_blocks = compile_blocks(task.model, cfg.compile, self.s.device)
         self.early_free = frees_grads_before_backward(self.s.device)

@@ -222,9 +222,12 @@ FINETUNE_PRESETS = {
 # The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA): the
 # demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos, with the
 # official flips and the classes of the user's list; with --init from a vmae2 run, that run's model and geometry win.
+# Its 10 epochs are at least SMALL_DATA_STEPS steps: 28 training clips make 3 steps an epoch; after 30 steps the tiny
+# model classified 48% of them right, after 300 96% (3 motion classes of generated scene clips, 2x2 views).
+SMALL_DATA_STEPS = 300
 FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].items()
                                      if k not in ("nb_classes", "num_workers", "flip")},
-                                  "output_dir": "output/finetune"}
+                                  "min_steps": SMALL_DATA_STEPS, "output_dir": "output/finetune"}
 
 EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
                    "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "

@@ -18,6 +18,7 @@ from vmae2.data.lists import check_found, read_finetune_csv
 from vmae2.data.synthetic import make_labeled_videos
 from vmae2.engine import Setup, Task
 from vmae2.evaluation import predict, score, write_report
+from vmae2.config import SMALL_DATA
 from vmae2.finetune_config import FinetuneConfig
 from vmae2.models import create_model
 from vmae2.runtime import Dist, build_optimizer
@@ -198,6 +199,15 @@ class FinetuneTask(Task):
         return (f"{super().describe()}, {self.cfg.nb_classes} classes, {len(self.records)} training videos, layer "
                 f"decay {self.cfg.layer_decay}")
 
+    def training_fit(self) -> dict:
+        """Top-1 of the final model on (up to ``FIT_VIDEOS`` of) its own training videos, one centred view each."""
+        records = self.records[:FIT_VIDEOS]
+        loader = ClassifyLoader(records, mode="val", batch_size=self.eval_batch, **self.common)
+        try:
+            return score(predict(self.model, loader, self.s.amp_dtype), records, self.cfg.nb_classes, self.d)
+        finally:
+            loader.close()
+
     def finish(self, step: int) -> None:
         cfg, d, out = self.cfg, self.d, self.out
         if d.is_main:
@@ -205,6 +215,12 @@ class FinetuneTask(Task):
             if self.best["top1"] >= 0:
                 print(f"best validation top-1 {self.best['top1']:.2f} at step {self.best['step']} "
                       f"(model_best.safetensors)")
+        fit = self.training_fit()
+        if d.is_main:
+            print(f"training-set top-1 {fit['top1']:.2f} ({fit['videos_scored']} training videos, one centred view)",
+                  flush=True)
+            if fit["top1"] < FITS and len(self.records) < SMALL_DATA:
+                print(underfit_advice(fit["top1"], cfg), flush=True)
         if cfg.test_data_path:
             self.loader.close()
             if self.val_loader is not None:
@@ -219,6 +235,18 @@ class FinetuneTask(Task):
                       f"{summary['top5']:.2f}  ({summary['videos_scored']} videos)", flush=True)
         if d.is_main:
             print(f"done: {step} steps; outputs in {out}", flush=True)
+
+
+FIT_VIDEOS = 256  # training videos the final fit check scores
+FITS = 90.0  # training-set top-1 (%) below which a small-data fine-tune did not fit its own training videos
+
+
+def underfit_advice(top1: float, cfg: FinetuneConfig) -> str:
+    """What a small-data fine-tune that did not fit its training videos says, with what to try."""
+    return (f"WARNING: the fine-tune did not fit its own training videos ({top1:.1f}% < {FITS:.0f}%): its predictions "
+            f"on new videos mean little. Try: more epochs (--epochs {2 * cfg.epochs}), a higher --lr (now {cfg.lr}), "
+            f"less regularisation (--drop_path 0 --mixup 0 --cutmix 0 --smoothing 0); check that the classes differ "
+            f"in what the clips show (class folders, labels)")
 
 
 def run(cfg: FinetuneConfig) -> int:

@@ -107,13 +107,15 @@ __global__ void mask_token_grad_kernel(const T* __restrict__ grad, float* __rest
 }
 
 // Decoder-visible ids of running-cell masks; one block per (sample, temporal slice), prefix sum in shared memory.
+// The phase is taken modulo 4 into 0..3 (negative and large phases included).
 __global__ void running_cell_ids_kernel(const int64_t* __restrict__ phase, int64_t* __restrict__ out, int T, int H,
                                         int W, int m) {
   extern __shared__ int keep[];
   const int b = blockIdx.x / T, t = blockIdx.x % T, HW = H * W, kept = HW * (4 - m) / 4;
+  const int p = static_cast<int>(((phase[b] % 4) + 4) % 4);
   for (int n = threadIdx.x; n < HW; n += blockDim.x) {
     const int h = n / W, w = n % W;
-    keep[n] = ((2 * (h % 2) + (w % 2) + static_cast<int>(phase[b]) + t + 1) % 4) >= m;
+    keep[n] = ((2 * (h % 2) + (w % 2) + p + t + 1) % 4) >= m;
   }
   __syncthreads();
   if (threadIdx.x == 0) {  // HW <= 1024: a serial scan is cheaper than a block scan here

@@ -119,8 +119,8 @@ at::Tensor mask_token_grad(const at::Tensor& grad_in, int64_t num_visible) {
 }
 
 at::Tensor running_cell_ids(const at::Tensor& phase_in, int64_t T, int64_t H, int64_t W, int64_t m) {
-  TORCH_CHECK(phase_in.dim() == 1 && phase_in.is_cuda(), "phase must be a CUDA [B] tensor, got ", phase_in.sizes());
-  TORCH_CHECK(0 <= m && m <= 4 && H % 2 == 0 && W % 2 == 0, "running cells need even H, W and 0 <= m <= 4");
+  TORCH_CHECK(phase_in.is_cuda(), "phase must be a CUDA tensor, got one on ", phase_in.device());
+  vmae2::check_running_cell_args(phase_in, T, H, W, m);
   c10::cuda::CUDAGuard guard(phase_in.device());
   auto phase = phase_in.to(at::kLong).contiguous();
   const int64_t B = phase.size(0);
