@@ -9,20 +9,23 @@ nvcc and ninja; no flash-attn, xformers, DALI, PyAV, pytest-benchmark or network
           ViT-B / ViT-g (the mask ops also at 448 px) x fp32 / bf16, against the plain-torch reference; the fused
           loss and its gradient bit-identical on a rerun; ``VMAE2_DEBUG=1`` refusing an out-of-range id (a
           device-side assert, in a subprocess); the launch on ``cuda:1`` (with two GPUs); the native CUDA backend.
-  b       the masked training step (ViT-B, bf16) under ``torch.cuda.set_sync_debug_mode("error")``.
+  b       the masked training step (ViT-B, bf16) under ``torch.cuda.set_sync_debug_mode("error")``, with
+          ``VMAE2_BACKEND`` forcing triton, then cuda (the step's CPU-made ids stay on ``auto``).
   c       kernel benchmarks at batch 32 bf16: µs, GB/s and the share of the measured device-copy bandwidth.
   d       the whole step ViT-B/L/g, bf16: vmae2 dual masking vs v1 (no decoder masking) vs the official-style step,
-          ms/step, clips/s and MFU.
+          ms/step, clips/s, MFU and each arm's peak memory above what was allocated before it.
   report  ``report.md``, ``results.json`` (rewritten after every item: a run cut off keeps what it did) and
           ``gpu_check.png`` (when matplotlib is there).
 
 ``--dry-run`` (CI, any machine): imports everything, checks the version floors, prints the schedule and its time
 estimate, and fails when the plan does not fit ``--budget-s``. ``--smoke`` runs every stage at toy sizes on any
-device (on CPU: Triton under its interpreter, set before anything imports Triton), proving the script itself.
+device (on CPU: Triton under its interpreter, set before anything imports Triton; stage b without the sync mode,
+its cuda arm on ``auto``), proving the script itself.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -50,6 +53,8 @@ class Plan:
     arms: tuple = ("dual", "v1", "official")
     step_batch: int = 32
     timed_steps: int = 5
+    sync_size: str = "ViT-B"  # the step of stage b
+    sync_batch: int = 8
     native: bool = True
     items: dict = field(default_factory=dict)  # stage -> [(name, seconds)]
 
@@ -65,7 +70,7 @@ def make_plan(smoke: bool, device: str) -> Plan:
 
     if smoke:
         plan = Plan(device, batch=1, shapes=["ViT-B"], mask_shapes=["ViT-B"], dtypes=["float32"], sizes=["ViT-S"],
-                    step_batch=1, timed_steps=1, native=False)
+                    step_batch=1, timed_steps=1, native=False, sync_size="ViT-S", sync_batch=1)
     else:
         plan = Plan(device, batch=32, shapes=["ViT-B", "ViT-g"], mask_shapes=["ViT-B", "ViT-g", "ViT-g-448"],
                     dtypes=["float32", "bfloat16"], sizes=["ViT-B", "ViT-L", "ViT-g"])
@@ -80,7 +85,7 @@ def make_plan(smoke: bool, device: str) -> Plan:
     a += [("loss fwd+bwd rerun bit-identical", 3.0), ("VMAE2_DEBUG=1 out-of-range id (subprocess)", 12.0),
           ("launch on cuda:1", 2.0), ("native cuda backend vs reference", 10.0)]
     plan.items["a"] = a
-    plan.items["b"] = [(f"ViT-B step under sync debug 'error' ({b})", 15.0) for b in ("triton", "cuda")]
+    plan.items["b"] = [(f"{plan.sync_size} step under sync debug 'error' ({b})", 15.0) for b in ("triton", "cuda")]
     providers = ["torch", "triton", "cuda"]
     plan.items["c"] = [("device copy bandwidth", 2.0)] + [
         (f"{op} {shape} {p}", 1.5) for shape in plan.shapes for op in BENCH_OPS for p in providers]
@@ -355,29 +360,48 @@ def finish_native_build(proc, ext: str, wait_s: float) -> str | None:
 
 # -- stage b: no host sync ---------------------------------------------------------------------------------------
 
-def check_no_sync(device, batch: int, backend: str) -> dict:
+@contextlib.contextmanager
+def syncs_are_errors(device):
+    """On a GPU, every host sync inside the block raises (``torch.cuda.set_sync_debug_mode("error")``, the device
+    synchronized around it); elsewhere nothing."""
     import torch
 
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+def check_no_sync(device, size_name: str, batch: int, backend: str) -> dict:
+    """The dual step with ``VMAE2_BACKEND=backend``: built (its ids are made on the CPU, which a GPU-only override
+    leaves on ``auto``), warmed, then one step under ``torch.cuda.set_sync_debug_mode("error")``. On the CPU the same
+    code runs without the sync mode (it needs a GPU; tests/test_integration counts syncs there)."""
     import official_step as O
     from vmae2_kernels import dispatch
 
-    if device.type != "cuda":
-        return {"status": "skip", "detail": "torch.cuda.set_sync_debug_mode needs a GPU (CPU: tests/test_integration)"}
-    os.environ["VMAE2_BACKEND"] = backend
+    size = next(s for s in O.SIZES if s.name == size_name)
+    cuda = device.type == "cuda"
+    saved = os.environ.get(dispatch.ENV_VAR)
+    os.environ[dispatch.ENV_VAR] = backend
     dispatch.reset()
     try:
-        step, facts = O.make_step("dual", O.SIZES[1], "bf16", batch, device)
+        step, facts = O.make_step("dual", size, "bf16" if cuda else "fp32", batch, device)
         step.step()  # warm: autotuning times kernels (and syncs) on the first call
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with syncs_are_errors(device):
             step.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        torch.cuda.synchronize()
-        return {"token_ops": facts["token_ops"], "attention": facts["attention"]}
+        return {"token_ops": facts["token_ops"], "cpu_ids": dispatch.choose("tube_ids", "cpu"),
+                "attention": facts["attention"], "sync_debug": "error" if cuda else "off (needs a GPU)"}
     finally:
-        os.environ.pop("VMAE2_BACKEND")
+        if saved is None:
+            os.environ.pop(dispatch.ENV_VAR)
+        else:
+            os.environ[dispatch.ENV_VAR] = saved
         dispatch.reset()
 
 
@@ -431,6 +455,7 @@ def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_g
 # -- stage d: the whole step ------------------------------------------------------------------------------------
 
 def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int) -> dict:
+    """One arm: build, one warm-up step, ``timed_steps`` timed; on CUDA its peak memory (:func:`arm_memory`)."""
     import torch
 
     import official_step as O
@@ -438,24 +463,44 @@ def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int) -
 
     size = next(s for s in O.SIZES if s.name == size_name)
     precision = "bf16" if device.type == "cuda" else "fp32"
-    step, facts = O.make_step(arm, size, precision, batch, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    step.step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(timed_steps):
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def run():
+        step, facts = O.make_step(arm, size, precision, batch, device)
         step.step()
-    sync()
-    ms = 1e3 * (time.perf_counter() - t0) / timed_steps
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(timed_steps):
+            step.step()
+        sync()
+        return facts, 1e3 * (time.perf_counter() - t0) / timed_steps
+
+    (facts, ms), memory = arm_memory(run, device) if cuda else (run(), {})
     tflops = facts["model_tflop_per_step"] / (ms / 1e3)
     peak = peak_flops(device)
-    result = dict(facts, ms_per_step=ms, clips_per_s=batch / (ms / 1e3), tflops=tflops,
-                  mfu=tflops * 1e12 / peak if peak else None, batch=batch, precision=precision)
-    if device.type == "cuda":
-        result["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        torch.cuda.reset_peak_memory_stats(device)
-    del step
-    return result
+    return dict(facts, **memory, ms_per_step=ms, clips_per_s=batch / (ms / 1e3), tflops=tflops,
+                mfu=tflops * 1e12 / peak if peak else None, batch=batch, precision=precision)
+
+
+def arm_memory(run, device) -> tuple[object, dict]:
+    """``run()`` and its peak CUDA memory: earlier arms' garbage and the cached clips of stage a/c freed and the
+    peak statistics reset before it; ``peak_mib`` is the peak above what was allocated before it (its model,
+    optimizer state, inputs and activations), ``held_before_mib`` what was allocated then."""
+    import gc
+
+    import torch
+
+    import cases
+
+    cases.make_video.cache_clear()
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = run()
+    peak = torch.cuda.max_memory_allocated(device)
+    return out, {"peak_mib": (peak - before) / 2 ** 20, "held_before_mib": before / 2 ** 20}
 
 
 # -- report --------------------------------------------------------------------------------------------------------
@@ -586,10 +631,11 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
                 for op in CHECKED_OPS}
 
     run("a", "native cuda backend vs reference", native_checks)
-    for backend in ("triton", "cuda"):
-        run("b", f"ViT-B step under sync debug 'error' ({backend})",
-            lambda: {"status": "skip", "detail": native_reason} if backend == "cuda" and native_reason
-            else check_no_sync(device, 8, backend))
+    for backend in ("triton", "cuda"):  # on the CPU the cuda arm runs auto: the override serves CUDA tensors only
+        run("b", f"{plan.sync_size} step under sync debug 'error' ({backend})",
+            lambda: {"status": "skip", "detail": native_reason}
+            if backend == "cuda" and native_reason and device.type == "cuda"
+            else check_no_sync(device, plan.sync_size, plan.sync_batch, backend))
     copy = run("c", "device copy bandwidth", lambda: copy_bandwidth(device, smoke))
     for shape in plan.shapes:
         for op in BENCH_OPS:

@@ -2,7 +2,7 @@
 
 Usable from any MAE codebase; importable with no GPU, no Triton and no compiled extension. Each op runs
 on the backend chosen by :mod:`vmae2_kernels.dispatch` (Triton on CUDA, the native CPU extension or the
-plain-PyTorch reference on CPU); ``backend=`` or ``VMAE2_BACKEND`` forces one.
+plain-PyTorch reference on CPU); ``backend=`` forces one, ``VMAE2_BACKEND`` forces one on the devices it serves.
 ``python -m vmae2_kernels.info`` shows what runs where.
 
 Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order, optionally after ``num_prefix`` cls/register rows; ids

@@ -5,8 +5,10 @@ Backends: ``triton`` (fused kernels; CUDA tensors, or CPU tensors under ``TRITON
 ``auto`` runs the fastest usable backend, timed once per op and shape by :mod:`vmae2_kernels.measure` (in
 :mod:`vmae2_kernels.ops`, where the arguments are); where nothing is measured, the fixed order: for CUDA tensors
 triton -> cuda -> torch, for CPU tensors cpp -> torch (the interpreter is for testing, not speed: never ``auto``
-on a CPU). ``VMAE2_BACKEND=<name>`` replaces ``auto``; forcing a backend that cannot run raises ``RuntimeError``
-with every reason.
+on a CPU). ``VMAE2_BACKEND=<name>`` replaces ``auto`` for the tensors that backend serves (``triton``: CUDA, and CPU
+under the interpreter; ``cuda``: CUDA; ``cpp``: CPU; ``torch``: all), so a GPU-only override leaves the CPU work of
+the same program (mask ids, planning) on ``auto``, and a CPU-only one the GPU work. Forcing a backend, by
+``backend=`` or by the override on a device it serves, that cannot run raises ``RuntimeError`` with every reason.
 """
 from __future__ import annotations
 
@@ -41,17 +43,14 @@ FUSED_DTYPES = ("float32", "bfloat16", "float16")
 
 def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -> list[str]:
     """Why ``backend`` cannot run ``op`` on ``device_type`` tensors of ``dtype`` (empty = it can)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS} or 'auto'")
+    device_reason = not_served_reason(backend, device_type)
     reasons = []
     name = str(dtype).replace("torch.", "") if dtype is not None else None
     if backend != "torch" and name is not None and name not in FUSED_DTYPES:
         reasons.append(f"dtype {name} is not supported (fused kernels take {', '.join(FUSED_DTYPES)})")
+    if device_reason:
+        reasons.append(device_reason)
     if backend == "triton":
-        if device_type == "cpu" and not interpreting():
-            reasons.append("CPU tensors run Triton kernels only under TRITON_INTERPRET=1 (the interpreter)")
-        elif device_type not in ("cpu", "cuda"):
-            reasons.append(f"device {device_type} is not supported")
         module, reason = triton_status()
         if reason:
             reasons.append(reason)
@@ -59,8 +58,6 @@ def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -
             reasons.append(f"no Triton kernel for {op}")
     elif backend in ("cuda", "cpp"):
         want = "cuda" if backend == "cuda" else "cpu"
-        if device_type != want:
-            reasons.append(f"the {backend} backend runs {want} tensors, not {device_type}")
         module, reason = native_status()
         if reason:
             reasons.append(reason)
@@ -73,14 +70,37 @@ def not_supported_reasons(backend: str, op: str, device_type: str, dtype=None) -
     return reasons
 
 
-def requested(backend: str) -> str:
-    """``backend``, or for ``auto`` the ``VMAE2_BACKEND`` override (``auto`` when unset)."""
-    return (os.environ.get(ENV_VAR) or "auto") if backend == "auto" else backend
+def not_served_reason(backend: str, device_type: str) -> str | None:
+    """Why ``backend`` never runs ``device_type`` tensors, whatever is built (None: it serves them)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS} or 'auto'")
+    if backend == "triton":
+        if device_type == "cpu" and not interpreting():
+            return "CPU tensors run Triton kernels only under TRITON_INTERPRET=1 (the interpreter)"
+        if device_type not in ("cpu", "cuda"):
+            return f"device {device_type} is not supported"
+    elif backend in ("cuda", "cpp"):
+        want = "cuda" if backend == "cuda" else "cpu"
+        if device_type != want:
+            return f"the {backend} backend runs {want} tensors, not {device_type}"
+    return None
+
+
+def requested(backend: str, device_type: str) -> str:
+    """``backend``; for ``auto`` the ``VMAE2_BACKEND`` override where that backend serves ``device_type`` tensors,
+    else ``auto``."""
+    forced = os.environ.get(ENV_VAR) or "auto"
+    if backend != "auto" or forced == "auto":
+        return backend
+    if forced not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {forced!r} in {ENV_VAR}; set one of {BACKENDS} or 'auto', "
+                         "or unset it")
+    return "auto" if not_served_reason(forced, device_type) else forced
 
 
 def choose(op: str, device_type: str, backend: str = "auto", dtype=None) -> str:
     """The backend the fixed order gives ``op`` on ``device_type`` tensors of ``dtype`` (see the module docstring)."""
-    return _choose(op, device_type, requested(backend), interpreting(), dtype)
+    return _choose(op, device_type, requested(backend, device_type), interpreting(), dtype)
 
 
 def usable(op: str, device_type: str, dtype=None) -> tuple[str, ...]:

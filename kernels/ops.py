@@ -29,9 +29,10 @@ def _kernel(op: str, device_type: str, name: str):
 
 
 def _run(op: str, device: torch.device, backend: str, dtype: torch.dtype | None, *args):
-    """``op(*args)`` on the backend ``backend`` names; ``auto`` (and no ``VMAE2_BACKEND``): the fastest usable backend
-    at these shapes, timed once on these arguments (:mod:`vmae2_kernels.measure`), else the fixed order."""
-    if dispatch.requested(backend) == "auto":
+    """``op(*args)`` on the backend ``backend`` names; ``auto`` (and no ``VMAE2_BACKEND`` serving ``device``): the
+    fastest usable backend at these shapes, timed once on these arguments (:mod:`vmae2_kernels.measure`), else the
+    fixed order."""
+    if dispatch.requested(backend, device.type) == "auto":
         names = dispatch.usable(op, device.type, dtype)
         key = (device.type, *(f"{tuple(a.shape)} {a.dtype}".replace("torch.", "") if isinstance(a, Tensor) else
                               repr(a) for a in args))

@@ -1,5 +1,6 @@
-"""Test configuration. Triton kernels run through its interpreter when no GPU is present; the variable
-must be set before anything imports Triton."""
+"""Test configuration. Triton kernels run through its interpreter when no GPU is present (the variable must be set
+before anything imports Triton); with a GPU they run compiled, on the CUDA tensors of the kernel tests' cuda cases
+(``tests/test_kernels.py``)."""
 import os
 import sys
 from pathlib import Path

@@ -45,6 +45,13 @@ def test_smoke_runs_every_stage_on_cpu(tmp_path):
         assert [status[f"{op} ViT-B float32 config {c}"] for c in range(3)] == ["ok"] * 3
     assert status["loss fwd+bwd rerun bit-identical"] == "ok"
     assert status["VMAE2_DEBUG=1 out-of-range id (subprocess)"] == "ok"
+    sync = {i["name"]: i for i in doc["items"] if i["stage"] == "b"}
+    assert [i["status"] for i in sync.values()] == ["ok", "ok"], sync
+    # VMAE2_BACKEND=cuda serves CUDA tensors only: this CPU step (its ids included) stays on auto, as a GPU step's
+    # CPU-made ids do; Triton serves CPU tensors under the interpreter
+    forced_cuda = sync["ViT-S step under sync debug 'error' (cuda)"]
+    assert forced_cuda["token_ops"] != "cuda" and forced_cuda["cpu_ids"] != "cuda"
+    assert sync["ViT-S step under sync debug 'error' (triton)"]["token_ops"] == "triton"
     steps = [i for i in doc["items"] if i["stage"] == "d"]
     assert [i["status"] for i in steps] == ["ok"] * 3 and all(i["ms_per_step"] > 0 for i in steps)
     report = (tmp_path / "report.md").read_text()
@@ -81,3 +88,66 @@ def test_bare_checkout_gets_vmae2_kernels_from_kernels(tmp_path, monkeypatch):
     assert gpu_check.ensure_importable(tmp_path) == tmp_path
     assert (tmp_path / "vmae2_kernels").resolve() == ROOT / "kernels"
     assert sys.path[0] == str(tmp_path) and os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+
+
+def test_step_peak_memory_is_each_arms_own(monkeypatch):
+    """Stage d on CUDA, driven by a fake allocator: each arm reports the peak above what was allocated before it,
+    not stage c's copy buffers (the peak statistics are reset before the arm), the cached clips of stage a/c or an
+    earlier arm's step (freed before it)."""
+    import types
+
+    import torch
+
+    for folder in (ROOT, ROOT / "benchmarks", ROOT / "tests"):
+        monkeypatch.syspath_prepend(str(folder))
+    import cases
+    import official_step
+    import vmae2.flops
+    from benchmarks import gpu_check
+
+    mib = 2 ** 20
+
+    class Allocator:
+        allocated = peak = 0
+
+        def alloc(self, n):
+            self.allocated += n * mib
+            self.peak = max(self.peak, self.allocated)
+
+        def free(self, n):
+            self.allocated -= n * mib
+
+    mem = Allocator()
+
+    def reset_peak(device=None):
+        mem.peak = mem.allocated
+
+    for name, fn in {"memory_allocated": lambda device=None: mem.allocated,
+                     "max_memory_allocated": lambda device=None: mem.peak, "reset_peak_memory_stats": reset_peak,
+                     "empty_cache": lambda: None, "synchronize": lambda device=None: None}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    mem.alloc(2048)  # stage c's copy buffers: freed, but the peak statistics remember them
+    mem.free(2048)
+    clips = [512]  # a clip batch cached by stage a/c
+    mem.alloc(512)
+    monkeypatch.setattr(cases, "make_video", types.SimpleNamespace(
+        cache_clear=lambda: [mem.free(clips.pop()) for _ in list(clips)]))
+
+    class Step:
+        def __init__(self):
+            mem.alloc(100)  # model, optimizer state, inputs
+            self.cycle = self  # freed by the garbage collector only, as a model with hooks
+
+        def step(self):
+            mem.alloc(300)  # activations
+            mem.free(300)
+
+        def __del__(self):
+            mem.free(100)
+
+    monkeypatch.setattr(official_step, "make_step", lambda *args: (Step(), {"model_tflop_per_step": 1.0}))
+    monkeypatch.setattr(vmae2.flops, "peak_flops", lambda device: None)
+    for arm in ("dual", "v1", "official"):
+        result = gpu_check.bench_step("ViT-S", arm, torch.device("cuda"), 1, 2)
+        assert result["peak_mib"] == 400, (arm, result)
+        assert result["held_before_mib"] == 0, (arm, result)

@@ -1,7 +1,10 @@
-"""Every Triton kernel (run by the interpreter on CPU) against its plain-torch reference, plus the op layer:
+"""Every fused kernel against its plain-torch reference on every device: on CPU tensors Triton (by the interpreter)
+and the native C++ ops, on CUDA tensors (where torch sees a GPU) Triton and the native CUDA ops; plus the op layer:
 registration (opcheck), autograd, gradcheck, dispatch reasons and torch.compile without graph breaks."""
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,15 +21,52 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def _runs(name):
-    reasons = dispatch.not_supported_reasons(name, "token_gather", "cpu")
-    return pytest.mark.skipif(bool(reasons), reason=f"{name} backend: {'; '.join(reasons)}")
+FUSED = {"cpu": ("triton", "cpp"), "cuda": ("triton", "cuda")}  # the fused backends that run each device's tensors
 
 
-@pytest.fixture(params=[pytest.param("triton", marks=_runs("triton")), pytest.param("cpp", marks=_runs("cpp"))])
-def backend(request):
-    """The fused backends checked against the reference: Triton (interpreter on CPU) and the native C++ ops."""
+def _runs(name, device="cpu"):
+    reasons = dispatch.not_supported_reasons(name, "token_gather", device)
+    return pytest.mark.skipif(bool(reasons), reason=f"{name} backend on {device}: {'; '.join(reasons)}")
+
+
+def kernel_cases(with_torch=False):
+    """``(device, backend)`` params: each device's fused backends (and ``torch``), cpu always; cuda skipped with the
+    reason where torch sees no GPU, so on a GPU machine Triton runs on CUDA tensors (the interpreter only on CPU)."""
+    cases = []
+    for device, fused in FUSED.items():
+        for name in ("torch",) * with_torch + fused:
+            if device == "cuda" and not torch.cuda.is_available():
+                mark = pytest.mark.skip(reason="no CUDA device (torch.cuda.is_available() is False)")
+            else:
+                mark = _runs(name, device)
+            cases.append(pytest.param((device, name), marks=mark, id=f"{name}-{device}"))
+    return cases
+
+
+@pytest.fixture(params=kernel_cases())
+def case(request):
     return request.param
+
+
+@pytest.fixture
+def device(case):
+    """The device the inputs are made on."""
+    return case[0]
+
+
+@pytest.fixture
+def backend(case):
+    """The fused backend checked against the reference on ``device``'s tensors."""
+    return case[1]
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """TF32 off for cuDNN convolutions and CUDA matmuls (cuDNN's default is on): fp32 references stay fp32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +76,46 @@ def _fresh_dispatch():
     dispatch.reset()
 
 
-def _ids(B, N, K, seed=0):
+def test_kernel_cases_include_cuda_where_torch_sees_a_gpu(monkeypatch):
+    """With a GPU, each device's fused backends are cases, none skipped for want of a device: Triton runs on CUDA
+    tensors there, skipped only for a reason of its own (e.g. triton not installed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cases = {param.values[0]: param.marks for param in kernel_cases(with_torch=True)}
+    assert list(cases) == [("cpu", "torch"), ("cpu", "triton"), ("cpu", "cpp"),
+                           ("cuda", "torch"), ("cuda", "triton"), ("cuda", "cuda")]
+    for (device, name), marks in cases.items():
+        (mark,) = marks
+        assert mark.name == "skipif" and mark.args == (bool(dispatch.not_supported_reasons(name, "token_gather",
+                                                                                            device)),)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for param in kernel_cases():
+        if param.values[0][0] == "cuda":
+            assert [m.kwargs["reason"] for m in param.marks] == ["no CUDA device (torch.cuda.is_available() is False)"]
+
+
+def test_every_fused_test_is_collected_for_cuda(tmp_path):
+    """Collected with torch seeing a GPU, every test of a fused backend on CPU tensors also has its Triton and CUDA
+    cases on CUDA tensors."""
+    (tmp_path / "fake_gpu.py").write_text("import torch\ntorch.cuda.is_available = lambda: True\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(tmp_path), os.environ.get("PYTHONPATH")))))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "fake_gpu",
+                          str(Path(__file__).resolve())], capture_output=True, text=True, cwd=root, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ids = [line for line in out.stdout.splitlines() if "::" in line]
+
+    def tests_with(case):
+        return {i.split("::")[1].split("[")[0] for i in ids if f"[{case}-" in i or f"-{case}-" in i or
+                i.endswith(f"-{case}]") or i.endswith(f"[{case}]")}
+
+    fused_on_cpu = tests_with("triton-cpu") | tests_with("cpp-cpu")
+    assert len(fused_on_cpu) >= 14, fused_on_cpu
+    assert tests_with("triton-cuda") == tests_with("cuda-cuda") == fused_on_cpu
+
+
+def _ids(B, N, K, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(N, generator=g)[:K].sort().values for _ in range(B)])
+    return torch.stack([torch.randperm(N, generator=g)[:K].sort().values for _ in range(B)]).to(device)
 
 
 def _one_rounding(out, ref, exact, pos, dtype):
@@ -60,9 +137,9 @@ GATHER_SHAPES = [(1, 5, 1, 3), (3, 37, 1000, 13), (2, 50, 1536, 7), (3, 196, 24,
 
 @pytest.mark.parametrize("B,N,C,Kk", GATHER_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_token_gather_forward(B, N, C, Kk, dtype, backend):
-    x = torch.randn(B, N, C).to(dtype)
-    ids, pos = _ids(B, N, Kk), torch.randn(N, C)
+def test_token_gather_forward(B, N, C, Kk, dtype, device, backend):
+    x = torch.randn(B, N, C).to(device, dtype)
+    ids, pos = _ids(B, N, Kk, device=device), torch.randn(N, C).to(device)
     assert torch.equal(K.token_gather(x, ids, backend=backend), R.token_gather(x, ids))  # pure data movement
     exact = R.token_gather(x.double(), ids, pos.double())
     _one_rounding(K.token_gather(x, ids, pos, backend=backend), R.token_gather(x, ids, pos), exact,
@@ -71,28 +148,28 @@ def test_token_gather_forward(B, N, C, Kk, dtype, backend):
 
 @pytest.mark.parametrize("B,N,C,Kk", GATHER_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_token_gather_backward_and_scatter(B, N, C, Kk, dtype, backend):
-    ids = _ids(B, N, Kk, seed=1)
-    x = torch.randn(B, N, C).to(dtype).requires_grad_()
-    grad = torch.randn(B, Kk, C).to(dtype)
+def test_token_gather_backward_and_scatter(B, N, C, Kk, dtype, device, backend):
+    ids = _ids(B, N, Kk, seed=1, device=device)
+    x = torch.randn(B, N, C).to(device, dtype).requires_grad_()
+    grad = torch.randn(B, Kk, C).to(device, dtype)
     (gx,) = torch.autograd.grad(K.token_gather(x, ids, backend=backend), x, grad)
     (gr,) = torch.autograd.grad(R.token_gather(x, ids), x, grad)
     assert torch.equal(gx, gr)  # unique ids: the backward scatters each gradient row once, pure data movement
-    src = torch.randn(B, Kk, C).to(dtype).requires_grad_()
+    src = torch.randn(B, Kk, C).to(device, dtype).requires_grad_()
     out = K.token_scatter(src, ids, N, backend=backend)
     assert torch.equal(out, R.token_scatter(src, ids, N))  # pure data movement
-    up = torch.randn(B, N, C).to(dtype)
+    up = torch.randn(B, N, C).to(device, dtype)
     (gs,) = torch.autograd.grad(out, src, up)
     (gs_ref,) = torch.autograd.grad(K.token_scatter(src, ids, N, backend="torch"), src, up)
     # the backward gathers the upstream rows at ids: pure data movement, bit-equal in every dtype
-    assert torch.equal(gs, gs_ref) and torch.equal(gs, up[torch.arange(B)[:, None], ids])
+    assert torch.equal(gs, gs_ref) and torch.equal(gs, up[torch.arange(B, device=device)[:, None], ids])
 
 
-def test_learnable_pos_gradient(backend):
-    x = torch.randn(2, 9, 5, requires_grad=True)
-    pos = torch.randn(9, 5, requires_grad=True)
-    ids = _ids(2, 9, 4)
-    grad = torch.randn(2, 4, 5)
+def test_learnable_pos_gradient(device, backend):
+    x = torch.randn(2, 9, 5).to(device).requires_grad_()
+    pos = torch.randn(9, 5).to(device).requires_grad_()
+    ids = _ids(2, 9, 4, device=device)
+    grad = torch.randn(2, 4, 5).to(device)
     got = torch.autograd.grad(K.token_gather(x, ids, pos, backend=backend), (x, pos), grad)
     want = torch.autograd.grad(R.token_gather(x, ids, pos), (x, pos), grad)
     for a, b in zip(got, want):
@@ -108,14 +185,13 @@ TUBELET_CASES = [  # (B, T, H, W, patch, tubelet, K)
     (1, 3, 16, 32, 16, 1, 4),  # tubelet 1
 ]
 LAYOUTS = ["contiguous", "slice", "channels_last_3d"]  # slice: strided, unit W stride; channels_last_3d: W stride 3
-ALL_BACKENDS = ["torch", pytest.param("triton", marks=_runs("triton")), pytest.param("cpp", marks=_runs("cpp"))]
 
 
-def _video(B, T, H, W, dtype=torch.float32, layout="contiguous", seed=0):
+def _video(B, T, H, W, dtype=torch.float32, layout="contiguous", seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     if layout == "slice":  # a window of a larger clip: every stride but W's differs from the contiguous ones
-        return torch.randn(B, 3, T + 1, H + 2, W + 16, generator=g).to(dtype)[:, :, 1:, 2:, 8:W + 8]
-    video = torch.randn(B, 3, T, H, W, generator=g).to(dtype)
+        return torch.randn(B, 3, T + 1, H + 2, W + 16, generator=g).to(device, dtype)[:, :, 1:, 2:, 8:W + 8]
+    video = torch.randn(B, 3, T, H, W, generator=g).to(device, dtype)
     return video.to(memory_format=torch.channels_last_3d) if layout == "channels_last_3d" else video
 
 
@@ -126,9 +202,9 @@ def _tokens(T, H, W, patch, tubelet):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,H,W,p,t,Kk", TUBELET_CASES)
-def test_tubelet_gather_forward(B, T, H, W, p, t, Kk, dtype, layout, backend):
-    video = _video(B, T, H, W, dtype, layout)
-    ids = _ids(B, _tokens(T, H, W, p, t), Kk)
+def test_tubelet_gather_forward(B, T, H, W, p, t, Kk, dtype, layout, device, backend):
+    video = _video(B, T, H, W, dtype, layout, device=device)
+    ids = _ids(B, _tokens(T, H, W, p, t), Kk, device=device)
     out = K.tubelet_gather(video, ids, p, t, backend=backend)
     assert out.dtype == dtype and out.shape == (B, Kk, 3 * t * p * p)
     assert torch.equal(out, R.tubelet_gather(video, ids, p, t))  # pure data movement
@@ -153,10 +229,10 @@ def test_reference_rows_are_the_conv3d_weight_order():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,T,H,W,p,t,Kk", TUBELET_CASES)
-def test_tubelet_gather_gradient_is_the_adjoint(B, T, H, W, p, t, Kk, dtype, backend):
-    video = _video(B, T, H, W, dtype, "slice").requires_grad_()
-    ids = _ids(B, _tokens(T, H, W, p, t), Kk, seed=1)
-    grad = torch.randn(B, Kk, 3 * t * p * p).to(dtype)
+def test_tubelet_gather_gradient_is_the_adjoint(B, T, H, W, p, t, Kk, dtype, device, backend):
+    video = _video(B, T, H, W, dtype, "slice", device=device).requires_grad_()
+    ids = _ids(B, _tokens(T, H, W, p, t), Kk, seed=1, device=device)
+    grad = torch.randn(B, Kk, 3 * t * p * p).to(device, dtype)
     (got,) = torch.autograd.grad(K.tubelet_gather(video, ids, p, t, backend=backend), video, grad)
     (want,) = torch.autograd.grad(R.tubelet_gather(video, ids, p, t), video, grad)
     assert got.dtype == dtype and torch.equal(got, want)  # unique ids: each row written once into zeros
@@ -169,21 +245,21 @@ def _conv_path(video, ids, weight, bias, pos):
     return K.token_gather(x, ids, pos, backend="torch")
 
 
-def _embed_inputs(B, T, H, W, p, t, Kk, C=24, learnable_pos=False):
+def _embed_inputs(B, T, H, W, p, t, Kk, C=24, learnable_pos=False, device="cpu"):
     g = torch.Generator().manual_seed(2)
-    video = _video(B, T, H, W, layout="slice").requires_grad_()
-    weight = (0.02 * torch.randn(C, 3, t, p, p, generator=g)).requires_grad_()
-    bias = torch.randn(C, generator=g).requires_grad_()
+    video = _video(B, T, H, W, layout="slice", device=device).requires_grad_()
+    weight = (0.02 * torch.randn(C, 3, t, p, p, generator=g)).to(device).requires_grad_()
+    bias = torch.randn(C, generator=g).to(device).requires_grad_()
     N = _tokens(T, H, W, p, t)
-    pos = torch.randn(N, C, generator=g).requires_grad_(learnable_pos)
-    return video, _ids(B, N, Kk, seed=3), weight, bias, pos
+    pos = torch.randn(N, C, generator=g).to(device).requires_grad_(learnable_pos)
+    return video, _ids(B, N, Kk, seed=3, device=device), weight, bias, pos
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("case", kernel_cases(with_torch=True))
 @pytest.mark.parametrize("with_pos", [True, False])
 @pytest.mark.parametrize("B,T,H,W,p,t,Kk", TUBELET_CASES)
-def test_patch_embed_is_the_conv3d_at_ids(B, T, H, W, p, t, Kk, with_pos, backend):
-    video, ids, weight, bias, pos = _embed_inputs(B, T, H, W, p, t, Kk, learnable_pos=with_pos)
+def test_patch_embed_is_the_conv3d_at_ids(B, T, H, W, p, t, Kk, with_pos, device, backend):
+    video, ids, weight, bias, pos = _embed_inputs(B, T, H, W, p, t, Kk, learnable_pos=with_pos, device=device)
     pos = pos if with_pos else None
     out = K.patch_embed(video, ids, weight, bias, pos, backend=backend)
     ref = _conv_path(video, ids, weight, bias, pos)
@@ -237,11 +313,11 @@ def test_patch_embed_compiles_forward_and_backward_in_one_graph():
     (torch.bfloat16,) * 3,
     (torch.float16,) * 3,
 ])
-def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype, backend):
-    x = torch.randn(B, Nv, D).to(x_dtype).requires_grad_()
-    tok = (0.02 * torch.randn(1, 1, D)).to(tok_dtype).requires_grad_()
-    pos = torch.randn(N, D).to(pos_dtype)
-    vis, dec = _ids(B, N, Nv, 2), _ids(B, N, Nd, 3)
+def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype, device, backend):
+    x = torch.randn(B, Nv, D).to(device, x_dtype).requires_grad_()
+    tok = (0.02 * torch.randn(1, 1, D)).to(device, tok_dtype).requires_grad_()
+    pos = torch.randn(N, D).to(device, pos_dtype)
+    vis, dec = _ids(B, N, Nv, 2, device), _ids(B, N, Nd, 3, device)
     out = K.decoder_input(x, vis, dec, tok, pos, backend=backend)
     ref = R.decoder_input(x, vis, dec, tok, pos)
     expected_dtype = torch.promote_types(torch.promote_types(x_dtype, tok_dtype), pos_dtype)
@@ -257,8 +333,8 @@ def test_decoder_input(B, N, D, Nv, Nd, x_dtype, tok_dtype, pos_dtype, backend):
     assert_close_fp(gt.float(), rt.float(), tok_dtype)
 
 
-def test_mask_token_grad_kernel_many_rows(backend):
-    g = torch.randn(3, 7 + 600, 33)
+def test_mask_token_grad_kernel_many_rows(device, backend):
+    g = torch.randn(3, 7 + 600, 33).to(device)
     got = ops.mask_token_grad(g, 7, backend)
     assert_close_fp(got, g[:, 7:].double().sum((0, 1)).float(), torch.float32)  # 1800-row fp32 sum vs fp64
 
@@ -267,23 +343,25 @@ def test_mask_token_grad_kernel_many_rows(backend):
 
 @pytest.mark.parametrize("grid", [(8, 14, 14), (8, 16, 16), (1, 2, 2), (3, 4, 6), (5, 2, 10)])
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
-def test_running_cell_ids(grid, ratio, backend):
+def test_running_cell_ids(grid, ratio, device, backend):
     phase = torch.tensor([0, 1, 2, 3, 2])
-    got = K.running_cell_ids(5, grid, ratio, phase, backend=backend)
-    assert torch.equal(got, K.running_cell_ids(5, grid, ratio, phase, backend="torch"))
+    got = K.running_cell_ids(5, grid, ratio, phase, device=device, backend=backend)
+    assert got.device.type == device
+    assert torch.equal(got, K.running_cell_ids(5, grid, ratio, phase, device=device, backend="torch"))
 
 
 @pytest.mark.parametrize("grid,ratio", [((8, 14, 14), 0.9), ((8, 16, 16), 0.9), ((2, 3, 5), 0.5),
                                         ((1, 1, 7), 0.0), ((3, 14, 14), 0.95)])
-def test_tube_ids(grid, ratio, backend):
-    g = torch.Generator().manual_seed(4)
+def test_tube_ids(grid, ratio, device, backend):
+    g = torch.Generator(device).manual_seed(4)
     got = K.tube_ids(3, grid, ratio, g, backend=backend)
-    g = torch.Generator().manual_seed(4)
+    g = torch.Generator(device).manual_seed(4)
+    assert got.device.type == device
     assert torch.equal(got, K.tube_ids(3, grid, ratio, g, backend="torch"))
 
 
-def test_tube_ids_ties_break_by_index(backend):
-    keys = torch.tensor([[0.5, 0.5, 0.1, 0.5, 0.9, 0.5]])
+def test_tube_ids_ties_break_by_index(device, backend):
+    keys = torch.tensor([[0.5, 0.5, 0.1, 0.5, 0.9, 0.5]], device=device)
     got = ops.tube_ids(keys, 2, 3, backend)
     assert torch.equal(got, R.tube_ids(keys, 2, 3))
     assert got.tolist() == [[3, 4, 5, 9, 10, 11]]  # masked: 0.1 (2), then the first two 0.5s (0, 1)
@@ -301,13 +379,13 @@ LOSS_CASES = [  # (B, T, H, W, patch, Nd)
 @pytest.mark.parametrize("B,T,H,W,p,Nd", LOSS_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target", ["videomae", "mae", "raw"])
-def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, target, backend):
+def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, target, device, backend):
     N = (T // 2) * (H // p) * (W // p)
-    video = torch.randn(B, 3, T, H, W)
-    dec = _ids(B, N, Nd, 5)
-    enc_mask = torch.rand(B, N) < 0.6
+    video = torch.randn(B, 3, T, H, W).to(device)
+    dec = _ids(B, N, Nd, 5, device)
+    enc_mask = (torch.rand(B, N) < 0.6).to(device)
     enc_mask[:, dec[:, 0]] = True  # at least one supervised token per sample
-    pred = torch.randn(B, Nd, 2 * p * p * 3).to(dtype).requires_grad_()
+    pred = torch.randn(B, Nd, 2 * p * p * 3).to(device, dtype).requires_grad_()
     kw = dict(patch_size=p, target=target, mean=MEAN, std=STD)
     loss = K.recon_loss(pred, video, dec, enc_mask, backend=backend, **kw)
     ref = K.recon_loss(pred, video, dec, enc_mask, backend="torch", **kw)
@@ -320,11 +398,11 @@ def test_recon_loss_forward_backward(B, T, H, W, p, Nd, dtype, target, backend):
     assert_close_fp(g.float(), gr.float(), dtype)
 
 
-def test_recon_loss_weights_and_official_equivalence(backend):
-    video = torch.randn(2, 3, 4, 32, 32)
-    dec = _ids(2, 8, 4, 6)
-    w = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
-    pred = torch.randn(2, 4, 1536)
+def test_recon_loss_weights_and_official_equivalence(device, backend):
+    video = torch.randn(2, 3, 4, 32, 32).to(device)
+    dec = _ids(2, 8, 4, 6, device)
+    w = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]], device=device)
+    pred = torch.randn(2, 4, 1536).to(device)
     kw = dict(patch_size=16, target="videomae", mean=MEAN, std=STD)
     loss = K.recon_loss(pred, video, dec, weights=w, backend=backend, **kw)
     target = R.recon_target(video, dec, 16, 2, 1, MEAN, STD)
@@ -337,22 +415,22 @@ def test_recon_loss_weights_and_official_equivalence(backend):
 
 
 @pytest.mark.slow
-def test_vit_b_shapes(backend):
+def test_vit_b_shapes(device, backend):
     """A real ViT-B geometry (8x14x14 tokens, D=768, decoder 384) through every kernel."""
     B = 2
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     vis = K.tube_ids(B, (8, 14, 14), 0.9, g, backend=backend)
     dec = K.running_cell_ids(B, (8, 14, 14), 0.5, generator=g, backend=backend)
-    x = torch.randn(B, 1568, 768)
-    pos = torch.randn(1568, 768)
+    x = torch.randn(B, 1568, 768, device=device)
+    pos = torch.randn(1568, 768, device=device)
     # fp32 gather + one add of the same operands (see _one_rounding): bit-exact
     assert torch.equal(K.token_gather(x, vis, pos, backend=backend), R.token_gather(x, vis, pos))
-    x_vis, tok, dpos = torch.randn(B, 160, 384), torch.randn(384), torch.randn(1568, 384)
+    x_vis, tok, dpos = (torch.randn(*shape, device=device) for shape in ((B, 160, 384), (384,), (1568, 384)))
     assert torch.equal(K.decoder_input(x_vis, vis, dec, tok, dpos, backend=backend),
                        R.decoder_input(x_vis, vis, dec, tok, dpos))
-    video = torch.randn(B, 3, 16, 224, 224)
-    enc_mask = torch.ones(B, 1568, dtype=torch.bool).scatter_(1, vis, False)
-    pred = torch.randn(B, 784, 1536)
+    video = torch.randn(B, 3, 16, 224, 224, device=device)
+    enc_mask = torch.ones(B, 1568, dtype=torch.bool, device=device).scatter_(1, vis, False)
+    pred = torch.randn(B, 784, 1536, device=device)
     kw = dict(patch_size=16, target="videomae", mean=MEAN, std=STD)
     assert_close_fp(K.recon_loss(pred, video, dec, enc_mask, backend=backend, **kw),
                     K.recon_loss(pred, video, dec, enc_mask, backend="torch", **kw))
@@ -360,29 +438,31 @@ def test_vit_b_shapes(backend):
 
 # -- the op layer ---------------------------------------------------------------------------------------
 
-def _opcheck_cases(backend):
-    x, ids = torch.randn(2, 9, 6, requires_grad=True), _ids(2, 9, 4)
-    pos = torch.randn(9, 6)
-    video, dec = torch.randn(2, 3, 4, 32, 32), _ids(2, 8, 3)
+def _opcheck_cases(device, backend):
+    def leaf(*shape):
+        return torch.randn(*shape, device=device, requires_grad=True)
+
+    ids, pos = _ids(2, 9, 4, device=device), torch.randn(9, 6, device=device)
+    video, dec = torch.randn(2, 3, 4, 32, 32, device=device), _ids(2, 8, 3, device=device)
+    clip = _video(2, 4, 32, 32, device=device).requires_grad_()
+    window = _video(2, 4, 32, 32, layout="slice", device=device).requires_grad_()
     return [
-        (ops.token_gather, (x, ids, pos, backend)),
-        (ops.token_scatter, (torch.randn(2, 4, 6, requires_grad=True), ids, 9, backend)),
-        (ops.tubelet_gather, (_video(2, 4, 32, 32).requires_grad_(), _ids(2, 8, 3), 16, 2, backend)),
-        (ops.tubelet_gather, (_video(2, 4, 32, 32, layout="slice").requires_grad_(), _ids(2, 8, 3), 16, 2, backend)),
-        (ops.decoder_input, (torch.randn(2, 4, 6, requires_grad=True), ids, _ids(2, 9, 5),
-                             torch.randn(6, requires_grad=True), pos, backend)),
-        (ops.mask_token_grad, (torch.randn(2, 9, 6), 4, backend)),
-        (ops.running_cell_ids, (torch.tensor([0, 3]), 2, 4, 4, 2, backend)),
-        (ops.tube_ids, (torch.rand(2, 16), 3, 12, backend)),
-        (ops.recon_loss, (torch.randn(2, 3, 1536, requires_grad=True), video, dec, torch.ones(2, 3), 16, 2, 1,
-                          MEAN, STD, backend)),
+        (ops.token_gather, (leaf(2, 9, 6), ids, pos, backend)),
+        (ops.token_scatter, (leaf(2, 4, 6), ids, 9, backend)),
+        (ops.tubelet_gather, (clip, _ids(2, 8, 3, device=device), 16, 2, backend)),
+        (ops.tubelet_gather, (window, _ids(2, 8, 3, device=device), 16, 2, backend)),
+        (ops.decoder_input, (leaf(2, 4, 6), ids, _ids(2, 9, 5, device=device), leaf(6), pos, backend)),
+        (ops.mask_token_grad, (torch.randn(2, 9, 6, device=device), 4, backend)),
+        (ops.running_cell_ids, (torch.tensor([0, 3], device=device), 2, 4, 4, 2, backend)),
+        (ops.tube_ids, (torch.rand(2, 16, device=device), 3, 12, backend)),
+        (ops.recon_loss, (leaf(2, 3, 1536), video, dec, torch.ones(2, 3, device=device), 16, 2, 1, MEAN, STD,
+                          backend)),
     ]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=_runs("triton")),
-                                     pytest.param("cpp", marks=_runs("cpp"))])
-def test_opcheck(backend):
-    for op, args in _opcheck_cases(backend):
+@pytest.mark.parametrize("case", kernel_cases(with_torch=True))
+def test_opcheck(device, backend):
+    for op, args in _opcheck_cases(device, backend):
         torch.library.opcheck(op, args)
 
 
@@ -419,9 +499,10 @@ def test_dispatch_reasons_and_forcing(monkeypatch):
         dispatch.choose("token_gather", "cpu", "cpp")
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
     assert dispatch.choose("tube_ids", "cpu") == "triton"
-    monkeypatch.setenv(dispatch.ENV_VAR, "cuda")
+    monkeypatch.setenv(dispatch.ENV_VAR, "cuda")  # serves CUDA tensors only: CPU tensors stay on auto
+    assert dispatch.choose("token_gather", "cpu") == "torch"
     with pytest.raises(RuntimeError, match="runs cuda tensors, not cpu.*not built"):
-        K.token_gather(torch.randn(1, 3, 2), torch.tensor([[0, 2]]))
+        K.token_gather(torch.randn(1, 3, 2), torch.tensor([[0, 2]]), backend="cuda")
     monkeypatch.setenv(dispatch.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match="unknown kernel backend 'fastest'"):
         dispatch.choose("token_gather", "cpu")

@@ -6,25 +6,12 @@ import re
 import sys
 
 import pytest
+from run_folders import finetune_run_folder
 
 import vmae2.config
-from vmae2 import rundir
 from vmae2.config import parse_config
 from vmae2.data import check as check_cli
 from vmae2.finetune_config import EVALUATE, PREDICT
-
-
-def _finetune_run(folder, **extra):
-    """A fine-tuning run folder as python -m vmae2.finetune leaves it (config.json, weights, test list, classes)."""
-    folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"")
-    (folder / "test.csv").write_text("a.mp4 0\n")
-    (folder / "classes.txt").write_text("blue\nred\n")
-    config = {"model": "vit_tiny_patch16_224", "nb_classes": 2, "num_frames": 8, "input_size": 64,
-              "sampling_rate": 2, "tubelet_size": 2, "short_side_size": 64, "class_names": str(folder / "classes.txt"),
-              "test_data_path": str(folder / "test.csv"), **extra}
-    rundir.write(config, "finetune", folder)
-    return folder
 
 
 # -- a. an unfinished run ---------------------------------------------------------------------------------------
@@ -33,7 +20,7 @@ def test_an_unfinished_run_says_resume_or_pass_its_last_checkpoint(tmp_path, cap
     from vmae2.evaluate import main as evaluate
     from vmae2.predict import main as predict
 
-    run = _finetune_run(tmp_path / "ft")
+    run = finetune_run_folder(tmp_path / "ft")
     (run / "model.safetensors").unlink()
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
@@ -59,7 +46,7 @@ def test_an_unfinished_run_says_resume_or_pass_its_last_checkpoint(tmp_path, cap
 def test_evaluating_a_run_without_a_test_list_asks_for_one(tmp_path, capsys):
     from vmae2.evaluate import main as evaluate
 
-    run = _finetune_run(tmp_path / "ft", test_data_path=None)
+    run = finetune_run_folder(tmp_path / "ft", test_data_path=None)
     assert evaluate(["--run", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"--run {str(run)!r} has no test or validation list" in err and "pass the list to test on: --data_path " \
@@ -69,7 +56,7 @@ def test_evaluating_a_run_without_a_test_list_asks_for_one(tmp_path, capsys):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
     assert parse_config(["--run", str(run), str(video)], PREDICT).videos == [str(video)]  # predict needs no list
-    val = _finetune_run(tmp_path / "ft_val", test_data_path=None, val_data_path=str(tmp_path / "ft" / "test.csv"))
+    val = finetune_run_folder(tmp_path / "ft_val", test_data_path=None, val_data_path=str(tmp_path / "ft" / "test.csv"))
     assert parse_config(["--run", str(val)], EVALUATE).data_path == str(tmp_path / "ft" / "test.csv")
 
 

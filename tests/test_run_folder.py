@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from run_folders import finetune_run_folder
 
 import vmae2.config
 from vmae2 import rundir
@@ -17,24 +18,10 @@ from vmae2.extract import EXTRACT
 from vmae2.finetune_config import EVALUATE, FINETUNE, PREDICT
 
 
-def _finetune_run(folder, **extra):
-    """A fine-tuning run folder as python -m vmae2.finetune leaves it (config.json, weights, lists)."""
-    folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"")
-    (folder / "test.csv").write_text("a.mp4 0\n")
-    (folder / "classes.txt").write_text("blue\nred\nnone\n")
-    config = {"model": "vit_tiny_patch16_224", "nb_classes": 3, "num_frames": 8, "input_size": 64,
-              "sampling_rate": 2, "tubelet_size": 2, "short_side_size": 64, "sparse_sample": False,
-              "test_num_segment": 2, "test_num_crop": 2, "class_names": str(folder / "classes.txt"),
-              "test_data_path": str(folder / "test.csv"), "data_root": "", **extra}
-    rundir.write(config, "finetune", folder)
-    return folder
-
-
 # -- 2. geometry travels with the weights -------------------------------------------------------------------
 
 def test_evaluate_run_folder_needs_nothing_else(tmp_path):
-    run = _finetune_run(tmp_path / "ft")
+    run = finetune_run_folder(tmp_path / "ft")
     cfg = parse_config(["--run", str(run)], EVALUATE)
     assert (cfg.model, cfg.nb_classes, cfg.num_frames, cfg.input_size, cfg.sampling_rate, cfg.short_side_size) == (
         "vit_tiny_patch16_224", 3, 8, 64, 2, 64)
@@ -44,7 +31,7 @@ def test_evaluate_run_folder_needs_nothing_else(tmp_path):
 
 
 def test_weights_beside_a_config_json_carry_their_geometry_and_a_contradicting_flag_warns(tmp_path, capsys):
-    run = _finetune_run(tmp_path / "ft")
+    run = finetune_run_folder(tmp_path / "ft")
     args = ["--weights", str(run / "model.safetensors"), "--data_path", str(run / "test.csv")]
     cfg = parse_config(args, EVALUATE)  # was: 16 frames x 224 px, the defaults, silently
     assert (cfg.num_frames, cfg.input_size, cfg.short_side_size, cfg.nb_classes) == (8, 64, 64, 3)
@@ -218,7 +205,7 @@ def test_a_folder_in_use_is_refused_naming_the_holder(videos, tmp_path, capsys):
     assert f"--output_dir {out} is in use by pid {os.getpid()} on {socket.gethostname()} (python -m vmae2.train, " \
            f"started earlier): wait for that run to end, or choose another --output_dir" in err
     assert os.listdir(out) == [rundir.LOCK_FILE]  # nothing written
-    run = _finetune_run(tmp_path / "ft")
+    run = finetune_run_folder(tmp_path / "ft")
     _lock(run / "evaluate", os.getpid())
     assert evaluate(["--run", str(run)]) == 2 and f"is in use by pid {os.getpid()}" in capsys.readouterr().err
     _lock(tmp_path / "features", os.getpid())
