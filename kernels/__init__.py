@@ -9,6 +9,11 @@ Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order, optionally after ``num
 ``[B, K]`` int64 of (non-prefix) tokens, unique within a row and in ``[0, N)``, in any order (an op's row ``k``
 follows ``ids[:, k]``; the id builders return them ascending, the order of a boolean-mask gather), the same ``K``
 for every sample; masks are True (or nonzero) = masked; a position table is ``[N(+P), C]`` or ``[1, N(+P), C]``.
+
+Dtypes: fp32, bf16 and fp16 run the fused kernels (sums in fp32); fp64 runs the reference, in fp64 throughout
+(targets, sums and gradients), so a double-precision parity test is exact to rounding. Gathers keep their input's
+dtype; ``decoder_input`` returns the promoted dtype of its inputs; ``recon_loss`` an fp32 scalar, fp64 for fp64
+``pred``.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from vmae2_kernels import checks, ops
+from vmae2_kernels import checks, ops, reference
 from vmae2_kernels.masks import (KEEP_RULES, complement_ids, ids_to_mask, keep_count, mask_to_ids, random_ids,
                                  restore_ids, running_cell_ids, tube_ids)
 from vmae2_kernels.reference import TARGETS
@@ -96,7 +101,7 @@ LAYOUTS = ("concat", "ordered")
 
 
 def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Tensor | None, mask_token: torch.Tensor,
-                  pos: torch.Tensor, *, num_prefix: int = 0, layout: str = "concat",
+                  pos: torch.Tensor, *, num_prefix: int = 0, num_tokens: int | None = None, layout: str = "concat",
                   backend: str = "auto") -> torch.Tensor:
     """The whole decoder sequence, ``[x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]``, in one launch.
 
@@ -105,6 +110,8 @@ def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Ten
     decoder). Gradients flow to ``x_vis``, ``mask_token`` (and a learnable ``pos``).
 
     - ``dec_ids=None``: every token not in ``vis_ids`` (:func:`complement_ids`; MAE and VideoMAE v1), ``Nd = N - Nv``.
+    - ``num_tokens``: ``N`` (the token grid, ``T'H'W'``), checked against the table's rows (``P + N``); None: ``N``
+      is the table's rows less ``num_prefix``, so pass it when the table may carry a cls row.
     - ``num_prefix = P``: ``x_vis [B, P + Nv, D]`` starts with cls/register rows; they come first, plus the table's
       first ``P`` rows (``pos [P + N, D]`` or ``[1, P + N, D]``); the ids index the ``N`` other tokens.
     - ``layout="concat"`` (default): ``[prefix | visible in vis_ids order | mask tokens in dec_ids order]``. Rows
@@ -120,16 +127,15 @@ def decoder_input(x_vis: torch.Tensor, vis_ids: torch.Tensor, dec_ids: torch.Ten
     B, L, D = checks.check_rows(x_vis, "x_vis", "[B, P + Nv, D]")
     checks.check_prefix(num_prefix, L, "x_vis")
     checks.check_ids(vis_ids, B, "vis_ids", x_vis, L - num_prefix)
-    rows = checks.pos_rows(pos, None, D).shape[0]
-    checks.check_prefix(num_prefix, rows, "pos")
+    N = checks.decoder_tokens(pos, D, num_prefix, num_tokens, L - num_prefix)
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is unknown; choose one of {LAYOUTS}")
     if dec_ids is None:
-        dec_ids = complement_ids(vis_ids, rows - num_prefix)
+        dec_ids = complement_ids(vis_ids, N)
     if num_prefix:
         checks.check_ids(dec_ids, B, "dec_ids", x_vis)
-        checks.check_ids_values(vis_ids, rows - num_prefix, "vis_ids")
-        checks.check_ids_values(dec_ids, rows - num_prefix, "dec_ids")
+        checks.check_ids_values(vis_ids, N, "vis_ids")
+        checks.check_ids_values(dec_ids, N, "dec_ids")
         vis_ids, dec_ids = _with_prefix(vis_ids, num_prefix), dec_ids + num_prefix
     out = ops.decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos, backend)
     if layout == "ordered":  # the prefix ids 0..P-1 are the smallest: the prefix rows stay first
@@ -143,7 +149,8 @@ def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor | 
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                weights: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """Fused reconstruction loss (MSE against per-patch targets); the full target tensor is never materialised.
-    Returns an fp32 scalar; backward gives the gradient w.r.t. ``pred``.
+    Returns a scalar in fp32 (fp32, bf16 or fp16 ``pred``) or fp64 (fp64 ``pred``: the reference, targets and sums in
+    fp64 for an fp64 video); backward gives the gradient w.r.t. ``pred`` in ``pred``'s dtype.
 
     - ``pred [B, Nd, 3*t*p*p]`` (any float dtype), one row per reconstructed token, pixels in ``(p0 p1 p2 c)`` order
       (channel fastest); ``t = tubelet_size``, ``p = patch_size``.
@@ -185,7 +192,8 @@ def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor | 
         if tuple(mask.shape) != (B, N):
             raise ValueError(f"mask has shape {tuple(mask.shape)}; expected [B, N] = [{B}, {N}] in token order "
                              f"(True/1 = masked = supervised); per-row weights [B, Nd] go in weights=")
-        weights = torch.gather(mask != 0, 1, dec_ids).float()
-    return ops.recon_loss(pred, video, dec_ids, weights.float(), patch_size, tubelet_size, TARGETS[target],
+        weights = torch.gather(mask != 0, 1, dec_ids)
+    weights = weights.to(reference.accumulator(pred.dtype))
+    return ops.recon_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, TARGETS[target],
                           [float(m) for m in mean] if mean is not None else [0.0] * 3,
                           [float(s) for s in std] if std is not None else [1.0] * 3, backend)

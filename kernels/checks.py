@@ -35,10 +35,17 @@ def check_device(like: Tensor, **tensors: Tensor | None) -> None:
 
 
 def check_rows(x: Tensor, name: str, layout: str) -> tuple[int, int, int]:
-    """``x`` is a 3-d ``layout`` (e.g. ``[B, N, C]``) tensor; returns its shape."""
+    """``x`` is a 3-d ``layout`` (e.g. ``[B, N, C]``) tensor with at least one channel; returns its shape."""
     if x.ndim != 3:
         raise ValueError(f"{name} must be {layout}, got shape {_shape(x)}")
+    check_channels(x.shape[2], f"{name} {layout}")
     return tuple(x.shape)
+
+
+def check_channels(channels: int, what: str) -> None:
+    """``channels >= 1`` (an empty channel dimension has nothing to copy or normalise; the kernels divide by it)."""
+    if channels < 1:
+        raise ValueError(f"{what} has {channels} channels; the channel dimension must be >= 1")
 
 
 def check_ids(ids: Tensor, batch: int, name: str, like: Tensor, length: int | None = None) -> int:
@@ -82,6 +89,23 @@ def check_prefix(num_prefix: int, length: int, name: str) -> None:
     """``0 <= num_prefix <= length`` (the rows of ``name``)."""
     if not 0 <= num_prefix <= length:
         raise ValueError(f"num_prefix={num_prefix} must be in [0, {length}] (the leading cls/register rows of {name})")
+
+
+def decoder_tokens(pos: Tensor, channels: int, num_prefix: int, num_tokens: int | None, num_visible: int) -> int:
+    """``N``, the tokens of a decoder table ``pos`` of ``P + N`` rows (``P = num_prefix``), at least the
+    ``num_visible`` ids; with ``num_tokens`` given the rows must be ``P + num_tokens`` (a cls row that ``num_prefix``
+    does not count is refused, naming the table)."""
+    rows = pos_rows(pos, None, channels).shape[0]
+    check_prefix(num_prefix, rows, "pos")
+    if num_tokens is not None and rows != num_prefix + num_tokens:
+        raise ValueError(f"pos {_shape(pos)} has {rows} rows; num_tokens={num_tokens} and num_prefix={num_prefix} "
+                         f"need {num_prefix + num_tokens} (the prefix rows, then one per token): for a table whose "
+                         f"first row is a cls token's, pass num_prefix=1 with x_vis starting with that token, or pass "
+                         f"the table without it (pos[:, 1:])")
+    if num_visible > rows - num_prefix:
+        raise ValueError(f"vis_ids has {num_visible} ids per sample but pos {_shape(pos)} with num_prefix={num_prefix} "
+                         f"has rows for {rows - num_prefix} tokens")
+    return rows - num_prefix
 
 
 # -- per op -------------------------------------------------------------------------------------------------
@@ -170,6 +194,7 @@ def check_patch_embed(video: Tensor, weight: Tensor, bias: Tensor | None, pos: T
     if weight.ndim != 5 or weight.shape[1] != 3 or weight.shape[3] != weight.shape[4]:
         raise ValueError(f"weight must be a Conv3d weight [C, 3, t, p, p], got shape {_shape(weight)}")
     C, _, t, p, _ = weight.shape
+    check_channels(C, "weight [C, 3, t, p, p]")
     _, N = check_video(video, p, t, "RGB clips")
     if bias is not None and _shape(bias) != (C,):
         raise ValueError(f"bias must be [C] = [{C}], got {_shape(bias)}")

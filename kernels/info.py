@@ -8,7 +8,9 @@ import platform
 import torch
 
 from vmae2_kernels import dispatch, measure
-from vmae2_kernels.ops import OPS
+from vmae2_kernels.ops import DTYPE_FREE, OPS
+
+OTHER_DTYPES = (torch.float64,)  # dtypes the fused kernels refuse: shown apart from the fused ones
 
 
 def _version(dist: str) -> str:
@@ -54,22 +56,36 @@ def _measured_lines() -> list[str]:
     return out + [f"    {e['kind']} [{e['key']}]: {measure.summary(e)}" for e in remembered]
 
 
+def _choice(op: str, device: str, dtype=None) -> str:
+    try:
+        return dispatch.choose(op, device, "auto", dtype)
+    except RuntimeError as exc:
+        return f"error: {str(exc).replace(op, '<op>')}"
+
+
 def _device_lines(device: str) -> list[str]:
-    """The fixed-order backend of every op on ``device`` (what runs where nothing is measured): ops with the same
-    choice and reasons share one entry."""
+    """The fixed-order backend of every op on ``device`` (what runs where nothing is measured) for the fused dtypes,
+    then for each of :data:`OTHER_DTYPES` the ops that choose otherwise: ops with the same choice and reasons share
+    one entry."""
     groups: dict[tuple, list[str]] = {}
     for op in OPS:
-        try:
-            chosen = dispatch.choose(op, device)
-        except RuntimeError as exc:
-            chosen = f"error: {str(exc).replace(op, '<op>')}"
         reasons = tuple((b, "; ".join(r).replace(op, "<op>")) for b, r in dispatch.report(op, device).items() if r)
-        groups.setdefault((chosen, reasons), []).append(op)
+        groups.setdefault((_choice(op, device), reasons), []).append(op)
+    fused = ", ".join(dispatch.FUSED_DTYPES)
     out = []
     for (chosen, reasons), ops in groups.items():
         names = "every op" if len(ops) == len(OPS) else ", ".join(ops)
-        out.append(f"{device}: {names} -> {chosen}")
+        out.append(f"{device}: {names} -> {chosen} ({fused} tensors; {', '.join(DTYPE_FREE)}: any)")
         out += [f"    {backend} not used: {text}" for backend, text in reasons]
+    for dtype in OTHER_DTYPES:
+        name = str(dtype).replace("torch.", "")
+        others: dict[str, list[str]] = {}
+        for op in OPS:
+            chosen = _choice(op, device, dtype)
+            if op not in DTYPE_FREE and chosen != _choice(op, device):
+                others.setdefault(chosen, []).append(op)
+        out += [f"{device} {name} tensors: {', '.join(ops)} -> {chosen} (the fused kernels take {fused})"
+                for chosen, ops in others.items()]
     return out
 
 

@@ -150,8 +150,9 @@ def mask_to_ids(mask: torch.Tensor, num_kept: int | None = None) -> torch.Tensor
     """Kept ids ``[B, K]`` (ascending) of a ``[B, N]`` mask: bool (True = masked) or 0/1 int/float (nonzero =
     masked, MAE's ``mask``).
 
-    With ``num_kept`` given this is sync-free; without it ``K`` is read from the mask (one host sync) and
-    every sample must keep the same number of tokens.
+    With ``num_kept`` given this is sync-free (with ``VMAE2_DEBUG=1`` every sample must keep exactly ``num_kept``
+    tokens, asserted on the device: an inverted mask or a wrong count is refused); without it ``K`` is read from
+    the mask (one host sync) and every sample must keep the same number of tokens.
     """
     if mask.ndim != 2 or mask.is_complex():
         raise ValueError(f"mask must be [B, N] bool, or 0/1 int or float (True / nonzero = masked), got "
@@ -164,5 +165,10 @@ def mask_to_ids(mask: torch.Tensor, num_kept: int | None = None) -> torch.Tensor
             raise ValueError(f"masks keep between {lo} and {hi} tokens per sample; every sample must keep "
                              f"the same number (the sequence length is fixed per batch)")
         num_kept = lo
+    elif checks.debug() and mask.numel():
+        kept_ok = ((~mask).sum(dim=1) == num_kept).all()
+        torch._assert_async(kept_ok, f"mask_to_ids: a sample's mask does not keep num_kept={num_kept} tokens; the "
+                                     f"mask is True / nonzero = masked, False / 0 = kept (an inverted mask keeps the "
+                                     f"masked tokens) (VMAE2_DEBUG=1 check)")
     # Stable sort of False(0) before True(1): kept ids first, each group ascending.
     return torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :num_kept]

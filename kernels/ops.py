@@ -80,8 +80,8 @@ def _gather_backward(ctx, grad):
     scattered = token_scatter(grad, ids, ctx.num_tokens, ctx.backend)
     grad_x = scattered if ctx.needs_input_grad[0] else None
     grad_pos = None
-    if ctx.needs_input_grad[2]:  # summed over B, in the table's own shape
-        grad_pos = scattered.float().sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
+    if ctx.needs_input_grad[2]:  # summed over B in fp32 (fp64 for fp64), in the table's own shape and dtype
+        grad_pos = scattered.to(reference.accumulator(scattered.dtype)).sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
     return grad_x, None, grad_pos, None
 
 
@@ -157,7 +157,7 @@ def mask_token_grad(grad: Tensor, num_visible: int, backend: str) -> Tensor:
 
 @mask_token_grad.register_fake
 def _(grad, num_visible, backend):
-    return grad.new_empty(grad.shape[2], dtype=torch.float32)
+    return grad.new_empty(grad.shape[2], dtype=reference.accumulator(grad.dtype))
 
 
 def _decoder_setup(ctx, inputs, output):
@@ -176,9 +176,9 @@ def _decoder_backward(ctx, grad):
         grad_token = mask_token_grad(grad, nv, ctx.backend).to(ctx.token_dtype).reshape(ctx.token_shape)
     grad_pos = None
     if ctx.needs_input_grad[4]:  # learnable decoder position table (the official one is fixed), in its own shape
-        rows = ctx.pos_shape[-2]
-        grad_pos = (token_scatter(grad[:, :nv].contiguous(), vis_ids, rows, ctx.backend).float()
-                    + token_scatter(grad[:, nv:].contiguous(), dec_ids, rows, ctx.backend).float())
+        rows, acc = ctx.pos_shape[-2], reference.accumulator(grad.dtype)
+        grad_pos = (token_scatter(grad[:, :nv].contiguous(), vis_ids, rows, ctx.backend).to(acc)
+                    + token_scatter(grad[:, nv:].contiguous(), dec_ids, rows, ctx.backend).to(acc))
         grad_pos = grad_pos.sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
     return grad_x, None, None, grad_token, grad_pos, None
 
@@ -252,6 +252,8 @@ def _loss_backward(ctx, grad):
 
 
 recon_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+DTYPE_FREE = ("running_cell_ids", "tube_ids")  # ops whose backend does not depend on a dtype (ids and keys in)
 
 OPS = {"token_gather": token_gather, "token_scatter": token_scatter, "tubelet_gather": tubelet_gather,
        "decoder_input": decoder_input, "mask_token_grad": mask_token_grad, "running_cell_ids": running_cell_ids,

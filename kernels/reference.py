@@ -3,6 +3,9 @@
 Conventions: tokens ``[B, N, C]`` in ``(t, h, w)`` order; ids ``[B, K]`` int64, unique within a row and in
 ``[0, N)``, in any order (row ``k`` of a result follows ``ids[:, k]``), the same ``K`` for every sample; a position
 table ``pos [N, C]`` is shared by the batch (the ops layer turns ``[1, N, C]`` into it).
+
+Dtypes: data movement keeps its input's dtype; sums (loss, targets, mask-token gradient) accumulate in
+``promote_types(dtype, float32)``: fp32 for fp32 / bf16 / fp16 inputs, fp64 throughout for fp64 inputs.
 """
 from __future__ import annotations
 
@@ -139,9 +142,15 @@ def normalize_patches_whole(patches: torch.Tensor, eps: float = EPS) -> torch.Te
     return centred / (var + eps).sqrt()
 
 
+def accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums over ``dtype`` values run in: ``float64`` for ``float64``, else ``float32``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tubelet_size: int,
                  target: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """fp32 targets ``[B, Nd, tubelet*p*p*C]`` (layout ``(p0 p1 p2 c)``) of the tokens ``dec_ids``.
+    """Targets ``[B, Nd, tubelet*p*p*C]`` (layout ``(p0 p1 p2 c)``) of the tokens ``dec_ids``, in
+    :func:`accumulator` of the video's dtype (fp32; fp64 for an fp64 video).
 
     Gather the ``Nd`` patches (nothing else is copied), un-normalise (``x*std + mean`` per channel, python floats:
     no host-to-device copy; mean 0 / std 1 leave the values as they are), then ``target`` (:data:`TARGETS`): 0 the
@@ -154,7 +163,8 @@ def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tu
     patches = view[rows, dec_ids // (h * w), (dec_ids // w) % h, dec_ids % w]  # copies only the Nd patches
     P = tubelet_size * p * p
     patches = patches.reshape(B, -1, P, C)
-    patches = torch.stack([patches[..., c].float() * std[c] + mean[c] for c in range(C)], dim=-1)
+    acc = accumulator(video.dtype)
+    patches = torch.stack([patches[..., c].to(acc) * std[c] + mean[c] for c in range(C)], dim=-1)
     if target == TARGETS["videomae"]:
         patches = normalize_patches(patches)
     elif target == TARGETS["mae"]:
@@ -165,11 +175,12 @@ def recon_target(video: torch.Tensor, dec_ids: torch.Tensor, patch_size: int, tu
 def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, weights: torch.Tensor,
                patch_size: int, tubelet_size: int, target: int, mean: Sequence[float],
                std: Sequence[float]) -> torch.Tensor:
-    """``sum(weights * mean_P((pred - target)^2)) / sum(weights)`` in fp32: the official loss.
+    """``sum(weights * mean_P((pred - target)^2)) / sum(weights)``: the official loss, a scalar in
+    ``accumulator(pred)`` (fp32; fp64 for an fp64 ``pred``, with an fp64 video's targets made in fp64).
 
     ``pred [B, Nd, P]`` any float dtype, ``weights [B, Nd]`` (1 = encoder-masked, i.e. supervised).
     """
-    acc = torch.promote_types(pred.dtype, torch.float32)  # fp32 accumulation (fp64 stays fp64 for gradcheck)
+    acc = accumulator(pred.dtype)
     goal = recon_target(video, dec_ids, patch_size, tubelet_size, target, mean, std).to(acc)
     per_token = (pred.to(acc) - goal).pow(2).mean(dim=-1)
     w = weights.to(acc)
@@ -179,8 +190,9 @@ def recon_loss(pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor, w
 def recon_loss_backward(grad_out: torch.Tensor, pred: torch.Tensor, video: torch.Tensor, dec_ids: torch.Tensor,
                         weights: torch.Tensor, patch_size: int, tubelet_size: int, target: int,
                         mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Gradient of :func:`recon_loss` w.r.t. ``pred``: ``2 (pred - target) w / (P sum(w)) * grad_out``."""
-    acc = torch.promote_types(pred.dtype, torch.float32)
+    """Gradient of :func:`recon_loss` w.r.t. ``pred``: ``2 (pred - target) w / (P sum(w)) * grad_out``, computed in
+    ``accumulator(pred)``, returned in ``pred``'s dtype."""
+    acc = accumulator(pred.dtype)
     goal = recon_target(video, dec_ids, patch_size, tubelet_size, target, mean, std).to(acc)
     w = weights.to(acc)
     scale = grad_out.to(acc) * 2.0 / (pred.shape[-1] * w.sum())
@@ -188,5 +200,6 @@ def recon_loss_backward(grad_out: torch.Tensor, pred: torch.Tensor, video: torch
 
 
 def mask_token_grad(grad: torch.Tensor, num_visible: int) -> torch.Tensor:
-    """Gradient of :func:`decoder_input` w.r.t. ``mask_token``: ``grad[:, Nv:].sum((0, 1))`` in fp32."""
-    return grad[:, num_visible:].float().sum(dim=(0, 1))
+    """Gradient of :func:`decoder_input` w.r.t. ``mask_token``: ``grad[:, Nv:].sum((0, 1))`` ``[D]`` in
+    ``accumulator(grad)`` (fp32; fp64 for an fp64 ``grad``)."""
+    return grad[:, num_visible:].to(accumulator(grad.dtype)).sum(dim=(0, 1))

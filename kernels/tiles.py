@@ -12,6 +12,23 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+# CUDA's largest launch grid per axis (x, y, z): axis 0 takes up to 2^31 - 1 programs, axes 1 and 2 only 65535, so
+# the launchers put the counts that grow with the batch and the token count (B * K, B * Nd) on axis 0.
+MAX_GRID = (2 ** 31 - 1, 65535, 65535)
+
+# Triton's largest block (elements of one tl.arange / tensor).
+MAX_BLOCK = 2 ** 20
+
+
+def check_grid(grid: tuple, op: str) -> tuple:
+    """``grid`` itself when every axis is within :data:`MAX_GRID`; else a ValueError naming the axis and its size."""
+    for axis, (n, most) in enumerate(zip(grid, MAX_GRID)):
+        if n > most:
+            raise ValueError(f"{op}: launch grid axis {axis} needs {n} programs, above CUDA's {most}; split the "
+                             f"batch into smaller calls")
+    return grid
+
+
 # What the roofline model says (python -m benchmarks.gpu_report --predict): at batch 32 every row-copy and loss
 # candidate is bandwidth-bound with a full wave or more and 10-20x the bytes in flight Little's law asks
 # (A100: 1.9 TB/s x 600 ns / 108 SMs = 10.6 KB per SM; H100: 3.0 TB/s x 550 ns / 132 SMs = 12.5 KB per SM), so
@@ -61,8 +78,12 @@ def tube_tile(hw: int) -> dict:
     """Launch sizes of the tube-mask kernel for ``hw`` keys per frame. One program ranks a whole frame with a
     ``BLOCK x BLOCK_J`` comparison tile: 64 values per thread (~170 registers) up to 8 warps, and more warps, not a
     larger tile, for a larger frame. At 16 warps (H'W' = 1024, ViT-g at 448 px) the register file leaves 128 per
-    thread, so 32 values; the 4-warp tile of 256 values per thread spilled there (255 registers, 316 B)."""
+    thread, so 32 values; the 4-warp tile of 256 values per thread spilled there (255 registers, 316 B). Past
+    H'W' = 16384 the tile is one key wide (``BLOCK_J = 1``): correct, but the frame no longer fits the registers."""
     block = next_pow2(hw)
+    if block > MAX_BLOCK:
+        raise ValueError(f"tube_ids: H'W' = {hw} keys per frame exceeds the Triton kernel's {MAX_BLOCK} (one program "
+                         f"ranks a whole frame); use the 'torch' backend")
     warps = min(16, max(4, block // 64))
     values = 64 if warps <= 8 else 32
-    return dict(BLOCK=block, BLOCK_J=min(32, values * 32 * warps // block), num_warps=warps)
+    return dict(BLOCK=block, BLOCK_J=max(1, min(32, values * 32 * warps // block)), num_warps=warps)

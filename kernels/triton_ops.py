@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, TUBELET_TILE, tube_tile
+from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, TUBELET_TILE, check_grid, tube_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -89,6 +89,8 @@ def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = 
     B, N, C = x.shape
     K = ids.shape[1]
     out = x.new_empty(B, K, C)
+    if out.numel() == 0:
+        return out
     pos_arg = pos.contiguous() if pos is not None else x
     _row_copy_kernel[_row_grid(B, K, C)](x, ids, pos_arg, out, K, C, N * C, K * C,
                                          SCATTER=False, HAS_POS=pos is not None)
@@ -100,14 +102,17 @@ def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torc
     src, ids = src.contiguous(), ids.contiguous()
     B, K, C = src.shape
     out = src.new_zeros(B, num_tokens, C)
+    if src.numel() == 0:
+        return out
     _row_copy_kernel[_row_grid(B, K, C)](src, ids, src, out, K, C, K * C, num_tokens * C,
                                          SCATTER=True, HAS_POS=False)
     return out
 
 
 # -- tubelet gather -------------------------------------------------------------------------------------
-# One program per (token, BLOCK_F pixels of its row), the one launch configuration of tiles.TUBELET_TILE. Pixel f of
-# the row is (c, p0, p1, p2) = f // (TUB P P), f // (P P) % TUB, f // P % P, f % P: runs of PATCH pixels are
+# One program per (token, BLOCK_F pixels of its row), the one launch configuration of tiles.TUBELET_TILE: grid axis 0
+# the B * K tokens (it takes up to 2^31 - 1 programs, axes 1 and 2 only 65535), axis 1 the blocks of a row. Pixel f
+# of the row is (c, p0, p1, p2) = f // (TUB P P), f // (P P) % TUB, f // P % P, f % P: runs of PATCH pixels are
 # contiguous in the video (unit stride along W), so patch 16 reads them with 128-bit loads; the row is written
 # contiguously (128-bit stores). Patch 14 rows (ViT-g) start at multiples of 14 pixels: narrower loads, wide stores.
 TUBELET_META = {**TUBELET_TILE[0], "num_warps": TUBELET_TILE[1], "num_stages": TUBELET_TILE[2]}
@@ -119,14 +124,14 @@ def _tubelet_gather_kernel(video_ptr,  # [B, 3, T, H, W] video, unit stride alon
                            out_ptr,  # [B, K, 3 * TUB * PATCH * PATCH] tubelet rows
                            K, HP, WP, s_vb, s_vc, s_vt, s_vh,
                            PATCH: tl.constexpr, TUB: tl.constexpr, BLOCK_F: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    row = b * K + tl.program_id(1)
+    row = tl.program_id(0).to(tl.int64)  # b * K + k
+    b = row // K
     n = tl.load(ids_ptr + row).to(tl.int64)
     t = n // (HP * WP)
     hh = (n // WP) % HP
     ww = n % WP
     F: tl.constexpr = 3 * TUB * PATCH * PATCH
-    f = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     c = f // (TUB * PATCH * PATCH)
     p0 = (f // (PATCH * PATCH)) % TUB
     p1 = (f // PATCH) % PATCH
@@ -143,7 +148,7 @@ def tubelet_gather(video: torch.Tensor, ids: torch.Tensor, patch_size: int, tube
     B, C, T, H, W = video.shape
     K, F = ids.shape[1], C * tubelet_size * patch_size * patch_size
     out = video.new_empty(B, K, F)
-    grid = (B, K, triton.cdiv(F, TUBELET_META["BLOCK_F"]))
+    grid = check_grid((B * K, triton.cdiv(F, TUBELET_META["BLOCK_F"])), "tubelet_gather")
     _tubelet_gather_kernel[grid](video, ids, out, K, H // patch_size, W // patch_size, *video.stride()[:4],
                                  PATCH=patch_size, TUB=tubelet_size, **TUBELET_META)
     return out
@@ -186,6 +191,8 @@ def decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos):
     ND = dec_ids.shape[1]
     dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
     out = x_vis.new_empty(B, NV + ND, D, dtype=dtype)
+    if out.numel() == 0:
+        return out
     grid = lambda meta: (B, triton.cdiv(NV + ND, meta["BLOCK_K"]), triton.cdiv(D, meta["BLOCK_C"]))
     _decoder_input_kernel[grid](x_vis, vis_ids, dec_ids, mask_token.contiguous().reshape(-1), pos.contiguous(),
                                 out, NV, ND, NV + ND, D)
@@ -217,6 +224,8 @@ def mask_token_grad(grad: torch.Tensor, num_visible: int) -> torch.Tensor:
     """``grad[:, num_visible:].sum((0, 1))`` in fp32: ``[B, NV + ND, D] -> [D]``."""
     grad = grad.contiguous()
     B, L, D = grad.shape
+    if D == 0:
+        return grad.new_zeros(0, dtype=torch.float32)
     ND = L - num_visible
     total = B * ND
     programs = max(1, min(256, triton.cdiv(total, 256)))
@@ -297,7 +306,7 @@ def tube_ids(keys: torch.Tensor, num_frames: int, num_masked: int) -> torch.Tens
 def _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP,
                  s_vb, s_vc, s_vt, s_vh, mean0, mean1, mean2, std0, std1, std2,
                  PATCH: tl.constexpr, TUB: tl.constexpr, TARGET: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Load this program's token (batch ``b`` = axis 0, decoder slot ``k`` = axis 1): its prediction
+    """Load this program's token (axis 0 is ``b * ND + k``: batch ``b``, decoder slot ``k``): its prediction
     ``[BLOCK_P, 4]`` and its target, built from the video (never stored).
 
     Returns ``(token, pred, target, ok)``: ``token = b * ND + k``, the row in ``ids``, ``weights`` and ``pred``,
@@ -306,8 +315,8 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP,
     128-bit) and moved to the tile by :func:`_flat_to_tile`.
     """
     P: tl.constexpr = TUB * PATCH * PATCH
-    b = tl.program_id(0).to(tl.int64)
-    token = b * ND + tl.program_id(1).to(tl.int64)
+    token = tl.program_id(0).to(tl.int64)
+    b = token // ND
     n = tl.load(ids_ptr + token).to(tl.int64)
     t = n // (HP * WP)
     hh = (n // WP) % HP
@@ -399,7 +408,7 @@ def _loss_args(pred, video, dec_ids, weights, patch_size, tubelet_size, mean, st
             (dec_ids.shape[1], H // patch_size, W // patch_size, *video.stride()[:4], *mean, *std),
             dict(PATCH=patch_size, TUB=tubelet_size, BLOCK_P=triton.next_power_of_2(tubelet_size * patch_size ** 2),
                  num_warps=LOSS_WARPS, num_stages=LOSS_STAGES),
-            (B, dec_ids.shape[1]))
+            check_grid((B * dec_ids.shape[1],), "recon_loss"))
 
 
 @launcher

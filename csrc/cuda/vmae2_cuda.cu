@@ -92,18 +92,20 @@ __global__ void decoder_input_kernel(const T* __restrict__ x, const int64_t* __r
   }
 }
 
-// Column sums of the mask-token rows: grid (ceil(D / blockDim), P) partial rows, summed by the host op.
+// Column sums of the mask-token rows into P partial rows, summed by the host op. 1-D grid of P x col_blocks blocks:
+// block i sums rows_per_block rows of partial row i / col_blocks, columns of block i % col_blocks.
 template <typename T>
 __global__ void mask_token_grad_kernel(const T* __restrict__ grad, float* __restrict__ partial, int64_t Nv,
-                                       int64_t L, int64_t D, int64_t total_rows, int64_t rows_per_block) {
-  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+                                       int64_t L, int64_t D, int64_t total_rows, int64_t rows_per_block,
+                                       int64_t col_blocks) {
+  const int64_t part = blockIdx.x / col_blocks, c = (blockIdx.x % col_blocks) * blockDim.x + threadIdx.x;
   if (c >= D) return;
   float acc = 0.f;
-  const int64_t Nd = L - Nv, first = blockIdx.y * rows_per_block;
+  const int64_t Nd = L - Nv, first = part * rows_per_block;
   for (int64_t j = first; j < first + rows_per_block && j < total_rows; ++j) {
     acc += to_f(grad[((j / Nd) * L + Nv + j % Nd) * D + c]);
   }
-  partial[blockIdx.y * D + c] = acc;
+  partial[part * D + c] = acc;
 }
 
 // Decoder-visible ids of running-cell masks; one block per (sample, temporal slice), prefix sum in shared memory.
@@ -249,6 +251,14 @@ int threads_for(int64_t work, int most = 256) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Lets `kernel` take `bytes` of dynamic shared memory: above the default 48 KB a kernel must opt in; past the
+// device's opt-in limit cudaFuncSetAttribute returns cudaErrorInvalidValue.
+template <typename Kernel>
+cudaError_t allow_smem(Kernel* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
 constexpr int64_t kMaskGradRows = 64;  // rows summed per block of the mask-token gradient
 
 }  // namespace
@@ -314,16 +324,22 @@ cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vi
 
 int64_t mask_token_grad_blocks(int64_t rows) { return std::max<int64_t>(1, (rows + kMaskGradRows - 1) / kMaskGradRows); }
 
+Launch1D mask_token_grad_launch(int64_t rows, int64_t D) {
+  const int threads = threads_for(D, 128);
+  return {mask_token_grad_blocks(rows) * ((D + threads - 1) / threads), threads};
+}
+
 cudaError_t launch_mask_token_grad(DType dtype, const void* grad, float* partial, int64_t B, int64_t Nv, int64_t L,
                                    int64_t D, cudaStream_t stream) {
   const int64_t rows = B * (L - Nv);
   if (D == 0) return cudaSuccess;
-  const int threads = threads_for(D, 128);
-  const dim3 grid(static_cast<unsigned>((D + threads - 1) / threads), static_cast<unsigned>(mask_token_grad_blocks(rows)));
+  const Launch1D launch = mask_token_grad_launch(rows, D);
+  if (launch.blocks > INT32_MAX) return cudaErrorInvalidConfiguration;  // past grid axis 0's 2^31 - 1 blocks
+  const int64_t col_blocks = (D + launch.threads - 1) / launch.threads;
   by_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    mask_token_grad_kernel<T><<<grid, threads, 0, stream>>>(static_cast<const T*>(grad), partial, Nv, L, D, rows,
-                                                            kMaskGradRows);
+    mask_token_grad_kernel<T><<<static_cast<unsigned>(launch.blocks), launch.threads, 0, stream>>>(
+        static_cast<const T*>(grad), partial, Nv, L, D, rows, kMaskGradRows, col_blocks);
   });
   return cudaGetLastError();
 }
@@ -331,33 +347,39 @@ cudaError_t launch_mask_token_grad(DType dtype, const void* grad, float* partial
 cudaError_t launch_running_cell_ids(const int64_t* phase, int64_t* out, int64_t B, int T, int H, int W, int m,
                                     cudaStream_t stream) {
   if (B * T == 0 || H * W == 0) return cudaSuccess;
-  running_cell_ids_kernel<<<B * T, threads_for(H * W), H * W * sizeof(int), stream>>>(phase, out, T, H, W, m);
+  const size_t smem = static_cast<size_t>(H) * W * sizeof(int);
+  if (const cudaError_t err = allow_smem(running_cell_ids_kernel, smem); err != cudaSuccess) return err;
+  running_cell_ids_kernel<<<B * T, threads_for(H * W), smem, stream>>>(phase, out, T, H, W, m);
   return cudaGetLastError();
 }
 
 cudaError_t launch_tube_ids(const float* keys, int64_t* out, int64_t B, int HW, int T, int M, cudaStream_t stream) {
   if (B == 0 || HW == 0) return cudaSuccess;
-  tube_ids_kernel<<<B, threads_for(HW), HW * (sizeof(float) + sizeof(int)), stream>>>(keys, out, HW, T, M);
+  const size_t smem = static_cast<size_t>(HW) * (sizeof(float) + sizeof(int));
+  if (const cudaError_t err = allow_smem(tube_ids_kernel, smem); err != cudaSuccess) return err;
+  tube_ids_kernel<<<B, threads_for(HW), smem, stream>>>(keys, out, HW, T, M);
   return cudaGetLastError();
 }
 
 cudaError_t launch_recon_loss(const ReconLossArgs& a, cudaStream_t stream) {
   if (a.B * a.Nd == 0) return cudaSuccess;
-  const int pixels = a.tub * a.patch * a.patch;
-  const size_t smem = (3 * pixels + 32) * sizeof(float);  // target [3][pixels] + 32 reduction slots
-  const int threads = threads_for(pixels);
+  const size_t smem = recon_loss_smem_bytes(a.patch, a.tub);
+  const int threads = threads_for(a.tub * a.patch * a.patch);
+  cudaError_t err = cudaSuccess;
   by_dtype(a.pred_dtype, [&](auto ptag) {
     using P = typename decltype(ptag)::type;
     by_dtype(a.video_dtype, [&](auto vtag) {
       using V = typename decltype(vtag)::type;
       auto kernel = a.backward ? recon_loss_kernel<P, V, true> : recon_loss_kernel<P, V, false>;
+      err = allow_smem(kernel, smem);
+      if (err != cudaSuccess) return;
       kernel<<<a.B * a.Nd, threads, smem, stream>>>(
           static_cast<const P*>(a.pred), static_cast<const V*>(a.video), a.ids, a.weight, a.scale, a.per_token,
           static_cast<P*>(a.grad), a.Nd, a.hp, a.wp, a.patch, a.tub, a.target, a.stride_b, a.stride_c,
           a.stride_t, a.stride_h, a.mean[0], a.mean[1], a.mean[2], a.std[0], a.std[1], a.std[2]);
     });
   });
-  return cudaGetLastError();
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 }  // namespace vmae2

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace vmae2 {
@@ -33,6 +34,13 @@ cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vi
 // Rows of `partial` [mask_token_grad_blocks(B * (L - Nv)), D] that launch_mask_token_grad fills; the caller sums
 // them (fixed order: deterministic).
 int64_t mask_token_grad_blocks(int64_t rows);
+// launch_mask_token_grad's 1-D grid: mask_token_grad_blocks(rows) row blocks x ceil(D / threads) column blocks, the
+// column block the fast index (grid axis 0 takes up to 2^31 - 1 blocks, axes 1 and 2 only 65535).
+struct Launch1D {
+  int64_t blocks;
+  int threads;
+};
+Launch1D mask_token_grad_launch(int64_t rows, int64_t D);
 cudaError_t launch_mask_token_grad(DType dtype, const void* grad, float* partial, int64_t B, int64_t Nv, int64_t L,
                                    int64_t D, cudaStream_t stream);
 
@@ -62,6 +70,12 @@ struct ReconLossArgs {
   int64_t stride_b, stride_c, stride_t, stride_h;
   float mean[3], std[3];
 };
+// Dynamic shared memory of one recon_loss block: the fp32 target [3][tub * patch * patch] and 32 reduction slots.
+// Above 48 KB (3 * tub * patch^2 > 12256) the launcher opts in (cudaFuncAttributeMaxDynamicSharedMemorySize); past
+// the device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin) it returns cudaErrorInvalidValue.
+inline size_t recon_loss_smem_bytes(int patch, int tub) {
+  return (3 * static_cast<size_t>(tub) * patch * patch + 32) * sizeof(float);
+}
 cudaError_t launch_recon_loss(const ReconLossArgs& args, cudaStream_t stream);
 
 }  // namespace vmae2

@@ -156,6 +156,15 @@ LossInputs loss_inputs(const at::Tensor& pred_in, const at::Tensor& video_in, co
   vmae2::check_loss_args(pred_in, video_in, ids_in, w_in, patch, tub);
   for (const auto* t : {&video_in, &ids_in, &w_in}) check_cuda(*t, pred_in, "recon_loss argument");
   TORCH_CHECK(mean.size() == 3 && std.size() == 3, "mean and std must have 3 values");
+  // One token's target lives in shared memory: above 48 KB the launcher opts in, up to the device's opt-in limit.
+  int device = 0, smem_limit = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t smem = vmae2::recon_loss_smem_bytes(static_cast<int>(patch), static_cast<int>(tub));
+  TORCH_CHECK(smem <= static_cast<size_t>(smem_limit), "recon_loss: tubelet_size * patch_size^2 = ",
+              tub * patch * patch, " pixels per token need ", smem,
+              " bytes of shared memory per block on the CUDA backend, above this GPU's ", smem_limit,
+              "; use the 'triton' or 'torch' backend");
   LossInputs in;
   in.pred = pred_in.contiguous();
   in.video = video_in.scalar_type() == at::kDouble ? video_in.to(at::kFloat) : video_in;
