@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"torch": (2, 11), "triton": (3, 6)}
 BUDGET_S = 480  # 8 minutes of device time
 STARTUP_S = 20  # imports, CUDA context
+CHILD_START_S = 8.0  # a stage a subprocess: imports, CUDA context
+NATIVE_WAIT_S = 30.0  # the wait for the background native build after stage a
+TIMEOUT_FACTOR = 3.0  # an item is stopped at TIMEOUT_FACTOR x its estimate, or MIN_TIMEOUT_S when that is longer
+MIN_TIMEOUT_S = 10.0
+NATIVE_CHECK = "native cuda backend vs reference"
+CHILD_STARTUPS = "2 subprocess startups (planned, not an item)"
+A_ESTIMATES = {"loss fwd+bwd rerun bit-identical": 3.0, "VMAE2_DEBUG=1 out-of-range id (subprocess)": 12.0,
+               "launch on cuda:1": 2.0, NATIVE_CHECK: 10.0}  # every other stage a item: 2 s
 
 
 @dataclass
@@ -74,17 +86,9 @@ def make_plan(smoke: bool, device: str) -> Plan:
     else:
         plan = Plan(device, batch=32, shapes=["ViT-B", "ViT-g"], mask_shapes=["ViT-B", "ViT-g", "ViT-g-448"],
                     dtypes=["float32", "bfloat16"], sizes=["ViT-B", "ViT-L", "ViT-g"])
-    a = []
-    for op in CHECKED_OPS:
-        shapes = plan.mask_shapes if op in MASK_OPS else plan.shapes
-        dtypes = ["int64"] if op in MASK_OPS else plan.dtypes
-        for shape in shapes:
-            for dtype in dtypes:
-                for config in range(len(configs_of(op))):
-                    a.append((f"{op} {shape} {dtype} config {config}", 2.0))
-    a += [("loss fwd+bwd rerun bit-identical", 3.0), ("VMAE2_DEBUG=1 out-of-range id (subprocess)", 12.0),
-          ("launch on cuda:1", 2.0), ("native cuda backend vs reference", 10.0)]
-    plan.items["a"] = a
+    plan.items["a"] = [(name, A_ESTIMATES.get(name, 2.0)) for name, _ in stage_a_items(plan, device)] + [
+        (CHILD_STARTUPS, 2 * CHILD_START_S)]
+    plan.items["native"] = [("native CUDA build", NATIVE_WAIT_S)]
     plan.items["b"] = [(f"{plan.sync_size} step under sync debug 'error' ({b})", 15.0) for b in ("triton", "cuda")]
     providers = ["torch", "triton", "cuda"]
     plan.items["c"] = [("device copy bandwidth", 2.0)] + [
@@ -150,9 +154,38 @@ def version_problems() -> list[str]:
 
 # -- recording: results.json after every item ------------------------------------------------------------------
 
+class ItemTimeout(BaseException):
+    """Raised in an item that runs past its time limit (a BaseException: an item's own ``except Exception`` lets it
+    through)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`ItemTimeout` in the block after ``seconds`` (SIGALRM; the main thread only, None: no limit).
+    A wait inside a C call ends when the call returns: the parent's limit on a stage a subprocess covers that."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise ItemTimeout
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class Recorder:
-    def __init__(self, out: Path, plan: Plan, budget_s: float):
+    """Runs items one by one and rewrites results.json and report.md after each. ``item_limits``: stop an item at
+    :meth:`limit` seconds (off for ``--smoke`` on the CPU, where the H100 estimates do not apply)."""
+
+    def __init__(self, out: Path, plan: Plan, budget_s: float, item_limits: bool = True):
         self.out, self.plan, self.start, self.budget = out, plan, time.monotonic(), budget_s
+        self.item_limits = item_limits
         self.doc = {"plan": {k: v for k, v in plan.__dict__.items() if k != "items"}, "items": [],
                     "estimate_s": plan.total(), "budget_s": budget_s}
         out.mkdir(parents=True, exist_ok=True)
@@ -160,22 +193,38 @@ class Recorder:
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.start)
 
-    def run(self, stage: str, name: str, estimate: float, fn) -> dict | None:
-        """Run one item unless the budget is spent; record ``ok``/``fail``/``skip`` with what it returned."""
+    def limit(self, estimate: float) -> float | None:
+        """Seconds an item estimated at ``estimate`` may run: the larger of TIMEOUT_FACTOR x estimate and
+        MIN_TIMEOUT_S, and never past the budget; None without item limits."""
+        if not self.item_limits:
+            return None
+        return max(0.0, min(self.left(), max(TIMEOUT_FACTOR * estimate, MIN_TIMEOUT_S)))
+
+    def run(self, stage: str, name: str, estimate: float, fn) -> dict:
+        """Run one item unless the budget is spent; record ``ok``/``fail``/``skip``/``timeout`` with what it
+        returned."""
         item = {"stage": stage, "name": name}
         t0 = time.monotonic()
         if self.left() < estimate:
             item.update(status="skip", detail=f"out of time budget ({self.left():.0f} s left, needs ~{estimate} s)")
         else:
+            limit = self.limit(estimate)
             try:
-                result = fn() or {}
+                with time_limit(limit):
+                    result = fn() or {}
                 item.update(status=result.pop("status", "ok"), **result)
+            except ItemTimeout:
+                item.update(status="timeout", detail=f"stopped after its {limit:.1f} s limit (estimate {estimate} s)")
             except Exception as exc:  # one failed item never stops the check
                 item.update(status="fail", detail=f"{type(exc).__name__}: {str(exc)[:800]}")
         item["seconds"] = round(time.monotonic() - t0, 2)
+        return self.add(item)
+
+    def add(self, item: dict) -> dict:
+        """Record a finished item: results.json and report.md rewritten, one line printed."""
         self.doc["items"].append(item)
         self.save()
-        print(f"[{time.monotonic() - self.start:6.1f}s] {stage} {item['status']:4s} {name}"
+        print(f"[{time.monotonic() - self.start:6.1f}s] {item['stage']} {item['status']:4s} {item['name']}"
               + (f": {item['detail']}" if item.get("detail") else ""), flush=True)
         return item
 
@@ -318,6 +367,78 @@ def check_second_device(device) -> dict:
         out = ops.token_gather(x, ids, None, "triton")
         torch.cuda.synchronize(1)
     return compare(out, ops.token_gather(x, ids, None, "torch"))
+
+
+def check_native(plan: Plan, device) -> dict:
+    """Every checked op on the native CUDA backend against the reference (run once the build is done)."""
+    return {op: check_op(op, plan.shapes[0], plan.dtypes[-1], 0, device, plan.batch, "cuda")["match"]
+            for op in CHECKED_OPS}
+
+
+def stage_a_items(plan: Plan, device) -> list:
+    """Stage a as ``(name, function)`` pairs, built alike for the plan, the check and its subprocess."""
+    items = []
+    for op in CHECKED_OPS:
+        for shape in plan.mask_shapes if op in MASK_OPS else plan.shapes:
+            for dtype in ["int64"] if op in MASK_OPS else plan.dtypes:
+                for config in range(len(configs_of(op))):
+                    items.append((f"{op} {shape} {dtype} config {config}",
+                                  functools.partial(check_op, op, shape, dtype, config, device, plan.batch)))
+    return items + [("loss fwd+bwd rerun bit-identical", functools.partial(check_loss_rerun, device, plan.batch)),
+                    ("VMAE2_DEBUG=1 out-of-range id (subprocess)", functools.partial(check_debug_mode, device)),
+                    ("launch on cuda:1", functools.partial(check_second_device, device)),
+                    (NATIVE_CHECK, functools.partial(check_native, plan, device))]
+
+
+# -- stage a in subprocesses: an illegal memory access poisons the whole CUDA context ------------------------------
+
+def run_in_children(rec: Recorder, items: list, smoke: bool, device, env: dict | None = None,
+                    factory: str = "benchmarks.gpu_check:stage_a_items") -> None:
+    """Run the stage a ``items`` (``(name, estimate)`` pairs, made by ``factory``) in a child process that records
+    each as it finishes; its results join ``rec``'s. A child that dies or hangs fails the item it was running with
+    its exit code, and a fresh child goes on with the rest."""
+    left = list(items)
+    for n in range(1, len(items) + 1):
+        if not left:
+            return
+        folder = rec.out / f"stage_a_child{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        request = folder / "request.json"
+        request.write_text(json.dumps({"factory": factory, "items": left}))
+        cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", str(request), "--out", str(folder),
+               "--device", str(device), "--budget-s", str(max(rec.left(), 0.0))] + (["--smoke"] if smoke else [])
+        limits = [rec.limit(estimate) for _, estimate in left]
+        wait_s = None if None in limits else CHILD_START_S + sum(limits)
+        with open(folder / "stderr.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stderr=log)
+            try:
+                rc = proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rc = f"killed after {wait_s:.0f} s"
+        results = folder / "results.json"
+        done = json.loads(results.read_text())["items"] if results.exists() else []
+        for item in done:
+            rec.add(item)
+        finished = {item["name"] for item in done}
+        left = [pair for pair in left if pair[0] not in finished]
+        if left:
+            stderr = (folder / "stderr.log").read_text()[-300:].strip()
+            rec.add({"stage": "a", "name": left[0][0], "status": "fail",
+                     "detail": f"the stage a subprocess exited with code {rc} during this item; its stderr ends: "
+                               f"{stderr or '(empty)'}"})
+            left = left[1:]
+
+
+def run_child(request_file: Path, rec: Recorder, device) -> int:
+    """The child side of :func:`run_in_children`: run the requested items, recording each."""
+    request = json.loads(request_file.read_text())
+    module, name = request["factory"].split(":")
+    functions = dict(getattr(importlib.import_module(module), name)(rec.plan, device))
+    for item, estimate in request["items"]:
+        rec.run("a", item, estimate, functions[item])
+    return 0
 
 
 # -- native build (background) -----------------------------------------------------------------------------------
@@ -552,13 +673,18 @@ def chart(doc: dict, path: Path) -> dict:
 
 # -- main -----------------------------------------------------------------------------------------------------------
 
-def print_plan(plan: Plan, budget_s: float) -> None:
+def print_plan(plan: Plan, budget_s: float, items: bool) -> None:
+    """The schedule: each stage's seconds, with ``items`` each item's, and the total against the budget."""
     print(f"gpu_check plan on {plan.device}: kernel batch {plan.batch}, shapes {plan.shapes} (mask ops "
           f"{plan.mask_shapes}), dtypes {plan.dtypes}; steps {plan.sizes} x {list(plan.arms)} at batch "
           f"{plan.step_batch}")
+    print(f"  each item is stopped at {TIMEOUT_FACTOR:g}x its estimate (at least {MIN_TIMEOUT_S:g} s); stage a runs "
+          "in subprocesses")
     print(f"  startup                 {STARTUP_S:6.0f} s")
-    for stage, items in plan.items.items():
-        print(f"  stage {stage:6s} {len(items):4d} items {sum(s for _, s in items):6.0f} s")
+    for stage, stage_items in plan.items.items():
+        print(f"  stage {stage:6s} {len(stage_items):4d} items {sum(s for _, s in stage_items):6.0f} s")
+        for name, seconds in stage_items if items else ():
+            print(f"      {seconds:5.1f} s  {name}")
     print(f"  total estimate          {plan.total():6.0f} s of a {budget_s:.0f} s budget"
           + ("" if plan.total() <= budget_s else "  (DOES NOT FIT)"))
 
@@ -570,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="every stage at toy sizes (any device)")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # a stage a subprocess's request.json
     args = parser.parse_args(argv)
 
     import torch
@@ -583,13 +710,20 @@ def main(argv: list[str] | None = None) -> int:
     import official_step  # noqa: F401
     from tolerances import assert_close_fp  # noqa: F401
 
-    problems = version_problems()
     plan = make_plan(args.smoke, str(device))
-    print_plan(plan, args.budget_s)
+    item_limits = not (args.smoke and device.type == "cpu")
+    if args.child:
+        return run_child(args.child, Recorder(args.out, plan, args.budget_s, item_limits), device)
+    problems = version_problems()
+    print_plan(plan, args.budget_s, items=args.dry_run)
     for problem in problems:
         print(f"version floor: {problem}")
+    if args.dry_run and plan.total() > args.budget_s:
+        print(f"the plan needs {plan.total():.0f} s, over the {args.budget_s:.0f} s budget (--budget-s): drop items or "
+              "shapes in make_plan, or lower their estimates where a GPU run measured less", file=sys.stderr)
+        return 1
     if args.dry_run:
-        return 1 if problems or plan.total() > args.budget_s else 0
+        return 1 if problems else 0
     if args.out is None:
         parser.error("--out DIR is required (unless --dry-run)")
     if problems:
@@ -597,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not args.smoke:
         print("no GPU here: run with --smoke to exercise the script on CPU, or --dry-run for the plan")
         return 2
-    rec = Recorder(args.out, plan, args.budget_s)
+    rec = Recorder(args.out, plan, args.budget_s, item_limits)
     import triton
 
     rec.doc["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
@@ -611,26 +745,20 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
         return rec.run(stage, name, plan.estimate(name), fn)
 
     proc, ext = start_native_build(rec.out) if plan.native else (None, "not built (--smoke)")
-    for op in CHECKED_OPS:
-        for shape in plan.mask_shapes if op in MASK_OPS else plan.shapes:
-            for dtype in ["int64"] if op in MASK_OPS else plan.dtypes:
-                for config in range(len(configs_of(op))):
-                    run("a", f"{op} {shape} {dtype} config {config}",
-                        lambda: check_op(op, shape, dtype, config, device, plan.batch))
-    run("a", "loss fwd+bwd rerun bit-identical", lambda: check_loss_rerun(device, plan.batch))
-    run("a", "VMAE2_DEBUG=1 out-of-range id (subprocess)", lambda: check_debug_mode(device))
-    run("a", "launch on cuda:1", lambda: check_second_device(device))
-    native_reason = finish_native_build(proc, ext, min(180.0, rec.left() - 200)) if proc else ext
-    rec.run("native", "native CUDA build", 0, lambda: {"status": "skip" if native_reason else "ok",
-                                                     "detail": native_reason or f"built in {ext}"})
+    run_in_children(rec, [pair for pair in plan.items["a"] if pair[0] not in (NATIVE_CHECK, CHILD_STARTUPS)],
+                    smoke, device)
+    native = {}
 
-    def native_checks():
-        if native_reason:
-            return {"status": "skip", "detail": native_reason}
-        return {op: check_op(op, plan.shapes[0], plan.dtypes[-1], 0, device, plan.batch, "cuda")["match"]
-                for op in CHECKED_OPS}
+    def wait_for_build():
+        native["reason"] = finish_native_build(proc, ext, min(NATIVE_WAIT_S, rec.left())) if proc else ext
+        return {"status": "skip" if native["reason"] else "ok", "detail": native["reason"] or f"built in {ext}"}
 
-    run("a", "native cuda backend vs reference", native_checks)
+    native_item = run("native", "native CUDA build", wait_for_build)
+    native_reason = native.get("reason") or native_item.get("detail")
+    if native_item["status"] == "ok":
+        run_in_children(rec, [(NATIVE_CHECK, plan.estimate(NATIVE_CHECK))], smoke, device, {"VMAE2_EXT_DIR": ext})
+    else:
+        run("a", NATIVE_CHECK, lambda: {"status": "skip", "detail": native_reason})
     for backend in ("triton", "cuda"):  # on the CPU the cuda arm runs auto: the override serves CUDA tensors only
         run("b", f"{plan.sync_size} step under sync debug 'error' ({backend})",
             lambda: {"status": "skip", "detail": native_reason}

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from vmae2_kernels import checks, ops, reference
-from vmae2_kernels.masks import (KEEP_RULES, complement_ids, ids_to_mask, keep_count, mask_to_ids, random_ids,
-                                 restore_ids, running_cell_ids, tube_ids)
+from vmae2_kernels.masks import (KEEP_ALIASES, KEEP_RULES, complement_ids, ids_to_mask, keep_count, mask_to_ids,
+                                 random_ids, restore_ids, running_cell_ids, tube_ids)
 from vmae2_kernels.reference import TARGETS
 
 __version__ = "0.1.0"
 __all__ = ["token_gather", "token_scatter", "tubelet_gather", "patch_embed", "decoder_input", "running_cell_ids",
            "tube_ids", "random_ids", "complement_ids", "restore_ids", "ids_to_mask", "keep_count", "KEEP_RULES",
-           "recon_loss", "mask_to_ids",
+           "KEEP_ALIASES", "recon_loss", "mask_to_ids",
            "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "__version__"]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)

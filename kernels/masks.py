@@ -3,9 +3,11 @@
 ``grid = (T', H', W')`` tokens in ``(t, h, w)`` order. Returned ids are the *kept* tokens, ``[B, K]`` int64,
 ascending. Randomness comes from a ``torch.Generator`` (drawn on its device when given).
 
-Keep counts at a mask ratio ``r`` over ``n`` tokens (:data:`KEEP_RULES`, :func:`keep_count`): ``"mae"`` keeps
-``int(n * (1 - r))`` (MAE's ``random_masking``), ``"videomae"`` keeps ``n - int(r * n)`` (VideoMAE's generators);
-they differ when ``r * n`` is not an integer in floating point (N=392, r=0.9: 39 vs 40).
+Keep counts at a mask ratio ``r`` over ``n`` tokens (:data:`KEEP_RULES`, :func:`keep_count`), named by what rounds
+down: ``"floor_kept"`` keeps ``int(n * (1 - r))`` (MAE's ``random_masking``; alias ``"mae"``), ``"floor_masked"``
+masks ``int(r * n)`` and keeps the rest, ``n - int(r * n)`` (VideoMAE's generators; alias ``"videomae"``). They
+differ when ``r * n`` is not an integer in floating point (N=392, r=0.9: 39 vs 40). Which end of the noise sort is
+kept is :func:`random_ids`'s ``keep_noise`` (``"smallest"``, MAE's, or ``"largest"``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import torch
 from vmae2_kernels import checks, ops
 
 RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)
-KEEP_RULES = {"mae": "int(n * (1 - ratio))", "videomae": "n - int(ratio * n)"}
+KEEP_RULES = {"floor_kept": "int(n * (1 - ratio))", "floor_masked": "n - int(ratio * n)"}
+KEEP_ALIASES = {"mae": "floor_kept", "videomae": "floor_masked"}  # the earlier names, accepted everywhere
+KEEP_NOISE = ("smallest", "largest")
 
 
 def check_grid(grid: Sequence[int]) -> tuple[int, int, int]:
@@ -31,13 +35,16 @@ def check_ratio(ratio: float, name: str = "ratio") -> None:
 
 
 def keep_count(n: int, ratio: float, keep: str) -> int:
-    """Tokens kept out of ``n`` at mask ratio ``ratio`` under the rule ``keep`` (:data:`KEEP_RULES`)."""
+    """Tokens kept out of ``n`` at mask ratio ``ratio`` under the rule ``keep`` (:data:`KEEP_RULES`, or an alias in
+    :data:`KEEP_ALIASES`)."""
     check_ratio(ratio)
-    if keep == "mae":
+    rule = KEEP_ALIASES.get(keep, keep)
+    if rule == "floor_kept":
         return int(n * (1 - ratio))
-    if keep == "videomae":
+    if rule == "floor_masked":
         return n - int(ratio * n)
-    raise ValueError(f"keep={keep!r} is unknown; choose one of {tuple(KEEP_RULES)} ({KEEP_RULES})")
+    raise ValueError(f"keep={keep!r} is unknown; choose one of {tuple(KEEP_RULES)} ({KEEP_RULES}) or an alias "
+                     f"({KEEP_ALIASES})")
 
 
 def target_device(device, generator: torch.Generator | None) -> torch.device:
@@ -89,11 +96,11 @@ def running_cell_ids(batch_size: int, grid: Sequence[int], ratio: float = 0.5, p
 
 
 def tube_ids(batch_size: int, grid: Sequence[int], ratio: float, generator=None, *, device=None,
-             keep: str = "videomae", backend: str = "auto") -> torch.Tensor:
+             keep: str = "floor_masked", backend: str = "auto") -> torch.Tensor:
     """Encoder-visible ids ``[B, T' * k]`` of tube masks, ``k = keep_count(H'W', ratio, keep)`` per slice, ascending.
 
     Each sample masks a uniformly random set of ``H'W' - k`` spatial positions in every temporal slice. With
-    ``grid = (1, 1, L)`` this is random masking of ``L`` tokens; ``keep="mae"`` then keeps MAE's count.
+    ``grid = (1, 1, L)`` this is random masking of ``L`` tokens; ``keep="floor_kept"`` then keeps MAE's count.
     """
     t, h, w = check_grid(grid)
     kept = keep_count(h * w, ratio, keep)
@@ -102,21 +109,28 @@ def tube_ids(batch_size: int, grid: Sequence[int], ratio: float, generator=None,
 
 
 def random_ids(batch_size: int, num_tokens: int, ratio: float, noise: torch.Tensor | None = None, *,
-               keep: str = "mae", generator=None, device=None) -> torch.Tensor:
+               keep: str = "floor_kept", keep_noise: str = "smallest", generator=None,
+               device=None) -> torch.Tensor:
     """Kept ids ``[B, K]`` of uniformly random masks over ``N = num_tokens`` tokens, ascending; sync-free.
 
-    ``K = keep_count(N, ratio, keep)``. As MAE's ``random_masking``: per sample the ``K`` tokens of smallest ``noise``
-    (``[B, N]`` float, uniform from ``generator`` when None) are kept, so the result is the same *set* as MAE's
-    ``ids_keep = argsort(noise)[:, :K]``, sorted (``ids_keep.sort(1).values``). :func:`restore_ids` gives the
-    matching ``ids_restore``, :func:`ids_to_mask` the ``[B, N]`` mask.
+    ``K = keep_count(N, ratio, keep)``: ``"floor_kept"`` (MAE) rounds the kept count down, ``"floor_masked"``
+    (VideoMAE) the masked count. Per sample the ``K`` tokens of ``keep_noise="smallest"`` ``noise`` (``[B, N]``
+    float, uniform from ``generator`` when None) are kept, as MAE's ``random_masking``: the same *set* as MAE's
+    ``ids_keep = argsort(noise)[:, :K]``, sorted (``ids_keep.sort(1).values``); ``"largest"`` keeps the ``K``
+    largest (ties: the lower index first, either way). :func:`restore_ids` gives the matching ``ids_restore``,
+    :func:`ids_to_mask` the ``[B, N]`` mask.
     """
+    if keep_noise not in KEEP_NOISE:
+        raise ValueError(f"keep_noise={keep_noise!r} is unknown; choose one of {KEEP_NOISE} (which end of the noise "
+                         f"sort is kept; MAE keeps the smallest)")
     K = keep_count(num_tokens, ratio, keep)
     if noise is None:
         noise = torch.rand((batch_size, num_tokens), generator=generator, device=target_device(device, generator))
     elif noise.shape != (batch_size, num_tokens) or not noise.dtype.is_floating_point:
         raise ValueError(f"noise must be a [B, N] = [{batch_size}, {num_tokens}] float tensor, got "
                          f"{tuple(noise.shape)} {noise.dtype}")
-    return torch.argsort(noise, dim=1, stable=True)[:, :K].sort(dim=1).values
+    order = torch.argsort(noise, dim=1, descending=keep_noise == "largest", stable=True)
+    return order[:, :K].sort(dim=1).values
 
 
 def ids_to_mask(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -4,6 +4,8 @@ Every op takes a trailing ``backend`` string (``auto`` / ``triton`` / ``cuda`` /
 :mod:`vmae2_kernels.dispatch` when the op runs. The ops are opaque to ``torch.compile``: a compiled step that
 uses them has no graph break. (``triton_op`` is not used: it fails without a GPU driver.) Each op body validates
 its inputs with :mod:`vmae2_kernels.checks` before dispatch, so every backend refuses the same input the same way.
+Every backward is itself differentiable (``create_graph=True``, double backward): the backward ops carry their own
+autograd (``mask_token_grad``, ``recon_loss_backward`` through the reference) or are plain torch.
 """
 from __future__ import annotations
 
@@ -183,7 +185,22 @@ def _decoder_backward(ctx, grad):
     return grad_x, None, None, grad_token, grad_pos, None
 
 
+def _token_grad_setup(ctx, inputs, output):
+    grad, num_visible, _ = inputs
+    ctx.grad_shape, ctx.grad_dtype, ctx.num_visible = grad.shape, grad.dtype, num_visible
+
+
+def _token_grad_backward(ctx, g):
+    """The adjoint of the masked rows' sum (double backward through :func:`decoder_input`): ``g`` on every row
+    past ``num_visible``, zero on the visible rows; plain torch on every backend."""
+    b, n, d = ctx.grad_shape
+    nv = ctx.num_visible
+    grad = torch.cat([g.new_zeros(b, nv, d), g.reshape(1, 1, d).expand(b, n - nv, d)], dim=1).to(ctx.grad_dtype)
+    return grad, None, None
+
+
 decoder_input.register_autograd(_decoder_backward, setup_context=_decoder_setup)
+mask_token_grad.register_autograd(_token_grad_backward, setup_context=_token_grad_setup)
 
 
 # -- mask ids (no autograd) ---------------------------------------------------------------------------------
@@ -251,7 +268,29 @@ def _loss_backward(ctx, grad):
     return (grad_pred,) + (None,) * 9
 
 
+def _loss_grad_setup(ctx, inputs, output):
+    grad_out, pred, video, dec_ids, weights, *config = inputs
+    ctx.save_for_backward(grad_out, pred, video, dec_ids, weights)
+    ctx.config = config[:-1]  # patch_size, tubelet_size, target, mean, std
+
+
+def _loss_grad_backward(ctx, v):
+    """Double backward of :func:`recon_loss` (``create_graph=True``): the vector-Jacobian product of
+    :func:`reference.recon_loss_backward` w.r.t. ``grad_out`` and ``pred``, by autograd through the reference on
+    every backend (the video, ids and weights get no gradient, as in the first backward)."""
+    grad_out, pred, video, dec_ids, weights = ctx.saved_tensors
+    wanted = ctx.needs_input_grad[:2]
+    create_graph = torch.is_grad_enabled()  # a third order when the double backward itself has create_graph=True
+    with torch.enable_grad():
+        out = reference.recon_loss_backward(grad_out, pred, video, dec_ids, weights, *ctx.config)
+        inputs = [t for t, w in zip((grad_out, pred), wanted) if w]
+        grads = iter(torch.autograd.grad(out, inputs, v, create_graph=create_graph))
+    grad_g, grad_p = (next(grads) if w else None for w in wanted)
+    return (grad_g, grad_p) + (None,) * 9
+
+
 recon_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+recon_loss_backward.register_autograd(_loss_grad_backward, setup_context=_loss_grad_setup)
 
 DTYPE_FREE = ("running_cell_ids", "tube_ids")  # ops whose backend does not depend on a dtype (ids and keys in)
 

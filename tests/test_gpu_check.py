@@ -20,18 +20,26 @@ def _run(*args, timeout=600):
 
 
 def test_dry_run_plan_fits_eight_minutes():
-    proc = _run("--dry-run")
+    """The dry run (no model work) prints every stage and item with its seconds; they add up to the total,
+    which fits 480 s."""
+    proc = _run("--dry-run", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for stage in ("a", "b", "c", "d", "report"):
-        assert re.search(rf"stage {stage}\s+\d+ items", proc.stdout), stage
+    stages = {m[0]: (int(m[1]), float(m[2]))
+              for m in re.findall(r"^  stage (\S+)\s+(\d+) items\s+(\d+) s$", proc.stdout, re.M)}
+    assert set(stages) == {"a", "native", "b", "c", "d", "report"}, stages
+    assert all(seconds > 0 for _, seconds in stages.values()), stages
+    items = [float(s) for s in re.findall(r"^\s{6}\s*([\d.]+) s  \S", proc.stdout, re.M)]
+    assert len(items) == sum(n for n, _ in stages.values()) and all(s > 0 for s in items)
+    startup = float(re.search(r"^  startup\s+(\d+) s$", proc.stdout, re.M).group(1))
     total = float(re.search(r"total estimate\s+(\d+) s of a 480 s budget", proc.stdout).group(1))
-    assert 0 < total <= 480
+    assert 0 < total <= 480 and abs(total - startup - sum(items)) < 1
     assert "ViT-g-448" in proc.stdout and "'ViT-B', 'ViT-L', 'ViT-g'" in proc.stdout
 
 
 def test_dry_run_refuses_a_plan_over_budget():
-    proc = _run("--dry-run", "--budget-s", "60")
+    proc = _run("--dry-run", "--budget-s", "60", timeout=120)
     assert proc.returncode == 1 and "DOES NOT FIT" in proc.stdout
+    assert "over the 60 s budget (--budget-s): drop items" in proc.stderr, proc.stderr
 
 
 def test_smoke_runs_every_stage_on_cpu(tmp_path):
@@ -72,6 +80,79 @@ def test_a_cut_off_or_failing_run_keeps_what_it_did(tmp_path):
     assert [(i["name"], i["status"]) for i in doc["items"]] == [
         ("first", "ok"), ("broken", "fail"), ("after the failure", "ok"), ("too long for the budget", "skip")]
     assert "ZeroDivisionError" in doc["items"][1]["detail"] and "out of time budget" in doc["items"][3]["detail"]
+
+
+def test_an_item_past_its_limit_is_a_timeout_and_the_check_goes_on(tmp_path, monkeypatch):
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(gpu_check, "MIN_TIMEOUT_S", 0.0)  # the limit is then 3 x the estimate: 0.3 s
+    rec = gpu_check.Recorder(tmp_path, gpu_check.Plan("cpu", 1, [], [], [], []), budget_s=60.0)
+
+    def slow():
+        try:
+            time.sleep(30)
+        except Exception:  # an item's own handler does not swallow the timeout
+            return {"status": "fail"}
+
+    rec.run("a", "slow", 0.1, slow)
+    rec.run("a", "after the slow one", 0.1, lambda: {"value": 2})
+    items = json.loads((tmp_path / "results.json").read_text())["items"]
+    assert [(i["name"], i["status"]) for i in items] == [("slow", "timeout"), ("after the slow one", "ok")]
+    assert items[0]["seconds"] < 5 and "stopped after its 0.3 s limit (estimate 0.1 s)" in items[0]["detail"]
+    assert 50 < rec.limit(100.0) <= 60  # never past the 60 s budget
+    assert gpu_check.Recorder(tmp_path, rec.plan, 60.0, item_limits=False).limit(0.1) is None
+
+
+def test_a_crash_mid_way_leaves_every_finished_result(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    rec = gpu_check.Recorder(tmp_path, gpu_check.Plan("cpu", 1, [], [], [], []), budget_s=60.0)
+    rec.run("a", "first", 1.0, lambda: {"value": 1})
+    rec.run("a", "second", 1.0, lambda: {"value": 2})
+
+    def crash():
+        raise KeyboardInterrupt  # not an item failure: it ends the whole check
+
+    with pytest.raises(KeyboardInterrupt):
+        rec.run("a", "crashes the check", 1.0, crash)
+    items = json.loads((tmp_path / "results.json").read_text())["items"]
+    assert [(i["name"], i["status"], i["value"]) for i in items] == [("first", "ok", 1), ("second", "ok", 2)]
+
+
+FAKE_ITEMS = """
+import os
+
+
+def items(plan, device):
+    def dies():
+        os._exit(1)
+
+    return [("before", lambda: {"device": str(device)}), ("dies", dies), ("after", lambda: {"value": 3})]
+"""
+
+
+def test_stage_a_child_that_dies_fails_its_item_and_the_check_goes_on(tmp_path, monkeypatch):
+    """Stage a runs in a child process: one that dies (an illegal memory access kills the CUDA context) fails the
+    item it was running with its exit code, and a fresh child runs the rest."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    (tmp_path / "fake_items.py").write_text(FAKE_ITEMS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "out"
+    rec = gpu_check.Recorder(out, gpu_check.make_plan(True, "cpu"), budget_s=600.0)
+    gpu_check.run_in_children(rec, [("before", 1.0), ("dies", 1.0), ("after", 1.0)], True, "cpu",
+                              factory="fake_items:items")
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert [(i["name"], i["status"]) for i in items] == [("before", "ok"), ("dies", "fail"), ("after", "ok")]
+    assert items[0]["device"] == "cpu" and items[2]["value"] == 3
+    assert "exited with code 1 during this item" in items[1]["detail"], items[1]
+    assert (out / "stage_a_child2" / "results.json").exists()  # "after" ran in a fresh child
 
 
 def test_bare_checkout_gets_vmae2_kernels_from_kernels(tmp_path, monkeypatch):

@@ -241,7 +241,7 @@ def test_prefix_and_layout_refusals_are_the_same_everywhere(backend, call, match
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda K: K.random_ids(2, 8, 0.5, keep="timm"), "keep='timm' is unknown; choose one of \\('mae', 'videomae'\\)"),
+    (lambda K: K.random_ids(2, 8, 0.5, keep="timm"), "keep='timm' is unknown; choose one of \\('floor_kept', 'floor_masked'\\)"),
     (lambda K: K.random_ids(2, 8, 1.0), "ratio 1.0 is out of range; use a value in \\[0, 1\\)"),
     (lambda K: K.random_ids(2, 8, 0.5, torch.rand(2, 7)), "noise must be a \\[B, N\\] = \\[2, 8\\] float tensor, got "
                                                           "\\(2, 7\\)"),

@@ -71,6 +71,14 @@ class Setup:
 
 
 def setup(cfg: TrainingConfig) -> Setup:
+    """Device, process group, seed and precision of a run.
+
+    fp32 math on a GPU is the official code's (torch's defaults), set here so that a flag set earlier in the
+    process does not change it: cuDNN convolutions (the Conv3d patch embedding) may use TF32, matmuls
+    (``F.linear``, the ``explicit`` and ``math`` attention paths) run in full fp32. No effect on CPU runs.
+    """
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
     device = resolve_device(cfg.device, Dist())
     d = setup_distributed(device.type)
     device = resolve_device(cfg.device, d)

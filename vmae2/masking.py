@@ -86,8 +86,8 @@ def tube_mask(batch_size: int, grid: Grid, ratio: float, *, generator=None, devi
 
 def random_ids(batch_size: int, grid: Grid, ratio: float, *, generator=None, device=None) -> torch.Tensor:
     """Kept ids ``[B, N - int(ratio * N)]`` of uniformly random masks over all ``N`` tokens (VideoMAE's count):
-    :func:`vmae2_kernels.random_ids` with ``keep="videomae"``."""
-    return _kernel_masks.random_ids(batch_size, math.prod(check_grid(grid)), ratio, keep="videomae",
+    :func:`vmae2_kernels.random_ids` with ``keep="floor_masked"`` (VideoMAE's count)."""
+    return _kernel_masks.random_ids(batch_size, math.prod(check_grid(grid)), ratio, keep="floor_masked",
                                     generator=generator, device=device)
 
 
