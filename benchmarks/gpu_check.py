@@ -4,23 +4,30 @@ Made for one H100/H200 and at most 8 minutes, on what such a machine has (torch 
 nvcc and ninja; no flash-attn, xformers, DALI, PyAV, pytest-benchmark or network). Stages, in order:
 
   native  start building the CUDA extension in the background (``python -m vmae2_kernels.build``, when nvcc is
-          there); its backend joins the checks once built.
+          there), waited for after stage a; its backend joins the checks once built.
   a       correctness on the GPU: every op x every autotune config of its Triton kernel (forced one at a time) x
           ViT-B / ViT-g (the mask ops also at 448 px) x fp32 / bf16, against the plain-torch reference; the fused
           loss and its gradient bit-identical on a rerun; ``VMAE2_DEBUG=1`` refusing an out-of-range id (a
           device-side assert, in a subprocess); the launch on ``cuda:1`` (with two GPUs); the native CUDA backend.
+          All in subprocesses (an illegal memory access poisons the whole CUDA context): one that dies fails the
+          item it was running, with its exit code, and a fresh one goes on with the rest.
   b       the masked training step (ViT-B, bf16) under ``torch.cuda.set_sync_debug_mode("error")``, with
           ``VMAE2_BACKEND`` forcing triton, then cuda (the step's CPU-made ids stay on ``auto``).
+  tests   the test suite's GPU half: ``pytest -m gpu``, then tests/test_kernels.py's cases on CUDA tensors.
   c       kernel benchmarks at batch 32 bf16: µs, GB/s and the share of the measured device-copy bandwidth.
   d       the whole step ViT-B/L/g, bf16: vmae2 dual masking vs v1 (no decoder masking) vs the official-style step,
           ms/step, clips/s, MFU and each arm's peak memory above what was allocated before it.
   report  ``report.md``, ``results.json`` (rewritten after every item: a run cut off keeps what it did) and
           ``gpu_check.png`` (when matplotlib is there).
 
-``--dry-run`` (CI, any machine): imports everything, checks the version floors, prints the schedule and its time
-estimate, and fails when the plan does not fit ``--budget-s``. ``--smoke`` runs every stage at toy sizes on any
-device (on CPU: Triton under its interpreter, set before anything imports Triton; stage b without the sync mode,
-its cuda arm on ``auto``), proving the script itself.
+Each item is stopped past ``TIMEOUT_FACTOR`` x its estimate (status ``timeout``; the check goes on), and no item
+starts without its estimate left in the budget.
+
+``--dry-run`` (CI, any machine): imports everything, checks the version floors, prints the schedule (every item's
+estimate, each stage's and the total), and fails when the plan does not fit ``--budget-s``. ``--smoke`` runs every
+stage at toy sizes on any device (on CPU: Triton under its interpreter, set before anything imports Triton; stage b
+without the sync mode, its cuda arm on ``auto``; no item time limits, the estimates being the GPU's), proving the
+script itself.
 """
 from __future__ import annotations
 
@@ -49,6 +56,8 @@ TIMEOUT_FACTOR = 3.0  # an item is stopped at TIMEOUT_FACTOR x its estimate, or 
 MIN_TIMEOUT_S = 10.0
 NATIVE_CHECK = "native cuda backend vs reference"
 CHILD_STARTUPS = "2 subprocess startups (planned, not an item)"
+GPU_TESTS = "pytest -m gpu, then the kernel tests on CUDA tensors"
+CUDA_KERNEL_CASES = "triton-cuda or cuda-cuda or torch-cuda"  # the cuda params' ids in tests/test_kernels.py
 A_ESTIMATES = {"loss fwd+bwd rerun bit-identical": 3.0, "VMAE2_DEBUG=1 out-of-range id (subprocess)": 12.0,
                "launch on cuda:1": 2.0, NATIVE_CHECK: 10.0}  # every other stage a item: 2 s
 
@@ -90,6 +99,7 @@ def make_plan(smoke: bool, device: str) -> Plan:
         (CHILD_STARTUPS, 2 * CHILD_START_S)]
     plan.items["native"] = [("native CUDA build", NATIVE_WAIT_S)]
     plan.items["b"] = [(f"{plan.sync_size} step under sync debug 'error' ({b})", 15.0) for b in ("triton", "cuda")]
+    plan.items["tests"] = [(GPU_TESTS, 25.0)]
     providers = ["torch", "triton", "cuda"]
     plan.items["c"] = [("device copy bandwidth", 2.0)] + [
         (f"{op} {shape} {p}", 1.5) for shape in plan.shapes for op in BENCH_OPS for p in providers]
@@ -220,12 +230,13 @@ class Recorder:
         item["seconds"] = round(time.monotonic() - t0, 2)
         return self.add(item)
 
-    def add(self, item: dict) -> dict:
-        """Record a finished item: results.json and report.md rewritten, one line printed."""
+    def add(self, item: dict, echo: bool = True) -> dict:
+        """Record a finished item: results.json and report.md rewritten, one line printed with ``echo``."""
         self.doc["items"].append(item)
         self.save()
-        print(f"[{time.monotonic() - self.start:6.1f}s] {item['stage']} {item['status']:4s} {item['name']}"
-              + (f": {item['detail']}" if item.get("detail") else ""), flush=True)
+        if echo:
+            print(f"[{time.monotonic() - self.start:6.1f}s] {item['stage']} {item['status']:4s} {item['name']}"
+                  + (f": {item['detail']}" if item.get("detail") else ""), flush=True)
         return item
 
     def save(self) -> None:
@@ -420,7 +431,7 @@ def run_in_children(rec: Recorder, items: list, smoke: bool, device, env: dict |
         results = folder / "results.json"
         done = json.loads(results.read_text())["items"] if results.exists() else []
         for item in done:
-            rec.add(item)
+            rec.add(item, echo=False)  # the child printed it
         finished = {item["name"] for item in done}
         left = [pair for pair in left if pair[0] not in finished]
         if left:
@@ -460,8 +471,6 @@ def finish_native_build(proc, ext: str, wait_s: float) -> str | None:
     """None when the native CUDA backend is ready in this process, else why not."""
     from vmae2_kernels import dispatch
 
-    if proc is None:
-        return ext
     try:
         rc = proc.wait(timeout=max(1.0, wait_s))
     except subprocess.TimeoutExpired:
@@ -524,6 +533,33 @@ def check_no_sync(device, size_name: str, batch: int, backend: str) -> dict:
         else:
             os.environ[dispatch.ENV_VAR] = saved
         dispatch.reset()
+
+
+# -- stage tests: the test suite's GPU half --------------------------------------------------------------------------
+
+def check_gpu_tests(device, out: Path) -> dict:
+    """``pytest -m gpu`` over tests/, then tests/test_kernels.py's cuda cases, each log in ``out``; ok when both
+    pass (a run that collects nothing fails: on a GPU both have tests). Skipped without a GPU or pytest."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return {"status": "skip", "detail": f"needs a CUDA device (this run is on {device.type})"}
+    if importlib.util.find_spec("pytest") is None:
+        return {"status": "skip", "detail": "pytest is not installed (pip install pytest)"}
+    runs = {"gpu_marked": ["-m", "gpu", "tests"], "kernels_on_cuda": ["tests/test_kernels.py", "-k", CUDA_KERNEL_CASES]}
+    result, failed = {}, []
+    for name, args in runs.items():
+        log = out / f"pytest_{name}.log"
+        with open(log, "w") as f:  # written as it runs: a timeout keeps what ran
+            rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *args],
+                                 cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        lines = log.read_text().strip().splitlines()
+        result[name] = f"rc {rc}: {lines[-1] if lines else '(no output)'}"
+        if rc != 0:
+            failed.append(name)
+    if failed:
+        result.update(status="fail", detail=f"{', '.join(failed)} did not pass; see pytest_*.log")
+    return result
 
 
 # -- stage c: kernel benchmarks ------------------------------------------------------------------------------------
@@ -635,7 +671,8 @@ def markdown(doc: dict) -> str:
     for item in doc["items"]:
         counts[item["status"]] = counts.get(item["status"], 0) + 1
     lines += ["Items: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
-    stage_titles = {"a": "a. correctness", "b": "b. no host sync", "c": "c. kernel benchmarks",
+    stage_titles = {"a": "a. correctness", "b": "b. no host sync", "tests": "the test suite's GPU half",
+                    "c": "c. kernel benchmarks",
                     "d": "d. whole step", "native": "native build", "report": "report"}
     for stage, title in stage_titles.items():
         items = [i for i in doc["items"] if i["stage"] == stage]
@@ -747,15 +784,14 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
     proc, ext = start_native_build(rec.out) if plan.native else (None, "not built (--smoke)")
     run_in_children(rec, [pair for pair in plan.items["a"] if pair[0] not in (NATIVE_CHECK, CHILD_STARTUPS)],
                     smoke, device)
-    native = {}
 
     def wait_for_build():
-        native["reason"] = finish_native_build(proc, ext, min(NATIVE_WAIT_S, rec.left())) if proc else ext
-        return {"status": "skip" if native["reason"] else "ok", "detail": native["reason"] or f"built in {ext}"}
+        reason = finish_native_build(proc, ext, min(NATIVE_WAIT_S, rec.left())) if proc else ext
+        return {"status": "skip" if reason else "ok", "detail": reason or f"built in {ext}"}
 
-    native_item = run("native", "native CUDA build", wait_for_build)
-    native_reason = native.get("reason") or native_item.get("detail")
-    if native_item["status"] == "ok":
+    native_item = run("native", "native CUDA build", wait_for_build)  # skip, fail or timeout: its detail says why
+    native_reason = None if native_item["status"] == "ok" else native_item["detail"]
+    if native_reason is None:
         run_in_children(rec, [(NATIVE_CHECK, plan.estimate(NATIVE_CHECK))], smoke, device, {"VMAE2_EXT_DIR": ext})
     else:
         run("a", NATIVE_CHECK, lambda: {"status": "skip", "detail": native_reason})
@@ -764,6 +800,7 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
             lambda: {"status": "skip", "detail": native_reason}
             if backend == "cuda" and native_reason and device.type == "cuda"
             else check_no_sync(device, plan.sync_size, plan.sync_batch, backend))
+    run("tests", GPU_TESTS, lambda: check_gpu_tests(device, rec.out))
     copy = run("c", "device copy bandwidth", lambda: copy_bandwidth(device, smoke))
     for shape in plan.shapes:
         for op in BENCH_OPS:

@@ -1,5 +1,6 @@
 """``python -m benchmarks.gpu_check``, the one prepared GPU check: its plan fits the 8-minute budget (``--dry-run``, as
-CI runs it), every stage runs at toy sizes on this CPU (``--smoke``), and a run cut off or failing keeps what it did."""
+CI runs it), every stage runs at toy sizes on this CPU (``--smoke``), a run cut off or failing keeps what it did, an
+item past its time limit is stopped, and a stage a subprocess that dies fails only the item it was running."""
 import json
 import os
 import re
@@ -26,7 +27,7 @@ def test_dry_run_plan_fits_eight_minutes():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stages = {m[0]: (int(m[1]), float(m[2]))
               for m in re.findall(r"^  stage (\S+)\s+(\d+) items\s+(\d+) s$", proc.stdout, re.M)}
-    assert set(stages) == {"a", "native", "b", "c", "d", "report"}, stages
+    assert set(stages) == {"a", "native", "b", "tests", "c", "d", "report"}, stages
     assert all(seconds > 0 for _, seconds in stages.values()), stages
     items = [float(s) for s in re.findall(r"^\s{6}\s*([\d.]+) s  \S", proc.stdout, re.M)]
     assert len(items) == sum(n for n, _ in stages.values()) and all(s > 0 for s in items)
@@ -48,7 +49,11 @@ def test_smoke_runs_every_stage_on_cpu(tmp_path):
     doc = json.loads((tmp_path / "results.json").read_text())
     status = {i["name"]: i["status"] for i in doc["items"]}
     assert "fail" not in status.values(), [i for i in doc["items"] if i["status"] == "fail"]
-    assert {i["stage"] for i in doc["items"]} == {"a", "native", "b", "c", "d", "report"}
+    assert {i["stage"] for i in doc["items"]} == {"a", "native", "b", "tests", "c", "d", "report"}
+    assert (tmp_path / "stage_a_child1" / "results.json").exists()  # stage a ran in a subprocess
+    assert status["native cuda backend vs reference"] == "skip"
+    gpu_tests = next(i for i in doc["items"] if i["stage"] == "tests")
+    assert gpu_tests["status"] == "skip" and gpu_tests["detail"] == "needs a CUDA device (this run is on cpu)"
     for op in ("token_gather", "token_scatter", "decoder_input"):  # every autotune config, forced
         assert [status[f"{op} ViT-B float32 config {c}"] for c in range(3)] == ["ok"] * 3
     assert status["loss fwd+bwd rerun bit-identical"] == "ok"
