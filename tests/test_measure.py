@@ -22,7 +22,7 @@ def measuring(monkeypatch, tmp_path):
     attention.reset()
 
 
-def _slow(fn, seconds=0.01):
+def _slow(fn, seconds=0.05):  # far above the tiny calls' own time, even on a loaded machine
     def wrapped(*args, **kwargs):
         time.sleep(seconds)
         return fn(*args, **kwargs)
