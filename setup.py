@@ -1,12 +1,12 @@
 """Install vmae2 and vmae2_kernels, with the native extension (``csrc/``) when it can be built.
 
-The folder ``kernels/`` installs under the import name ``vmae2_kernels``: a top-level ``kernels`` would collide with
-Hugging Face's ``kernels`` package.
+The kernels' folder is named ``vmae2_kernels/``, as its import: a top-level ``kernels`` would hide Hugging Face's
+``kernels`` package (a ``transformers`` dependency whose setuptools hook runs in every build from this folder).
 
 The native ops build with torch's ``BuildExtension`` (ninja) into ``vmae2_kernels/_vmae2_native*.so`` when torch
 and a C++ compiler are importable/installed in the build environment; the CUDA kernels are added when torch is a
 CUDA build and nvcc is found (``TORCH_CUDA_ARCH_LIST`` respected; unset, the visible GPU's architecture, else
-``8.0;9.0+PTX``; ``MAX_JOBS`` capped: see ``kernels/build.py``, which this file loads by path). pip builds in an
+``8.0;9.0+PTX``; ``MAX_JOBS`` capped: see ``vmae2_kernels/build.py``, which this file loads by path). pip builds in an
 isolated environment without torch, so to get the extension install torch first, then
 ``pip install --no-build-isolation .``.
 
@@ -35,8 +35,8 @@ INFO_NAME = "_vmae2_native.json"
 
 
 def build_config():
-    """``kernels/build.py`` (sources, flags, architecture and build info), loaded without importing the package."""
-    spec = importlib.util.spec_from_file_location("_vmae2_build_config", HERE / "kernels" / "build.py")
+    """``vmae2_kernels/build.py`` (sources, flags, architecture and build info), loaded without importing the package."""
+    spec = importlib.util.spec_from_file_location("_vmae2_build_config", HERE / "vmae2_kernels" / "build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -113,7 +113,7 @@ class OptionalNativeBuild(build_ext):
         """Build info beside the library: in build_lib (what gets installed), and in the source tree when in place."""
         paths = [Path(self.build_lib, "vmae2_kernels", INFO_NAME)]
         if self.inplace or self.editable_mode:
-            paths.append(HERE / "kernels" / INFO_NAME)
+            paths.append(HERE / "vmae2_kernels" / INFO_NAME)
         return paths
 
     def get_outputs(self) -> list[str]:
@@ -124,7 +124,6 @@ class OptionalNativeBuild(build_ext):
 CONFIG = build_config()
 setup(
     packages=find_packages(include=["vmae2", "vmae2.*"]) + ["vmae2_kernels"],
-    package_dir={"vmae2_kernels": "kernels"},
     # Placeholder sources (also what an sdist ships); build_native() sets the real ones for this machine.
     ext_modules=[Extension(NATIVE, sources=[str(p.relative_to(HERE)) for p in CONFIG.CPU_SOURCES + CONFIG.CUDA_SOURCES],
                            depends=[str(p.relative_to(HERE)) for p in CONFIG.HEADERS])],

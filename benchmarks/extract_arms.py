@@ -5,7 +5,7 @@ Workload: THUMOS14 windows (16 consecutive frames, a window every 4) at 224 px, 
 vmae2-only ViT-Ti: the smallest model, where the procedure matters most), generated H.264 videos of 300 frames.
 Arms, same videos and weights:
 
-- ``official``: the official ``extract_tad_feature.py`` procedure (``tests/official_oracle/extract.py``: random-access
+- ``official``: the official ``extract_tad_feature.py`` procedure (``oracle/extract.py``: random-access
   decode of each window's 16 frames, its own transform, batch 1, fp32, the official explicit-softmax attention);
 - ``vmae2``: ``vmae2.features.extract`` at fp32 (the procedure alone: same precision and bits as the official arm);
 - ``vmae2_bf16``: the same with ``precision="bf16"`` (bf16 autocast: on a CPU with bf16 matrix units, AMX, the
@@ -27,12 +27,11 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from official_oracle.extract import frame_count, official_extract, official_starts  # noqa: E402
-from vmae2.attention import set_backend  # noqa: E402
-from vmae2.data.synthetic import encode_clip, render_clip  # noqa: E402
-from vmae2.features import extract  # noqa: E402
-from vmae2.models import create_model  # noqa: E402
+from oracle.extract import frame_count, official_extract, official_starts
+from vmae2.attention import set_backend
+from vmae2.data.synthetic import encode_clip, render_clip
+from vmae2.features import extract
+from vmae2.models import create_model
 
 STRIDE = 4  # THUMOS14
 BATCH = 8

@@ -8,15 +8,22 @@ nvcc and ninja; no flash-attn, xformers, DALI, PyAV, pytest-benchmark or network
   a       correctness on the GPU: every op x every autotune config of its Triton kernel (forced one at a time) x
           ViT-B / ViT-g (the mask ops also at 448 px) x fp32 / bf16, against the plain-torch reference; the fused
           loss and its gradient bit-identical on a rerun; ``VMAE2_DEBUG=1`` refusing an out-of-range id (a
-          device-side assert, in a subprocess); the launch on ``cuda:1`` (with two GPUs); the native CUDA backend.
-          All in subprocesses (an illegal memory access poisons the whole CUDA context): one that dies fails the
-          item it was running, with its exit code, and a fresh one goes on with the rest.
+          device-side assert, in a subprocess); the launch on ``cuda:1`` (with two GPUs); backward at patch 14 and
+          the table gradients with non-contiguous upstream gradients; ragged shapes and layouts; one output and one
+          video past 2^31 elements; the ops on a side stream; a CUDA-graph replay (:mod:`benchmarks.gpu_items`);
+          the native CUDA backend (the same items). All in subprocesses (an illegal memory access poisons the whole
+          CUDA context): one that dies fails the item it was running, with its exit code, and a fresh one goes on
+          with the rest.
   b       the masked training step (ViT-B, bf16) under ``torch.cuda.set_sync_debug_mode("error")``, with
-          ``VMAE2_BACKEND`` forcing triton, then cuda (the step's CPU-made ids stay on ``auto``).
+          ``VMAE2_BACKEND`` forcing triton, then cuda (the step's CPU-made ids stay on ``auto``); then
+          ``torch.compile(fullgraph=True)`` of the ViT-S step's forward and loss against the eager step.
   tests   the test suite's GPU half: ``pytest -m gpu``, then tests/test_kernels.py's cases on CUDA tensors.
+  memcheck ``compute-sanitizer --tool memcheck`` over the token ops at toy sizes (when the tool is there).
   c       kernel benchmarks at batch 32 bf16: µs, GB/s and the share of the measured device-copy bandwidth.
-  d       the whole step ViT-B/L/g, bf16: vmae2 dual masking vs v1 (no decoder masking) vs the official-style step,
-          ms/step, clips/s, MFU and each arm's peak memory above what was allocated before it.
+  d       the MFU peak of the card found (by device name: H100 SXM / PCIe / NVL, H200, A100); the whole step
+          ViT-B/g, bf16: vmae2 dual masking vs v1 (no decoder masking) vs the official-style step from the same
+          weights, 3 warm-up steps then each step timed by CUDA events (the median), clips/s, MFU and each arm's peak
+          memory above what was allocated before it; the arms' first-step losses compared.
   report  ``report.md``, ``results.json`` (rewritten after every item: a run cut off keeps what it did) and
           ``gpu_check.png`` (when matplotlib is there).
 
@@ -40,26 +47,40 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchmarks import gpu_items as G
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"torch": (2, 11), "triton": (3, 6)}
 BUDGET_S = 480  # 8 minutes of device time
 STARTUP_S = 20  # imports, CUDA context
 CHILD_START_S = 8.0  # a stage a subprocess: imports, CUDA context
-NATIVE_WAIT_S = 30.0  # the wait for the background native build after stage a
+NATIVE_WAIT_S = 20.0  # the wait for the background native build after stage a (it started before stage a)
 TIMEOUT_FACTOR = 3.0  # an item is stopped at TIMEOUT_FACTOR x its estimate, or MIN_TIMEOUT_S when that is longer
 MIN_TIMEOUT_S = 10.0
 NATIVE_CHECK = "native cuda backend vs reference"
 CHILD_STARTUPS = "2 subprocess startups (planned, not an item)"
 GPU_TESTS = "pytest -m gpu, then the kernel tests on CUDA tensors"
 CUDA_KERNEL_CASES = "triton-cuda or cuda-cuda or torch-cuda"  # the cuda params' ids in tests/test_kernels.py
+NATIVE_EXTRA = "native cuda: backward, ragged shapes, side stream, graph replay"
+NATIVE_ITEMS = (NATIVE_CHECK, NATIVE_EXTRA)  # run in a child of their own once the build is there
+LOSS_BWD = "backward: loss at patch 14, fp32, offset upstream gradient"
+TABLE_GRADS = "backward: x, mask-token and position-table gradients, non-contiguous upstream"
+RAGGED = "ragged shapes and layouts (K, C odd; B = 0, K = 0; fp16; expanded, strided, offset)"
+PAST_SCATTER = "past 2^31 elements: token_scatter output"
+PAST_VIDEO = "past 2^31 elements: video (tubelet_gather, loss)"
+SIDE_STREAM = "ops on a side stream"
+GRAPH_REPLAY = "CUDA-graph replay after 3 warm-ups (and an untuned key captured)"
+MEMCHECK = "compute-sanitizer --tool memcheck, toy sizes"
+CARD_PEAK = "MFU peak of this card"
+OP_CHECK_S = 1.5  # a stage a op check: its Triton compile (cold cache) and two small runs
 A_ESTIMATES = {"loss fwd+bwd rerun bit-identical": 3.0, "VMAE2_DEBUG=1 out-of-range id (subprocess)": 12.0,
-               "launch on cuda:1": 2.0, NATIVE_CHECK: 10.0}  # every other stage a item: 2 s
+               "launch on cuda:1": 2.0, NATIVE_CHECK: 10.0, NATIVE_EXTRA: 8.0, LOSS_BWD: 3.0, TABLE_GRADS: 2.0,
+               RAGGED: 12.0, PAST_SCATTER: 4.0, PAST_VIDEO: 5.0, SIDE_STREAM: 2.0, GRAPH_REPLAY: 4.0}
 
 
 @dataclass
@@ -74,9 +95,13 @@ class Plan:
     arms: tuple = ("dual", "v1", "official")
     step_batch: int = 32
     timed_steps: int = 5
+    warmup_steps: int = 3  # stage d: untimed steps before the timed ones
     sync_size: str = "ViT-B"  # the step of stage b
     sync_batch: int = 8
+    compile_size: str = "ViT-S"  # the step torch.compile traces in stage b (compile time grows with the depth)
+    compile_batch: int = 2
     native: bool = True
+    smoke: bool = False  # toy sizes (--smoke)
     items: dict = field(default_factory=dict)  # stage -> [(name, seconds)]
 
     def total(self) -> float:
@@ -91,20 +116,24 @@ def make_plan(smoke: bool, device: str) -> Plan:
 
     if smoke:
         plan = Plan(device, batch=1, shapes=["ViT-B"], mask_shapes=["ViT-B"], dtypes=["float32"], sizes=["ViT-S"],
-                    step_batch=1, timed_steps=1, native=False, sync_size="ViT-S", sync_batch=1)
+                    step_batch=1, timed_steps=1, warmup_steps=1, native=False, sync_size="ViT-S", sync_batch=1,
+                    compile_batch=1, smoke=True)
     else:
         plan = Plan(device, batch=32, shapes=["ViT-B", "ViT-g"], mask_shapes=["ViT-B", "ViT-g", "ViT-g-448"],
-                    dtypes=["float32", "bfloat16"], sizes=["ViT-B", "ViT-L", "ViT-g"])
-    plan.items["a"] = [(name, A_ESTIMATES.get(name, 2.0)) for name, _ in stage_a_items(plan, device)] + [
+                    dtypes=["float32", "bfloat16"], sizes=["ViT-B", "ViT-g"])
+    plan.items["a"] = [(name, A_ESTIMATES.get(name, OP_CHECK_S)) for name, _ in stage_a_items(plan, device)] + [
         (CHILD_STARTUPS, 2 * CHILD_START_S)]
     plan.items["native"] = [("native CUDA build", NATIVE_WAIT_S)]
     plan.items["b"] = [(f"{plan.sync_size} step under sync debug 'error' ({b})", 15.0) for b in ("triton", "cuda")]
+    plan.items["b"].append((compile_item(plan), 30.0))
     plan.items["tests"] = [(GPU_TESTS, 25.0)]
+    plan.items["memcheck"] = [(MEMCHECK, 25.0)]
     providers = ["torch", "triton", "cuda"]
     plan.items["c"] = [("device copy bandwidth", 2.0)] + [
-        (f"{op} {shape} {p}", 1.5) for shape in plan.shapes for op in BENCH_OPS for p in providers]
+        (f"{op} {shape} {p}", 1.0) for shape in plan.shapes for op in BENCH_OPS for p in providers]
     step_s = {"ViT-S": 6.0, "ViT-B": 8.0, "ViT-L": 12.0, "ViT-g": 30.0}
-    plan.items["d"] = [(f"{size} {arm}", step_s[size]) for size in plan.sizes for arm in plan.arms]
+    steps = [(f"{size} {arm}", step_s[size]) for size in plan.sizes for arm in plan.arms]
+    plan.items["d"] = [(CARD_PEAK, 0.5)] + steps + [(first_loss_item(size), 0.5) for size in plan.sizes]
     plan.items["report"] = [("gpu_check.png", 5.0)]
     assert set(ops.OPS) >= set(CHECKED_OPS)
     return plan
@@ -119,30 +148,19 @@ AUTOTUNED = {"token_gather": "_row_copy_kernel", "token_scatter": "_row_copy_ker
              "decoder_input": "_decoder_input_kernel"}
 
 
+def compile_item(plan: Plan) -> str:
+    return f"torch.compile(fullgraph=True) of the {plan.compile_size} step"
+
+
+def first_loss_item(size: str) -> str:
+    return f"first-step loss {size}: dual vs v1 vs official"
+
+
 def configs_of(op: str) -> list:
     """The launch configurations of ``op``'s Triton kernel: the autotune candidates, or the one fixed launch."""
     from vmae2_kernels.tiles import ROW_TILES
 
     return list(ROW_TILES) if op in AUTOTUNED else [None]
-
-
-def ensure_importable(folder: Path) -> Path | None:
-    """Make ``vmae2_kernels`` importable from a bare checkout (the GPU image has no vmae2 installed and no network):
-    a ``vmae2_kernels -> kernels/`` link in ``folder``, put on ``sys.path`` and on ``PYTHONPATH`` for the
-    subprocesses. Returns the folder, or None when the package is importable already (``vmae2`` is: the checkout is
-    the working directory)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vmae2_kernels") is not None:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "vmae2_kernels"
-    if not link.exists():
-        link.symlink_to(ROOT / "kernels", target_is_directory=True)
-    sys.path.insert(0, str(folder))
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), str(ROOT), os.environ.get("PYTHONPATH"))
-                                               if p)
-    return folder
 
 
 def version_problems() -> list[str]:
@@ -270,7 +288,7 @@ class forced_config:
 def compare(out, ref) -> dict:
     """Exact for ids and data movement in fp32; the shared fp32-accumulation tolerance otherwise."""
     import torch
-    from tolerances import assert_close_fp
+    from oracle.tolerances import assert_close_fp
 
     out, ref = out.detach(), ref.detach()
     if torch.equal(out, ref):
@@ -286,7 +304,7 @@ def compare(out, ref) -> dict:
 def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: int, provider: str = "triton"):
     import torch
 
-    import cases
+    from benchmarks import cases
     from vmae2_kernels import ops, triton_ops
     from benchmarks.roofline import ALL_SHAPES
 
@@ -310,7 +328,7 @@ def check_loss_rerun(device, batch: int) -> dict:
     """On the GPU: the fused loss and its gradient are the same bits on a rerun (and close to torch)."""
     import torch
 
-    import cases
+    from benchmarks import cases
     from vmae2_kernels import ops
     from benchmarks.roofline import ALL_SHAPES
 
@@ -386,6 +404,14 @@ def check_native(plan: Plan, device) -> dict:
             for op in CHECKED_OPS}
 
 
+def check_native_extra(device) -> dict:
+    """The native CUDA backend: the backward, ragged-shape, side-stream and graph items of the Triton kernels."""
+    return {"loss_backward_p14": G.check_loss_backward_p14(device, "cuda"),
+            "table_gradients": G.check_table_gradients(device, "cuda"),
+            "ragged": G.check_ragged(device, "cuda"), "side_stream": G.check_side_stream(device, "cuda"),
+            "graph_replay": G.check_graph_replay(device, "cuda")}
+
+
 def stage_a_items(plan: Plan, device) -> list:
     """Stage a as ``(name, function)`` pairs, built alike for the plan, the check and its subprocess."""
     items = []
@@ -398,7 +424,15 @@ def stage_a_items(plan: Plan, device) -> list:
     return items + [("loss fwd+bwd rerun bit-identical", functools.partial(check_loss_rerun, device, plan.batch)),
                     ("VMAE2_DEBUG=1 out-of-range id (subprocess)", functools.partial(check_debug_mode, device)),
                     ("launch on cuda:1", functools.partial(check_second_device, device)),
-                    (NATIVE_CHECK, functools.partial(check_native, plan, device))]
+                    (LOSS_BWD, functools.partial(G.check_loss_backward_p14, device)),
+                    (TABLE_GRADS, functools.partial(G.check_table_gradients, device)),
+                    (RAGGED, functools.partial(G.check_ragged, device)),
+                    (PAST_SCATTER, functools.partial(G.check_past_2_31, device, "token_scatter", smoke=plan.smoke)),
+                    (PAST_VIDEO, functools.partial(G.check_past_2_31, device, "video", smoke=plan.smoke)),
+                    (SIDE_STREAM, functools.partial(G.check_side_stream, device)),
+                    (GRAPH_REPLAY, functools.partial(G.check_graph_replay, device)),
+                    (NATIVE_CHECK, functools.partial(check_native, plan, device)),
+                    (NATIVE_EXTRA, functools.partial(check_native_extra, device))]
 
 
 # -- stage a in subprocesses: an illegal memory access poisons the whole CUDA context ------------------------------
@@ -461,24 +495,22 @@ def start_native_build(out: Path):
         return None, "nvcc was not found"
     ext = out / "native_build"
     env = {**os.environ, "VMAE2_EXT_DIR": str(ext), "MAX_JOBS": str(os.cpu_count() or 4)}
-    log = open(out / "native_build.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "vmae2_kernels.build"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    with open(out / "native_build.log", "w") as log:  # the child holds its own copy of the file
+        proc = build.start_in_background(env, log, cwd=ROOT)
     return proc, str(ext)
 
 
 def finish_native_build(proc, ext: str, wait_s: float) -> str | None:
     """None when the native CUDA backend is ready in this process, else why not."""
-    from vmae2_kernels import dispatch
+    from vmae2_kernels import build, dispatch
 
     try:
         rc = proc.wait(timeout=max(1.0, wait_s))
     except subprocess.TimeoutExpired:
-        proc.kill()
+        build.stop(proc)  # the build and its compilers
         return f"the build did not finish within {wait_s:.0f} s"
     if rc != 0:
         return f"the build failed (rc {rc}; see native_build.log)"
-    from vmae2_kernels import build
 
     sys.modules.pop("vmae2_kernels.native", None)  # a failed earlier import is retried with the new build
     build.BUILD_DIR = Path(ext)
@@ -512,7 +544,7 @@ def check_no_sync(device, size_name: str, batch: int, backend: str) -> dict:
     """The dual step with ``VMAE2_BACKEND=backend``: built (its ids are made on the CPU, which a GPU-only override
     leaves on ``auto``), warmed, then one step under ``torch.cuda.set_sync_debug_mode("error")``. On the CPU the same
     code runs without the sync mode (it needs a GPU; tests/test_integration counts syncs there)."""
-    import official_step as O
+    from benchmarks import official_step as O
     from vmae2_kernels import dispatch
 
     size = next(s for s in O.SIZES if s.name == size_name)
@@ -592,7 +624,7 @@ def copy_bandwidth(device, smoke: bool) -> dict:
 def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_gbps: float | None) -> dict:
     import torch
 
-    import cases
+    from benchmarks import cases
     from vmae2_kernels import dispatch
     from benchmarks.roofline import ALL_SHAPES
 
@@ -611,33 +643,53 @@ def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_g
 
 # -- stage d: the whole step ------------------------------------------------------------------------------------
 
-def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int) -> dict:
-    """One arm: build, one warm-up step, ``timed_steps`` timed; on CUDA its peak memory (:func:`arm_memory`)."""
+def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int, warmup_steps: int = 3) -> dict:
+    """One arm: build, ``warmup_steps`` untimed steps (the first one's loss kept: ``first_loss``), then
+    ``timed_steps`` steps each timed alone (CUDA events on the GPU, the wall clock on the CPU); ``ms_per_step`` is
+    their median. MFU against the dense bf16 peak of the card found (:func:`gpu_items.card_peak`; None with
+    ``mfu_reason`` for an unknown card or the CPU). On CUDA its peak memory (:func:`arm_memory`)."""
+    import statistics
+
     import torch
 
-    import official_step as O
-    from vmae2.flops import peak_flops
+    from benchmarks import official_step as O
+    from vmae2.flops import mfu
 
     size = next(s for s in O.SIZES if s.name == size_name)
-    precision = "bf16" if device.type == "cuda" else "fp32"
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    precision = "bf16" if cuda else "fp32"
 
     def run():
         step, facts = O.make_step(arm, size, precision, batch, device)
-        step.step()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(timed_steps):
+        first = float(step.step())
+        for _ in range(warmup_steps - 1):
             step.step()
-        sync()
-        return facts, 1e3 * (time.perf_counter() - t0) / timed_steps
+        times = [_timed(step.step, device) for _ in range(timed_steps)]
+        return dict(facts, first_loss=first), times
 
-    (facts, ms), memory = arm_memory(run, device) if cuda else (run(), {})
+    (facts, times), memory = arm_memory(run, device) if cuda else (run(), {})
+    ms = statistics.median(times)
     tflops = facts["model_tflop_per_step"] / (ms / 1e3)
-    peak = peak_flops(device)
-    return dict(facts, **memory, ms_per_step=ms, clips_per_s=batch / (ms / 1e3), tflops=tflops,
-                mfu=tflops * 1e12 / peak if peak else None, batch=batch, precision=precision)
+    peak, why = G.card_peak(torch.cuda.get_device_name(device)) if cuda else (None, "no MFU on the CPU")
+    return dict(facts, **memory, ms_per_step=ms, step_ms=times, warmup_steps=warmup_steps,
+                clips_per_s=batch / (ms / 1e3), tflops=tflops, mfu=mfu(tflops * 1e12, 1.0, peak),
+                mfu_reason=None if peak else why, batch=batch, precision=precision)
+
+
+def _timed(fn, device) -> float:
+    """Milliseconds of one ``fn()``: between two CUDA events on the GPU (read after a sync), else the wall clock."""
+    import torch
+
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t0)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def arm_memory(run, device) -> tuple[object, dict]:
@@ -648,7 +700,7 @@ def arm_memory(run, device) -> tuple[object, dict]:
 
     import torch
 
-    import cases
+    from benchmarks import cases
 
     cases.make_video.cache_clear()
     gc.collect()
@@ -671,7 +723,8 @@ def markdown(doc: dict) -> str:
     for item in doc["items"]:
         counts[item["status"]] = counts.get(item["status"], 0) + 1
     lines += ["Items: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
-    stage_titles = {"a": "a. correctness", "b": "b. no host sync", "tests": "the test suite's GPU half",
+    stage_titles = {"a": "a. correctness", "b": "b. no host sync; torch.compile", "tests": "the test suite's GPU half",
+                    "memcheck": "compute-sanitizer memcheck",
                     "c": "c. kernel benchmarks",
                     "d": "d. whole step", "native": "native build", "report": "report"}
     for stage, title in stage_titles.items():
@@ -694,7 +747,7 @@ def chart(doc: dict, path: Path) -> dict:
     if plt is None:
         return {"status": "skip", "detail": reason}
     kernels = [i for i in doc["items"] if i["stage"] == "c" and i["status"] == "ok" and "gbps" in i]
-    steps = [i for i in doc["items"] if i["stage"] == "d" and i["status"] == "ok"]
+    steps = [i for i in doc["items"] if i["stage"] == "d" and i["status"] == "ok" and "ms_per_step" in i]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
     ax1.barh([i["name"] for i in kernels], [i["gbps"] for i in kernels])
     ax1.set_xlabel("GB/s")
@@ -714,15 +767,15 @@ def print_plan(plan: Plan, budget_s: float, items: bool) -> None:
     """The schedule: each stage's seconds, with ``items`` each item's, and the total against the budget."""
     print(f"gpu_check plan on {plan.device}: kernel batch {plan.batch}, shapes {plan.shapes} (mask ops "
           f"{plan.mask_shapes}), dtypes {plan.dtypes}; steps {plan.sizes} x {list(plan.arms)} at batch "
-          f"{plan.step_batch}")
+          f"{plan.step_batch} ({plan.warmup_steps} warm-up and {plan.timed_steps} timed steps each)")
     print(f"  each item is stopped at {TIMEOUT_FACTOR:g}x its estimate (at least {MIN_TIMEOUT_S:g} s); stage a runs "
           "in subprocesses")
-    print(f"  startup                 {STARTUP_S:6.0f} s")
+    print(f"  startup                   {STARTUP_S:6.0f} s")
     for stage, stage_items in plan.items.items():
-        print(f"  stage {stage:6s} {len(stage_items):4d} items {sum(s for _, s in stage_items):6.0f} s")
+        print(f"  stage {stage:8s} {len(stage_items):4d} items {sum(s for _, s in stage_items):6.0f} s")
         for name, seconds in stage_items if items else ():
             print(f"      {seconds:5.1f} s  {name}")
-    print(f"  total estimate          {plan.total():6.0f} s of a {budget_s:.0f} s budget"
+    print(f"  total estimate            {plan.total():6.0f} s of a {budget_s:.0f} s budget"
           + ("" if plan.total() <= budget_s else "  (DOES NOT FIT)"))
 
 
@@ -741,11 +794,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports Triton
-    ensure_importable((args.out or Path(tempfile.mkdtemp())) / "pythonpath")
-    sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]  # cases, official_step; oracle, tolerances
-    import cases  # noqa: F401  (the imports the stages need, checked up front)
-    import official_step  # noqa: F401
-    from tolerances import assert_close_fp  # noqa: F401
+    from benchmarks import cases, official_step  # noqa: F401  (the imports the stages need, checked up front)
+    from oracle.tolerances import assert_close_fp  # noqa: F401
 
     plan = make_plan(args.smoke, str(device))
     item_limits = not (args.smoke and device.type == "cpu")
@@ -782,7 +832,7 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
         return rec.run(stage, name, plan.estimate(name), fn)
 
     proc, ext = start_native_build(rec.out) if plan.native else (None, "not built (--smoke)")
-    run_in_children(rec, [pair for pair in plan.items["a"] if pair[0] not in (NATIVE_CHECK, CHILD_STARTUPS)],
+    run_in_children(rec, [pair for pair in plan.items["a"] if pair[0] not in (*NATIVE_ITEMS, CHILD_STARTUPS)],
                     smoke, device)
 
     def wait_for_build():
@@ -792,24 +842,32 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
     native_item = run("native", "native CUDA build", wait_for_build)  # skip, fail or timeout: its detail says why
     native_reason = None if native_item["status"] == "ok" else native_item["detail"]
     if native_reason is None:
-        run_in_children(rec, [(NATIVE_CHECK, plan.estimate(NATIVE_CHECK))], smoke, device, {"VMAE2_EXT_DIR": ext})
+        run_in_children(rec, [(name, plan.estimate(name)) for name in NATIVE_ITEMS], smoke, device,
+                        {"VMAE2_EXT_DIR": ext})
     else:
-        run("a", NATIVE_CHECK, lambda: {"status": "skip", "detail": native_reason})
+        for name in NATIVE_ITEMS:
+            run("a", name, lambda: {"status": "skip", "detail": native_reason})
     for backend in ("triton", "cuda"):  # on the CPU the cuda arm runs auto: the override serves CUDA tensors only
         run("b", f"{plan.sync_size} step under sync debug 'error' ({backend})",
             lambda: {"status": "skip", "detail": native_reason}
             if backend == "cuda" and native_reason and device.type == "cuda"
             else check_no_sync(device, plan.sync_size, plan.sync_batch, backend))
+    run("b", compile_item(plan), lambda: G.check_compile_step(device, plan.compile_size, plan.compile_batch))
     run("tests", GPU_TESTS, lambda: check_gpu_tests(device, rec.out))
+    run("memcheck", MEMCHECK, lambda: G.check_sanitizer(device, rec.out, timeout_s=2 * plan.estimate(MEMCHECK)))
     copy = run("c", "device copy bandwidth", lambda: copy_bandwidth(device, smoke))
     for shape in plan.shapes:
         for op in BENCH_OPS:
             for provider in ("torch", "triton", "cuda"):
                 run("c", f"{op} {shape} {provider}",
                     lambda: bench_op(op, shape, provider, device, plan.batch, copy.get("gbps")))
+    run("d", CARD_PEAK, lambda: G.check_card_peak(device))
     for size in plan.sizes:
         for arm in plan.arms:
-            run("d", f"{size} {arm}", lambda: bench_step(size, arm, device, plan.step_batch, plan.timed_steps))
+            run("d", f"{size} {arm}", lambda: bench_step(size, arm, device, plan.step_batch, plan.timed_steps,
+                                                         plan.warmup_steps))
+    for size in plan.sizes:
+        run("d", first_loss_item(size), lambda: G.compare_first_losses(rec.doc["items"], size))
     run("report", "gpu_check.png", lambda: chart(rec.doc, rec.out / "gpu_check.png"))
 
 

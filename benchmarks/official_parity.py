@@ -1,18 +1,14 @@
-"""Worst relative difference of vmae2 against the official oracle (tests/official_oracle): ViT-S 16x224, batch 2,
+"""Worst relative difference of vmae2 against the official oracle (oracle/): ViT-S 16x224, batch 2,
 fp32, dual masking (tube 0.9, running cell 0.5), perturbed weights; the loss and every parameter's gradient
 (Frobenius norm of the difference over the oracle's), for the visible-only patch embedding (the default) and the
 official Conv3d order. ``python -m benchmarks.official_parity`` (about a minute on 2 CPU cores)."""
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import official_oracle as O  # noqa: E402
-from test_official_equivalence import SMALL, SMALL_HEADS, official_masks, oracle_for, perturb_, video_for  # noqa: E402
-
-from vmae2.loss import reconstruction_loss  # noqa: E402
-from vmae2.models import create_model  # noqa: E402
+import oracle as O
+from tests.test_official_equivalence import SMALL, SMALL_HEADS, official_masks, oracle_for, perturb_, video_for
+from vmae2.loss import reconstruction_loss
+from vmae2.models import create_model
 
 
 def main() -> None:

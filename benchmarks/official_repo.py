@@ -48,8 +48,16 @@ def official_module(repo: str | Path):
     loaded = sys.modules.get("models")
     if loaded is not None and Path(loaded.__path__[0]).resolve() != repo / "models":
         raise RuntimeError(f"another package named 'models' is already imported ({loaded.__path__[0]})")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
+    if loaded is None:  # the checkout's models/ imported as the package ``models`` (its own relative imports)
+        spec = importlib.util.spec_from_file_location("models", repo / "models" / "__init__.py",
+                                                      submodule_search_locations=[str(repo / "models")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["models"] = package
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
+            del sys.modules["models"]
+            raise
     return importlib.import_module("models.modeling_pretrain")
 
 

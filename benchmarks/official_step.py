@@ -1,17 +1,17 @@
-"""The two arms of the step benchmark: the official step (``tests/official_oracle``) and the same step by vmae2.
+"""The two arms of the step benchmark: the official step (``oracle/``) and the same step by vmae2.
 
-This is the baseline of ``test_step_benchmarks.py``. The official side is :class:`official_oracle.OfficialStep` on
-:class:`official_oracle.OfficialPretrainModel` (boolean gathers, explicit softmax attention, the fp32 target of
+This is the baseline of ``test_step_benchmarks.py``. The official side is :class:`oracle.OfficialStep` on
+:class:`oracle.OfficialPretrainModel` (boolean gathers, explicit softmax attention, the fp32 target of
 every patch, ``loss.item()`` per step, AdamW with the official groups). :class:`Vmae2Step` is the same step through
 vmae2's hot path (ids instead of bool masks, fused token ops and loss, the attention backend vmae2 picks),
-mirroring the inner loop of ``vmae2.train`` for one micro-batch. ``tests/`` must be importable (``sys.path``).
+mirroring the inner loop of ``vmae2.train`` for one micro-batch. Run from the checkout's root (``oracle`` importable).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from official_oracle import PRECISIONS, OfficialStep, autocast_for, official_from_vmae2, official_optimizer
+from oracle import PRECISIONS, OfficialStep, autocast_for, official_from_vmae2, official_optimizer
 
 from vmae2 import attention, masking
 from vmae2.models import create_model
@@ -122,7 +122,7 @@ def official_label(official_repo: str | None) -> str:
     """What the official arm runs, without the local path: the restated oracle, or the checkout's model file and
     its sha256 (so a results file shows it was unmodified)."""
     if not official_repo:
-        return "tests/official_oracle (restated)"
+        return "oracle/ (restated)"
     import hashlib
     from pathlib import Path
 
@@ -134,7 +134,7 @@ def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.de
               official_repo: str | None = None):
     """``(step object, facts)`` of ``arm`` (``official``, ``vmae2``/``dual``, ``v1``): facts = attention, token ops,
     tokens, forward GMACs per clip (the official arm's are the paper's: every tubelet embedded) and model TFLOP
-    per step. The official arm's model is the restated one (``tests/official_oracle``), or with ``official_repo``
+    per step. The official arm's model is the restated one (``oracle/``), or with ``official_repo``
     the unmodified ``models/modeling_pretrain.py`` of that VideoMAE V2 checkout (:mod:`benchmarks.official_repo`)."""
     model = build_model(size, device, "all" if arm == "official" else "visible")
     video, enc_ids, dec_ids = build_inputs(model, batch, device)

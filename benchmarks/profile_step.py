@@ -11,7 +11,7 @@ pair the ratio official / vmae2; reported: its median and a bootstrap 95% interv
 pairs), each arm's median / min / max. Profile (``--steps`` steps per arm under ``torch.profiler``): self CPU time
 per op category side by side. ``--official DIR``: the official arm runs the unmodified
 ``models/modeling_pretrain.py`` of that VideoMAE V2 checkout; default: the restated model of
-``tests/official_oracle``. The results file records the command, date, machine (CPU model and flags, cores,
+``oracle/``. The results file records the command, date, machine (CPU model and flags, cores,
 threads, load average), versions, every pair, the summaries, the profiles and vmae2's measured backend choices.
 Run it on a quiet machine (``uptime``: load well under 1).
 """
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import official_step as O
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from benchmarks import official_step as O  # noqa: E402  (needs tests/ on the path: the official oracle)
 
 # (category, substrings of the profiler's op name); the first match wins, "other" takes the rest.
 CATEGORIES = [

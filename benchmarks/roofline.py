@@ -30,9 +30,8 @@ Per op, shape, batch and dtype:
   is a few microseconds will measure the host overhead instead (tens of microseconds per call in eager mode).
 
 GPU figures (:data:`GPUS`): bandwidth (A100 1.9 TB/s, H100 3.0 TB/s: below the datasheet's
-2.04 / 3.35 TB/s, nearer what is sustained; the bf16 tensor-core peaks, which no op here uses, are those of
-``vmae2.flops.PEAK_TFLOPS_BF16`` for MFU); SM counts
-and FP32 peaks from the datasheets (A100 SXM4: 108 SMs, 19.5 TFLOP/s; H100 SXM5: 132 SMs, 67 TFLOP/s); DRAM
+2.04 / 3.35 TB/s, nearer what is sustained); SM counts from the datasheets (A100 SXM4: 108 SMs; H100 SXM5: 132 SMs);
+FP32 peaks from ``vmae2.flops.PEAK_TFLOPS`` (also the table of the tensor-core peaks, which no op here uses); DRAM
 latency under load and the device-side launch gap are assumptions (600 / 550 ns, 2.5 / 2.0 µs).
 """
 from __future__ import annotations
@@ -40,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from vmae2.flops import peak_for
 from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, TUBELET_TILE, next_pow2, tube_tile
 
 # -- GPUs ---------------------------------------------------------------------------------------------------
@@ -70,9 +70,9 @@ class GPU:
 
 
 GPUS = {
-    "A100": GPU("A100-80GB", "sm_80", 1.9e12, 19.5e12, 108, 600e-9, 2.5e-6,
+    "A100": GPU("A100-80GB", "sm_80", 1.9e12, peak_for("A100", "fp32"), 108, 600e-9, 2.5e-6,
                 smem_per_sm=164 * 1024, smem_per_block=163 * 1024),
-    "H100": GPU("H100-80GB", "sm_90", 3.0e12, 67e12, 132, 550e-9, 2.0e-6,
+    "H100": GPU("H100-80GB", "sm_90", 3.0e12, peak_for("H100 SXM", "fp32"), 132, 550e-9, 2.0e-6,
                 smem_per_sm=228 * 1024, smem_per_block=227 * 1024),
 }
 GPU_BY_ARCH = {g.arch: g for g in GPUS.values()}
@@ -187,9 +187,9 @@ def cdiv(a: int, b: int) -> int:
 # tests/test_gpu_report.py fail when a compiled kernel needs more registers or shared memory than assumed here
 # (the predicted occupancy, hence the predictions, would be optimistic).
 ASSUMED_RESOURCES = {  # kernel: (registers per thread, shared memory bytes per CTA)
-    "_row_copy_kernel": (64, 0),  # 16 x 256 tile, 4 warps, fp32: 56 (64 at 448 px); bf16: 32-40
+    "_row_copy_kernel": (80, 0),  # 16 x 256 tile, 4 warps, fp32 with a position table: 76 (the grid's b, k split)
     "_tubelet_gather_kernel": (32, 0),  # 28 (patch 16) to 32 (patch 14, sm_80) in bf16 and fp32
-    "_decoder_input_kernel": (110, 8192),  # fp32 16 x 256 w4: 96 (110 at 448 px); smem: the output tile's layout
+    "_decoder_input_kernel": (120, 8192),  # fp32 16 x 256 w4: 96-112; smem: the output tile's layout
     "_masked_rows_sum_kernel": (88, 2048),
     "_running_cell_kernel": (40, 128),  # smem: the prefix sum over one frame (H'W' = 1024 at 448 px)
     "_tube_kernel": (168, 4096),  # 224 px: 168 (4 warps); 448 px: 128 x 16 warps, the whole register file of an SM
@@ -317,7 +317,7 @@ def _aux(name: str, nbytes: float, steps: int = 2) -> Launch:
 
 def _row_copy(kernel: str, rows_per_sample: int, batch: int, width: int, bytes_per_elem: float, moved: float,
               flops: float, resources: dict | None, steps: int = 2) -> Launch:
-    """An autotuned row-copy style kernel: grid (B, cdiv(rows, BLOCK_K), cdiv(width, BLOCK_C))."""
+    """An autotuned row-copy style kernel: grid (B * cdiv(rows, BLOCK_K), cdiv(width, BLOCK_C))."""
     options = []
     for kw, warps, stages, _ in ROW_TILES:
         label = config_label(kw, warps, stages)

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("av")
 
 from benchmarks.extract_arms import count_windows, cpu_bf16_units, make_arms, make_videos  # noqa: E402
-from official_oracle.extract import frame_count, official_starts, official_transform, read_window  # noqa: E402
+from oracle.extract import frame_count, official_starts, official_transform, read_window  # noqa: E402
 
 NUM_VIDEOS = int(os.environ.get("VMAE2_BENCH_EXTRACT_VIDEOS", "2"))
 WIDTH, HEIGHT = (int(v) for v in os.environ.get("VMAE2_BENCH_EXTRACT_SIZE", "320x240").split("x"))

@@ -7,9 +7,9 @@ Three groups of benchmarks:
   ``triton`` (CUDA only), ``cuda`` / ``cpp`` (the native extension, when built).
 * ``test_mask_construction``: building one batch of encoder (tube) / decoder (running-cell) masks with the
   public API against the official per-sample numpy generators plus the official engine's collate /
-  ``.to(device).flatten(1).to(torch.bool)`` (``tests/official_oracle``).
+  ``.to(device).flatten(1).to(torch.bool)`` (``oracle/``).
 * ``test_loss_fwd_bwd``: the fused loss forward + backward against the official eager loss (fp32 target for all
-  N tokens, boolean selection, MSE; ``tests/official_oracle``), with the peak extra memory of one forward + backward
+  N tokens, boolean selection, MSE; ``oracle/``), with the peak extra memory of one forward + backward
   (bytes allocated above the inputs; CPU: ``benchmarks/memory.py``, CUDA: the caching allocator's peak) in
   ``extra_info``.
 
@@ -23,25 +23,21 @@ CPU). On CUDA: batch 32, ViT-B/L/g, bf16 activations. ``VMAE2_BENCH_BATCH=<n>`` 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import oracle as O  # the official generators and loss
 import vmae2_kernels as K
-from vmae2_kernels import dispatch, ops
-from vmae2_kernels import reference as R
+from benchmarks import cases as bench_cases
 from benchmarks.memory import cpu_peak_extra_bytes
 from benchmarks.roofline import SHAPES as ROOFLINE_SHAPES
 from benchmarks.roofline import Shape
-
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parent)]
-import cases as bench_cases  # noqa: E402  (benchmarks/cases.py)
-import official_oracle as O  # noqa: E402  (tests/official_oracle: the official generators and loss)
-from tolerances import assert_close_fp  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
+from oracle.tolerances import assert_close_fp  # the shared tolerance table
+from vmae2_kernels import dispatch, ops
+from vmae2_kernels import reference as R
 
 # -- configuration ------------------------------------------------------------------------------------------
 

@@ -35,16 +35,14 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from vmae2.flops import peak_flops
+from vmae2.flops import mfu, peak_flops
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import official_step as O  # noqa: E402  (needs tests/official_oracle)
-from tolerances import FP_TOL  # noqa: E402  (tests/tolerances.py: the shared tolerance table)
+from benchmarks import official_step as O
+from oracle.tolerances import FP_TOL  # the shared tolerance table
 
 # -- configuration ------------------------------------------------------------------------------------------
 
@@ -184,14 +182,14 @@ def run_arm(benchmark, comparison: str, size: O.Size, precision: str, arm: str) 
                     rounds=ROUNDS, ms_per_step=sec * 1e3, clips_per_s=BATCH / sec,
                     is_baseline=arm == COMPARISONS[comparison][0],
                     achieved_tflops=facts["model_tflop_per_step"] / sec, first_loss=first_loss, **facts, **memory)
-        peak = peak_flops(torch.device("cuda")) if ON_CUDA else None  # bf16 dense peak of A100/H100
-        info["mfu"] = info["achieved_tflops"] * 1e12 / peak if peak else None
+        peak = peak_flops(torch.device("cuda"), precision) if ON_CUDA else None
+        info["mfu"] = mfu(facts["model_tflop_per_step"] * 1e12, sec, peak)
         if arm == COMPARISONS[comparison][1]:
             ratio_of(comparison, key, info)
         benchmark.extra_info.update(info)
         RESULTS[key][arm] = benchmark.extra_info  # the same dict: a later ratio lands in the JSON too
         if comparison == "vs_official" and info.get("first_loss_rel_diff") is not None:
-            # two computations of the same math; a whole model under autocast: growth 2 (tests/tolerances.py)
+            # two computations of the same math; a whole model under autocast: growth 2 (oracle/tolerances.py)
             dtype = O.PRECISIONS[precision] or torch.float32
             tol = FP_TOL[dtype][0] * (1 if dtype == torch.float32 else 2)
             assert info["first_loss_rel_diff"] < tol, f"the two arms disagree on the loss: {info}"

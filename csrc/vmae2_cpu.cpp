@@ -1,7 +1,7 @@
 // Native CPU implementations of the vmae2_kernels ops, registered as torch.ops.vmae2_native.*. This file also
 // defines every schema (TORCH_LIBRARY, once); cuda/vmae2_cuda_binding.cpp adds the CUDA kernels when built with CUDA.
 //
-// Conventions (as kernels/reference.py): tokens [B, N, C] in (t, h, w) order; ids int64 [B, K], unique per row,
+// Conventions (as vmae2_kernels/reference.py): tokens [B, N, C] in (t, h, w) order; ids int64 [B, K], unique per row,
 // any order; arithmetic in fp32 (one rounding to the output dtype); fp32/bf16/fp16 inputs.
 // Parallel loops use at::parallel_for (OpenMP pragmas do not compile inside AT_DISPATCH lambdas).
 #include <ATen/ATen.h>

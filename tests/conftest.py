@@ -3,12 +3,9 @@ before anything imports Triton); with a GPU they run compiled, on the CUDA tenso
 (``tests/test_kernels.py``)."""
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's root: `benchmarks.*` (analysis tools)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

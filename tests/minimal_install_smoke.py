@@ -1,5 +1,5 @@
 """Smoke set for a minimal install: torch (CPU) + ``pip install -e .[test]``, no Triton, DALI, flash-attn,
-xformers, matplotlib, tensorboard or native build. ``make test`` runs it in ``.venv-minimal``
+xformers, matplotlib, tensorboard, transformers or native build. ``make test`` runs it in ``.venv-minimal``
 (``make smoke-minimal``).
 
 Every entry point runs for a couple of steps on generated data and must exit 0 without a traceback; each missing
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("triton", "nvidia.dali", "flash_attn", "xformers", "matplotlib", "tensorboard")
+EXTRAS = ("triton", "nvidia.dali", "flash_attn", "xformers", "matplotlib", "tensorboard", "transformers")
 NO_PLOT = "matplotlib is not importable"  # the pictures are skipped with this reason; the runs carry on
 
 
@@ -90,6 +90,11 @@ def main() -> int:
                                 str(lab / "test.csv"), "--window", "4", "--stride", "2", "--input_size", "32",
                                 "--num_workers", "1", "--output_dir", str(work / "features")],
          {"expect": ("videos extracted",)}),
+        ("export to transformers without transformers",
+         ["-m", "vmae2.export", "--format", "transformers", "--run", str(work / "ft"), "--out", str(work / "hf")],
+         {"expect_rc": 2, "expect": ("transformers is not installed: pip install vmae2[hf]",)}),
+        ("export a Hub folder", ["-m", "vmae2.export", "--format", "vmae2", "--run", str(work / "ft"), "--out",
+                                 str(work / "hub")], {"expect": ("wrote",)}),
         ("list check", ["-m", "vmae2.data.check", str(pre), "--num_frames", "4", "--bad_out", str(work / "bad.txt")],
          {"expect": ("4 good, 0 bad",)}),
         ("benchmark report", ["-m", "benchmarks.report", str(bench), "--out", str(work / "report")],

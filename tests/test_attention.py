@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 from vmae2 import attention
 from vmae2.masking import running_cell_ids, tube_ids

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from official_oracle.augmentations import timm_module
-from tolerances import assert_close_fp
+from oracle.augmentations import timm_module
+from oracle.tolerances import assert_close_fp
 
 from vmae2.data import augment as A
 

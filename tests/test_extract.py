@@ -14,8 +14,8 @@ import torch
 
 pytest.importorskip("av", reason="PyAV makes and decodes the videos")
 
-from official_oracle.extract import official_extract, official_starts, official_transform  # noqa: E402
-from tolerances import assert_close_fp  # noqa: E402
+from oracle.extract import official_extract, official_starts, official_transform  # noqa: E402
+from oracle.tolerances import assert_close_fp  # noqa: E402
 from vmae2.checkpoint import load_feature_weights  # noqa: E402
 from vmae2.data.decode import BadVideo  # noqa: E402
 from vmae2.data.synthetic import decode_frames, make_bad_files, make_videos  # noqa: E402

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from entry_points import stop_with_sigterm
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the labeled videos")
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 from vmae2.checkpoint import PRETRAIN_ONLY, load_classifier_weights
 from vmae2.data.augment import FinetuneAugment

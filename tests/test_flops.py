@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils import flop_counter
 
-from vmae2.flops import count_flops, macs_per_clip, mfu, register_flop_formulas, token_counts
+from vmae2.flops import count_flops, macs_per_clip, mfu, peak_flops, peak_for, register_flop_formulas, token_counts
 from vmae2.masking import running_cell_ids, tube_ids
 from vmae2.models import create_model
 
@@ -182,9 +182,64 @@ def test_register_is_idempotent():
 def test_mfu():
     assert mfu(1e12, 0.5, 4e12) == pytest.approx(0.5)
     assert mfu(0, 1.0, 1.0) == 0
+    assert mfu(1e12, 1.0, None) is None  # no known peak (a CPU, an unlisted GPU)
     for bad in ((1e12, 0.0, 1e12), (1e12, 1.0, 0.0), (-1.0, 1.0, 1.0), (1e12, float("nan"), 1.0)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="must be a finite positive number"):
             mfu(*bad)
+
+
+def test_peak_follows_the_run_precision():
+    """Datasheet dense peaks (TFLOP/s): H100 SXM bf16/fp16 989, TF32 494.5, fp32 67; A100 312 / 156 / 19.5."""
+    h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+    assert peak_for(h100, "bf16") == peak_for(h100, "fp16") == 989e12
+    assert peak_for(h100, "fp32") == 67e12 and peak_for(h100, "fp32", tf32=True) == 494.5e12
+    assert peak_for(a100, "bf16") == 312e12 and peak_for(a100, "fp32") == 19.5e12
+    assert peak_for(a100, "fp32", tf32=True) == 156e12 and peak_for(a100, "fp16", tf32=True) == 312e12
+    assert peak_for("NVIDIA H200", "bf16") == 989e12 and peak_for("Tesla V100-SXM2-16GB", "bf16") is None
+    # PCIe and NVL parts before the plain names they contain: H100 PCIe 756 / 378 / 51, H100 NVL 835
+    assert peak_for("NVIDIA H100 PCIe", "bf16") == 756e12 and peak_for("NVIDIA H100 PCIe", "fp32") == 51e12
+    assert peak_for("NVIDIA H100 PCIe", "fp32", tf32=True) == 378e12 and peak_for("NVIDIA H100 NVL", "fp16") == 835e12
+    assert peak_flops(torch.device("cpu"), "fp32") is None
+    with pytest.raises(ValueError, match="precision 'fp8' is unknown"):
+        peak_for(h100, "fp8")
+
+
+def test_logged_mfu_divides_by_the_fp32_peak_in_an_fp32_run(tmp_path, monkeypatch):
+    """A 3-step fp32 run whose device reports itself as an H100: each logged MFU is clips/s x 3 x the forward FLOPs
+    of one clip (counted by FlopCounterMode on the run's model shape and token counts) / 67e12, the H100's fp32
+    peak (the run keeps matmuls in full fp32), not its bf16 peak 989e12."""
+    import json
+
+    import vmae2.pretraining
+    from vmae2.data.synthetic import make_videos
+    from vmae2.train import main
+
+    asked = []
+
+    def h100_peak(device, precision):
+        asked.append(precision)
+        return peak_for("NVIDIA H100 80GB HBM3", precision, tf32=torch.backends.cuda.matmul.allow_tf32)
+
+    monkeypatch.setattr(vmae2.pretraining, "peak_flops", h100_peak)
+    make_videos(tmp_path / "videos", 2, seed=0, sizes=((96, 64),), num_frames=(24,))
+    out = tmp_path / "run"
+    assert main(["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2",
+                 "--num_sample", "1", "--num_workers", "0", "--max_steps", "3", "--log_every", "1",
+                 "--data_path", str(tmp_path / "videos" / "train.csv"), "--output_dir", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "mfu" in r]
+    config = json.loads((out / "config.json").read_text())
+    config = config.get("config", config)
+    model = create_model(config["model"], num_frames=4, img_size=64, tubelet_size=config["tubelet_size"],
+                         decoder_depth=config["decoder_depth"])
+    nv, nd = token_counts(model.grid, config["mask_ratio"], config["decoder_mask_ratio"],
+                          config["decoder_mask_type"])
+    video = torch.zeros(1, 3, 4, 64, 64)
+    forward = count_flops(model, video, torch.zeros(1, nv, dtype=torch.long),
+                          torch.zeros(1, nd, dtype=torch.long))["forward_flops"]
+    assert len(records) == 3 and set(asked) == {"fp32"}
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["clips_per_s"] * 3 * forward / 67e12, rel=2e-3), r
 
 
 def test_training_mfu_formula_matches_the_counted_forward():

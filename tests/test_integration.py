@@ -1,7 +1,7 @@
 """The model and the loss on the fused ops: same results as the torch path, no host sync, one graph."""
 import pytest
 import torch
-from tolerances import FP_TOL, assert_close_fp
+from oracle.tolerances import FP_TOL, assert_close_fp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vmae2 import masking

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 import vmae2_kernels as K
 from vmae2_kernels import dispatch, ops

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 from vmae2.data.labels import (
     LabelMap,

@@ -85,8 +85,9 @@ def test_tube_kernel_with_one_key_per_step_matches_the_reference(triton_ops, mon
     monkeypatch.setattr(triton_ops, "tube_tile", lambda hw: {**tube_tile(hw), "BLOCK_J": 1})
     keys = torch.rand(3, 196, generator=torch.Generator().manual_seed(0))
     keys[0, :5] = 0.5  # ties: the lower index is masked first
+    on = keys.to("cuda") if torch.cuda.is_available() else keys  # compiled on a GPU, else the interpreter
     for masked in (0, 100, 195):
-        assert torch.equal(triton_ops.tube_ids(keys, 2, masked), R.tube_ids(keys, 2, masked))
+        assert torch.equal(triton_ops.tube_ids(on, 2, masked).cpu(), R.tube_ids(keys, 2, masked))
 
 
 def test_zero_width_launches_nothing(triton_ops):
@@ -123,8 +124,8 @@ def test_cuda_launches_with_dynamic_shared_memory_opt_in_first():
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA sources are compiled only where it is)")
 def test_cuda_host_helpers(tmp_path):
-    """mask_token_grad's 1-D grid for B * Nd rows past 64 x 65535, and the loss's shared memory (48 KB is passed
-    from t * p * p = 4086 pixels on)."""
+    """mask_token_grad's 1-D grid for B * Nd rows past 64 x 65535, the loss's shared memory (48 KB is passed from
+    t * p * p = 4086 pixels on), and decoder_input's refusal of an output dtype its inputs do not promote to."""
     main = tmp_path / "main.cu"
     main.write_text("""#include <cstdio>
 #include "vmae2_cuda.h"
@@ -134,13 +135,20 @@ int main() {
   std::printf("%lld %d %lld %d\\n", (long long)a.blocks, a.threads, (long long)b.blocks, b.threads);
   std::printf("%zu %zu %zu\\n", vmae2::recon_loss_smem_bytes(16, 2), vmae2::recon_loss_smem_bytes(1, 4085),
               vmae2::recon_loss_smem_bytes(1, 4086));
+  using vmae2::DType;  // decoder_input: a bf16 output needs x and the table in bf16; no rows launch nothing
+  std::printf("%d %d\\n", (int)vmae2::launch_decoder_input(DType::kBFloat16, nullptr, nullptr, nullptr, nullptr,
+                                                          DType::kFloat32, nullptr, DType::kBFloat16, nullptr, 1, 1,
+                                                          1, 8, nullptr),
+              (int)vmae2::launch_decoder_input(DType::kBFloat16, nullptr, nullptr, nullptr, nullptr, DType::kFloat32,
+                                               nullptr, DType::kBFloat16, nullptr, 0, 1, 1, 8, nullptr));
 }
 """)
     exe = tmp_path / "main"
     build = subprocess.run([NVCC, "-std=c++20", "-arch=sm_90", f"-I{CUDA_DIR}", str(main),
                             str(CUDA_DIR / "vmae2_cuda.cu"), "-o", str(exe)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
-    grid, smem = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")[:2]
+    grid, smem, dec = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")[:3]
+    assert dec.split() == ["1", "0"]  # cudaErrorInvalidValue, cudaSuccess
     assert grid.split() == [str(70000 * 6), "128", "1", "32"]
     assert [int(v) for v in smem.split()] == [(3 * 512 + 32) * 4, (3 * 4085 + 32) * 4, (3 * 4086 + 32) * 4]
     assert (3 * 4085 + 32) * 4 <= 48 * 1024 < (3 * 4086 + 32) * 4

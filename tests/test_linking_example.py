@@ -2,10 +2,10 @@
 import importlib.util
 from pathlib import Path
 
-import official_oracle as O
+import oracle as O
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 from vmae2 import masking
 from vmae2.models import create_model

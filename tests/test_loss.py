@@ -1,7 +1,7 @@
-import official_oracle as O
+import oracle as O
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 from vmae2 import masking
 from vmae2.loss import denormalize_patches, normalize_patches, patchify, reconstruction_loss, reconstruction_target

@@ -3,7 +3,7 @@ masks as MAE gives them (float 0/1, every token predicted), the decoder's mask i
 defaults for the target convention. The oracle is MAE's loss restated from its definition."""
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 import vmae2_kernels as K
 from vmae2_kernels import dispatch

@@ -4,7 +4,7 @@ sequences, MAE's random masking and ``ids_restore``, ``[1, N(+1), C]`` position 
 masks. Every op on every backend (Triton through the interpreter on CPU), forward and backward."""
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 import vmae2_kernels as K
 from vmae2 import masking

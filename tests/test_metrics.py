@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 from vmae2.data.lists import shard_indices
 from vmae2.metrics import (

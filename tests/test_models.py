@@ -46,7 +46,7 @@ def test_list_and_overrides():
     with torch.device("meta"):
         m = create_model("vit_huge_patch16_224", num_classes=710, num_frames=8, img_size=160, drop_path_rate=0.2)
         assert m.head.weight.shape == (710, 1280) and m.patch_embed.num_patches == 4 * 10 * 10
-        assert m.blocks[-1].drop_path.p == pytest.approx(0.2) and m.blocks[0].drop_path.p == 0.0
+        assert m.blocks[-1].drop_path.drop_prob == pytest.approx(0.2) and m.blocks[0].drop_path.drop_prob == 0.0
         g = create_model("pretrain_videomae_giant_patch14_224", decoder_depth=2)
         assert len(g.decoder.blocks) == 2 and g.grid == (8, 16, 16)
         assert g.encoder.blocks[0].attn.head_dim == 88 and g.decoder.blocks[0].attn.head_dim == 64
@@ -166,7 +166,7 @@ def test_bf16_autocast_step_runs():
 def test_activation_checkpointing_matches(mode):
     """Every checkpointing mode gives the gradients of the model without it; drop path (random) included: the
     recomputed branches draw the same masks."""
-    from tolerances import assert_close_fp
+    from oracle.tolerances import assert_close_fp
 
     torch.manual_seed(0)
     model = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=32, drop_path_rate=0.3)
@@ -231,7 +231,7 @@ def test_finetune_forward():
 
 def test_compile_ids_path_has_no_graph_break():
     """The ids path is sync-free: the whole forward+backward traces as one graph."""
-    from tolerances import assert_close_fp
+    from oracle.tolerances import assert_close_fp
 
     model = _tiny()
     video = torch.randn(2, 3, 4, 32, 32)

@@ -1,6 +1,6 @@
 """vmae2 versus an independent re-statement of the official VideoMAE V2 pretraining code.
 
-The oracle (``tests/official_oracle/``) is written from the behaviour documented in
+The oracle (``oracle/``) is written from the behaviour documented in
 the project's reference notes on the official VideoMAE V2 code; vmae2's model and loss are only called, never mirrored.
 Masks for the model tests come from the oracle's numpy generators, so they do not depend on vmae2.masking.
 """
@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-import official_oracle as O
+import oracle as O
 import pytest
 import torch
 

@@ -1,15 +1,15 @@
 """The two arms of the step benchmark compute the same thing.
 
-``benchmarks/test_step_benchmarks.py`` times the official step (``official_oracle``) against vmae2's
+``benchmarks/test_step_benchmarks.py`` times the official step (``oracle``) against vmae2's
 (``benchmarks/official_step.py``); these checks make sure it compares like with like: with identical weights, masks
 and inputs (small config) both give the same predictions, loss, gradients, gradient norm and AdamW update, in fp32.
 """
 from __future__ import annotations
 
-import official_oracle as O
+import oracle as O
 import pytest
 import torch
-from tolerances import FP_TOL
+from oracle.tolerances import FP_TOL
 
 from benchmarks.official_step import Vmae2Step, vmae2_optimizer
 from vmae2 import masking
@@ -18,7 +18,7 @@ from vmae2.runtime import frees_grads_before_backward, param_groups
 
 MODEL = "pretrain_videomae_small_patch16_224"
 FRAMES, SIZE, BATCH = 4, 64, 3
-REL = FP_TOL[torch.float32][0]  # two fp32 computations of the same math (tests/tolerances.py)
+REL = FP_TOL[torch.float32][0]  # two fp32 computations of the same math (oracle/tolerances.py)
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -3,12 +3,12 @@
 The meter (``benchmarks/memory.py::cpu_peak_extra_bytes``) walks torch.profiler's allocator events; here it must
 give exact peaks on known allocation patterns (frees included, allocations made inside C++ ops and by autograd
 seen). Then, at the ViT-B geometry (16x224 clip, patch 16, tube 0.9 / running cell 0.5) with one clip, the native
-fused loss forward + backward must allocate at least 4x less than the official eager loss (``official_oracle``).
+fused loss forward + backward must allocate at least 4x less than the official eager loss (``oracle``).
 """
-import official_oracle as O
+import oracle as O
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 import vmae2_kernels as K
 from benchmarks.memory import cpu_peak_extra_bytes as meter

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 import vmae2_kernels as vk
 from vmae2_kernels import dispatch

@@ -1,6 +1,7 @@
 """The side-by-side step comparison (``python -m benchmarks.profile_step``): its statistics and its results file."""
 import json
 import statistics
+import sys
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_results_file_records_machine_pairs_profile_and_choices(tmp_path):
     (run,) = results["runs"]
     assert run["size"] == "ViT-S" and run["precision"] == "bf16"
     assert len(run["timing"]["ratios"]) == 2 and run["timing"]["ratio_ci95"][0] <= run["timing"]["ratio_median"]
-    assert run["facts"]["official"]["official_model"] == "tests/official_oracle (restated)"
+    assert run["facts"]["official"]["official_model"] == "oracle/ (restated)"
     assert run["arms"] == ["official", "vmae2"] and set(run["profile_ms_per_step"]) == {"official", "vmae2"}
     assert run["profile_ms_per_step"]["vmae2"]["GEMM (mm, addmm, linear)"] > 0
 
@@ -47,3 +48,20 @@ def test_results_file_records_machine_pairs_profile_and_choices(tmp_path):
 def test_an_official_checkout_must_hold_the_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="VideoMAEv2 checkout"):
         official_module(tmp_path)
+
+
+def test_an_official_checkout_is_imported_as_the_package_models_without_a_path_edit(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "__init__.py").write_text("from .modeling_pretrain import marker\n")
+    (models / "modeling_pretrain.py").write_text("from .helper import VALUE\nmarker = VALUE\n")
+    (models / "helper.py").write_text("VALUE = 42\n")
+    path = list(sys.path)
+    monkeypatch.delitem(sys.modules, "models", raising=False)
+    try:
+        module = official_module(tmp_path)
+        assert module.marker == 42 and module.__file__ == str(models / "modeling_pretrain.py")
+        assert official_module(tmp_path) is module and sys.path == path
+    finally:
+        for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+            del sys.modules[name]

@@ -47,7 +47,7 @@ def test_quick_start_runs_as_written_and_evaluate_reproduces_the_fine_tune_test(
     commands = quick_start_commands()
     assert [c[:3] for c in commands] == [["python", "-m", m] for m in (
         "vmae2.data.make_videos", "vmae2.data.make_lists", "vmae2.train", "vmae2.finetune", "vmae2.predict",
-        "vmae2.evaluate")]
+        "vmae2.evaluate", "vmae2.export")]
     monkeypatch.chdir(tmp_path)
     out = {c[2]: _run(capsys, c[1:] + FAST.get(c[2], [])) for c in commands}
     assert (tmp_path / "lists" / "classes.txt").read_text() == "right\nstill\n"
@@ -85,3 +85,8 @@ def test_quick_start_runs_as_written_and_evaluate_reproduces_the_fine_tune_test(
     for row, pred in zip(rows, predicted):
         assert pred["path"] == row["path"] and "|".join(pred["classes"]) == row["top5_names"]
         assert " ".join(f"{p:.4f}" for p in pred["probs"]) == row["top5_probs"]
+
+    # the export wrote a transformers folder of the fine-tuned classifier (its outputs: tests/test_huggingface.py)
+    exported = json.loads((run / "hf" / "config.json").read_text())
+    assert exported["architectures"] == ["VideoMAEForVideoClassification"]
+    assert exported["id2label"] in ({"0": "right", "1": "still"}, {0: "right", 1: "still"})

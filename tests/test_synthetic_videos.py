@@ -164,7 +164,7 @@ def test_bad_files(tmp_path):
 
 def test_cli(tmp_path, capsys):
     rc = make_videos_main(["--out", str(tmp_path), "--count", "3", "--seed", "5", "--codecs", "vp8", "mjpeg",
-                           "--sizes", "64x48", "--frames", "6", "--relative-paths", "--bad"])
+                           "--sizes", "64x48", "--frames", "6", "--relative_paths", "--bad"])
     assert rc == 0
     printed = capsys.readouterr().out
     names = ["00000_vp8_64x48.webm", "00001_mjpeg_64x48.avi", "00002_vp8_64x48.webm"]
@@ -172,5 +172,18 @@ def test_cli(tmp_path, capsys):
         assert name in printed and _probe(tmp_path / name)[3] == 6
     assert (tmp_path / "train.csv").read_text().splitlines() == [f"{n} 0 -1" for n in names]
     assert "bad: truncated" in printed and (tmp_path / "bad" / "bad_empty.mp4").exists()
-    with pytest.raises(SystemExit):
-        make_videos_main(["--out", str(tmp_path), "--count", "1", "--sizes", "33x10"])
+    assert make_videos_main(["--out", str(tmp_path), "--count", "1", "--sizes", "33x10"]) == 2
+    assert "--sizes '33x10' is invalid: width and height must be positive and even" in capsys.readouterr().err
+
+
+def test_cli_flags_take_one_or_more_values():
+    from vmae2.config import build_parser
+    from vmae2.data.make_videos import MAKE_VIDEOS
+
+    parser = build_parser(MAKE_VIDEOS)
+    args = parser.parse_args(["--codecs", "vp8", "mjpeg", "--list_name", "a.csv", "--no_list", "--frames=6",
+                              "--sizes", "64x48", "--bad"])
+    assert (args.codecs, args.list_name, args.no_list, args.frames, args.sizes, args.bad) == (
+        "vp8 mjpeg", "a.csv", True, "6", "64x48", True)
+    with pytest.raises(SystemExit):  # one spelling, as every command: a dashed one is a typo with a suggestion
+        parser.parse_args(["--list-name", "a.csv"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from entry_points import stop_with_sigterm
-from tolerances import assert_close_fp
+from oracle.tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the training videos")
 
@@ -212,6 +212,7 @@ def test_visualize_writes_a_png(data_list, tmp_path):
                              str(video), "--out", str(out), "--sampling_rate", "2"], check=True, capture_output=True,
                              text=True)
     assert "--sampling_rate 2 differs from the run's 4" in result.stderr  # a flag against the run's geometry says so
+    assert result.stderr.count("differs from the run's") == 1, result.stderr  # once, by the CLI builder
     # weights alone: the config.json beside them gives model and geometry (4 frames x 64 px, not 16 x 224)
     subprocess.run([sys.executable, "-m", "vmae2.visualize", str(tmp_path / "model.safetensors"), str(video),
                     "--out", str(tmp_path / "viz2.png")], check=True, capture_output=True)
@@ -405,6 +406,7 @@ def test_demo_pretraining_loss_falls(data_list, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 def test_demo_beats_half_the_flat_colour_baseline(tmp_path):
     """`make train` as shipped (no arguments, generated videos, all threads): the final reconstruction error is
     below half that of predicting every patch as the clip's mean colour, and the loss falls. Measured 0.481 in
@@ -419,3 +421,24 @@ def test_demo_beats_half_the_flat_colour_baseline(tmp_path):
     first, last = records[:4], records[-4:]  # 50-step windows: the first and last 200 steps
     assert sum(r["loss"] for r in last) < 0.8 * sum(r["loss"] for r in first)
     assert sum(r["recon_vs_flat"] for r in last) / 4 < 0.8  # learned more than flat colour during training too
+
+
+def test_fp16_resume_restores_the_grad_scaler_exactly(data_list, tmp_path):
+    """fp16 trains with a GradScaler (initial scale 2^16, growth every 2000 clean steps). Its state in the step-2
+    checkpoint is set to scale 1024 with 7 clean steps counted; the run resumed from there takes exactly that
+    state: after steps 3 and 4 (no overflow at scale 1024) the step-4 checkpoint holds scale 1024 and 7 + 2 = 9."""
+    args = TINY + ["--data_path", data_list, "--max_steps", "4", "--save_every_steps", "2", "--keep_last", "3",
+                   "--precision", "fp16", "--output_dir", str(tmp_path)]
+    _run(args)
+    saved = {p.name: Checkpoints.load(p)["scaler"] for p in Checkpoints(tmp_path, 3).paths()}
+    assert sorted(saved) == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]
+    for name, steps in (("checkpoint-00000002.pt", 2), ("checkpoint-00000004.pt", 4)):
+        assert (saved[name]["scale"], saved[name]["_growth_tracker"]) == (65536.0, steps), saved[name]
+    second = tmp_path / "checkpoints" / "checkpoint-00000002.pt"
+    state = Checkpoints.load(second)
+    state["scaler"].update(scale=1024.0, _growth_tracker=7)
+    torch.save(state, second)
+    (tmp_path / "checkpoints" / "checkpoint-00000004.pt").unlink()
+    _run(args)  # --resume auto: from step 2
+    resumed = Checkpoints.load(tmp_path / "checkpoints" / "checkpoint-00000004.pt")["scaler"]
+    assert (resumed["scale"], resumed["_growth_tracker"]) == (1024.0, 9), resumed

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vmae2.keynames import summarize_keys
+
 WRAPPER_KEYS = ("model", "module", "state_dict")
 PREFIXES = ("_orig_mod.", "module.")
 PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "encoder.norm.")
@@ -33,34 +35,6 @@ CLASSIFIER_NEW = ("fc_norm.", "head.")  # what a classifier built on a pretraini
 NOT_A_CHECKPOINT = "is not a checkpoint (expected a .pth/.pt saved by torch or a .safetensors file)"
 SAFETENSORS_MAX_HEADER = 100_000_000  # bytes: the safetensors format's limit on its JSON header
 TORCH_LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # after ``\x80<protocol>``: torch.save's pre-zip format
-
-
-def summarize_keys(keys, limit: int = 8) -> str:
-    """``keys`` on one short line, in natural order: keys under one numbered block become ``blocks.3.*``, runs of
-    consecutive blocks ``blocks.2-5.*`` (with the key count); past ``limit`` entries, ``... and N more``."""
-    def natural(key):
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split(".")]
-
-    entries: list[list] = []  # [prefix or None, first index, last index, keys]
-    for key in sorted(keys, key=natural):
-        parts = key.split(".")
-        i = next((j for j, p in enumerate(parts[:-1]) if p.isdigit()), None)
-        prefix, index = (".".join(parts[:i]), int(parts[i])) if i is not None else (None, None)
-        last = entries[-1] if entries else None
-        if prefix is not None and last and last[0] == prefix and index in (last[2], last[2] + 1):
-            last[2] = index
-            last[3].append(key)
-        else:
-            entries.append([prefix, index, index, [key]])
-    labels = []
-    for prefix, first, last, members in entries:
-        if len(members) == 1:
-            labels.append(members[0])
-        else:
-            span = str(first) if first == last else f"{first}-{last}"
-            labels.append(f"{prefix}.{span}.* ({len(members)})")
-    more = f", ... and {len(labels) - limit} more" if len(labels) > limit else ""
-    return ", ".join(labels[:limit]) + more
 
 
 def _counted(what: str, keys) -> str:
@@ -193,9 +167,15 @@ def load_state_dict(path: str | os.PathLike, map_location="cpu") -> dict[str, to
 
 
 def _read(source: str | os.PathLike | dict) -> tuple[dict[str, torch.Tensor], str]:
-    """``(state dict, name for messages)`` of a path or an in-memory checkpoint."""
+    """``(state dict, name for messages)`` of a path, an in-memory checkpoint, or a ``transformers`` VideoMAE
+    folder or Hub id (its weights under vmae2 names, :mod:`vmae2.hf_keys`)."""
     if isinstance(source, dict):
         return unwrap(source, "state dict"), "the state dict"
+    from vmae2 import hf_keys
+
+    if hf_keys.is_transformers_source(source):
+        _, state, name = hf_keys.read_folder(source, load_state_dict)
+        return state, f"{name} (transformers VideoMAE)"
     return load_state_dict(source), str(source)
 
 
@@ -352,6 +332,20 @@ def _candidate_prefixes(keys) -> set[str]:
     return found
 
 
+def best_prefix(state: dict[str, torch.Tensor], own, view=None) -> tuple[str, object]:
+    """The wrapper prefix of ``state``'s keys (``model.``, ``module.``, ``backbone.``, ... or ``""``) under which
+    most keys match the model keys ``own`` (the shorter prefix on a tie), found from the keys: ``(prefix,
+    view(state, prefix))``. ``view`` gives ``(keys under the prefix, stripped, ...)``; by default the stripped keys
+    alone (then ``view(...)[0]`` is that dict)."""
+    view = view or (lambda st, p: ({k[len(p):]: v for k, v in st.items() if k.startswith(p)},))
+    scored = []
+    for prefix in _candidate_prefixes(state):
+        viewed = view(state, prefix)
+        scored.append((len(set(own) & viewed[0].keys()), -len(prefix), prefix, viewed))
+    _, _, prefix, viewed = max(scored, key=lambda s: s[:2])
+    return prefix, viewed
+
+
 def _as_feature_state(state: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], bool]:
     """The keys under ``prefix``, stripped; a pretraining model's encoder converted (its final ``norm`` becomes
     ``fc_norm``, the decoder is dropped). Returns ``(state, converted)``."""
@@ -371,11 +365,7 @@ def load_feature_weights(model: nn.Module, source: str | os.PathLike | dict) -> 
     ``ValueError`` naming the closest prefix and the missing / unexpected counts. Returns what was done, in words."""
     state, name = _read(source)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    scored = []
-    for prefix in _candidate_prefixes(state):
-        sub, converted = _as_feature_state(state, prefix)
-        scored.append((len(own.keys() & sub.keys()), -len(prefix), prefix, sub, converted))
-    _, _, prefix, sub, converted = max(scored, key=lambda s: s[:2])
+    prefix, (sub, converted) = best_prefix(state, own, _as_feature_state)
     missing = sorted(own.keys() - sub.keys())
     unexpected = sorted(k for k in sub.keys() - own.keys() if not k.startswith("head."))
     if missing or unexpected:

@@ -23,7 +23,8 @@ def opt(default, help: str, check: str | None = None, **kw):
     """A config field: its default, its ``--help`` text and its range ``check`` (``">= 1"``, ``"> 0"``,
     ``"[0, 1)"``, ... : one rule, applied by :meth:`CommonConfig.validate`; ``None`` values skip it). Other keywords
     (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them, ``positional=METAVAR``:
-    an argument without ``--``) go to metadata."""
+    an argument without ``--``, ``multi=True``: a text field that takes one or more words, kept joined by blanks)
+    go to metadata."""
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
@@ -266,7 +267,7 @@ _OFFICIAL = dict(num_frames=16, input_size=224, sampling_rate=4, mask_ratio=0.9,
 PRESETS = {
     # The embedded default (applied when no --preset is given): a tiny model on generated videos (flat objects
     # over gradients), a few minutes on a CPU, chosen so that the model visibly reconstructs the moving objects
-    # (see README, "The demo"). It differs from the official recipe in three ways, each because a tiny model
+    # (docs/training.md, "The demo"). It differs from the official recipe in three ways, each because a tiny model
     # on a 2-core CPU must leave the "predict flat colour" plateau within minutes: raw pixel targets (with
     # normalised ones it does not in this budget), 4 frames (2 tubelets: half the tokens to route) and tube
     # masking 0.7 instead of 0.9 (20 visible patches per frame instead of 6; measured final error vs flat
@@ -382,12 +383,21 @@ def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
             kw["type"], kw["nargs"] = float, 2
         elif hints[f.name] is bool:  # a bare --flag means true
             kw["nargs"], kw["const"] = "?", True
+        elif meta.get("multi"):  # --codecs h264 vp9: one text of blank-separated words
+            kw["nargs"], kw["type"], kw["action"] = "+", str, _JoinWords
         if meta.get("positional"):  # its metavar; a list field takes any number of values
             parser.add_argument(f.name, nargs="*" if "list" in str(hints[f.name]) else "?", metavar=meta["positional"],
                                 **kw)
-        else:
-            parser.add_argument(f"--{f.name}", **kw)
+            continue
+        parser.add_argument(f"--{f.name}", **kw)
     return parser
+
+
+class _JoinWords(argparse.Action):
+    """Store the words of a ``multi`` option as one blank-separated text."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, " ".join(values))
 
 
 def _read_file(path: str) -> dict:
@@ -415,9 +425,13 @@ def _count_videos(data_path: str) -> int | None:
     total = 0
     for path in str(data_path).split(","):
         try:
+            if os.path.isdir(path):  # a folder of shards (python -m vmae2.data.make_shards): its index counts them
+                with open(os.path.join(path, "index.json"), encoding="utf-8") as fh:
+                    total += int(json.load(fh)["samples"])
+                continue
             with open(path, encoding="utf-8") as fh:
                 total += sum(1 for line in fh if line.strip() and not line.lstrip().startswith("#"))
-        except (OSError, UnicodeDecodeError):
+        except (OSError, ValueError, KeyError):  # ValueError: bad UTF-8 or JSON
             return None
     return total
 

@@ -5,12 +5,14 @@ A :class:`Task` brings what differs: its model (and the wrapper that runs it), i
 micro-batch forward, the fields it logs, what it keeps in a checkpoint beyond the common state, what happens at an
 epoch's end and at the end of the run. :func:`train` does the rest, the same way for both:
 
-* setup: device, ``torch.distributed`` (``torchrun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
+* setup: device, ``torch.distributed`` (``torchrun`` or ``srun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
 * the official lr scaling (by the global batch of videos per optimizer step), warm-up + cosine lr and weight decay;
 * the run folder (:mod:`vmae2.rundir`): locked while the run writes it; a folder continues only its own run (its
   ``config.json`` against the new options), a new run (``--resume none``) starts only in a folder without one (or,
   with ``--overwrite``, once the old one is moved aside); a finished run is not run again;
 * resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
+  on another number of processes with the checkpoint's global batch, schedule and epoch order
+  (:func:`fit_global_batch`; DDP and FSDP2 checkpoints load into either, :func:`optimizer_keys`);
 * gradient accumulation (``no_sync`` on all micro-batches but the last), autocast, GradScaler under fp16;
 * the finite-loss guard: a device-side first-bad-step flag read on the host only on log and save steps (no
   per-step sync); every rank stops together, and a checkpoint never holds a diverged model;
@@ -21,7 +23,7 @@ epoch's end and at the end of the run. :func:`train` does the rest, the same way
 from __future__ import annotations
 
 import contextlib
-import logging
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -54,8 +56,6 @@ from vmae2.runtime import (
     stop_signals,
 )
 
-log = logging.getLogger("vmae2.engine")
-
 
 @dataclass
 class Setup:
@@ -82,8 +82,54 @@ def setup(cfg: TrainingConfig) -> Setup:
     device = resolve_device(cfg.device, Dist())
     d = setup_distributed(device.type)
     device = resolve_device(cfg.device, d)
+    cfg = fit_global_batch(cfg, d)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     return Setup(cfg, device, d, cfg.run_precision(device.type))
+
+
+def resume_source(cfg: TrainingConfig) -> Path | None:
+    """The checkpoint ``--resume`` names (``auto``: the latest in the output folder; ``none``: None)."""
+    if cfg.resume == "auto":
+        return Checkpoints(cfg.output_dir, cfg.keep_last).latest()
+    return None if cfg.resume == "none" else Path(cfg.resume)
+
+
+def global_batch(config: dict, world_size: int) -> int:
+    """Videos per optimizer step of a run's options on ``world_size`` ranks."""
+    return int(config["batch_size"]) * int(config["accum_steps"]) * world_size
+
+
+def fit_global_batch(cfg: TrainingConfig, d: Dist) -> TrainingConfig:
+    """``cfg`` with the global batch of the checkpoint it resumes when that was written on another number of ranks:
+    the per-rank batch kept and ``accum_steps`` set (or, where it does not divide, the largest per-rank batch up to
+    ``--batch_size`` that does), said in one line. ``ValueError`` with the fix when the world size does not divide
+    the global batch. Unchanged for a new run, a run on its checkpoint's world size, or a split that already
+    gives the checkpoint's global batch."""
+    source = resume_source(cfg)
+    if source is None or not Path(source).is_file():
+        return cfg
+    state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    old_world, old = int(state.get("world_size", 1)), state.get("config", {})
+    if old_world == d.world_size or "batch_size" not in old:
+        return cfg
+    total = global_batch(old, old_world)
+    if global_batch(to_dict(cfg), d.world_size) == total:
+        return cfg
+    if total % d.world_size:
+        fits = [w for w in range(1, total + 1) if total % w == 0]
+        raise ValueError(f"{source} was written on {old_world} processes with a global batch of {total} videos "
+                         f"({old['batch_size']} x {old_world} x {old['accum_steps']} accumulated), which "
+                         f"{d.world_size} processes cannot split evenly; resume on a number of processes that divides "
+                         f"{total} ({', '.join(map(str, fits[:12]))})")
+    per_rank = total // d.world_size
+    batch = max(b for b in range(1, min(cfg.batch_size, per_rank) + 1) if per_rank % b == 0)
+    fitted = dataclasses.replace(cfg, batch_size=batch, accum_steps=per_rank // batch)
+    if d.is_main:
+        print(f"resuming a run of {old_world} process(es) on {d.world_size}: the global batch stays {total} videos "
+              f"= --batch_size {fitted.batch_size} x {d.world_size} x --accum_steps {fitted.accum_steps} (was "
+              f"{old['batch_size']} x {old_world} x {old['accum_steps']}); the schedule and the epoch's data order "
+              f"continue by global step", flush=True)
+    return fitted
 
 
 class Task:
@@ -171,7 +217,7 @@ class _Guard:
 def too_few_batches(loader, batch_size: int, accum_steps: int) -> str:
     """Why ``loader`` (a training loader: full batches only) gives fewer batches per epoch than ``accum_steps``, with
     the largest ``--batch_size`` that gives enough."""
-    videos = len(getattr(loader, "order", loader).pairs())  # this process's videos per epoch (PretrainLoader.order)
+    videos = loader.samples_per_epoch // loader.world_size  # this process's share of an epoch
     fits = videos // accum_steps
     if not fits:
         return (f"--accum_steps {accum_steps} is too large for this data: it needs {accum_steps} batches per epoch "
@@ -343,7 +389,7 @@ def train(task: Task) -> int:
     if d.is_main:
         cfg = task.cfg
         print(f"{task.describe()}; clips of {cfg.num_frames} frames x {cfg.input_size} px, sampling rate "
-              f"{cfg.sampling_rate}; {d.world_size} process(es) on {s.device}, {s.precision}; "
+              f"{cfg.sampling_rate}; {d.world_size} process(es) ({d.launcher}) on {s.device}, {s.precision}; "
               f"{run.total_steps} steps of batch {cfg.batch_size} x {d.world_size} process(es) x {cfg.accum_steps} "
               f"accumulated = {run.global_videos} videos x {cfg.num_sample} views; lr {run.lr:.2e}", flush=True)
     stopped = run.loop(stop_signal, metrics)
@@ -377,39 +423,73 @@ def _start(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler, to
     """Check that this run continues the one in the output folder and the one that wrote ``--resume``; load
     ``--resume`` (``auto``: the latest checkpoint in the output folder) and record it in ``config.json`` (written
     here for a new run). Returns the step to continue from and whether the run is already finished (its checkpoint at
-    the last step and its weights written: nothing loaded, nothing recorded)."""
+    the last step and its weights written: nothing loaded, nothing recorded). A checkpoint of another world size
+    continues with its global batch (:func:`fit_global_batch`): the split of that batch is no other run."""
     new = {"vmae2_entry": task.ENTRY, **to_dict(cfg)}
     folder = rundir.read(cfg.output_dir)
+    source = resume_source(cfg)
+    state = Checkpoints.load(source) if source else None
     if folder:
-        _same_run(folder[1], new, f"--output_dir {cfg.output_dir} holds another run ({folder[0]})",
+        _same_run(_as_split(folder[1], state, new, task.d), new,
+                  f"--output_dir {cfg.output_dir} holds another run ({folder[0]})",
                   "Pass the run's values to continue it, --resume none --overwrite to start a new run there (the "
                   "old one is moved aside), or choose another --output_dir")
-    source = checkpoints.latest() if cfg.resume == "auto" else (None if cfg.resume == "none" else cfg.resume)
     if not source:
         if task.d.is_main and folder is None:
             rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
         return 0, False
-    state = Checkpoints.load(source)
     written = rundir.read(source)
     if written is None or folder is None or written[0].resolve() != folder[0].resolve():
-        _same_run(written[1] if written else state.get("config", {}), new,
+        _same_run(_as_split(written[1] if written else state.get("config", {}), state, new, task.d), new,
                   f"--resume {source} is a checkpoint of another run ({written[0] if written else 'its options'})",
                   "Pass that run's values to continue it, or start a new run: --resume none (with --overwrite "
                   "in a folder holding a run) or another --output_dir")
     step = int(state["step"])
     if step >= total_steps and (Path(cfg.output_dir) / "model.safetensors").is_file():
         return step, True
+    state["optimizer"] = optimizer_keys(state["optimizer"], task.model, task.optimizer,
+                                        by_name=getattr(task, "sharded", False))
     task.load_state(state)
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     if task.d.is_main:
         print(f"resumed from {source} at step {step}", flush=True)
-        if state.get("world_size", 1) != task.d.world_size:
-            log.warning("checkpoint was written with world size %s, now %s: the data order and epoch positions "
-                        "change", state.get("world_size"), task.d.world_size)
         rundir.record_resume(to_dict(cfg), task.ENTRY, cfg.output_dir, step, source)
     return step, False
+
+
+def _as_split(old: dict, state: dict | None, new: dict, d: Dist) -> dict:
+    """``old`` (a run's options) with ``new``'s batch size and accumulation when both give the global batch of the
+    checkpoint ``state`` (written on its own number of ranks): resuming on another world size is the same run."""
+    if state is None or "batch_size" not in old or "accum_steps" not in old:
+        return old
+    if global_batch(old, int(state.get("world_size", 1))) != global_batch(new, d.world_size):
+        return old
+    return {**old, "batch_size": new["batch_size"], "accum_steps": new["accum_steps"]}
+
+
+def optimizer_keys(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, by_name: bool) -> dict:
+    """A saved optimizer state keyed the way this run loads it: by parameter name (``by_name``: FSDP2's full state
+    dict, :func:`torch.distributed.checkpoint.state_dict.get_state_dict`) or by position in the optimizer's groups
+    (``Optimizer.state_dict``: single process, DDP). A checkpoint of either kind thus loads under the other."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    keys = [k for g in saved["param_groups"] for k in g["params"]]
+    if not keys or isinstance(keys[0], str) == by_name:
+        return saved
+    index = {name: i for i, name in enumerate(order)}
+    if by_name:
+        if len(keys) != len(order):
+            raise ValueError(f"the checkpoint's optimizer holds {len(keys)} parameters, this model {len(order)}")
+        rename = dict(zip(keys, order))  # positions follow the groups' order in both
+    else:
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise ValueError(f"the checkpoint's optimizer names parameters this model lacks: {missing[:4]}")
+        rename = index
+    return {"state": {rename[k]: v for k, v in saved["state"].items()},
+            "param_groups": [{**g, "params": [rename[k] for k in g["params"]]} for g in saved["param_groups"]]}
 
 
 def run(build_task: type[Task], cfg: TrainingConfig) -> int:

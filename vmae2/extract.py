@@ -4,7 +4,9 @@
 resized to 224x224, no ImageNet normalisation: the official tool's transform) or ``--preset fineaction`` (a window
 every 16 frames); ``--window/--stride/--frame_stride/--input_size/--normalize`` change them. A vmae2 run's
 ``config.json`` beside ``--weights`` gives the model, window, input size, frame stride (its ``sampling_rate``) and
-ImageNet normalisation (vmae2 training normalises every clip). Input: a folder of videos (class folders included) or
+ImageNet normalisation (vmae2 training normalises every clip). ``--weights`` may also be a ``transformers``
+VideoMAE folder (classifier or pretraining model; :mod:`vmae2.transformers_io`), whose config gives the
+architecture. Input: a folder of videos (class folders included) or
 a list in any format the training commands read (``python -m vmae2.data.make_lists`` writes them), or one video path
 a line. Output per video ``OUT/<path under the folder, extension dropped>.npy``, float32 ``[num_windows, C]``
 (``fc_norm`` of the mean token, official) or ``[num_windows, N, C]`` with ``--tokens``; ``manifest.json`` and
@@ -29,8 +31,9 @@ class ExtractConfig:
 
     model: str = opt("vit_giant_patch14_224", "classification architecture whose forward_features gives the features "
                                               "(official: vit_giant_patch14_224, its K710 fine-tuned weights)")
-    weights: str | None = opt(None, "official .pth (fine-tuned, or pretraining: the encoder), vmae2 .safetensors; "
-                                    "keys under any wrapper prefix (model., module., backbone., ...)", path=True)
+    weights: str | None = opt(None, "official .pth (fine-tuned, or pretraining: the encoder), vmae2 .safetensors, "
+                                    "keys under any wrapper prefix (model., module., backbone., ...); or a "
+                                    "transformers VideoMAE folder (its config gives the architecture)", path=True)
     data_path: str | None = opt(None, "a folder of videos (subfolders too: class folders), or a list: pretrain.txt / "
                                       "train.csv of python -m vmae2.data.make_lists, any list the training commands "
                                       "read, or one video path a line", path=True)

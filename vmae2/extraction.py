@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vmae2 import rundir
+from vmae2 import rundir, transformers_io
 from vmae2.checkpoint import atomic_write, load_feature_weights
 from vmae2.data.decode import BadVideo, iter_frames
 from vmae2.data.lists import VIDEO_EXTENSIONS, check_found, read_paths
@@ -45,9 +45,9 @@ MANIFEST, FAILED = "manifest.json", "failed.tsv"
 
 def list_videos(data_path: str, data_root: str = "") -> dict[str, str]:
     """``{absolute video path: output name}`` in path order, from a folder (its videos and its subfolders', by
-    extension) or a list file (:func:`vmae2.data.lists.read_paths`). The output name is the path relative to the folder (for a
-    list: to the deepest folder holding every video), extension dropped. ``ValueError`` when no video is found, or
-    when two videos would share a name."""
+    extension) or a list file (:func:`vmae2.data.lists.read_paths`). The output name is the path relative to the
+    folder (for a list: to the deepest folder holding every video), extension dropped. ``ValueError`` when no video is
+    found, or when two videos would share a name."""
     if os.path.isdir(data_path):
         root = os.path.abspath(data_path)
         paths = [str(p) for p in Path(root).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
@@ -152,8 +152,10 @@ class Outputs:
         self.manifest_path, self.failed_path = self.out / f"manifest{suffix}.json", self.out / f"failed{suffix}.tsv"
         options = {k: getattr(cfg, k) for k in ("window", "stride", "frame_stride", "input_size", "normalize",
                                                 "tokens", "precision")}
-        self.manifest = {"model": cfg.model, "weights": os.path.abspath(cfg.weights),
-                         "weights_sha256": sha256(cfg.weights), "weights_loaded_as": how_loaded,
+        weights = transformers_io.weights_file(cfg.weights) if os.path.isdir(cfg.weights) else cfg.weights
+        model = f"transformers VideoMAE ({os.path.abspath(cfg.weights)})" if os.path.isdir(cfg.weights) else cfg.model
+        self.manifest = {"model": model, "weights": os.path.abspath(weights),
+                         "weights_sha256": sha256(weights), "weights_loaded_as": how_loaded,
                          "preset": cfg.preset_name(), "options": options, "world_size": d.world_size}
         if d.world_size > 1:
             self.manifest["rank"] = d.rank
@@ -224,35 +226,35 @@ def merge_ranks(out: Path, world_size: int) -> None:
         _write_failed(out / FAILED, failed)
 
 
-@rundir.locked("python -m vmae2.extract")
-def run(cfg: ExtractConfig) -> int:
-    """Extract the features of every video of ``cfg.data_path`` not extracted yet. Exit code 0 when some video of
-    the list has its features (now or from an earlier run; bad videos are listed, not fatal), 1 when none has (every
-    one failed), 2 for a bad list, weights or output folder."""
+def feature_model(cfg: ExtractConfig) -> tuple[torch.nn.Module, str]:
+    """``(features-only model, how its weights were loaded)``: ``cfg.model`` with ``cfg.weights`` (any wrapper
+    prefix), or, for a ``transformers`` VideoMAE folder, the architecture of its config."""
     from vmae2.models import create_model
 
-    try:
-        d = setup_distributed("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-        device = resolve_device(cfg.device, d)
-        names = list_videos(cfg.data_path, cfg.data_root)
-        videos = list(names)[d.rank::d.world_size]
-        model = create_model(cfg.model, num_classes=0, num_frames=cfg.window, img_size=cfg.input_size,
-                             attn_backend=cfg.attn_backend)
-        outputs = Outputs(cfg, d, load_feature_weights(model, cfg.weights), names)
-        todo = [p for p in videos if not outputs.extracted(p)]  # resume: what an earlier run finished is skipped
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    model.to(device).eval()
-    batch_size = cfg.batch_size or default_batch_size(model, device)
-    outputs.clear_stale(todo)
+    if transformers_io.is_transformers_source(cfg.weights):
+        return transformers_io.feature_model(cfg.weights, num_frames=cfg.window, img_size=cfg.input_size,
+                                             attn_backend=cfg.attn_backend)
+    model = create_model(cfg.model, num_classes=0, num_frames=cfg.window, img_size=cfg.input_size,
+                         attn_backend=cfg.attn_backend)
+    return model, load_feature_weights(model, cfg.weights)
+
+
+def _say_start(cfg: ExtractConfig, d: Dist, device: torch.device, outputs: Outputs, videos: int, todo: int,
+               batch_size: int) -> None:
+    """Print this rank's plan: nothing to do, or how many videos are left and how they are extracted."""
     if videos and not todo:
-        print(f"rank {d.rank}: all {len(videos)} videos were extracted into {cfg.output_dir} by an earlier run: "
+        print(f"rank {d.rank}: all {videos} videos were extracted into {cfg.output_dir} by an earlier run: "
               f"nothing to do", flush=True)
     else:
-        print(f"rank {d.rank}: {len(videos) - len(todo)} of {len(videos)} videos already extracted, {len(todo)} to "
+        print(f"rank {d.rank}: {videos - todo} of {videos} videos already extracted, {todo} to "
               f"go; {cfg.model} ({outputs.manifest['weights_loaded_as']}), preset {outputs.manifest['preset']}, "
               f"batch {batch_size}, {cfg.num_workers} decoding workers, {device}", flush=True)
+
+
+def _extract(cfg: ExtractConfig, model: torch.nn.Module, device: torch.device, batch_size: int, todo: list[str],
+             outputs: Outputs) -> tuple[int, int, int]:
+    """Extract the videos ``todo`` (decoded by worker processes, windows through ``model`` here), each one's
+    features written, or the video listed as failed, as it ends; ``(videos extracted, videos failed, windows)``."""
     dataset = FrameChunks(todo, cfg.input_size, cfg.normalize, preprocess_here=device.type == "cpu")
     loader = DataLoader(dataset, batch_size=None, num_workers=min(cfg.num_workers, len(todo)),
                         pin_memory=device.type == "cuda")
@@ -283,19 +285,51 @@ def run(cfg: ExtractConfig) -> int:
         elapsed = time.perf_counter() - start
         print(f"[{finished + failures}/{len(todo)}] {outputs.names[path]}: {len(features)} windows | "
               f"{finished / elapsed:.2f} videos/s, {windows / elapsed:.1f} windows/s", flush=True)
-    outputs.write()
-    print(f"rank {d.rank}: {finished} videos extracted ({windows} windows), {failures} failed"
-          + (f" (see {outputs.failed_path})" if failures else "") + f"; features in {cfg.output_dir}", flush=True)
-    with_features = torch.tensor(len(videos) - len(todo) + finished, device=device)
+    return finished, failures, windows
+
+
+def _finish(cfg: ExtractConfig, d: Dist, device: torch.device, outputs: Outputs, listed: int,
+            with_features: int) -> int:
+    """Fold every rank's files into ``manifest.json`` / ``failed.tsv`` (several ranks; rank 0, once all have
+    written theirs) and return the exit code: 0 when some of the ``listed`` videos has its features (on any rank),
+    else 1."""
+    total = torch.tensor(with_features, device=device)
     if d.world_size > 1:
-        torch.distributed.all_reduce(with_features)  # also: every rank's files are written
+        torch.distributed.all_reduce(total)  # also: every rank's files are written
         if d.is_main:
             merge_ranks(outputs.out, d.world_size)
             print(f"merged {d.world_size} ranks' manifests into {outputs.out / MANIFEST}", flush=True)
         finish_distributed()
-    if not with_features.item():
+    if not total.item():
         if d.is_main:
-            print(f"error: no video of --data_path {cfg.data_path} was extracted: all {len(names)} failed (reasons "
+            print(f"error: no video of --data_path {cfg.data_path} was extracted: all {listed} failed (reasons "
                   f"in {outputs.out / FAILED}); fix or replace them, or list other videos", file=sys.stderr)
         return 1
     return 0
+
+
+@rundir.locked("python -m vmae2.extract")
+def run(cfg: ExtractConfig) -> int:
+    """Extract the features of every video of ``cfg.data_path`` not extracted yet. Exit code 0 when some video of
+    the list has its features (now or from an earlier run; bad videos are listed, not fatal), 1 when none has (every
+    one failed), 2 for a bad list, weights or output folder."""
+    try:
+        d = setup_distributed("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+        device = resolve_device(cfg.device, d)
+        names = list_videos(cfg.data_path, cfg.data_root)
+        videos = list(names)[d.rank::d.world_size]
+        model, how_loaded = feature_model(cfg)
+        outputs = Outputs(cfg, d, how_loaded, names)
+        todo = [p for p in videos if not outputs.extracted(p)]  # resume: what an earlier run finished is skipped
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    model.to(device).eval()
+    batch_size = cfg.batch_size or default_batch_size(model, device)
+    outputs.clear_stale(todo)
+    _say_start(cfg, d, device, outputs, len(videos), len(todo), batch_size)
+    finished, failures, windows = _extract(cfg, model, device, batch_size, todo, outputs)
+    outputs.write()
+    print(f"rank {d.rank}: {finished} videos extracted ({windows} windows), {failures} failed"
+          + (f" (see {outputs.failed_path})" if failures else "") + f"; features in {cfg.output_dir}", flush=True)
+    return _finish(cfg, d, device, outputs, len(names), len(videos) - len(todo) + finished)

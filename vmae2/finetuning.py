@@ -15,6 +15,7 @@ from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.decode import upscale_note
 from vmae2.data.lists import check_found, read_finetune_csv
+from vmae2.data.shards import ShardList, is_shards
 from vmae2.data.synthetic import make_labeled_videos
 from vmae2.engine import Setup, Task
 from vmae2.evaluation import predict, score, write_report
@@ -69,6 +70,8 @@ def read_train_records(cfg: FinetuneConfig):
         check_found(records, path, cfg.data_root)
         return records
 
+    if len(paths) == 1 and not cfg.label_maps and is_shards(paths[0]):  # a sharded corpus: one seeded stream
+        return ShardList.open(paths[0], seed=cfg.seed, step=cfg.sampling_rate), names
     if not cfg.label_maps:
         return [r for p in paths for r in read(p, cfg.nb_classes)], names
     maps = [LabelMap.read(m) for m in cfg.label_maps.split(",")]
@@ -145,7 +148,7 @@ class FinetuneTask(Task):
         self.common = dict(config=self.clip, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
                            num_workers=cfg.num_workers, device=s.device, quarantine=out / "quarantine.tsv")
         self.loader = ClassifyLoader(self.records, mode="train", batch_size=cfg.batch_size, transform=transform,
-                                     **self.common)
+                                     accum_steps=cfg.accum_steps, **self.common)
         self.eval_batch = cfg.eval_batch_size or max(int(1.5 * cfg.batch_size), 1)
         self.val_records = self.eval_records(cfg.val_data_path) if cfg.val_data_path else None
         self.val_loader = ClassifyLoader(self.val_records, mode="val", batch_size=self.eval_batch,

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils import flop_counter as _fc
 
 __all__ = ["register_flop_formulas", "count_flops", "token_counts", "macs_per_clip", "mfu", "model_flops_per_clip",
-           "peak_flops", "PEAK_TFLOPS_BF16"]
+           "peak_flops", "peak_for", "card_peaks", "PEAK_TFLOPS"]
 
 _LOCK = threading.Lock()
 _REGISTERED = False
@@ -42,34 +42,12 @@ _REGISTERED = False
 
 # -- formulas ------------------------------------------------------------------------------------------------
 
-def _bmm(b: int, m: int, k: int, n: int) -> int:
-    return 2 * b * m * k * n
-
-
-def _sdpa_fwd_count(q, k, v) -> int:
-    if hasattr(_fc, "sdpa_flop_count"):
-        return _fc.sdpa_flop_count(q, k, v)
-    b, h, sq, d = q
-    sk, dv = k[2], v[3]
-    return _bmm(b * h, sq, d, sk) + _bmm(b * h, sq, sk, dv)  # pragma: no cover - older/newer torch only
-
-
-def _sdpa_bwd_count(go, q, k, v) -> int:
-    if hasattr(_fc, "sdpa_backward_flop_count"):
-        return _fc.sdpa_backward_flop_count(go, q, k, v)
-    b, h, sq, d = q  # pragma: no cover - older/newer torch only
-    sk, dv = k[2], v[3]
-    # recompute Q K^T; dP = dO V^T; dV = P^T dO; dQ = dS K; dK = dS^T Q
-    return (_bmm(b * h, sq, d, sk) + _bmm(b * h, sq, dv, sk) + _bmm(b * h, sk, sq, dv)
-            + _bmm(b * h, sq, sk, d) + _bmm(b * h, d, sq, sk))
-
-
 def _cpu_sdpa_fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return _sdpa_fwd_count(query, key, value)
+    return _fc.sdpa_flop_count(query, key, value)
 
 
 def _cpu_sdpa_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return _sdpa_bwd_count(grad_out, query, key, value)
+    return _fc.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
 def _zero(*args, out_shape=None, **kwargs) -> int:
@@ -237,18 +215,19 @@ def macs_per_clip(model_name: str, mask_ratio: float = 0.9, decoder_mask_ratio: 
     return count_flops(model, video, enc_ids, dec_ids)["forward_macs"] / 1e9
 
 
-def mfu(flops_per_step: float, step_time_s: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: ``flops_per_step / step_time_s / peak_flops`` (a fraction, 1.0 = peak).
+def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation of one device: ``flops / seconds / peak`` (a fraction, 1.0 = peak).
 
-    ``flops_per_step`` in FLOPs (2 per MAC; e.g. ``count_flops(..., backward=True)["total_flops"]`` for the
-    whole batch), ``peak_flops`` in FLOP/s of the device at the dtype used (dense, no sparsity).
+    ``flops`` in FLOPs (2 per MAC) done by that device in ``seconds``; ``peak`` in FLOP/s of that device at the
+    run's precision (:func:`peak_flops`; dense, no sparsity). ``None`` when ``peak`` is ``None`` (no known peak).
     """
-    for name, value in (("flops_per_step", flops_per_step), ("step_time_s", step_time_s),
-                        ("peak_flops", peak_flops)):
+    if peak is None:
+        return None
+    for name, value in (("flops", flops), ("seconds", seconds), ("peak", peak)):
         if not (isinstance(value, (int, float)) and math.isfinite(value)) or value < 0 or \
-                (value == 0 and name != "flops_per_step"):
-            raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    return flops_per_step / step_time_s / peak_flops
+                (value == 0 and name != "flops"):
+            raise ValueError(f"mfu: {name} must be a finite positive number, got {value!r}")
+    return flops / seconds / peak
 
 
 def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
@@ -273,12 +252,38 @@ def model_flops_per_clip(model, num_visible: int, num_decoded: int) -> float:
     return 3.0 * (enc + dec + embed + e2d + head)
 
 
-PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks (datasheets)
+# Dense (no sparsity: half the datasheets' sparse figures) peaks in TFLOP/s by device-name pattern, the most specific
+# first: bf16/fp16 and TF32 on the tensor cores, plain fp32 on the CUDA cores.
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    ("H200 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    ("GH200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0}),
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0}),  # SXM
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+)
+PRECISIONS = ("bf16", "fp16", "fp32")
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The dense bf16 peak of ``device`` in FLOP/s (None: not a GPU this table knows)."""
+def card_peaks(device_name: str) -> tuple[str, dict[str, float]] | None:
+    """``(matched pattern, {precision: dense TFLOP/s})`` of the GPU called ``device_name`` (case-insensitive), or
+    None for a card :data:`PEAK_TFLOPS` does not list."""
+    return next(((pattern, peaks) for pattern, peaks in PEAK_TFLOPS if pattern.lower() in device_name.lower()), None)
+
+
+def peak_for(device_name: str, precision: str, tf32: bool = False) -> float | None:
+    """The dense peak in FLOP/s of the GPU called ``device_name`` for a ``precision`` run (None: not a card this
+    table lists). ``fp32`` runs: the TF32 tensor-core peak when ``tf32`` (matmuls allowed in TF32), else plain fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+    found = card_peaks(device_name)
+    return None if found is None else found[1]["tf32" if precision == "fp32" and tf32 else precision] * 1e12
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The dense peak of ``device`` in FLOP/s for a ``precision`` run (``bf16``, ``fp16`` or ``fp32``; fp32 reads
+    ``torch.backends.cuda.matmul.allow_tf32``). None: not a GPU :data:`PEAK_TFLOPS` knows."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf * 1e12 for key, tf in PEAK_TFLOPS_BF16.items() if key in name), None)
+    return peak_for(torch.cuda.get_device_name(device), precision, torch.backends.cuda.matmul.allow_tf32)

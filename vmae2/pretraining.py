@@ -15,8 +15,9 @@ from vmae2.config import TrainConfig
 from vmae2.data import ClipConfig, MixedList, PretrainLoader, make_videos, read_list
 from vmae2.data.decode import upscale_note
 from vmae2.data.lists import check_found
+from vmae2.data.shards import ShardList, is_shards
 from vmae2.engine import Setup, Task
-from vmae2.flops import model_flops_per_clip, peak_flops
+from vmae2.flops import mfu, model_flops_per_clip, peak_flops
 from vmae2.loss import flat_colour_loss, reconstruction_loss
 from vmae2.models import create_model
 from vmae2.planning import resolve_checkpoint
@@ -40,16 +41,20 @@ def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> PretrainLoa
     weights = [float(w) for w in cfg.data_weights.split(",")] if cfg.data_weights else [1.0] * len(paths)
     if len(weights) != len(paths):
         raise ValueError(f"--data_weights has {len(weights)} values for {len(paths)} lists in --data_path")
-    lists = [read_list(p, kind="pretrain", data_root=cfg.data_root, step=cfg.sampling_rate) for p in paths]
-    for path, records in zip(paths, lists):
-        check_found(records, path, cfg.data_root)
-    if d.is_main and (note := upscale_note(lists[0], cfg.input_size, "--input_size")):
+    if len(paths) == 1 and is_shards(paths[0]):  # a sharded corpus (make_shards), read as one seeded stream
+        mixed = ShardList.open(paths[0], seed=cfg.seed, step=cfg.sampling_rate)
+    else:
+        lists = [read_list(p, kind="pretrain", data_root=cfg.data_root, step=cfg.sampling_rate) for p in paths]
+        for path, records in zip(paths, lists):
+            check_found(records, path, cfg.data_root)
+        mixed = MixedList(list(zip(lists, weights)), seed=cfg.seed)
+    if d.is_main and (note := upscale_note(mixed.records, cfg.input_size, "--input_size")):
         print(note, flush=True)
-    mixed = MixedList(list(zip(lists, weights)), seed=cfg.seed)
     clip = ClipConfig(clip_len=cfg.num_frames, input_size=cfg.input_size, num_sample=cfg.num_sample)
     return PretrainLoader(mixed, batch_size=cfg.batch_size, config=clip, seed=cfg.seed, rank=d.rank,
                           world_size=d.world_size, backend=cfg.data_backend, device=device,
-                          num_workers=cfg.num_workers, quarantine=Path(cfg.output_dir) / "quarantine.tsv")
+                          num_workers=cfg.num_workers, quarantine=Path(cfg.output_dir) / "quarantine.tsv",
+                          accum_steps=cfg.accum_steps)
 
 
 def build_model(cfg: TrainConfig, device: torch.device, d: Dist):
@@ -138,11 +143,11 @@ class PretrainTask(Task):
         nv = enc.shape[1]
         nd = dec.shape[1] if dec is not None else model.num_patches - nv
         self.flops = self.flops or model_flops_per_clip(model, nv, nd)
-        peak = peak_flops(device)
+        peak = peak_flops(device, self.cfg.run_precision(device.type))
         return {"recon_vs_flat": float(loss.detach() / _flat_loss(self.cfg, model, video, enc, dec)),
                 "tokens_per_s": clips_per_s * (nv + (nv + nd)),  # encoder tokens + decoder tokens per clip
                 "peak_mem_mb": peak_memory_mb(device),
-                "mfu": clips_per_s * self.flops / (peak * self.d.world_size) if peak else None}
+                "mfu": mfu(clips_per_s * self.flops / self.d.world_size, 1.0, peak)}  # one device's second
 
     def state(self) -> dict:
         if not self.sharded:

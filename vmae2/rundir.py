@@ -95,6 +95,8 @@ def _now() -> str:
 def _is_main_process() -> bool:
     """Rank 0 of a ``torchrun`` group (``WORLD_SIZE``/``RANK``, as :func:`vmae2.runtime.setup_distributed` reads
     them), or a process on its own."""
+    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" in os.environ:  # srun: torchrun's variables win
+        return int(os.environ["SLURM_PROCID"]) == 0
     return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
 
 
@@ -296,6 +298,10 @@ def run_folder_values(values: dict, needs_test_list: bool) -> tuple[str | None, 
     model, classes and geometry of the run beside ``--weights``. Raises ``ValueError`` saying what to pass for a run
     without ``model.safetensors`` (unfinished) or, for ``evaluate``, without a test or validation list."""
     folder, weights = values.get("run"), values.get("weights")
+    from vmae2 import transformers_io  # no torch import
+
+    if folder and read(folder) is None and transformers_io.is_transformers_source(folder):
+        return transformers_io.run_values(folder, needs_test_list, values.get("data_path"))
     found = read(folder) if folder else (read(weights) if weights else None)
     if folder and found is None:
         raise ValueError(f"--run {folder!r} is invalid: no {CONFIG_FILE} written by vmae2 in it; give the "

@@ -9,12 +9,14 @@ Encoder-visible patches show the input; patches neither seen nor reconstructed s
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
 from vmae2 import plot, rundir
+from vmae2.config import Command, check_fields, cli, opt
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
@@ -91,7 +93,61 @@ def save_reconstruction_png(model, video, enc_ids, dec_ids, path, normalized_tar
     return plot.save(*reconstruction_grid(model, video, enc_ids, dec_ids, normalized_target), path)
 
 
-def main(argv: list[str] | None = None) -> int:
+RUN_DEFAULT = "default: the run's (its checkpoint or config.json), else {}"
+FROM_THE_RUN = ("model", "num_frames", "input_size", "sampling_rate", "mask_ratio", "decoder_mask_ratio")
+
+
+@dataclass
+class VisualizeConfig:
+    """The options of ``python -m vmae2.visualize``; the model and geometry default to those of the run that wrote
+    the checkpoint (:func:`run_values`)."""
+
+    checkpoint: str | None = opt(None, "a vmae2 training checkpoint (.pt), or weights (.safetensors/.pth) with "
+                                       "--model (required, no default)", positional="CHECKPOINT", path=True)
+    video: str | None = opt(None, "a video file (required, no default)", positional="VIDEO", path=True)
+    out: str = opt("reconstruction.png", "the PNG written")
+    model: str | None = opt(None, RUN_DEFAULT.format(None))
+    num_frames: int = opt(16, RUN_DEFAULT.format(16), ">= 1")
+    input_size: int = opt(224, RUN_DEFAULT.format(224), ">= 1")
+    sampling_rate: int = opt(4, RUN_DEFAULT.format(4), ">= 1")
+    mask_ratio: float = opt(0.9, RUN_DEFAULT.format(0.9), "[0, 1)")
+    decoder_mask_ratio: float = opt(0.5, RUN_DEFAULT.format(0.5), "[0, 1)")
+    seed: int = opt(0, "seed of the masks (default: 0)")
+
+    def validate(self):
+        """Raise ``ValueError`` naming the first missing or invalid value; return ``self``."""
+        if self.checkpoint is None or self.video is None:
+            raise ValueError("give a checkpoint and a video: python -m vmae2.visualize CHECKPOINT VIDEO")
+        check_fields(self)
+        if self.model is None:
+            raise ValueError("--model is needed for weights without a vmae2 run (config.json) beside them")
+        return self
+
+
+def run_config(checkpoint: str) -> tuple[str | None, dict]:
+    """``(source, options)`` of the run that wrote ``checkpoint``: the options a ``.pt`` training checkpoint holds,
+    else the ``config.json`` beside the weights (``(None, {})`` when there is neither)."""
+    if checkpoint.endswith(".pt"):
+        from vmae2.runtime import Checkpoints
+
+        return checkpoint, Checkpoints.load(checkpoint).get("config", {})
+    found = rundir.read(checkpoint)
+    return (str(found[0]), found[1]) if found else (None, {})
+
+
+def run_values(values: dict) -> tuple[str | None, dict]:
+    """The :class:`~vmae2.config.Command` ``inherit`` hook: the model and geometry of the checkpoint's run."""
+    if not values.get("checkpoint") or not os.path.isfile(values["checkpoint"]):
+        return None, {}  # validate() names the missing file
+    source, config = run_config(values["checkpoint"])
+    return source, {k: config[k] for k in FROM_THE_RUN if config.get(k) is not None}
+
+
+VISUALIZE = Command("python -m vmae2.visualize", __doc__.splitlines()[0], VisualizeConfig, inherit=run_values)
+
+
+def run(cfg: VisualizeConfig) -> int:
+    """Build the model of ``cfg``, load its weights, and write the grid of one clip of ``cfg.video``."""
     from vmae2 import masking
     from vmae2.checkpoint import load_weights
     from vmae2.data.clips import augment
@@ -101,55 +157,34 @@ def main(argv: list[str] | None = None) -> int:
     from vmae2.models import create_model
     from vmae2.runtime import Checkpoints
 
-    parser = argparse.ArgumentParser(prog="python -m vmae2.visualize", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a vmae2 training checkpoint (.pt), or weights (.safetensors/.pth) "
-                                           "with --model")
-    parser.add_argument("video", help="a video file")
-    parser.add_argument("--out", default="reconstruction.png")
-    defaults = {"model": None, "num_frames": 16, "input_size": 224, "sampling_rate": 4, "mask_ratio": 0.9,
-                "decoder_mask_ratio": 0.5}
-    for name, value in defaults.items():
-        parser.add_argument(f"--{name}", type=type(value) if value is not None else str, default=None,
-                            help=f"default: the run's (its checkpoint or config.json), else {value}")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the masks (default: 0)")
-    args = parser.parse_args(argv)
-
-    config = {}
-    if args.checkpoint.endswith(".pt"):
-        state = Checkpoints.load(args.checkpoint)
+    if cfg.checkpoint.endswith(".pt"):
+        state = Checkpoints.load(cfg.checkpoint)
         config, weights = state.get("config", {}), state["model"]
     else:
-        weights = args.checkpoint
-        config = (rundir.read(weights) or (None, {}))[1]  # the config.json of the run that wrote the weights
-    chosen = {}
-    for name, value in defaults.items():
-        flag, run = getattr(args, name), config.get(name)
-        if flag is not None and run is not None and flag != run:
-            print(f"warning: --{name} {flag} differs from the run's {run}; using {flag}", file=sys.stderr)
-        chosen[name] = flag if flag is not None else run if run is not None else value
-    if chosen["model"] is None:
-        print("error: --model is needed for weights without a vmae2 run (config.json) beside them", file=sys.stderr)
-        return 2
-    num_frames, size, rate = chosen["num_frames"], chosen["input_size"], chosen["sampling_rate"]
-    model = create_model(chosen["model"], num_frames=num_frames, img_size=size,
+        config, weights = run_config(cfg.checkpoint)[1], cfg.checkpoint
+    model = create_model(cfg.model, num_frames=cfg.num_frames, img_size=cfg.input_size,
                          decoder_depth=config.get("decoder_depth", 4), attn_backend="sdpa")
     load_weights(model, weights, strict=False)
-    record = VideoRecord(args.video, 0, -1, -1, True, "", rate, "cli")
+    record = VideoRecord(cfg.video, 0, -1, -1, True, "", cfg.sampling_rate, "cli")
     try:
         info = probe(record)
-        frames = decode_frames(record, frame_ids(0, info.num_frames, num_frames, rate), info)
+        frames = decode_frames(record, frame_ids(0, info.num_frames, cfg.num_frames, cfg.sampling_rate), info)
     except BadVideo as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     side = min(info.width, info.height)  # centre square crop
     crop = Crop((info.width - side) // 2, (info.height - side) // 2, side, side)
-    video = augment(frames, crop, size)[None]
-    g = torch.Generator().manual_seed(args.seed)
-    enc = masking.tube_ids(1, model.grid, chosen["mask_ratio"], generator=g)
-    dec = masking.running_cell_ids(1, model.grid, chosen["decoder_mask_ratio"], generator=g)
-    print(save_reconstruction_png(model, video, enc, dec, args.out, config.get("normalize_target", True))
-          or f"wrote {args.out}")
+    video = augment(frames, crop, cfg.input_size)[None]
+    g = torch.Generator().manual_seed(cfg.seed)
+    enc = masking.tube_ids(1, model.grid, cfg.mask_ratio, generator=g)
+    dec = masking.running_cell_ids(1, model.grid, cfg.decoder_mask_ratio, generator=g)
+    print(save_reconstruction_png(model, video, enc, dec, cfg.out, config.get("normalize_target", True))
+          or f"wrote {cfg.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(VISUALIZE, argv, "vmae2.visualize:run")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // CUDA kernels of the vmae2_kernels ops and their host launchers (vmae2_cuda.h), free of torch headers: plain nvcc
 // compiles this file for sm_80/sm_90 in CI, which also checks ptxas' register/spill report. The torch binding
-// (vmae2_cuda_binding.cpp) calls the launchers on the current stream. Conventions as kernels/reference.py: ids
+// (vmae2_cuda_binding.cpp) calls the launchers on the current stream. Conventions as vmae2_kernels/reference.py: ids
 // int64 [B, K] unique per row, any order; fp32 arithmetic with one rounding to the output type;
 // T in {float, __half, __nv_bfloat16}.
 #include <cuda_bf16.h>
@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "vmae2_cuda.h"
 
@@ -77,18 +78,19 @@ __global__ void tubelet_gather_kernel(const T* __restrict__ video, const int64_t
   }
 }
 
-// [x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]; fp32 sums, one rounding to O.
-template <typename T, typename O>
+// [x_vis + pos[vis_ids] | mask_token + pos[dec_ids]]: x in T, the table in P, each read in its own type; fp32 sums,
+// one rounding to O.
+template <typename T, typename P, typename O>
 __global__ void decoder_input_kernel(const T* __restrict__ x, const int64_t* __restrict__ vis,
                                      const int64_t* __restrict__ dec, const float* __restrict__ token,
-                                     const float* __restrict__ pos, O* __restrict__ out, int64_t Nv, int64_t Nd,
+                                     const P* __restrict__ pos, O* __restrict__ out, int64_t Nv, int64_t Nd,
                                      int64_t D) {
   const int64_t L = Nv + Nd, r = blockIdx.x, b = r / L, i = r % L;
   const bool visible = i < Nv;
   const int64_t id = visible ? vis[b * Nv + i] : dec[b * Nd + (i - Nv)];
   for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
     const float base = visible ? to_f(x[(b * Nv + i) * D + c]) : token[c];
-    out[r * D + c] = from_f<O>(base + pos[id * D + c]);
+    out[r * D + c] = from_f<O>(base + to_f(pos[id * D + c]));
   }
 }
 
@@ -311,13 +313,26 @@ cudaError_t launch_tubelet_gather(DType dtype, const void* video, const int64_t*
 }
 
 cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vis, const int64_t* dec,
-                                 const float* token, const float* pos, float* out, int64_t B, int64_t Nv, int64_t Nd,
-                                 int64_t D, cudaStream_t stream) {
+                                 const float* token, DType pos_dtype, const void* pos, DType out_dtype, void* out,
+                                 int64_t B, int64_t Nv, int64_t Nd, int64_t D, cudaStream_t stream) {
   if (B * (Nv + Nd) == 0 || D == 0) return cudaSuccess;
-  by_dtype(x_dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    decoder_input_kernel<T, float><<<B * (Nv + Nd), threads_for(D), 0, stream>>>(static_cast<const T*>(x), vis, dec,
-                                                                                  token, pos, out, Nv, Nd, D);
+  // The output is fp32, or x's type when x and the table share it (the promoted type of the three inputs).
+  if (out_dtype != DType::kFloat32 && (out_dtype != x_dtype || out_dtype != pos_dtype)) return cudaErrorInvalidValue;
+  by_dtype(x_dtype, [&](auto x_tag) {
+    using T = typename decltype(x_tag)::type;
+    by_dtype(pos_dtype, [&](auto pos_tag) {
+      using P = typename decltype(pos_tag)::type;
+      const auto* xp = static_cast<const T*>(x);
+      const auto* pp = static_cast<const P*>(pos);
+      const int64_t rows = B * (Nv + Nd);  // one block per row, on grid axis 0
+      if (out_dtype == DType::kFloat32) {
+        decoder_input_kernel<T, P, float><<<rows, threads_for(D), 0, stream>>>(xp, vis, dec, token, pp,
+                                                                               static_cast<float*>(out), Nv, Nd, D);
+      } else if constexpr (std::is_same_v<T, P>) {
+        decoder_input_kernel<T, P, T><<<rows, threads_for(D), 0, stream>>>(xp, vis, dec, token, pp,
+                                                                           static_cast<T*>(out), Nv, Nd, D);
+      }
+    });
   });
   return cudaGetLastError();
 }

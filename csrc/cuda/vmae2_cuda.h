@@ -26,10 +26,12 @@ cudaError_t launch_tubelet_gather(DType dtype, const void* video, const int64_t*
                                   int hp, int wp, int patch, int tub, int64_t sb, int64_t sc, int64_t st, int64_t sh,
                                   cudaStream_t stream);
 
-// fp32 out [B, Nv + Nd, D] = [x + pos[vis] | token + pos[dec]]; token [D] and pos [N, D] fp32.
+// out [B, Nv + Nd, D] = [x + pos[vis] | token + pos[dec]]: x and the table pos [N, D] read in their own types, token
+// [D] fp32, fp32 sums rounded once to out_dtype: fp32, or x's type when x and pos share it (else
+// cudaErrorInvalidValue, nothing launched).
 cudaError_t launch_decoder_input(DType x_dtype, const void* x, const int64_t* vis, const int64_t* dec,
-                                 const float* token, const float* pos, float* out, int64_t B, int64_t Nv, int64_t Nd,
-                                 int64_t D, cudaStream_t stream);
+                                 const float* token, DType pos_dtype, const void* pos, DType out_dtype, void* out,
+                                 int64_t B, int64_t Nv, int64_t Nd, int64_t D, cudaStream_t stream);
 
 // Rows of `partial` [mask_token_grad_blocks(B * (L - Nv)), D] that launch_mask_token_grad fills; the caller sums
 // them (fixed order: deterministic).

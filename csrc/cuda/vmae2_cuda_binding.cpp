@@ -1,6 +1,6 @@
 // Thin torch binding of the CUDA kernels: CUDA-key implementations of the vmae2_native ops whose schemas
 // vmae2_cpu.cpp defines (TORCH_LIBRARY, once). Each op checks its arguments, allocates the output, converts what
-// the kernels do not take natively (pos to x's dtype; mask token, position table, keys and weights to fp32) and
+// the kernels do not take natively (token_gather's pos to x's dtype; the mask token, keys and weights to fp32) and
 // calls the launcher (vmae2_cuda.h) on the current stream of the input's device. No device code here: g++ compiles
 // this file with torch's and the CUDA toolkit's headers (CI checks it with -fsyntax-only).
 #include <ATen/ATen.h>
@@ -95,15 +95,15 @@ at::Tensor decoder_input(const at::Tensor& x_in, const at::Tensor& vis_in, const
   auto x = x_in.contiguous();
   auto vis = vis_in.contiguous();
   auto dec = dec_in.contiguous();
-  auto token = token_in.to(at::kFloat).contiguous().view({-1});
-  auto pos = pos_in.to(at::kFloat).contiguous();
+  auto token = token_in.to(at::kFloat).contiguous().view({-1});  // D values
+  auto pos = pos_in.contiguous();  // read in its own dtype: a bf16 table stays bf16
   const int64_t B = x.size(0), Nv = x.size(1), D = x.size(2), Nd = dec.size(1);
-  auto out = at::empty({B, Nv + Nd, D}, x.options().dtype(at::kFloat));
+  auto out = at::empty({B, Nv + Nd, D}, x.options().dtype(out_type));  // written once, in the promoted dtype
   C10_CUDA_CHECK(vmae2::launch_decoder_input(dtype_of(x, "x_vis"), x.const_data_ptr(), vis.const_data_ptr<int64_t>(),
                                              dec.const_data_ptr<int64_t>(), token.const_data_ptr<float>(),
-                                             pos.const_data_ptr<float>(), out.mutable_data_ptr<float>(), B, Nv, Nd, D,
-                                             stream()));
-  return out.to(out_type);
+                                             dtype_of(pos, "pos"), pos.const_data_ptr(), dtype_of(out, "the output"),
+                                             out.mutable_data_ptr(), B, Nv, Nd, D, stream()));
+  return out;
 }
 
 at::Tensor mask_token_grad(const at::Tensor& grad_in, int64_t num_visible) {

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vmae2.data.decode import BadVideo, decode_frames, probe
-from vmae2.data.lists import VideoRecord, shard_indices
+from vmae2.data.lists import MixedList, VideoRecord, rank_slice
 from vmae2.data.loader import batch_loader
 from vmae2.data.sampling import plan_rng
 from vmae2.data.telemetry import BadFileLedger, Telemetry
@@ -170,25 +170,31 @@ class ClassifySource:
 class ClassifyLoader:
     """Batches of labeled clips for one rank, one epoch at a time (:meth:`set_epoch`, :meth:`iterate`).
 
-    Training shuffles per ``(seed, epoch)`` and drops the last partial batch; val/test keep the list order and
-    every video. Ranks get equal shares like ``DistributedSampler`` (val/test pad with repeats, which
-    :func:`vmae2.metrics.merge_views` counts once).
+    Training shuffles per ``(seed, epoch)`` and keeps whole global batches (``batch_size`` x ``world_size`` x
+    ``accum_steps`` videos, the tail dropped), so an epoch has the same steps on any number of ranks; val/test keep
+    the list order and every video. Ranks take every ``world_size``-th position of the epoch order
+    (:func:`~vmae2.data.lists.rank_slice`; val/test pad with repeats, which :func:`vmae2.metrics.merge_views`
+    counts once).
     """
 
-    def __init__(self, records: Sequence[VideoRecord], *, mode: str, batch_size: int, config: ClassifyConfig,
+    def __init__(self, records: Sequence[VideoRecord] | MixedList, *, mode: str, batch_size: int,
+                 config: ClassifyConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 2, device="cpu",
-                 transform: TrainTransform | None = None, quarantine=None):
+                 transform: TrainTransform | None = None, quarantine=None, accum_steps: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
-        self.source = ClassifySource(records, mode, config, seed, transform)
+        self.stream = records if isinstance(records, MixedList) else None  # a ShardList: its epoch order trains
+        self.source = ClassifySource(list(records), mode, config, seed, transform)
         self.mode, self.batch_size, self.seed = mode, batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self.unit = batch_size * world_size * accum_steps if mode == "train" else None
+        self.samples_per_epoch = len(self.source.records)
         self.device, self.num_workers = torch.device(device), num_workers
         self.ledger = BadFileLedger(quarantine)
         per_video = config.num_sample if mode == "train" else (1 if mode == "val" else config.views_per_video)
         self.telemetry = Telemetry(batch_size * per_video)
         self.epoch = 0
-        self._pairs: tuple[int, list] | None = None
+        self._pairs: tuple[int, np.ndarray] | None = None
         self._loader = None
         self._pending: list = []
 
@@ -196,22 +202,28 @@ class ClassifyLoader:
         self.epoch = epoch
         self.source.set_epoch(epoch)
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """This rank's ``(slot, record_index)`` pairs of the epoch (computed once per epoch)."""
+    def pairs(self, start: int = 0) -> list[tuple[int, int]]:
+        """This rank's ``(slot, record_index)`` pairs of the epoch from global position ``start`` on (the global
+        order is computed once per epoch)."""
+        n = len(self.source.records)
         if self._pairs is None or self._pairs[0] != self.epoch:
-            n = len(self.source.records)
             train = self.mode == "train"
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if train else np.arange(n)
-            slots = shard_indices(np.arange(n), self.rank, self.world_size)
-            self._pairs = (self.epoch, [(int(s), int(order[s])) for s in slots])
-        return self._pairs[1]
+            if train and self.stream is not None:
+                order = self.stream.epoch_indices(self.epoch)
+            else:
+                order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if train else np.arange(n)
+            self._pairs = (self.epoch, order)
+        order = self._pairs[1]
+        slots = rank_slice(n, self.rank, self.world_size, start=start, unit=self.unit, pad=self.mode != "train")
+        return [(int(s), int(order[s])) for s in slots]
 
     def close(self) -> None:
         """Stop the worker processes (they are kept across epochs otherwise)."""
         self._loader = None
 
     def __len__(self) -> int:
-        n = len(self.pairs())
+        n = len(rank_slice(len(self.source.records), self.rank, self.world_size, unit=self.unit,
+                           pad=self.mode != "train"))
         return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[LabeledBatch]:
@@ -219,8 +231,9 @@ class ClassifyLoader:
 
     def iterate(self, start_batch: int = 0) -> Iterator[LabeledBatch]:
         """This epoch's batches from ``start_batch`` on (a resumed run skips without decoding)."""
-        pairs, b = self.pairs(), self.batch_size
-        batches = [pairs[i:i + b] for i in range(0, len(self) * b, b)][start_batch:]
+        b = self.batch_size
+        pairs = self.pairs(start_batch * b * self.world_size)  # what the batches before consumed on every rank
+        batches = [pairs[i:i + b] for i in range(0, (len(self) - start_batch) * b, b)]
         return self.telemetry.wrap(self._run(batches))
 
     def _run(self, batches) -> Iterator[LabeledBatch]:

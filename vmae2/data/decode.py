@@ -12,7 +12,10 @@ last reachable frame, as the official sampler does. (The official loaders accept
 """
 from __future__ import annotations
 
+import functools
+import io
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +46,41 @@ class VideoInfo:
     codec: str
 
 
+# A sample of a tar shard (vmae2.data.shards) is named tar#member@offset+size: its bytes are that range of the tar.
+_MEMBER = re.compile(r"^(?P<tar>.+\.tar)#(?P<name>[^@]+)@(?P<offset>\d+)\+(?P<size>\d+)$")
+
+
+def member_path(tar: str, name: str, offset: int, size: int) -> str:
+    """The record path of the tar member ``name`` whose bytes are ``tar[offset : offset + size]``."""
+    return f"{tar}#{name}@{offset}+{size}"
+
+
+@functools.lru_cache(maxsize=8)
+def _member_bytes(path: str) -> bytes:
+    m = _MEMBER.match(path)
+    try:
+        with open(m["tar"], "rb") as f:
+            f.seek(int(m["offset"]))
+            data = f.read(int(m["size"]))
+    except FileNotFoundError as exc:
+        raise BadVideo("missing", path, f"shard {m['tar']} does not exist") from exc
+    except OSError as exc:
+        raise BadVideo("unreadable", path, f"{type(exc).__name__}: {exc}") from exc
+    if len(data) != int(m["size"]):
+        raise BadVideo("unreadable", path, f"the shard ends {int(m['size']) - len(data)} bytes early (truncated?)")
+    if not data:
+        raise BadVideo("empty", path, "0 bytes")
+    return data
+
+
+def member(path: str) -> io.BytesIO | None:
+    """The bytes of a shard sample as a file object (the last few are cached per process: probe, then decode, read
+    the shard once); None when ``path`` is an ordinary file path. Raises ``BadVideo`` for a missing or short shard."""
+    if "#" not in path or not _MEMBER.match(path):
+        return None
+    return io.BytesIO(_member_bytes(path))
+
+
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise BadVideo("missing", path)
@@ -53,9 +91,12 @@ def _check_file(path: str) -> None:
 def _open(path: str):
     import av
 
-    _check_file(path)
+
+    source = member(path)  # a sample of a tar shard: its byte range
+    if source is None:
+        _check_file(path)
     try:
-        container = av.open(path)
+        container = av.open(path if source is None else source)
     except Exception as exc:  # PyAV raises a family of FFmpeg errors: not a video, or a damaged container
         raise BadVideo("unreadable", path, f"{type(exc).__name__}: {exc}") from exc
     if not container.streams.video:

@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 __all__ = ["VideoRecord", "read_pretrain_list", "read_finetune_csv", "read_list", "check_found", "MixedList",
-           "MixedSampler", "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
+           "MixedSampler", "rank_slice", "shard_indices", "PRETRAIN_FORMAT", "VIDEO_FORMAT", "RAWFRAMES_FORMAT"]
 
 PRETRAIN_FORMAT = "path start_idx total_frames  (total_frames -1 for a video file)"
 VIDEO_FORMAT = "path label"
@@ -344,24 +344,35 @@ def check_found(records: Sequence[VideoRecord], list_path, data_root: str = "", 
 
 # -- mixing and sharding ---------------------------------------------------------------------------------
 
-def shard_indices(indices: np.ndarray, rank: int, world_size: int, *, drop_last: bool = False) -> np.ndarray:
-    """Rank ``rank``'s part of ``indices``, like ``DistributedSampler``: every rank gets the same count; the
-    sequence is padded by wrapping around (``drop_last=False``, ``ceil(N / world_size)`` each) or its tail
-    dropped (``drop_last=True``, ``N // world_size`` each); rank ``r`` takes positions ``r, r + W, ...``."""
+def rank_slice(n: int, rank: int, world_size: int, *, start: int = 0, unit: int | None = None,
+               pad: bool = False) -> np.ndarray:
+    """The positions (int64) of a global epoch order of ``n`` items that rank ``rank`` of ``world_size`` takes from
+    position ``start`` on (the items before it were consumed): ``start + rank``, ``start + rank + W``, ...
+
+    The order ends at ``n`` rounded down to a multiple of ``unit`` (default ``world_size``; training passes its
+    global batch, so an epoch is whole optimizer steps), or, with ``pad``, at ``ceil(n / W) * W``, the positions
+    past ``n - 1`` wrapping to the start (``DistributedSampler``: every item is seen, some twice). Each step consumes
+    a contiguous block of the order whatever ``world_size`` is, so a run resumed on another number of ranks takes
+    the rest of the epoch from the consumed offset without skipping or repeating an item. ``start`` must be a
+    multiple of ``world_size``."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    unit = world_size if unit is None else unit
+    if unit % world_size or start % world_size:
+        raise ValueError(f"the unit {unit} and the start {start} must be multiples of the world size {world_size}")
+    if pad:
+        if n == 0:
+            raise ValueError("cannot pad an empty sequence")
+        return np.arange(start + rank, -(-n // world_size) * world_size, world_size, dtype=np.int64) % n
+    return np.arange(start + rank, n // unit * unit, world_size, dtype=np.int64)
+
+
+def shard_indices(indices: np.ndarray, rank: int, world_size: int, *, drop_last: bool = False) -> np.ndarray:
+    """Rank ``rank``'s part of ``indices`` (:func:`rank_slice`), like ``DistributedSampler``: every rank gets the
+    same count; the sequence is padded by wrapping around (``drop_last=False``, ``ceil(N / world_size)`` each) or
+    its tail dropped (``drop_last=True``, ``N // world_size`` each); rank ``r`` takes positions ``r, r + W, ...``."""
     indices = np.asarray(indices)
-    n = len(indices)
-    if drop_last:
-        total = n // world_size * world_size
-        indices = indices[:total]
-    else:
-        total = math.ceil(n / world_size) * world_size
-        if total > n:
-            if n == 0:
-                raise ValueError("cannot pad an empty sequence")
-            indices = np.resize(indices, total)  # repeats the sequence from its start
-    return indices[rank:total:world_size]
+    return indices[rank_slice(len(indices), rank, world_size, pad=not drop_last)]
 
 
 class MixedList:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vmae2.data.clips import Batch, ClipConfig, ClipSource
-from vmae2.data.lists import MixedList, VideoRecord, shard_indices
+from vmae2.data.lists import MixedList, VideoRecord, rank_slice
 from vmae2.data.telemetry import BadFileLedger, Telemetry
 from vmae2_kernels import optional
 
@@ -31,26 +31,28 @@ def dali_available() -> bool:
 
 
 class EpochOrder:
-    """Sampler yielding ``(slot, record_index)`` for one rank: ``slot`` is the clip's position in the global
-    epoch order (it seeds the clip's plan), sharded like ``DistributedSampler``."""
+    """``(slot, record_index)`` pairs of one rank: ``slot`` is the clip's position in the global epoch order (it
+    seeds the clip's plan); the positions are :func:`~vmae2.data.lists.rank_slice` of the order, which ends at a
+    multiple of ``unit`` (the global batch of a training run) or, with ``pad``, wraps to give every rank as many."""
 
-    def __init__(self, mixed: MixedList, rank: int, world_size: int, drop_last: bool):
-        self.mixed, self.rank, self.world_size, self.drop_last = mixed, rank, world_size, drop_last
+    def __init__(self, mixed: MixedList, rank: int, world_size: int, unit: int | None = None, pad: bool = False):
+        self.mixed, self.rank, self.world_size, self.unit, self.pad = mixed, rank, world_size, unit, pad
         self.epoch = 0
-        self._cache: tuple[int, list] | None = None
+        self._cache: tuple[int, np.ndarray] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def pairs(self) -> list[tuple[int, int]]:
-        if self._cache is None or self._cache[0] != self.epoch:  # computed once per epoch
-            order = self.mixed.epoch_indices(self.epoch)
-            slots = shard_indices(np.arange(len(order)), self.rank, self.world_size, drop_last=self.drop_last)
-            self._cache = (self.epoch, [(int(s), int(order[s])) for s in slots])
-        return self._cache[1]
+    def pairs(self, start: int = 0) -> list[tuple[int, int]]:
+        """This rank's pairs from global position ``start`` on (a multiple of the world size)."""
+        if self._cache is None or self._cache[0] != self.epoch:  # the global order: computed once per epoch
+            self._cache = (self.epoch, self.mixed.epoch_indices(self.epoch))
+        order = self._cache[1]
+        slots = rank_slice(len(order), self.rank, self.world_size, start=start, unit=self.unit, pad=self.pad)
+        return [(int(s), int(order[s])) for s in slots]
 
     def __len__(self) -> int:
-        return len(self.pairs())
+        return len(rank_slice(self.mixed.num_samples, self.rank, self.world_size, unit=self.unit, pad=self.pad))
 
     def __iter__(self):
         return iter(self.pairs())
@@ -111,11 +113,13 @@ class PretrainLoader:
         device: where batches land (DALI decodes and augments there when it is a GPU).
         num_workers: PyTorch worker processes (torch backend) or DALI threads.
         quarantine: file that collects every bad path with its reason.
+        accum_steps: micro-batches per optimizer step: an epoch is whole global batches (``batch_size`` x
+            ``world_size`` x ``accum_steps`` videos, the order's tail dropped), the same steps for any world size.
     """
 
     def __init__(self, data: MixedList | Sequence[VideoRecord], *, batch_size: int, config: ClipConfig = ClipConfig(),
                  seed: int = 0, rank: int = 0, world_size: int = 1, backend: str = "auto", device="cpu",
-                 num_workers: int = 2, quarantine=None, drop_last: bool = True):
+                 num_workers: int = 2, quarantine=None, drop_last: bool = True, accum_steps: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"data backend {backend!r} is unknown; choose one of {BACKENDS}")
         if batch_size < 1:
@@ -127,8 +131,10 @@ class PretrainLoader:
         self.backend = backend
         mixed = data if isinstance(data, MixedList) else MixedList([(list(data), 1.0)], seed=seed)
         self.source = ClipSource(mixed.records, config, seed)
-        self.order = EpochOrder(mixed, rank, world_size, drop_last=False)
-        self.batch_size, self.drop_last = batch_size, drop_last
+        unit = batch_size * world_size * accum_steps if drop_last else None
+        self.order = EpochOrder(mixed, rank, world_size, unit=unit, pad=not drop_last)
+        self.batch_size, self.drop_last, self.world_size = batch_size, drop_last, world_size
+        self.samples_per_epoch = mixed.num_samples
         self.device, self.num_workers = torch.device(device), num_workers
         self.ledger = BadFileLedger(quarantine)
         self.telemetry = Telemetry(batch_size * config.num_sample)
@@ -144,16 +150,19 @@ class PretrainLoader:
         n = len(self.order)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _batches(self) -> list[list[tuple[int, int]]]:
-        pairs = self.order.pairs()
-        return [pairs[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
+    def _batches(self, start_batch: int = 0) -> list[list[tuple[int, int]]]:
+        """This epoch's batches from ``start_batch`` on: the rank's slice from the global position that the
+        batches before it consumed on every rank."""
+        b = self.batch_size
+        pairs = self.order.pairs(start_batch * b * self.world_size)
+        return [pairs[i:i + b] for i in range(0, (len(self) - start_batch) * b, b)]
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
 
     def iterate(self, start_batch: int = 0) -> Iterator[Batch]:
         """This epoch's batches from ``start_batch`` on (resuming mid-epoch skips without decoding)."""
-        batches = self._batches()[start_batch:]
+        batches = self._batches(start_batch)
         batches = self._dali_batches(batches) if self.backend == "dali" else self._torch_batches(batches)
         return self.telemetry.wrap(batches)
 

@@ -72,15 +72,17 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class DropPath(nn.Module):
-    def __init__(self, p: float = 0.0):
+    """Stochastic depth: each sample's residual branch dropped with probability ``drop_prob`` while training."""
+
+    def __init__(self, drop_prob: float = 0.0):
         super().__init__()
-        self.p = p
+        self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.p, self.training)
+        return drop_path(x, self.drop_prob, self.training)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"drop_prob={self.drop_prob}"
 
 
 def check_geometry(img_size: int, num_frames: int, tubelet_size: int, patch_size: int) -> None:

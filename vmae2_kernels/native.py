@@ -2,7 +2,7 @@
 
 Importing this module only *loads* an existing build; a missing or mismatched build is an ImportError with the
 reason, which the dispatcher reports before falling back. Lookup order (:func:`vmae2_kernels.build.candidates`):
-the JIT build (``$VMAE2_EXT_DIR`` or ``kernels/_build/``, made by ``python -m vmae2_kernels.build``), then the
+the JIT build (``$VMAE2_EXT_DIR`` or ``vmae2_kernels/_build/``, made by ``python -m vmae2_kernels.build``), then the
 library ``setup.py`` installed in the package. The first one whose build info matches the running torch (version
 and, for a CUDA build, CUDA version) is loaded; the others are not touched (two libraries cannot both define the
 ``vmae2_native`` namespace). ``(op, "cuda")`` entries exist only when the loaded build has CUDA kernels.

@@ -6,7 +6,7 @@ The modules carry the official parameter names, so ``PretrainVisionTransformer.s
 * encoder: Conv3d patch embedding of all N tokens, the fixed sinusoid table added to **all** N tokens (the table
   is a plain CPU attribute, converted and copied to the device at every forward), then the boolean gather
   ``x[~mask].reshape(B, -1, C)``;
-* attention and MLP: :func:`official_oracle.oracle.attention` / :func:`~official_oracle.oracle.mlp` (explicit
+* attention and MLP: :func:`oracle.functional.attention` / :func:`~oracle.functional.mlp` (explicit
   softmax: the N x N score matrix is materialised);
 * decoder input: the decoder table expanded to ``[B, N, D_dec]``, cast like the *video* (fp32 even under autocast)
   and cloned, then two boolean gathers (encoder-visible and decoder-visible positions) and ``cat([x_vis + pos_vis,
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .oracle import LN_EPS, attention, mlp, sinusoid_table
+from .functional import LN_EPS, attention, mlp, sinusoid_table
 
 
 class PatchEmbed(nn.Module):
@@ -37,7 +37,7 @@ class PatchEmbed(nn.Module):
 
 class Attention(nn.Module):
     """Official attention parameters (``qkv`` without bias, ``q_bias``, ``v_bias``, ``proj``) around
-    :func:`~official_oracle.oracle.attention`."""
+    :func:`~oracle.functional.attention`."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -80,7 +80,8 @@ class Block(nn.Module):
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, with_cp: bool) -> torch.Tensor:
     for blk in blocks:
-        # The official code calls torch.utils.checkpoint.checkpoint(blk, x), whose old default was reentrant.
+        # The official code calls torch.utils.checkpoint.checkpoint(blk, x): reentrant, the default of the torch it
+        # was written for.
         x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=True) if with_cp else blk(x)
     return x
 

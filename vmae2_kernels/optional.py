@@ -50,10 +50,3 @@ def load(name: str) -> tuple[ModuleType | None, str | None]:
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         return None, f"{name} is not importable ({type(exc).__name__}: {exc}; {hint(missing or name)})"
 
-
-def require(name: str, purpose: str) -> ModuleType:
-    """The module, or ``RuntimeError`` naming ``purpose``, the reason and the install command."""
-    module, reason = load(name)
-    if module is None:
-        raise RuntimeError(f"{purpose} needs {reason}")
-    return module

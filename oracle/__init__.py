@@ -6,7 +6,7 @@ architecture and weights). Modules, one job each:
 
 * :mod:`.masks`: the tube and running-cell generators (numpy) and the engine's mask batching;
 * :mod:`.loss`: patchify, the normalised targets and the weighted loss;
-* :mod:`.oracle`: the forward as functions of an official-format ``state_dict`` (with mutation switches);
+* :mod:`.functional`: the forward as functions of an official-format ``state_dict`` (with mutation switches);
 * :mod:`.model`: the same forward as an ``nn.Module`` with the official parameter names (the step baseline);
 * :mod:`.engine`: the official parameter groups, gradient norm and training step;
 * :mod:`.augmentations`: the fine-tuning augmentations, timm 0.4.12's own modules loaded from their files;
@@ -21,7 +21,7 @@ from .loss import (EPS, IMAGENET_MEAN, IMAGENET_STD, TUBELET, decoded, official_
                    weighted_mse)
 from .masks import RunningCellGenerator, TubeGenerator, batch_masks, visible_ids
 from .model import OfficialPretrainModel, official_from_vmae2
-from .oracle import (LN_EPS, OFFICIAL_SIZES, OfficialPretrainOracle, Variant, attention, mlp, official_key_set,
+from .functional import (LN_EPS, OFFICIAL_SIZES, OfficialPretrainOracle, Variant, attention, mlp, official_key_set,
                      sinusoid_table)
 
 __all__ = ["PRECISIONS", "OfficialStep", "autocast_for", "official_optimizer", "official_param_groups",

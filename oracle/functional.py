@@ -2,7 +2,7 @@
 
 Plain torch / numpy on the official keys (``encoder.blocks.0.attn.qkv.weight``, ``mask_token``, ...), so it can be
 fed the weights of the implementation under test. The attention, MLP and position table here are also the pieces
-of the ``nn.Module`` baseline in :mod:`official_oracle.model`.
+of the ``nn.Module`` baseline in :mod:`oracle.model`.
 
 A few :class:`Variant` switches (``pos_layout``, ``gelu``, ``ln_eps``, ``decoder_order``) select deliberately
 *wrong* variants, so tests can show that a comparison would notice such a deviation; the defaults are official.
@@ -120,41 +120,41 @@ class OfficialPretrainOracle:
 
     def __init__(self, params: dict, num_heads: int, decoder_num_heads: int, *,
                  tubelet_size: int = TUBELET, variant: Variant | None = None):
-        self.p = dict(params)
+        self.params = dict(params)
         self.num_heads = num_heads
         self.decoder_num_heads = decoder_num_heads
         self.tubelet = tubelet_size
-        self.v = variant or Variant()
+        self.variant = variant or Variant()
         enc_depth = self._depth("encoder")
         dec_depth = self._depth("decoder")
         expected = official_key_set(enc_depth, dec_depth)
-        got = set(self.p)
+        got = set(self.params)
         if got != expected:
             raise KeyError(f"not an official pretraining state_dict: missing {sorted(expected - got)}, "
                            f"unexpected {sorted(got - expected)}")
         self.enc_depth, self.dec_depth = enc_depth, dec_depth
-        w = self.p["encoder.patch_embed.proj.weight"]
+        w = self.params["encoder.patch_embed.proj.weight"]
         self.embed_dim, _, kt, self.patch, kw = w.shape
         assert kt == self.tubelet and kw == self.patch
-        self.dec_dim = self.p["encoder_to_decoder.weight"].shape[0]
+        self.dec_dim = self.params["encoder_to_decoder.weight"].shape[0]
 
     def _depth(self, side: str) -> int:
-        idx = {int(m.group(1)) for k in self.p for m in [re.match(rf"{side}\.blocks\.(\d+)\.", k)] if m}
+        idx = {int(m.group(1)) for k in self.params for m in [re.match(rf"{side}\.blocks\.(\d+)\.", k)] if m}
         return max(idx) + 1 if idx else 0
 
     # -- pieces ----------------------------------------------------------------------------------
 
     def _ln(self, x, prefix):
-        return F.layer_norm(x, (x.shape[-1],), self.p[prefix + ".weight"], self.p[prefix + ".bias"],
-                            eps=self.v.ln_eps)
+        return F.layer_norm(x, (x.shape[-1],), self.params[prefix + ".weight"], self.params[prefix + ".bias"],
+                            eps=self.variant.ln_eps)
 
     def _attention(self, x, prefix, heads):
         leaves = ("qkv.weight", "q_bias", "v_bias", "proj.weight", "proj.bias")
-        return attention(x, *(self.p[f"{prefix}.{leaf}"] for leaf in leaves), heads)
+        return attention(x, *(self.params[f"{prefix}.{leaf}"] for leaf in leaves), heads)
 
     def _mlp(self, x, prefix):
         leaves = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
-        return mlp(x, *(self.p[f"{prefix}.{leaf}"] for leaf in leaves), gelu=self.v.gelu)
+        return mlp(x, *(self.params[f"{prefix}.{leaf}"] for leaf in leaves), gelu=self.variant.gelu)
 
     def _block(self, x, prefix, heads):
         x = x + self._attention(self._ln(x, prefix + ".norm1"), prefix + ".attn", heads)
@@ -162,13 +162,13 @@ class OfficialPretrainOracle:
         return x
 
     def _pos(self, n, d, like):
-        return sinusoid_table(n, d, self.v.pos_layout).to(dtype=like.dtype, device=like.device)
+        return sinusoid_table(n, d, self.variant.pos_layout).to(dtype=like.dtype, device=like.device)
 
     # -- encoder / full model ---------------------------------------------------------------------
 
     def encoder(self, video: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
         """``[B, N_vis, D]`` (after the final LN)."""
-        x = F.conv3d(video, self.p["encoder.patch_embed.proj.weight"], self.p["encoder.patch_embed.proj.bias"],
+        x = F.conv3d(video, self.params["encoder.patch_embed.proj.weight"], self.params["encoder.patch_embed.proj.bias"],
                      stride=(self.tubelet, self.patch, self.patch))
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], (t, h, w) order
         b, n, c = x.shape
@@ -181,21 +181,21 @@ class OfficialPretrainOracle:
     def __call__(self, video: torch.Tensor, enc_mask: torch.Tensor, dec_mask: torch.Tensor) -> torch.Tensor:
         """Predictions ``[B, N_dv, 3*tubelet*p*p]`` for the decoder-visible tokens (``~dec_mask``)."""
         assert enc_mask.dtype == torch.bool and dec_mask.dtype == torch.bool
-        x_vis = F.linear(self.encoder(video, enc_mask), self.p["encoder_to_decoder.weight"])
+        x_vis = F.linear(self.encoder(video, enc_mask), self.params["encoder_to_decoder.weight"])
         b, n = enc_mask.shape
         pos = self._pos(n, self.dec_dim, x_vis).expand(b, -1, -1)
         pos_vis = pos[~enc_mask].reshape(b, -1, self.dec_dim)
         pos_dec = pos[~dec_mask].reshape(b, -1, self.dec_dim)
         n_dv = pos_dec.shape[1]
         tok_vis = x_vis + pos_vis
-        tok_mask = self.p["mask_token"] + pos_dec
-        if self.v.decoder_order == "visible_first":
+        tok_mask = self.params["mask_token"] + pos_dec
+        if self.variant.decoder_order == "visible_first":
             x = torch.cat([tok_vis, tok_mask], dim=1)
-        elif self.v.decoder_order == "mask_first":
+        elif self.variant.decoder_order == "mask_first":
             x = torch.cat([tok_mask, tok_vis], dim=1)
         else:
-            raise ValueError(self.v.decoder_order)
+            raise ValueError(self.variant.decoder_order)
         for i in range(self.dec_depth):
             x = self._block(x, f"decoder.blocks.{i}", self.decoder_num_heads)
-        tail = x[:, -n_dv:] if self.v.decoder_order == "visible_first" else x[:, :n_dv]
-        return F.linear(self._ln(tail, "decoder.norm"), self.p["decoder.head.weight"], self.p["decoder.head.bias"])
+        tail = x[:, -n_dv:] if self.variant.decoder_order == "visible_first" else x[:, :n_dv]
+        return F.linear(self._ln(tail, "decoder.norm"), self.params["decoder.head.weight"], self.params["decoder.head.bias"])

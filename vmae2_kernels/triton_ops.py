@@ -40,6 +40,30 @@ def launcher(fn):
     return run
 
 
+def capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream (never on a CPU tensor)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def tuned_launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
+    """Launch the autotuned ``kernel`` (its positional ``args``, constexpr ``kwargs``) on ``grid``.
+
+    Outside a CUDA graph capture: the autotuner (it times every candidate on the first call per key, a host sync).
+    During a capture, where timing cannot run (nor sync): the autotuner's pick for this key when it has one, else
+    the default (first) candidate of the tile list, launched directly; the pick is not cached, so a later call
+    outside the capture still tunes. Call the op once outside the capture (the usual warm-up) to run the tuned tile:
+    a capture cannot compile either, so a shape whose Triton specialisation (integers divisible by 16 or not) was
+    never launched needs that warm-up in any case.
+    """
+    if not capturing(device):
+        kernel[grid](*args, **kwargs)
+        return
+    named = dict(zip(kernel.arg_names, args))
+    key = tuple([named[k] for k in kernel.keys if k in named] + [str(a.dtype) for a in args if hasattr(a, "dtype")])
+    config = kernel.cache.get(key, kernel.configs[0])
+    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+
 def _configs(tiles):
     """Autotune configs from :mod:`vmae2_kernels.tiles`' ``(block kwargs, num_warps, num_stages, reason)``
     candidates; a single config under the interpreter."""
@@ -64,9 +88,10 @@ def _row_copy_kernel(src_ptr,  # [B, N or K, C] source rows
                      K, C, src_batch_stride, dst_batch_stride,
                      SCATTER: tl.constexpr, HAS_POS: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    b = (tl.program_id(0) // k_blocks).to(tl.int64)  # axis 0: b * k_blocks + block of rows
+    k = (tl.program_id(0) % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     k_ok = k < K
     ok = k_ok[:, None] & (c[None, :] < C)
     token = tl.load(ids_ptr + b * K + k, mask=k_ok, other=0).to(tl.int64)
@@ -79,8 +104,9 @@ def _row_copy_kernel(src_ptr,  # [B, N or K, C] source rows
     tl.store(dst_ptr + b * dst_batch_stride + dst_row[:, None] * C + c[None, :], vals, mask=ok)
 
 
-def _row_grid(B, K, C):
-    return lambda meta: (B, triton.cdiv(K, meta["BLOCK_K"]), triton.cdiv(C, meta["BLOCK_C"]))
+def _row_grid(B, K, C, op: str):
+    """Axis 0: the ``B * cdiv(K, BLOCK_K)`` row blocks (up to 2^31 - 1 programs); axis 1: the column blocks."""
+    return lambda meta: check_grid((B * triton.cdiv(K, meta["BLOCK_K"]), triton.cdiv(C, meta["BLOCK_C"])), op)
 
 
 @launcher
@@ -92,8 +118,8 @@ def token_gather(x: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor | None = 
     if out.numel() == 0:
         return out
     pos_arg = pos.contiguous() if pos is not None else x
-    _row_copy_kernel[_row_grid(B, K, C)](x, ids, pos_arg, out, K, C, N * C, K * C,
-                                         SCATTER=False, HAS_POS=pos is not None)
+    tuned_launch(_row_copy_kernel, _row_grid(B, K, C, "token_gather"), x.device, x, ids, pos_arg, out, K, C,
+                 N * C, K * C, SCATTER=False, HAS_POS=pos is not None)
     return out
 
 
@@ -104,8 +130,8 @@ def token_scatter(src: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torc
     out = src.new_zeros(B, num_tokens, C)
     if src.numel() == 0:
         return out
-    _row_copy_kernel[_row_grid(B, K, C)](src, ids, src, out, K, C, K * C, num_tokens * C,
-                                         SCATTER=True, HAS_POS=False)
+    tuned_launch(_row_copy_kernel, _row_grid(B, K, C, "token_scatter"), src.device, src, ids, src, out, K, C,
+                 K * C, num_tokens * C, SCATTER=True, HAS_POS=False)
     return out
 
 
@@ -166,9 +192,10 @@ def _decoder_input_kernel(x_ptr,  # [B, NV, D] encoder output (decoder width)
                           out_ptr,  # [B, NV + ND, D]
                           NV, ND, L, D,
                           BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    r = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    d = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r_blocks = tl.cdiv(L, BLOCK_K)
+    b = (tl.program_id(0) // r_blocks).to(tl.int64)  # axis 0: b * r_blocks + block of rows
+    r = (tl.program_id(0) % r_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     r_ok = r < L
     d_ok = d < D
     visible = r < NV
@@ -193,9 +220,8 @@ def decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos):
     out = x_vis.new_empty(B, NV + ND, D, dtype=dtype)
     if out.numel() == 0:
         return out
-    grid = lambda meta: (B, triton.cdiv(NV + ND, meta["BLOCK_K"]), triton.cdiv(D, meta["BLOCK_C"]))
-    _decoder_input_kernel[grid](x_vis, vis_ids, dec_ids, mask_token.contiguous().reshape(-1), pos.contiguous(),
-                                out, NV, ND, NV + ND, D)
+    tuned_launch(_decoder_input_kernel, _row_grid(B, NV + ND, D, "decoder_input"), x_vis.device, x_vis, vis_ids,
+                 dec_ids, mask_token.contiguous().reshape(-1), pos.contiguous(), out, NV, ND, NV + ND, D)
     return out
 
 

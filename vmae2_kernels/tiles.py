@@ -42,7 +42,8 @@ def check_grid(grid: tuple, op: str) -> tuple:
 
 ROW_TILES = (
     ({"BLOCK_K": 16, "BLOCK_C": 256}, 4, 1,
-     "the default (first; the interpreter runs it): 32 elements/thread = 4 (bf16) or 8 (fp32) 128-bit loads in "
+     "the default (first; the interpreter runs it, and so does a CUDA graph capture for a key not yet tuned): "
+     "32 elements/thread = 4 (bf16) or 8 (fp32) 128-bit loads in "
      "flight per thread and stream; 256 divides the widths 512/768/1024 and 16 every row count (Nv = 160/208, "
      "Nv + Nd = 944/1232); 32-40 registers in bf16 (full occupancy with 4 warps)."),
     ({"BLOCK_K": 16, "BLOCK_C": 128}, 4, 1,

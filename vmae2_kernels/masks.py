@@ -19,7 +19,7 @@ from vmae2_kernels import checks, ops
 
 RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)
 KEEP_RULES = {"floor_kept": "int(n * (1 - ratio))", "floor_masked": "n - int(ratio * n)"}
-KEEP_ALIASES = {"mae": "floor_kept", "videomae": "floor_masked"}  # the earlier names, accepted everywhere
+KEEP_ALIASES = {"mae": "floor_kept", "videomae": "floor_masked"}  # named by the code whose keep count each is
 KEEP_NOISE = ("smallest", "largest")
 
 

@@ -2,7 +2,7 @@
 
 ``python -m vmae2_kernels.build`` compiles it in place with ninja (``torch.utils.cpp_extension.load``): the path for
 source checkouts and editable installs (``make install``/``make test`` run it; ~15-40 s on 2 cores for the CPU
-part). The library goes to ``kernels/_build/`` (or ``$VMAE2_EXT_DIR``) beside ``build_info.json``.
+part). The library goes to ``vmae2_kernels/_build/`` (or ``$VMAE2_EXT_DIR``) beside ``build_info.json``.
 A regular ``pip install --no-build-isolation .`` builds the same sources through ``setup.py`` into the package
 (``vmae2_kernels/_vmae2_native*.so`` beside ``_vmae2_native.json``). :mod:`vmae2_kernels.native` loads the first
 build that matches the running torch, in the order of :func:`candidates`.
@@ -23,11 +23,12 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent  # kernels/ (the vmae2_kernels package)
+ROOT = Path(__file__).resolve().parent  # the vmae2_kernels package
 CSRC = ROOT.parent / "csrc"
 NAME = "vmae2_native"
 CPU_SOURCES = [CSRC / "vmae2_cpu.cpp"]
@@ -46,7 +47,7 @@ NVCC_FLAGS = ["-O3"]  # torch adds -std=c++20 and its -D__CUDA_NO_HALF_OPERATORS
 
 def candidates() -> list[tuple[Path, Path]]:
     """``(library, build info)`` pairs the loader tries, in order: the JIT build (``$VMAE2_EXT_DIR`` or
-    ``kernels/_build``: an explicit developer step, so it wins in a checkout), then the one ``setup.py`` put in the
+    ``vmae2_kernels/_build``: an explicit developer step, so it wins in a checkout), then the one ``setup.py`` put in the
     installed package."""
     installed = sorted(p for p in ROOT.glob(f"{PACKAGE_STEM}.*") if p.suffix in (".so", ".pyd", ".dylib"))
     pairs = [(LIBRARY, INFO)]
@@ -61,11 +62,28 @@ def max_jobs() -> str:
     return os.environ.get("MAX_JOBS") or str(max(1, min(4, os.cpu_count() or 1)))
 
 
+def torch_cuda_home() -> str | None:
+    """The CUDA home torch's extension build uses (``torch.utils.cpp_extension.CUDA_HOME``: the environment, nvcc
+    on PATH, else ``/usr/local/cuda``); None without torch."""
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        return None
+    return getattr(cpp_extension, "CUDA_HOME", None)
+
+
 def nvcc_path() -> str | None:
+    """nvcc from ``$CUDA_HOME`` / ``$CUDA_PATH``, then PATH, then where torch looks (:func:`torch_cuda_home`)."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if home and (Path(home) / "bin" / "nvcc").exists():
         return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    home = torch_cuda_home()
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return None
 
 
 def cuda_skip_reason() -> str | None:
@@ -77,7 +95,7 @@ def cuda_skip_reason() -> str | None:
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is not a CUDA build (the binding needs libtorch_cuda)"
     if nvcc_path() is None:
-        return "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+        return "nvcc was not found (not in $CUDA_HOME, on PATH or in torch's CUDA home; set CUDA_HOME)"
     return None
 
 
@@ -173,6 +191,22 @@ def build(verbose: bool = False) -> Path:
     if built["cuda_skipped"]:
         print(f"vmae2: CPU ops only ({built['cuda_skipped']})", file=sys.stderr)
     return LIBRARY
+
+
+def start_in_background(env: dict, log, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``python -m vmae2_kernels.build`` in its own session (a new process group), output to ``log``: its
+    compilers (ninja, nvcc, cicc, ptxas) join that group, so :func:`stop` ends them all."""
+    return subprocess.Popen([sys.executable, "-m", "vmae2_kernels.build"], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a build started by :func:`start_in_background` and every process of its group, then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):  # gone already, or no process groups here
+        proc.kill()
+    proc.wait()
 
 
 def main() -> int:
