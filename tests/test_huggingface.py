@@ -321,6 +321,15 @@ def test_predict_run_and_extract_weights_take_a_transformers_folder(video, tmp_p
     from_run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert from_hf["classes"] == from_run["classes"] and set(from_hf["classes"]) == {"still", "left", "right"}
     assert max(abs(a - b) for a, b in zip(from_hf["probs"], from_run["probs"])) < 1e-4
+    from vmae2.evaluate import main as evaluate  # --weights alone: the folder gives the model and the classes
+
+    (tmp_path / "test.csv").write_text(f"{video} 1\n")
+    views = ["--test_num_segment", "1", "--test_num_crop", "1", "--sampling_rate", "2", "--num_workers", "0",
+             "--device", "cpu", "--data_path", str(tmp_path / "test.csv")]
+    for name, weights in (("hf", tmp_path / "hf"), ("run", tmp_path / "run" / "model.safetensors")):
+        assert evaluate(["--weights", str(weights), "--output_dir", str(tmp_path / f"eval_{name}"), *views]) == 0
+    scored = [json.loads((tmp_path / f"eval_{n}" / "test_metrics.json").read_text()) for n in ("hf", "run")]
+    assert scored[0]["videos_scored"] == scored[1]["videos_scored"] == 1 and scored[0]["top1"] == scored[1]["top1"]
     feats = {}
     for name, weights in (("hf", tmp_path / "hf"), ("run", tmp_path / "run" / "model.safetensors")):
         out = tmp_path / f"feat_{name}"
@@ -329,3 +338,36 @@ def test_predict_run_and_extract_weights_take_a_transformers_folder(video, tmp_p
                         "--frame_stride", "2", "--normalize", "--num_workers", "0", "--device", "cpu"]) == 0
         feats[name] = torch.from_numpy(np.load(next(out.rglob("*.npy"))))
     assert feats["hf"].shape == feats["run"].shape and (feats["hf"] - feats["run"]).abs().max() < 1e-4
+
+
+def test_hub_ids_of_init_and_weights_become_their_downloaded_folders(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from vmae2.config import PRETRAIN, parse_config
+    from vmae2.evaluate import main as evaluate
+    from vmae2.extract import EXTRACT
+    from vmae2.finetune_config import EVALUATE
+
+    _hf("classification", "vit_s", tmp_path / "cls")
+    asked = []
+
+    def snapshot_download(repo_id, **kw):
+        asked.append(repo_id)
+        return str(tmp_path / "cls")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    cfg = parse_config(["--weights", "someone/videomae-tiny", "--data_path", str(tmp_path / "cls")], EXTRACT)
+    assert cfg.weights == str(tmp_path / "cls")
+    cfg = parse_config(["--init", "someone/videomae-tiny", "--init_partial"], PRETRAIN)
+    assert cfg.init == str(tmp_path / "cls")
+    cfg = parse_config(["--weights", "someone/videomae-tiny", "--data_path", str(tmp_path / "cls" / "config.json")],
+                       EVALUATE)
+    assert cfg.weights == str(tmp_path / "cls") and asked == ["someone/videomae-tiny"] * 3
+
+    def offline(repo_id, **kw):
+        raise OSError("we are offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    assert evaluate(["--weights", "someone/videomae-tiny", "--data_path", str(tmp_path / "cls" / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert "someone/videomae-tiny: no such folder here, and cannot download it" in err and "Traceback" not in err

@@ -23,8 +23,8 @@ def opt(default, help: str, check: str | None = None, **kw):
     """A config field: its default, its ``--help`` text and its range ``check`` (``">= 1"``, ``"> 0"``,
     ``"[0, 1)"``, ... : one rule, applied by :meth:`CommonConfig.validate`; ``None`` values skip it). Other keywords
     (``choices``, ``path=True``: must name an existing file, or a comma-separated list of them, ``positional=METAVAR``:
-    an argument without ``--``, ``multi=True``: a text field that takes one or more words, kept joined by blanks)
-    go to metadata."""
+    an argument without ``--``, ``multi=True``: a text field that takes one or more words, kept joined by blanks,
+    ``hub=True``: a Hugging Face Hub id is replaced by its downloaded folder) go to metadata."""
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
@@ -159,8 +159,9 @@ class CommonConfig:
 class TrainingConfig(CommonConfig):
     """The fields of the two training entry points (pretraining, fine-tuning)."""
 
-    init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors); every tensor of "
-                                 "the model must come from it (see --init_partial)", path=True)
+    init: str | None = opt(None, "initialise from weights (.pth official checkpoint or .safetensors, a transformers "
+                                 "VideoMAE folder or its Hub id); every tensor of the model must come from it (see "
+                                 "--init_partial)", path=True, hub=True)
     init_partial: bool = opt(False, "accept --init weights that leave other tensors of the model at their "
                                     "initialisation (they are listed)")
     drop_path: float = opt(0.0, "stochastic depth rate", "[0, 1]")
@@ -463,6 +464,18 @@ def _same(a, b) -> bool:
     return (list(a) if isinstance(a, (tuple, list)) else a) == (list(b) if isinstance(b, (tuple, list)) else b)
 
 
+def _fetch_hub_ids(config_cls, values: dict) -> dict:
+    """``values`` with each Hub id (``owner/name``, no such local path) of a ``hub=True`` field replaced by the folder
+    ``huggingface_hub`` downloads it to; offline, a one-line ``ValueError`` naming the id."""
+    from vmae2 import hf_keys
+
+    out = dict(values)
+    for f in fields(config_cls):
+        if _meta(config_cls, f.name).get("hub") and out.get(f.name) and hf_keys.is_hub_id(out[f.name]):
+            out[f.name] = str(hf_keys.resolve(out[f.name]))
+    return out
+
+
 def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     """Parse ``argv`` into a validated ``command.config_cls`` (raises ``SystemExit`` / ``ValueError``)."""
     args = vars(build_parser(command).parse_args(argv))
@@ -473,7 +486,7 @@ def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
     unknown = sorted(set(from_file) - known)
     if unknown:
         raise ValueError(f"--config {config_file}: unknown options {unknown}")
-    explicit = {**from_file, **args}
+    explicit = _fetch_hub_ids(command.config_cls, {**from_file, **args})
     if preset is None and command.presets:  # the demo only when no data is named
         preset = _default_preset(command, explicit.get("data_path"), explicit.get("device"))
     values: dict = {**command.presets.get(preset, {}), **explicit}

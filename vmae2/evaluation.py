@@ -85,9 +85,17 @@ def predictions_csv(result: dict, records: list[VideoRecord], names: list[str]) 
 
 def build_classifier(cfg, device: torch.device):
     """The classifier of ``cfg`` (evaluation or prediction) with ``cfg.weights`` loaded, on ``device``; returns
-    ``(model, load report)``. Raises ``ValueError`` for weights that do not fit."""
+    ``(model, load report)``. A ``transformers`` VideoMAE folder builds the model from its own config (architecture,
+    LayerNorm epsilons). Raises ``ValueError`` for weights that do not fit."""
+    from vmae2 import transformers_io
     from vmae2.models import create_model
 
+    if transformers_io.is_transformers_source(cfg.weights):
+        model = transformers_io.load_model(cfg.weights, num_frames=cfg.num_frames, img_size=cfg.input_size,
+                                           tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend)
+        if transformers_io.kind_of_model(model) != "classification" or model.num_classes != cfg.nb_classes:
+            raise ValueError(f"--weights {cfg.weights} is not a classifier of --nb_classes {cfg.nb_classes} classes")
+        return model.to(device), "every tensor from the transformers folder"
     model = create_model(cfg.model, num_classes=cfg.nb_classes, num_frames=cfg.num_frames, img_size=cfg.input_size,
                          tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend,
                          pos_embed_grid=cfg.pretrain_grid() or stored_pos_grid(cfg.weights))

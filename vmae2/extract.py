@@ -33,7 +33,7 @@ class ExtractConfig:
                                               "(official: vit_giant_patch14_224, its K710 fine-tuned weights)")
     weights: str | None = opt(None, "official .pth (fine-tuned, or pretraining: the encoder), vmae2 .safetensors, "
                                     "keys under any wrapper prefix (model., module., backbone., ...); or a "
-                                    "transformers VideoMAE folder (its config gives the architecture)", path=True)
+                                    "transformers VideoMAE folder or its Hub id (its config gives the architecture)", path=True, hub=True)
     data_path: str | None = opt(None, "a folder of videos (subfolders too: class folders), or a list: pretrain.txt / "
                                       "train.csv of python -m vmae2.data.make_lists, any list the training commands "
                                       "read, or one video path a line", path=True)

@@ -126,8 +126,9 @@ class WeightsConfig(ClassifierConfig):
                                 "override (with a warning)")
     model: str | None = like(None)
     nb_classes: int | None = like(None)
-    weights: str | None = opt(None, "fine-tuned checkpoint (.pth official or ours, .safetensors); a config.json beside "
-                                    "it (a vmae2 run) gives the model, classes and clip geometry", path=True)
+    weights: str | None = opt(None, "fine-tuned checkpoint (.pth official or ours, .safetensors, a transformers "
+                                    "VideoMAE folder or its Hub id); a config.json beside it (a vmae2 run) gives the "
+                                    "model, classes and clip geometry", path=True, hub=True)
     test_num_segment: int = like(5)
     batch_size: int = like(4, "videos per batch (each gives all its views)")
     num_workers: int | None = like(None, "data workers (default: min(4, CPU cores); 0: load in the main process)")

@@ -36,18 +36,6 @@ def _folder_names(cfg: PredictConfig) -> list[str] | None:
     return names if names and len(names) == cfg.nb_classes else None
 
 
-def _classifier(cfg: PredictConfig, device: torch.device) -> torch.nn.Module:
-    """The classifier of ``cfg`` on ``device``: built from the folder's own config for a ``transformers`` VideoMAE
-    folder (its architecture and LayerNorm epsilons), else :func:`vmae2.evaluation.build_classifier`."""
-    if not transformers_io.is_transformers_source(cfg.weights):
-        return build_classifier(cfg, device)[0]
-    model = transformers_io.load_model(cfg.weights, num_frames=cfg.num_frames, img_size=cfg.input_size,
-                                       tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend)
-    if transformers_io.kind_of_model(model) != "classification" or model.num_classes != cfg.nb_classes:
-        raise ValueError(f"--weights {cfg.weights} is not a classifier of --nb_classes {cfg.nb_classes} classes")
-    return model.to(device)
-
-
 def run(cfg: PredictConfig) -> int:
     """Print the top ``cfg.topk`` classes of every video; exit code 0, or 2 for bad weights / lists."""
     try:
@@ -56,7 +44,7 @@ def run(cfg: PredictConfig) -> int:
         paths = list(cfg.videos or [])
         if cfg.data_path:
             paths += [r.path for r in read_list(cfg.data_path, data_root=cfg.data_root, class_names=names)]
-        model = _classifier(cfg, device)
+        model = build_classifier(cfg, device)[0]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

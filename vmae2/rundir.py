@@ -302,6 +302,8 @@ def run_folder_values(values: dict, needs_test_list: bool) -> tuple[str | None, 
 
     if folder and read(folder) is None and transformers_io.is_transformers_source(folder):
         return transformers_io.run_values(folder, needs_test_list, values.get("data_path"))
+    if not folder and weights and os.path.isdir(weights) and transformers_io.is_transformers_source(weights):
+        return transformers_io.run_values(weights, needs_test_list, values.get("data_path"), "--weights")
     found = read(folder) if folder else (read(weights) if weights else None)
     if folder and found is None:
         raise ValueError(f"--run {folder!r} is invalid: no {CONFIG_FILE} written by vmae2 in it; give the "

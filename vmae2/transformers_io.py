@@ -208,17 +208,19 @@ def zoo_name(patch_size: int) -> str:
     return names[0]
 
 
-def run_values(source, needs_test_list: bool = False, data_path: str | None = None) -> tuple[str, dict]:
-    """``predict``/``evaluate --run`` of a ``transformers`` VideoMAE classifier (folder or Hub id): ``(config.json
-    path, values)``: the classes, clip geometry, short side (``preprocessor_config.json``), the weights (the folder)."""
+def run_values(source, needs_test_list: bool = False, data_path: str | None = None, flag: str = "--run"
+               ) -> tuple[str, dict]:
+    """``predict``/``evaluate --run`` (or ``--weights``: ``flag``) of a ``transformers`` VideoMAE classifier (folder
+    or Hub id): ``(config.json path, values)``: the classes, clip geometry, short side (``preprocessor_config.json``),
+    the weights (the folder)."""
     folder = resolve(source)
     config = read_config(folder)
     if config is None:
-        raise ValueError(f"--run {source!r} is not a transformers VideoMAE folder (no config.json with model_type "
+        raise ValueError(f"{flag} {source!r} is not a transformers VideoMAE folder (no config.json with model_type "
                          f"'videomae')")
     kind = _kind_of_folder(folder, config)
     if kind != "classification":
-        raise ValueError(f"--run {source!r} is a VideoMAEForPreTraining (no classifier); fine-tune it first: "
+        raise ValueError(f"{flag} {source!r} is a VideoMAEForPreTraining (no classifier); fine-tune it first: "
                          f"python -m vmae2.finetune --init {source} ...")
     spec = spec_from_config(config, kind, f"{source}/config.json")
     size = spec.kwargs["img_size"]
@@ -226,7 +228,7 @@ def run_values(source, needs_test_list: bool = False, data_path: str | None = No
            "num_frames": spec.kwargs["num_frames"], "tubelet_size": spec.kwargs["tubelet_size"], "input_size": size,
            "short_side_size": max(size, _short_side(folder) or size), "weights": str(folder)}
     if needs_test_list and not data_path:
-        raise ValueError(f"--run {source!r} is a transformers folder, which names no test list: pass --data_path LIST")
+        raise ValueError(f"{flag} {source!r} is a transformers folder, which names no test list: pass --data_path LIST")
     return str(folder / "config.json"), out
 
 
