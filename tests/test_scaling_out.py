@@ -194,7 +194,7 @@ def _slot_task():
 
         def __init__(self, s):
             super().__init__(s)
-            cfg, d = self.cfg, self.d
+            cfg, d = self.cfg, self.dist
             records = [VideoRecord(f"v{i}.mp4", 0, -1, -1, True, "", 1, "list") for i in range(N_VIDEOS)]
             self.loader = PretrainLoader(records, batch_size=cfg.batch_size, seed=cfg.seed, rank=d.rank,
                                          world_size=d.world_size, backend="torch", num_workers=0,
@@ -219,7 +219,7 @@ def _slot_task():
         def forward(self, batch, step, micro):
             with open(self.log, "a") as f:
                 f.write(json.dumps({"step": step, "micro": micro, "epoch": self.loader.order.epoch,
-                                    "slots": batch.slots, "world": self.d.world_size}) + "\n")
+                                    "slots": batch.slots, "world": self.dist.world_size}) + "\n")
             loss = self.runner(batch.video).pow(2).mean()
             return loss, loss.detach(), loss
 

@@ -62,7 +62,7 @@ class Setup:
     """Where a run happens: its config, device, process group and precision."""
     cfg: TrainingConfig
     device: torch.device
-    d: Dist
+    dist: Dist
     precision: str
 
     @property
@@ -144,7 +144,7 @@ class Task:
     log_divisor_per_rank = True  # the logged loss is a per-rank mean: divide its all-reduced sum by the world size
 
     def __init__(self, s: Setup):
-        self.s, self.cfg, self.d = s, s.cfg, s.d
+        self.setup, self.cfg, self.dist = s, s.cfg, s.dist
 
     def build_optimizer(self, lr: float) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -202,14 +202,14 @@ class _Guard:
     """The finite-loss flag: the first step whose loss was not finite, kept on the device (-1: none yet)."""
 
     def __init__(self, device: torch.device, d: Dist):
-        self.first_bad, self.d = torch.full((), -1, device=device, dtype=torch.long), d
+        self.first_bad, self.dist = torch.full((), -1, device=device, dtype=torch.long), d
 
     def watch(self, loss: torch.Tensor, step: int) -> None:
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), step, self.first_bad)
 
     def bad_step(self) -> int:
         """The host read (a sync: log and save steps only), agreed by every rank."""
-        if self.d.world_size > 1:
+        if self.dist.world_size > 1:
             dist.all_reduce(self.first_bad, op=dist.ReduceOp.MAX)
         return int(self.first_bad.item())
 
@@ -232,8 +232,8 @@ class _Run:
     """The state of one run of a task: schedules, optimizer, scaler, checkpoints, guard, metrics, data position."""
 
     def __init__(self, task: Task):
-        self.task, self.s, self.cfg, self.d = task, task.s, task.cfg, task.d
-        cfg, d, loader = self.cfg, self.d, task.loader
+        self.task, self.setup, self.cfg, self.dist = task, task.setup, task.cfg, task.dist
+        cfg, d, loader = self.cfg, self.dist, task.loader
         if len(loader) < cfg.accum_steps:
             raise ValueError(too_few_batches(loader, cfg.batch_size, cfg.accum_steps))
         n_params = sum(p.numel() for p in task.model.parameters())
@@ -250,12 +250,12 @@ class _Run:
                   f"{cfg.min_steps}: running {cfg.min_steps} steps ({cfg.min_steps / self.steps_per_epoch:.0f} "
                   f"epochs)", flush=True)
         task.optimizer = task.build_optimizer(self.lr)
-        self.compiled_blocks = compile_blocks(task.model, cfg.compile, self.s.device)
-        self.early_free = frees_grads_before_backward(self.s.device)
-        self.scaler = torch.amp.GradScaler(self.s.device.type) if self.s.precision == "fp16" else None
+        self.compiled_blocks = compile_blocks(task.model, cfg.compile, self.setup.device)
+        self.early_free = frees_grads_before_backward(self.setup.device)
+        self.scaler = torch.amp.GradScaler(self.setup.device.type) if self.setup.precision == "fp16" else None
         self.checkpoints = Checkpoints(cfg.output_dir, cfg.keep_last)
-        self.guard = _Guard(self.s.device, d)
-        self.loss_sum = torch.zeros((), device=self.s.device)  # device-side: read on log steps only
+        self.guard = _Guard(self.setup.device, d)
+        self.loss_sum = torch.zeros((), device=self.setup.device)  # device-side: read on log steps only
         self.step, self.finished = _start(task, cfg, self.checkpoints, self.scaler, self.total_steps)
         self.epoch, first_batch = divmod(self.step * cfg.accum_steps, len(loader))
         loader.set_epoch(self.epoch)
@@ -272,8 +272,8 @@ class _Run:
     def save(self) -> None:
         self.check_finite()  # a checkpoint never holds a diverged model
         state = {**self.task.state(), "scaler": self.scaler.state_dict() if self.scaler else None, "step": self.step,
-                 "rng": rng_state(), "world_size": self.d.world_size, "config": to_dict(self.cfg)}
-        if self.d.is_main:
+                 "rng": rng_state(), "world_size": self.dist.world_size, "config": to_dict(self.cfg)}
+        if self.dist.is_main:
             self.checkpoints.save(state, self.step)
 
     def next_batch(self):
@@ -288,7 +288,7 @@ class _Run:
     def optimizer_step(self) -> torch.Tensor | None:
         """One optimizer step over ``accum_steps`` micro-batches; returns the gradient norm (on the device) when the
         step clips or logs, else None (the norm pass over every gradient is skipped)."""
-        task, cfg, s = self.task, self.cfg, self.s
+        task, cfg, s = self.task, self.cfg, self.setup
         set_schedule(task.optimizer, float(self.lr_at[self.step]), float(self.wd_at[self.step]))
         task.before_step(self.step)
         for micro in range(cfg.accum_steps):
@@ -311,7 +311,7 @@ class _Run:
 
     def record(self, grad_norm: torch.Tensor) -> dict:
         """The log record of the window since the last one (reads the device: log steps only)."""
-        cfg, d = self.cfg, self.d
+        cfg, d = self.cfg, self.dist
         if d.world_size > 1:
             dist.all_reduce(self.loss_sum)
             self.loss_sum /= d.world_size if self.task.log_divisor_per_rank else 1
@@ -346,7 +346,7 @@ class _Run:
 
     def loop(self, stop_signal: list[int], metrics: MetricsLog) -> bool:
         """Steps until the last one or an agreed stop signal; returns whether it stopped early."""
-        cfg, d = self.cfg, self.d
+        cfg, d = self.cfg, self.dist
         self.task.runner.train()
         stopping = False
         first = True
@@ -356,7 +356,7 @@ class _Run:
             if first:
                 first = False
                 if d.is_main:
-                    if self.s.device.type == "cuda":
+                    if self.setup.device.type == "cuda":
                         torch.cuda.synchronize()  # once: the first step's time, compilation included
                     self.report_first_step(time.perf_counter() - started)
             epoch_done = self.epoch_done()
@@ -365,7 +365,7 @@ class _Run:
             record = {}
             if self.logs_at(self.step):
                 self.check_finite()  # the one host sync, on log steps only
-                stopping = agreed_stop(stop_signal, d, self.s.device)
+                stopping = agreed_stop(stop_signal, d, self.setup.device)
                 record = self.record(grad_norm)
             if epoch_done:
                 record = {**(record or {"step": self.step}), **self.task.after_epoch(self.step)}
@@ -379,7 +379,7 @@ class _Run:
 
 def train(task: Task) -> int:
     """Run ``task`` to its last step (or a stop signal); exit code 0. Raises ``NonFiniteLoss``."""
-    run, s, d = _Run(task), task.s, task.d
+    run, s, d = _Run(task), task.setup, task.dist
     if run.finished:
         if d.is_main:
             print(f"already finished at step {run.step}; nothing to do (outputs in {task.cfg.output_dir})", flush=True)
@@ -405,7 +405,7 @@ def train(task: Task) -> int:
 
 def _close(task: Task) -> int:
     """Leave the process group (under ``torchrun``); exit code 0."""
-    if task.d.world_size > 1:
+    if task.dist.world_size > 1:
         task.close()
         finish_distributed()
     return 0
@@ -430,17 +430,17 @@ def _start(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler, to
     source = resume_source(cfg)
     state = Checkpoints.load(source) if source else None
     if folder:
-        _same_run(_as_split(folder[1], state, new, task.d), new,
+        _same_run(_as_split(folder[1], state, new, task.dist), new,
                   f"--output_dir {cfg.output_dir} holds another run ({folder[0]})",
                   "Pass the run's values to continue it, --resume none --overwrite to start a new run there (the "
                   "old one is moved aside), or choose another --output_dir")
     if not source:
-        if task.d.is_main and folder is None:
+        if task.dist.is_main and folder is None:
             rundir.write(to_dict(cfg), task.ENTRY, cfg.output_dir)  # the geometry travels with the weights
         return 0, False
     written = rundir.read(source)
     if written is None or folder is None or written[0].resolve() != folder[0].resolve():
-        _same_run(_as_split(written[1] if written else state.get("config", {}), state, new, task.d), new,
+        _same_run(_as_split(written[1] if written else state.get("config", {}), state, new, task.dist), new,
                   f"--resume {source} is a checkpoint of another run ({written[0] if written else 'its options'})",
                   "Pass that run's values to continue it, or start a new run: --resume none (with --overwrite "
                   "in a folder holding a run) or another --output_dir")
@@ -453,7 +453,7 @@ def _start(task: Task, cfg: TrainingConfig, checkpoints: Checkpoints, scaler, to
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
-    if task.d.is_main:
+    if task.dist.is_main:
         print(f"resumed from {source} at step {step}", flush=True)
         rundir.record_resume(to_dict(cfg), task.ENTRY, cfg.output_dir, step, source)
     return step, False
@@ -499,7 +499,7 @@ def run(build_task: type[Task], cfg: TrainingConfig) -> int:
     try:
         with rundir.lock(cfg.output_dir, f"python -m vmae2.{build_task.ENTRY}"):
             s = setup(cfg)
-            if s.d.is_main and cfg.resume == "none" and (aside := rundir.start_afresh(cfg.output_dir, cfg.overwrite)):
+            if s.dist.is_main and cfg.resume == "none" and (aside := rundir.start_afresh(cfg.output_dir, cfg.overwrite)):
                 print(f"--overwrite: moved the run that was in {cfg.output_dir} to {aside}", flush=True)
             return train(build_task(s))
     except NonFiniteLoss as exc:

@@ -121,7 +121,7 @@ class FinetuneTask(Task):
 
     def __init__(self, s: Setup):
         super().__init__(s)
-        cfg, d = self.cfg, s.d
+        cfg, d = self.cfg, s.dist
         self.out = out = Path(cfg.output_dir)
         if cfg.data_path is None:  # the demo data
             if d.world_size > 1:
@@ -173,21 +173,21 @@ class FinetuneTask(Task):
                                layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None)
 
     def before_step(self, step: int) -> None:
-        torch.manual_seed(step_seed(self.cfg.seed, self.d.rank, step))  # drop path: per rank and step, resumable
+        torch.manual_seed(step_seed(self.cfg.seed, self.dist.rank, step))  # drop path: per rank and step, resumable
 
     def forward(self, batch, step: int, micro: int):
-        video, targets = self.mixup(batch.video, batch.labels, micro_rng(self.cfg.seed, self.d.rank, step, micro))
+        video, targets = self.mixup(batch.video, batch.labels, micro_rng(self.cfg.seed, self.dist.rank, step, micro))
         loss = soft_target_cross_entropy(self.runner(video).float(), targets)
         return loss, loss, loss
 
     def after_epoch(self, step: int) -> dict:
         if self.val_loader is None:
             return {}
-        result = score(predict(self.model, self.val_loader, self.s.amp_dtype), self.val_records, self.cfg.nb_classes,
-                       self.d)
+        result = score(predict(self.model, self.val_loader, self.setup.amp_dtype), self.val_records, self.cfg.nb_classes,
+                       self.dist)
         if result["top1"] > self.best["top1"]:
             self.best = {"top1": result["top1"], "step": step}
-            if self.d.is_main:
+            if self.dist.is_main:
                 save_safetensors(self.model.state_dict(), self.out / "model_best.safetensors", self.grid_meta)
         return {"val_top1": result["top1"], "val_top5": result["top5"]}
 
@@ -207,12 +207,12 @@ class FinetuneTask(Task):
         records = self.records[:FIT_VIDEOS]
         loader = ClassifyLoader(records, mode="val", batch_size=self.eval_batch, **self.common)
         try:
-            return score(predict(self.model, loader, self.s.amp_dtype), records, self.cfg.nb_classes, self.d)
+            return score(predict(self.model, loader, self.setup.amp_dtype), records, self.cfg.nb_classes, self.dist)
         finally:
             loader.close()
 
     def finish(self, step: int) -> None:
-        cfg, d, out = self.cfg, self.d, self.out
+        cfg, d, out = self.cfg, self.dist, self.out
         if d.is_main:
             save_safetensors(self.model.state_dict(), out / "model.safetensors", self.grid_meta)
             if self.best["top1"] >= 0:
@@ -231,7 +231,7 @@ class FinetuneTask(Task):
             test_records = self.eval_records(cfg.test_data_path)
             test_videos = max(1, self.eval_batch // self.clip.views_per_video)  # every view of a video in one batch
             test_loader = ClassifyLoader(test_records, mode="test", batch_size=test_videos, **self.common)
-            result = score(predict(self.model, test_loader, self.s.amp_dtype), test_records, cfg.nb_classes, d)
+            result = score(predict(self.model, test_loader, self.setup.amp_dtype), test_records, cfg.nb_classes, d)
             if d.is_main:
                 summary = write_report(result, test_records, out, self.names)
                 print(f"test ({cfg.test_num_segment}x{cfg.test_num_crop} views): top-1 {summary['top1']:.2f}  top-5 "

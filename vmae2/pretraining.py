@@ -108,9 +108,9 @@ class PretrainTask(Task):
     def __init__(self, s: Setup):
         super().__init__(s)
         cfg = self.cfg
-        self.loader = build_loader(cfg, s.d, s.device)
-        self.runner, self.model = build_model(cfg, s.device, s.d)
-        self.sharded = cfg.fsdp and s.d.world_size > 1
+        self.loader = build_loader(cfg, s.dist, s.device)
+        self.runner, self.model = build_model(cfg, s.device, s.dist)
+        self.sharded = cfg.fsdp and s.dist.world_size > 1
         self.log_divisor_per_rank = cfg.loss_reduction != "global"
         self.recent_slots: deque = deque(maxlen=cfg.log_every * cfg.accum_steps * cfg.batch_size)
         self.last = None  # (loss, video, enc, dec) of the last micro-batch, for the log
@@ -121,11 +121,11 @@ class PretrainTask(Task):
         return build_optimizer(self.model, lr, cfg.weight_decay, cfg.opt_betas, cfg.opt_eps, fused=not cfg.fsdp)
 
     def forward(self, batch, step: int, micro: int):
-        cfg, d, model = self.cfg, self.d, self.model
+        cfg, d, model = self.cfg, self.dist, self.model
         self.recent_slots.extend((step, slot) for slot in batch.slots)
         video = batch.video
         clips_global = cfg.batch_size * cfg.num_sample * d.world_size
-        enc, dec = make_masks(cfg, model.grid, clips_global, d, step, micro, self.s.device)
+        enc, dec = make_masks(cfg, model.grid, clips_global, d, step, micro, self.setup.device)
         pred = self.runner(video, enc, dec)
         loss = reconstruction_loss(pred, video, enc, dec, patch_size=model.patch_size, tubelet_size=model.tubelet_size,
                                    normalize_target=cfg.normalize_target, backend=cfg.kernel_backend)
@@ -139,7 +139,7 @@ class PretrainTask(Task):
 
     def log_fields(self, clips_per_s: float) -> dict:
         loss, video, enc, dec = self.last
-        model, device = self.model, self.s.device
+        model, device = self.model, self.setup.device
         nv = enc.shape[1]
         nd = dec.shape[1] if dec is not None else model.num_patches - nv
         self.flops = self.flops or model_flops_per_clip(model, nv, nd)
@@ -147,7 +147,7 @@ class PretrainTask(Task):
         return {"recon_vs_flat": float(loss.detach() / _flat_loss(self.cfg, model, video, enc, dec)),
                 "tokens_per_s": clips_per_s * (nv + (nv + nd)),  # encoder tokens + decoder tokens per clip
                 "peak_mem_mb": peak_memory_mb(device),
-                "mfu": mfu(clips_per_s * self.flops / self.d.world_size, 1.0, peak)}  # one device's second
+                "mfu": mfu(clips_per_s * self.flops / self.dist.world_size, 1.0, peak)}  # one device's second
 
     def state(self) -> dict:
         if not self.sharded:
@@ -171,16 +171,16 @@ class PretrainTask(Task):
         return f" (epoch positions {[slot for st, slot in self.recent_slots if st == bad_step]})"
 
     def finish(self, step: int) -> None:
-        cfg, d = self.cfg, self.d
+        cfg, d = self.cfg, self.dist
         weights = self.state()["model"] if self.sharded else self.model.state_dict()  # gathered on every rank
         if not d.is_main:
             return
         save_safetensors(weights, Path(cfg.output_dir) / "model.safetensors")
         model = self.model
         if self.sharded:  # draw with an unsharded copy: rank 0 alone cannot run the FSDP model
-            model, _ = build_model(cfg, self.s.device, Dist())
+            model, _ = build_model(cfg, self.setup.device, Dist())
             model.load_state_dict(weights)
-        rel = _reconstruction_report(cfg, model, self.loader, self.s.device)
+        rel = _reconstruction_report(cfg, model, self.loader, self.setup.device)
         print(f"done: {step} steps; reconstruction error {rel:.3f}x the flat-colour baseline "
               f"(1 = predicting flat colours); outputs in {cfg.output_dir}", flush=True)
         if rel >= PLATEAU:
