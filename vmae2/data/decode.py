@@ -146,7 +146,7 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
     container = _open(record.path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame threads: FFmpeg decodes ahead on the other cores
+        _set_threads(stream)
         index_of = _seek(container, stream, min(wanted))
         for frame in container.decode(stream):
             decoded = index_of(frame) if index_of else decoded
@@ -166,6 +166,19 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
     return np.stack([got[int(i)] for i in ids])
 
 
+
+def _set_threads(stream) -> None:
+    """FFmpeg's frame threads in the main process (they decode ahead on the other cores); one thread in a DataLoader
+    worker, as the official loaders decode (the workers are the parallelism, and a frame-threaded decoder closed in
+    a forked worker was seen to deadlock)."""
+    import torch.utils.data
+
+    if torch.utils.data.get_worker_info() is None:
+        stream.thread_type = "AUTO"
+    else:
+        stream.codec_context.thread_count = 1
+
+
 def iter_frames(path: str, chunk: int = 32):
     """Every frame of video file ``path`` once, in order, as RGB uint8 ``[<= chunk, H, W, 3]`` arrays (a streaming
     decode: memory holds one chunk). Raises :class:`BadVideo` (``missing``, ``empty``, ``unreadable``,
@@ -175,7 +188,7 @@ def iter_frames(path: str, chunk: int = 32):
     decoded, error, frames = 0, None, []
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _set_threads(stream)
         claimed = stream.frames
         try:
             for frame in container.decode(stream):
