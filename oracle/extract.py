@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vmae2.data.decode import to_rgb
+
 WINDOW = 16
 STEPS = {"thumos14": 4, "fineaction": 16}
 
@@ -39,7 +41,7 @@ def read_window(path, start: int, length: int = WINDOW) -> np.ndarray:
         for frame in container.decode(stream):
             index = int(round(float((frame.pts - first_pts) * base * rate)))
             if start <= index < start + length:
-                frames[index] = frame.to_ndarray(format="rgb24")
+                frames[index] = to_rgb(frame)  # rgb24, one swscale thread
             if index >= start + length - 1:
                 break
     return np.stack([frames[i] for i in range(start, start + length)])

@@ -91,6 +91,30 @@ def test_same_seed_same_batches_any_worker_count(videos):
     assert not all(torch.equal(x, y) for x, y in zip(a, run(0, seed=6)))
 
 
+def test_a_worker_forked_after_the_parent_decoded_still_decodes(videos, tmp_path):
+    """The parent converts frames to RGB, then forks (a DataLoader worker): the child's conversions must not
+    inherit a swscale thread pool without its threads (PyAV >= 18.1.1 keeps one context per thread)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing as mp\n"
+        "from vmae2.data.decode import iter_frames\n"
+        "def decode(path):\n"
+        "    assert sum(len(chunk) for chunk in iter_frames(path)) > 0\n"
+        "if __name__ == '__main__':\n"
+        f"    path = {str(videos[0].path)!r}\n"
+        "    decode(path)\n"
+        "    child = mp.get_context('fork').Process(target=decode, args=(path,))\n"
+        "    child.start(); child.join(60)\n"
+        "    if child.is_alive(): child.kill(); raise SystemExit('the forked decode hung')\n"
+        "    raise SystemExit(child.exitcode)\n")
+    (tmp_path / "fork_decode.py").write_text(script)
+    result = subprocess.run([sys.executable, str(tmp_path / "fork_decode.py")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_sharding_is_disjoint(videos):
     slots = []
     for rank in range(2):

@@ -146,12 +146,12 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
     container = _open(record.path)
     try:
         stream = container.streams.video[0]
-        _set_threads(stream)
+        stream.thread_type = "AUTO"  # frame threads: FFmpeg decodes ahead on the other cores
         index_of = _seek(container, stream, min(wanted))
         for frame in container.decode(stream):
             decoded = index_of(frame) if index_of else decoded
             if decoded in wanted:
-                got[decoded] = frame.to_ndarray(format="rgb24")
+                got[decoded] = to_rgb(frame)
             decoded += 1
             if decoded > last:
                 break
@@ -167,17 +167,20 @@ def decode_frames(record: VideoRecord, ids, info: VideoInfo | None = None) -> np
 
 
 
-def _set_threads(stream) -> None:
-    """FFmpeg's frame threads in the main process (they decode ahead on the other cores); one thread in a DataLoader
-    worker, as the official loaders decode (the workers are the parallelism, and a frame-threaded decoder closed in
-    a forked worker was seen to deadlock)."""
-    import torch.utils.data
 
-    if torch.utils.data.get_worker_info() is None:
-        stream.thread_type = "AUTO"
-    else:
-        stream.codec_context.thread_count = 1
+@functools.lru_cache(maxsize=1)
+def _one_thread() -> dict:
+    """``to_ndarray`` keywords converting in one thread. PyAV >= 17 converts with a swscale thread pool kept in a
+    cached context; a DataLoader worker forked after the parent converted inherits that pool without its threads,
+    and its first conversion deadlocks freeing it (seen with PyAV 18.1.1). One thread everywhere: no pool."""
+    import av
 
+    return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
+def to_rgb(frame) -> np.ndarray:
+    """A decoded ``av.VideoFrame`` as RGB uint8 ``[H, W, 3]``."""
+    return frame.to_ndarray(format="rgb24", **_one_thread())
 
 def iter_frames(path: str, chunk: int = 32):
     """Every frame of video file ``path`` once, in order, as RGB uint8 ``[<= chunk, H, W, 3]`` arrays (a streaming
@@ -188,11 +191,11 @@ def iter_frames(path: str, chunk: int = 32):
     decoded, error, frames = 0, None, []
     try:
         stream = container.streams.video[0]
-        _set_threads(stream)
+        stream.thread_type = "AUTO"
         claimed = stream.frames
         try:
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(to_rgb(frame))
                 decoded += 1
                 if len(frames) == chunk:
                     yield np.stack(frames)

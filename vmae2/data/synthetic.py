@@ -22,6 +22,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from vmae2.data.decode import to_rgb
+
 __all__ = ["CODECS", "CodecSpec", "clip_name", "clip_plan", "render_clip", "encode_clip", "make_videos",
            "MOTIONS", "render_motion_clip", "make_labeled_videos",
            "make_bad_files", "decode_frames", "write_list"]
@@ -294,7 +296,7 @@ def decode_frames(path: str | os.PathLike) -> np.ndarray:
     """Decode every frame of the first video stream: ``uint8 [T, H, W, 3]`` RGB. Raises on broken files."""
     av = _import_av()
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return np.stack([to_rgb(f) for f in container.decode(video=0)])
 
 
 # -- data sets -----------------------------------------------------------------------------------------
