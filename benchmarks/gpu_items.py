@@ -138,7 +138,6 @@ def check_ragged(device, provider: str = "triton", dtypes=("float32", "float16")
     import torch
 
     import vmae2_kernels as K
-    from benchmarks.gpu_check import compare
     from vmae2_kernels import ops
 
     count = 0
@@ -155,13 +154,21 @@ def check_ragged(device, provider: str = "triton", dtypes=("float32", "float16")
                 "token_scatter": lambda b: K.token_scatter(src, vis, N, backend=b),
                 "decoder_input": lambda b: K.decoder_input(src, vis, dec, token, pos, backend=b),
                 "mask_token_grad": lambda b: ops.mask_token_grad(x, min(Kk, N), b)}
-        for op, run in runs.items():
-            try:
-                compare(run(provider), run("torch"))
-            except AssertionError as exc:
-                raise AssertionError(f"{op} {case}: {exc}") from None
-            count += 1
+        count += _against_reference(runs, provider, case)
     return {"cases": count + _ragged_videos(device, provider, dtypes)}
+
+
+def _against_reference(runs: dict, provider: str, case: str) -> int:
+    """Each ``runs[op](backend)`` on ``provider`` against the plain-torch reference; the number compared. A mismatch
+    raises ``AssertionError`` naming the op and ``case``."""
+    from benchmarks.gpu_check import compare
+
+    for op, run in runs.items():
+        try:
+            compare(run(provider), run("torch"))
+        except AssertionError as exc:
+            raise AssertionError(f"{op} {case}: {exc}") from None
+    return len(runs)
 
 
 def _ragged_videos(device, provider: str, dtypes) -> int:
@@ -169,7 +176,6 @@ def _ragged_videos(device, provider: str, dtypes) -> int:
     import torch
 
     from benchmarks import cases
-    from benchmarks.gpu_check import compare
     from vmae2_kernels import ops
 
     count = 0
@@ -185,12 +191,7 @@ def _ragged_videos(device, provider: str, dtypes) -> int:
         runs = {"tubelet_gather": lambda b: ops.tubelet_gather(video, ids, patch, 2, b),
                 "recon_loss": lambda b: ops.recon_loss(pred, video, ids, weights, patch, 2, 1, cases.MEAN,
                                                        cases.STD, b)}
-        for op, run in runs.items():
-            try:
-                compare(run(provider), run("torch"))
-            except AssertionError as exc:
-                raise AssertionError(f"{op} patch {patch} {dtype} {layout} video: {exc}") from None
-            count += 1
+        count += _against_reference(runs, provider, f"patch {patch} {dtype} {layout} video")
     return count
 
 
