@@ -97,6 +97,15 @@ def tool(name: str) -> str:
     return getattr(knobs.nvidia, name).path
 
 
+def _tool_home() -> str:
+    """Where ``ptxas`` comes from, without this machine's paths: the Triton wheel's folder, or the folder named."""
+    import triton
+
+    folder = Path(tool("ptxas")).parent.resolve()
+    wheel = Path(triton.__file__).parent.resolve()
+    return f"Triton's wheel (triton/{folder.relative_to(wheel)})" if folder.is_relative_to(wheel) else str(folder)
+
+
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
@@ -626,7 +635,7 @@ def markdown(reports: list[KernelReport], cuda_rows: list[dict] | None = None, p
     out = ["# vmae2_kernels GPU report (ahead-of-time compilation; nothing here ran on a GPU)", ""]
     import triton
 
-    out.append(f"Triton {triton.__version__}; ptxas/cuobjdump from {Path(tool('ptxas')).parent}. Per thread: "
+    out.append(f"Triton {triton.__version__}; ptxas/cuobjdump from {_tool_home()}. Per thread: "
                "regs, spill and stack bytes; per CTA: smem (bytes, without the 1 KB the driver reserves). `vec`: every "
                "bulk stream of a memory-bound kernel is 128-bit in the PTX (in brackets: the share of the static "
                "SASS global bytes in 128-bit accesses, ids and scalars included); occupancy = theoretical "
