@@ -105,9 +105,9 @@ def test_a_pretraining_model_round_trips_through_transformers_with_equal_reconst
         assert torch.equal(mine[key], value), key
 
 
-def _run_folder(folder, seed=0):
+def _run_folder(folder, seed=0, pool="mean"):
     """A fine-tuning run folder as vmae2.finetune leaves it: a trained-looking tiny classifier (random weights)."""
-    model = create_model("vit_tiny_patch16_224", num_classes=3, num_frames=4, img_size=32)
+    model = create_model("vit_tiny_patch16_224", num_classes=3, num_frames=4, img_size=32, pool=pool)
     _randomize(model, seed)
     folder.mkdir(parents=True)
     save_safetensors(model, folder / "model.safetensors")
@@ -117,7 +117,7 @@ def _run_folder(folder, seed=0):
     config = {"model": "vit_tiny_patch16_224", "nb_classes": 3, "num_frames": 4, "input_size": 32,
               "sampling_rate": 2, "tubelet_size": 2, "short_side_size": 40, "class_names": str(folder / "classes.txt"),
               "test_data_path": str(folder / "test.csv"), "data_path": str(folder / "test.csv"), "lr": 1e-3,
-              "epochs": 3, "batch_size": 4}
+              "epochs": 3, "batch_size": 4, "pool": pool}
     rundir.write(config, "finetune", folder)
     return model
 
@@ -170,6 +170,20 @@ def test_save_pretrained_from_pretrained_round_trip(kind, tmp_path):
         args = (x,) if kind == "classification" else (x, mask)
         assert torch.equal(model(*args), again(*args))
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_a_mean_motion_run_exports_as_vmae2_and_is_refused_by_transformers(tmp_path, capsys):
+    from vmae2.export import main
+
+    model = _run_folder(tmp_path / "run", pool="mean_motion")
+    assert main(["--format", "vmae2", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "saved")]) == 0
+    again = hub.from_pretrained(tmp_path / "saved")
+    x = _clip({"num_frames": 4, "image_size": 32})
+    with torch.no_grad():
+        assert again.pool == "mean_motion" and torch.equal(model(x), again(x))
+    assert main(["--format", "transformers", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) != 0
+    assert "pools with 'mean_motion' (--pool)" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "config.json").exists()
 
 
 def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):

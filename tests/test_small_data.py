@@ -16,6 +16,9 @@ pytest.importorskip("av", reason="PyAV makes the videos")
 
 from vmae2.data.synthetic import make_messy_folder  # noqa: E402
 
+# 15 of 30 held-out clips: a classifier at chance (1/3) gets 15 or more with probability 0.04
+HELD_OUT_TOP1 = 50.0
+
 
 def _run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     """``python -m ARGS``; its ``stdout`` holds stdout and stderr, as a terminal shows them."""
@@ -54,20 +57,24 @@ def test_a_messy_folder_from_lists_to_features(tmp_path):
     assert "plateau" not in out
     assert sorted(_quarantined(pre / "quarantine.tsv")) == sorted(bad)
 
-    # the fine-tune from it fits its own training videos
+    # the fine-tune from it fits its own training videos and beats chance on clips of another folder
+    names = (lists / "classes.txt").read_text().split()
+    held_out = make_messy_folder(tmp_path / "held out", per_class=10, seed=1)["good"]
+    (tmp_path / "held_out.csv").write_text("".join(f"{p},{names.index(p.parent.name)}\n" for p in held_out))
     ft = tmp_path / "finetune"
     out = _run("vmae2.finetune", "--init", str(pre / "model.safetensors"), "--data_path", str(lists / "train.csv"),
-               "--val_data_path", str(lists / "val.csv"), "--class_names", str(lists / "classes.txt"),
-               "--output_dir", str(ft)).stdout
+               "--val_data_path", str(lists / "val.csv"), "--test_data_path", str(tmp_path / "held_out.csv"),
+               "--class_names", str(lists / "classes.txt"), "--output_dir", str(ft)).stdout
     fit = float(re.search(r"training-set top-1 ([\d.]+)", out).group(1))
     assert fit >= 90.0, out[-2000:]
     assert "did not fit" not in out
+    held_out_top1 = float(re.search(r"test \(5x3 views\): top-1 ([\d.]+)", out).group(1))
+    assert held_out_top1 >= HELD_OUT_TOP1, out[-2000:]  # chance: 33.3
     train_bad = {r[0] for r in csv.reader(open(lists / "train.csv")) if str(Path(r[0]).resolve()) in bad}
     assert sorted(_quarantined(ft / "quarantine.tsv")) == sorted(train_bad)
 
     videos = [str(p) for p in folder["good"][:3]]
     out = _run("vmae2.predict", "--run", str(ft), *videos).stdout
-    names = (lists / "classes.txt").read_text().split()
     rows = [line for line in out.splitlines() if line.startswith(tuple(videos))]
     assert len(rows) == 3 and all(sorted(re.findall(r"  (\w+) [\d.]+", row)) == sorted(names) for row in rows), out
 

@@ -97,7 +97,7 @@ def build_classifier(cfg, device: torch.device):
             raise ValueError(f"--weights {cfg.weights} is not a classifier of --nb_classes {cfg.nb_classes} classes")
         return model.to(device), "every tensor from the transformers folder"
     model = create_model(cfg.model, num_classes=cfg.nb_classes, num_frames=cfg.num_frames, img_size=cfg.input_size,
-                         tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend,
+                         tubelet_size=cfg.tubelet_size, attn_backend=cfg.attn_backend, pool=cfg.pool,
                          pos_embed_grid=cfg.pretrain_grid() or stored_pos_grid(cfg.weights))
     report = load_classifier_weights(model, cfg.weights, head_index=getattr(cfg, "head_index", None), strict=True)
     return model.to(device), report

@@ -91,7 +91,7 @@ def build(values: dict, weights: str):
         if not values.get("nb_classes"):
             raise ValueError("the number of classes is unknown: pass --nb_classes")
         model = create_model(rundir.classifier_name(values["model"]), num_classes=values["nb_classes"],
-                             pos_embed_grid=stored_pos_grid(weights), **geometry)
+                             pos_embed_grid=stored_pos_grid(weights), pool=values.get("pool", "mean"), **geometry)
         names = _class_names(values)
     load_weights(model, weights, strict=True)
     return model.eval(), names

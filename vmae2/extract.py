@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from vmae2 import rundir
 from vmae2.config import Command, check_fields, cli, count, opt, refuse
-from vmae2.models.configs import FINETUNE_NAMES, model_config
+from vmae2.models.configs import FINETUNE_NAMES, POOLS, model_config
 
 PRESETS = {"thumos14": {}, "fineaction": {"stride": 16}}  # the field defaults are the official THUMOS14 settings
 
@@ -48,6 +48,8 @@ class ExtractConfig:
     normalize: bool = opt(False, "ImageNet mean/std after the resize (the official tool does not; a vmae2 run "
                                  "does)")
     tokens: bool = opt(False, "save per-token features [num_windows, N, C] instead of the pooled [num_windows, C]")
+    pool: str = opt("mean", "how the tokens are pooled: mean (official) or mean_motion (a vmae2 run fine-tuned with "
+                            "--pool mean_motion: C = 2 x embed_dim)", choices=tuple(POOLS))
     batch_size: int | None = count(None, "windows per model call (default: 8 on CPU, sized to free memory on GPU)")
     num_workers: int = opt(2, "decoding worker processes (0: decode in the main process)", ">= 0")
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 (on a CPU with AMX: bf16 matmuls, about "

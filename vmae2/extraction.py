@@ -235,7 +235,7 @@ def feature_model(cfg: ExtractConfig) -> tuple[torch.nn.Module, str]:
         return transformers_io.feature_model(cfg.weights, num_frames=cfg.window, img_size=cfg.input_size,
                                              attn_backend=cfg.attn_backend)
     model = create_model(cfg.model, num_classes=0, num_frames=cfg.window, img_size=cfg.input_size,
-                         attn_backend=cfg.attn_backend)
+                         attn_backend=cfg.attn_backend, pool=cfg.pool)
     return model, load_feature_weights(model, cfg.weights)
 
 

@@ -87,6 +87,7 @@ def build_model(cfg: FinetuneConfig, device: torch.device, d: Dist):
     model = create_model(cfg.model, num_classes=cfg.nb_classes, num_frames=cfg.num_frames, img_size=cfg.input_size,
                          tubelet_size=cfg.tubelet_size, drop_path_rate=cfg.drop_path, head_drop_rate=cfg.head_drop,
                          init_scale=cfg.init_scale, use_checkpoint=cfg.with_checkpoint, attn_backend=cfg.attn_backend,
+                         pool=cfg.pool,
                          pos_embed_grid=cfg.pretrain_grid() or (stored_pos_grid(cfg.init) if cfg.init else None))
     if cfg.init:
         report = load_classifier_weights(model, cfg.init, head_index=cfg.init_head_index,

@@ -44,7 +44,7 @@ def model_config(model, class_names: list[str] | None = None) -> dict:
            "img_size": embed.img_size, "num_frames": embed.num_frames, "tubelet_size": embed.tubelet_size,
            "layer_norm_eps": {"blocks": blocks[0].norm1.eps if len(blocks) else DEFAULT_EPS, "head": head.eps}}
     if kind == "classification":
-        out.update(num_classes=model.num_classes, pos_embed_grid=list(model.pos_embed_grid),
+        out.update(num_classes=model.num_classes, pos_embed_grid=list(model.pos_embed_grid), pool=model.pool,
                    layer_scale=any(b.gamma_1 is not None for b in blocks), class_names=class_names)
     else:
         out["decoder_depth"] = len(model.decoder.blocks)
@@ -62,6 +62,7 @@ def build(config: dict, **overrides):
                       init_values=1.0 if config.get("layer_scale") else 0.0)  # the values come with the weights
         if config.get("pos_embed_grid"):
             kwargs["pos_embed_grid"] = tuple(config["pos_embed_grid"])
+        kwargs["pool"] = config.get("pool", "mean")
     elif kind == "pretraining":
         kwargs["decoder_depth"] = config["decoder_depth"]
     else:

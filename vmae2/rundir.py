@@ -287,9 +287,14 @@ def _pick(run: dict, keys) -> dict:
     return {k: run[k] for k in keys if k in run}
 
 
+def _pooling(run: dict) -> dict:
+    """A fine-tuning run's pooling (``mean`` where its config.json has none); nothing for a pretraining run."""
+    return {"pool": run.get("pool", "mean")} if run.get("vmae2_entry") == "finetune" else {}
+
+
 def weights_values(run: dict) -> dict:
-    """What any consumer of a run's weights takes: the classification model and the clip geometry."""
-    return {"model": classifier_name(run["model"]), **_pick(run, GEOMETRY)}
+    """What any consumer of a run's weights takes: the classification model, its pooling and the clip geometry."""
+    return {"model": classifier_name(run["model"]), **_pick(run, GEOMETRY), **_pooling(run)}
 
 
 def run_folder_values(values: dict, needs_test_list: bool) -> tuple[str | None, dict]:
@@ -366,10 +371,12 @@ def finetune_values(values: dict) -> tuple[str | None, dict]:
 
 def extract_values(values: dict) -> tuple[str | None, dict]:
     """``extract``: what the run beside ``--weights`` trained on: its model, window (``num_frames``), input size,
-    frame stride (``sampling_rate``) and ImageNet mean/std normalisation (vmae2 training normalises every clip)."""
+    frame stride (``sampling_rate``), ImageNet mean/std normalisation (vmae2 training normalises every clip) and, for
+    a fine-tuning run, its pooling."""
     found = read(values["weights"]) if values.get("weights") else None
     if found is None:
         return None, {}
     path, run = found
     return str(path), {"model": classifier_name(run["model"]), "window": run["num_frames"],
-                       "input_size": run["input_size"], "frame_stride": run["sampling_rate"], "normalize": True}
+                       "input_size": run["input_size"], "frame_stride": run["sampling_rate"], "normalize": True,
+                       **_pooling(run)}

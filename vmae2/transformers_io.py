@@ -99,6 +99,9 @@ def _export_refusals(model, kind: str) -> None:
             raise ValueError(f"this classifier's position table is resampled from the grid {model.pos_embed_grid} "
                              f"onto {embed.grid} (pos_embed_grid); transformers' VideoMAE always uses the sinusoid "
                              f"table of its own grid")
+        if model.pool != "mean":
+            raise ValueError(f"this classifier pools with {model.pool!r} (--pool); transformers' "
+                             f"VideoMAEForVideoClassification pools with the mean token only")
     blocks = model.blocks if kind == "classification" else [*model.encoder.blocks, *model.decoder.blocks]
     if any(b.gamma_1 is not None for b in blocks):
         raise ValueError("this model has layer scale (init_values > 0: gamma_1/gamma_2); transformers' VideoMAE "

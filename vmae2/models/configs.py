@@ -30,6 +30,12 @@ SIZES = {
 PRETRAIN_NAMES = {f"pretrain_videomae_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}
 FINETUNE_NAMES = {f"vit_{s}_patch{c.patch_size}_224": s for s, c in SIZES.items()}
 
+# How a classifier pools its last block's tokens (``pool`` / ``--pool``).
+POOLS = {
+    "mean": "fc_norm of the mean token (official)",
+    "mean_motion": "fc_norm of the mean token concatenated with the mean |x[t+1] - x[t]| of each token between "
+                   "consecutive time slots (2 x embed_dim features; for motion classes on small data sets)",
+}
 
 # Activation checkpointing (``use_checkpoint`` / ``--with_checkpoint``): what each mode recomputes in backward.
 CHECKPOINT_MODES = {
