@@ -84,6 +84,7 @@ def test_a_messy_folder_from_lists_to_features(tmp_path):
          "--output_dir", str(feats), "--num_workers", "0")
     manifest = json.loads((feats / "manifest.json").read_text())
     assert manifest["options"]["frame_stride"] == 4 and manifest["options"]["normalize"] is True
+    assert manifest["options"]["pool"] == "mean_motion"  # the fine-tuned run's pooling
     failed = _quarantined(feats / "failed.tsv")
     assert sorted(failed) == sorted(bad | {str(folder["bad"][3].resolve())})  # 5 frames < a 4 x 4-frame window
     written = {p.relative_to(feats).with_suffix("").as_posix() for p in feats.rglob("*.npy")}

@@ -151,7 +151,7 @@ class Outputs:
         suffix = f".rank{d.rank}" if d.world_size > 1 else ""
         self.manifest_path, self.failed_path = self.out / f"manifest{suffix}.json", self.out / f"failed{suffix}.tsv"
         options = {k: getattr(cfg, k) for k in ("window", "stride", "frame_stride", "input_size", "normalize",
-                                                "tokens", "precision")}
+                                                "tokens", "precision", "pool")}
         weights = transformers_io.weights_file(cfg.weights) if os.path.isdir(cfg.weights) else cfg.weights
         model = f"transformers VideoMAE ({os.path.abspath(cfg.weights)})" if os.path.isdir(cfg.weights) else cfg.model
         self.manifest = {"model": model, "weights": os.path.abspath(weights),
