@@ -84,8 +84,8 @@ def test_recon_loss_first_backward_unchanged():
 
 
 def test_training_setup_sets_the_stated_tf32_flags():
-    from vmae2.config import parse_config
-    from vmae2.engine import setup
+    from vmae2.cli import parse_config
+    from vmae2.training.loop import setup
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:

@@ -14,7 +14,7 @@ from oracle.tolerances import FP_TOL
 from benchmarks.official_step import Vmae2Step, vmae2_optimizer
 from vmae2 import masking
 from vmae2.models import create_model
-from vmae2.runtime import frees_grads_before_backward, param_groups
+from vmae2.training.distributed import frees_grads_before_backward, param_groups
 
 MODEL = "pretrain_videomae_small_patch16_224"
 FRAMES, SIZE, BATCH = 4, 64, 3

@@ -1,6 +1,6 @@
 """The memory plan (``python -m vmae2.plan``, ``--with_checkpoint auto``) and the step simulation it rests on.
 
-The simulation (:mod:`vmae2.step_memory`, fake tensors) is checked against what a real CPU step holds: the tensors
+The simulation (:mod:`vmae2.training.step_memory`, fake tensors) is checked against what a real CPU step holds: the tensors
 autograd saves (saved-tensor hooks), and the CPU allocator's bytes for ViT-S/B at 16x224 in every checkpointing mode
 (``benchmarks/plan_check.py``, within 10%; measured within 1%). What a CPU cannot run, the CUDA step, is checked
 piecewise: CUDA autocast's policy op by op, FlashAttention's saves equal to the CPU flash kernel's.
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.plan_check import KEYS, check
-from vmae2.config import parse_config
+from vmae2.cli import parse_config
 from vmae2.models import create_model
 from vmae2.plan import main
-from vmae2.planning import GIB, memory_plan, resolve_checkpoint
-from vmae2.step_memory import CudaSemantics, simulate_step
+from vmae2.runs.plan import GIB, memory_plan, resolve_checkpoint
+from vmae2.training.step_memory import CudaSemantics, simulate_step
 
 TINY = dict(num_frames=4, img_size=64)
 

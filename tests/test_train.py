@@ -14,10 +14,10 @@ from oracle.tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the training videos")
 
-from vmae2.config import PRESETS, TrainConfig, build_parser, parse_config  # noqa: E402
+from vmae2.cli import PRESETS, TrainConfig, build_parser, parse_config  # noqa: E402
 from vmae2.data.synthetic import make_videos  # noqa: E402
-from vmae2.runtime import Checkpoints, cosine_schedule  # noqa: E402
 from vmae2.train import main  # noqa: E402
+from vmae2.training.distributed import Checkpoints, cosine_schedule  # noqa: E402
 
 TINY = ["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_sample", "1",
         "--mask_ratio", "0.9", "--num_workers", "0",
@@ -359,7 +359,7 @@ def test_compiled_blocks_match_eager_and_resume_across_modes(data_list, tmp_path
 
 def test_compile_auto_is_eager_on_a_cpu():
     from vmae2.models import create_model
-    from vmae2.runtime import compile_blocks
+    from vmae2.training.distributed import compile_blocks
 
     model = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=32)
     assert compile_blocks(model, "auto", torch.device("cpu")) == 0
@@ -376,11 +376,11 @@ def test_gradient_accumulation_counts_optimizer_steps(data_list, tmp_path):
 
 def test_gradient_norm_is_measured_on_log_steps_only(data_list, tmp_path, monkeypatch):
     """Without clipping the norm is only logged: it is measured on the steps that write a record, and there only."""
-    import vmae2.runtime as runtime
+    import vmae2.training.distributed as distributed
 
     norms = []
-    measure = runtime.clip_or_norm
-    monkeypatch.setattr(runtime, "clip_or_norm", lambda params, max_norm: norms.append(measure(params, max_norm))
+    measure = distributed.clip_or_norm
+    monkeypatch.setattr(distributed, "clip_or_norm", lambda params, max_norm: norms.append(measure(params, max_norm))
                         or norms[-1])
     args = TINY + ["--data_path", data_list, "--max_steps", "7", "--log_every", "3", "--output_dir", str(tmp_path)]
     assert main(args) == 0

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
-from vmae2 import rundir
 from vmae2.models.configs import checkpoint_mode, checkpoint_spellings, list_models, model_config
+from vmae2.training import rundir
 
 
 def opt(default, help: str, check: str | None = None, **kw):
@@ -318,7 +318,7 @@ def _parse_bool(s: str) -> bool:
 @dataclass(frozen=True)
 class Command:
     """What an entry point parses: its config dataclass, named presets and help texts. ``inherit(values)`` gives
-    ``(source, options)`` that the weights the options name carry (:mod:`vmae2.rundir`): they override the preset,
+    ``(source, options)`` that the weights the options name carry (:mod:`vmae2.training.rundir`): they override the preset,
     explicit options override them (with a warning naming both values)."""
 
     prog: str

@@ -5,16 +5,16 @@ view's softmax is averaged per video (official ``merge``), then top-1/top-5, per
 confusion matrix are reported. With ``torchrun`` every rank scores its share and the views are gathered and
 de-duplicated before merging, so N processes give the numbers of one. Outputs in ``--output_dir``:
 ``test_metrics.json``, ``per_class.csv``, ``predictions.csv`` (video, label, top-5), ``confusion.png`` (with
-matplotlib). The run itself is :func:`vmae2.evaluation.run`.
+matplotlib). The run itself is :func:`vmae2.runs.evaluate.run`.
 """
 from __future__ import annotations
 
-from vmae2.config import cli
+from vmae2.cli import cli
 from vmae2.finetune_config import EVALUATE
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(EVALUATE, argv, "vmae2.evaluation:run")
+    return cli(EVALUATE, argv, "vmae2.runs.evaluate:run")
 
 
 if __name__ == "__main__":

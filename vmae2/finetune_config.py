@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation configuration: the classification fields on top of :mod:`vmae2.config`'s shared ones,
+"""Fine-tuning and evaluation configuration: the classification fields on top of :mod:`vmae2.cli`'s shared ones,
 the released fine-tune scripts as presets.
 
 Same precedence and validation as pretraining: defaults < ``--preset`` < ``--config`` < flags. Defaults are the
@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vmae2 import rundir
-from vmae2.config import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
+from vmae2.cli import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
+from vmae2.training import rundir
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}
 
@@ -220,7 +220,7 @@ FINETUNE_PRESETS = {
                                     head_drop=0.5, epochs=15, sampling_rate=2, with_checkpoint=True),
 }
 
-# The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA): the
+# The default for --data_path without --preset on a small data set without a GPU (vmae2.cli.SMALL_DATA): the
 # demo's recipe (tiny model, 8 frames x 64 px, light augmentation, minutes on a CPU) on the user's videos, with the
 # official flips and the classes of the user's list; with --init from a vmae2 run, that run's model and geometry win.
 # Its 10 epochs are at least SMALL_DATA_STEPS steps: 28 training clips make 3 steps an epoch; after 30 steps the tiny

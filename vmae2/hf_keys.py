@@ -1,5 +1,5 @@
 """Key names and configs of ``transformers``' VideoMAE in vmae2's terms, and the reading of its folders: what
-:mod:`vmae2.checkpoint`'s one loader needs to take a ``transformers`` folder (no ``transformers`` import, no torch
+:mod:`vmae2.weights`'s one loader needs to take a ``transformers`` folder (no ``transformers`` import, no torch
 import at module level). :mod:`vmae2.transformers_io` builds models from it and writes folders; its docstring
 gives the key mapping and the LayerNorm epsilons.
 """

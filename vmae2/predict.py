@@ -7,16 +7,16 @@ the model, classes, clip geometry, views and weights; or name them: ``--weights 
 id, downloaded): its config gives the architecture, classes (``id2label``) and clip geometry, its
 ``preprocessor_config.json`` the short side; the frame sampling rate is not in such a folder (``--sampling_rate``).
 ``--format json`` prints one JSON object per video. The run itself is
-:func:`vmae2.prediction.run`.
+:func:`vmae2.runs.predict.run`.
 """
 from __future__ import annotations
 
-from vmae2.config import cli
+from vmae2.cli import cli
 from vmae2.finetune_config import PREDICT
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(PREDICT, argv, "vmae2.prediction:run")
+    return cli(PREDICT, argv, "vmae2.runs.predict:run")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,15 @@ With no arguments (the ``demo`` preset) it pretrains the vmae2-only tiny model o
 a few minutes and leaves checkpoints, ``metrics.jsonl``, ``model.safetensors`` and ``reconstruction.png`` (with
 matplotlib, ``pip install vmae2[plot]``) in ``output/demo``. ``--preset vit_g_hybrid_pt --data_path LIST`` runs the
 official recipe (with ``torchrun`` for many GPUs). ``--help`` lists every option. The run itself is
-:func:`vmae2.pretraining.run`.
+:func:`vmae2.runs.pretrain.run`.
 """
 from __future__ import annotations
 
-from vmae2.config import PRETRAIN, cli
+from vmae2.cli import PRETRAIN, cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(PRETRAIN, argv, "vmae2.pretraining:run")
+    return cli(PRETRAIN, argv, "vmae2.runs.pretrain:run")
 
 
 if __name__ == "__main__":

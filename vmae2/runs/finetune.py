@@ -8,21 +8,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmae2 import engine
-from vmae2.checkpoint import POS_GRID_KEY, load_classifier_weights, save_safetensors, stored_pos_grid
+from vmae2.cli import SMALL_DATA
 from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
-from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.decode import upscale_note
+from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.lists import check_found, read_finetune_csv
 from vmae2.data.shards import ShardList, is_shards
 from vmae2.data.synthetic import make_labeled_videos
-from vmae2.engine import Setup, Task
-from vmae2.evaluation import predict, score, write_report
-from vmae2.config import SMALL_DATA
 from vmae2.finetune_config import FinetuneConfig
 from vmae2.models import create_model
-from vmae2.runtime import Dist, build_optimizer
+from vmae2.runs.evaluate import predict, score, write_report
+from vmae2.training import loop
+from vmae2.training.distributed import Dist, build_optimizer
+from vmae2.training.loop import Setup, Task
+from vmae2.weights import POS_GRID_KEY, load_classifier_weights, save_safetensors, stored_pos_grid
 
 DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_motion_v5"
 DEMO_MOTIONS = ("still", "right")
@@ -255,4 +255,4 @@ def underfit_advice(top1: float, cfg: FinetuneConfig) -> str:
 def run(cfg: FinetuneConfig) -> int:
     """Fine-tune as ``cfg`` says; exit code 0, 2 (bad lists, weights, ... found before training) or 3 (the loss
     stopped being finite)."""
-    return engine.run(FinetuneTask, cfg)
+    return loop.run(FinetuneTask, cfg)

@@ -1,7 +1,7 @@
 """The memory plan of ``python -m vmae2.plan`` and of ``--with_checkpoint auto``: per activation-checkpointing mode,
 the PREDICTED peak memory of one pretraining step on a GPU, and the mode with the least recomputation that fits.
 
-Peak = what :func:`vmae2.step_memory.simulate_step` counts for the step (saved activations, autocast's bf16 weight
+Peak = what :func:`vmae2.training.step_memory.simulate_step` counts for the step (saved activations, autocast's bf16 weight
 copies, gradients as backward makes them, backward's working set; exact, on fake tensors at the real shapes, CUDA
 autocast policy and FlashAttention) + what exists before it: fp32 weights, AdamW's two fp32 moments, DDP's gradient
 buckets (more than one GPU; DDP's default ``gradient_as_bucket_view=False``), the accumulated gradients
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from vmae2 import masking
-from vmae2.config import TrainConfig
+from vmae2.cli import TrainConfig
 from vmae2.models import create_model, model_config
 from vmae2.plan import GPUS, MARGIN, RESERVE_GIB, PlanConfig
-from vmae2.runtime import AMP_DTYPES
-from vmae2.step_memory import StepMemory, simulate_step
+from vmae2.training.distributed import AMP_DTYPES
+from vmae2.training.step_memory import StepMemory, simulate_step
 
 GIB = 2 ** 30
 MODES = ("none", "attn", "mlp", "every:8", "every:4", "every:3", "every:2", "full")

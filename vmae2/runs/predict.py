@@ -9,9 +9,9 @@ import torch
 from vmae2 import transformers_io
 from vmae2.data.classify import ClassifyLoader
 from vmae2.data.lists import VideoRecord, read_list
-from vmae2.evaluation import build_classifier, multi_view_config, predict, read_class_names
 from vmae2.finetune_config import PredictConfig
-from vmae2.runtime import AMP_DTYPES, Dist, resolve_device
+from vmae2.runs.evaluate import build_classifier, multi_view_config, predict, read_class_names
+from vmae2.training.distributed import AMP_DTYPES, Dist, resolve_device
 
 
 def top_classes(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vmae2.checkpoint import atomic_write
+from vmae2.weights import atomic_write
 from vmae2_kernels import optional
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # precision -> autocast dtype
@@ -316,7 +316,7 @@ def step_generator(seed: int, step: int, micro: int, device: torch.device) -> to
 # -- checkpoints ------------------------------------------------------------------------------------------
 
 class Checkpoints:
-    """``DIR/checkpoints/checkpoint-{step:08d}.pt``: written atomically (:func:`vmae2.checkpoint.atomic_write`), the
+    """``DIR/checkpoints/checkpoint-{step:08d}.pt``: written atomically (:func:`vmae2.weights.atomic_write`), the
     last ``keep`` kept. A failed write (full disk, crash) leaves the previous one intact."""
 
     def __init__(self, output_dir: str | os.PathLike, keep: int):

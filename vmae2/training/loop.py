@@ -7,7 +7,7 @@ epoch's end and at the end of the run. :func:`train` does the rest, the same way
 
 * setup: device, ``torch.distributed`` (``torchrun`` or ``srun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
 * the official lr scaling (by the global batch of videos per optimizer step), warm-up + cosine lr and weight decay;
-* the run folder (:mod:`vmae2.rundir`): locked while the run writes it; a folder continues only its own run (its
+* the run folder (:mod:`vmae2.training.rundir`): locked while the run writes it; a folder continues only its own run (its
   ``config.json`` against the new options), a new run (``--resume none``) starts only in a folder without one (or,
   with ``--overwrite``, once the old one is moved aside); a finished run is not run again;
 * resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vmae2 import rundir
+from vmae2.cli import TrainingConfig, to_dict
+from vmae2.training import rundir
 from vmae2_kernels import measure
-from vmae2.config import TrainingConfig, to_dict
-from vmae2.runtime import (
+from vmae2.training.distributed import (
     AMP_DTYPES,
     Checkpoints,
     Dist,
@@ -139,7 +139,7 @@ class Task:
     model: torch.nn.Module
     runner: torch.nn.Module
     loader: object  # len(), set_epoch(e), iterate(first_batch), telemetry, ledger
-    ENTRY = ""  # "train" or "finetune": the run kind in config.json (vmae2.rundir)
+    ENTRY = ""  # "train" or "finetune": the run kind in config.json (vmae2.training.rundir)
     epoch_checkpoints = False  # log, evaluate and save at every epoch's end too
     log_divisor_per_rank = True  # the logged loss is a per-rank mean: divide its all-reduced sum by the world size
 
@@ -413,7 +413,7 @@ def _close(task: Task) -> int:
 
 def _same_run(old: dict, new: dict, what: str, fix: str) -> None:
     """Refuse ``new`` (this run's options) where they make another run than ``old``
-    (:func:`vmae2.rundir.differences`)."""
+    (:func:`vmae2.training.rundir.differences`)."""
     if changed := rundir.differences(old, new):
         raise ValueError(f"{what}, and this run differs from it (its value -> this run's): {'; '.join(changed)}. "
                          f"{fix}")
@@ -493,8 +493,8 @@ def optimizer_keys(saved: dict, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def run(build_task: type[Task], cfg: TrainingConfig) -> int:
-    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock (:func:`vmae2.rundir.lock`;
-    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.rundir.start_afresh`); exit code 0, 2 (bad
+    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock (:func:`vmae2.training.rundir.lock`;
+    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.training.rundir.start_afresh`); exit code 0, 2 (bad
     lists, weights, output folder ... found before training) or 3 (the loss stopped being finite)."""
     try:
         with rundir.lock(cfg.output_dir, f"python -m vmae2.{build_task.ENTRY}"):
