@@ -1,5 +1,5 @@
-"""The memory plan's counts against the CPU allocator: :func:`vmae2.training.step_memory.simulate_step` (fake tensors, nothing
-allocated) vs a real fp32 training step of the same model, measured by torch.profiler's memory events
+"""The memory plan's counts against the CPU allocator: :func:`vmae2.training.step_memory.simulate_step` (fake tensors,
+nothing allocated) vs a real fp32 training step of the same model, measured by torch.profiler's memory events
 (:mod:`benchmarks.memory`, the loss benchmark's meter).
 
 Per checkpointing mode: **saved**, the bytes the forward (+ the fused loss) still holds when it returns (what

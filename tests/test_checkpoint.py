@@ -876,7 +876,8 @@ def test_cli_init_with_a_text_file_is_one_line(cli_data, command, tmp_path, caps
 
 def test_init_partial_needs_init():
     from vmae2.cli import parse_config
+    from vmae2.train import PRETRAIN
 
     with pytest.raises(ValueError, match="--init_partial True is invalid: accepts a partial load of --init; give "
                                          "--init too"):
-        parse_config(["--init_partial", "true"])
+        parse_config(["--init_partial", "true"], PRETRAIN)

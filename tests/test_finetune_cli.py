@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 from entry_points import stop_with_sigterm
+
 from oracle.tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the labeled videos")
 
 from vmae2.data.synthetic import make_labeled_videos  # noqa: E402
 from vmae2.finetune import main  # noqa: E402
-from vmae2.training.distributed import Checkpoints  # noqa: E402
+from vmae2.training.state import Checkpoints  # noqa: E402
 from vmae2.weights import stored_pos_grid  # noqa: E402
 
 SMALL = ["--preset", "demo", "--num_frames", "4", "--sampling_rate", "2", "--input_size", "32",

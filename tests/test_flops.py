@@ -246,8 +246,7 @@ def test_training_mfu_formula_matches_the_counted_forward():
     """vmae2.training.distributed's closed-form FLOPs (used for MFU while training) = 3 x the counted forward."""
     import torch
 
-    from vmae2.flops import count_flops
-    from vmae2.flops import model_flops_per_clip
+    from vmae2.flops import count_flops, model_flops_per_clip
     from vmae2.models import create_model
 
     with torch.device("meta"):

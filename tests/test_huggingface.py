@@ -17,7 +17,6 @@ if tio.missing_package("transformers") or tio.missing_package("huggingface_hub")
 transformers = tio.import_transformers()
 
 from vmae2 import hub
-
 from vmae2.models import create_model  # noqa: E402
 from vmae2.training import rundir  # noqa: E402
 from vmae2.weights import save_safetensors  # noqa: E402
@@ -345,10 +344,11 @@ def test_predict_run_and_extract_weights_take_a_transformers_folder(video, tmp_p
 def test_hub_ids_of_init_and_weights_become_their_downloaded_folders(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    from vmae2.cli import PRETRAIN, parse_config
+    from vmae2.cli import parse_config
     from vmae2.evaluate import main as evaluate
     from vmae2.extract import EXTRACT
     from vmae2.finetune_config import EVALUATE
+    from vmae2.train import PRETRAIN
 
     _hf("classification", "vit_s", tmp_path / "cls")
     asked = []

@@ -13,7 +13,6 @@ from vmae2.cli import parse_config
 from vmae2.data import check as check_cli
 from vmae2.finetune_config import EVALUATE, PREDICT
 
-
 # -- a. an unfinished run ---------------------------------------------------------------------------------------
 
 def test_an_unfinished_run_says_resume_or_pass_its_last_checkpoint(tmp_path, capsys):
@@ -156,7 +155,7 @@ def test_check_refuses_bad_values_and_a_missing_list(capsys):
 # -- e. output during the progress line --------------------------------------------------------------------------
 
 def test_output_during_the_progress_line_starts_on_a_fresh_line(tmp_path, monkeypatch):
-    from vmae2.training.distributed import MetricsLog
+    from vmae2.training.log import MetricsLog
 
     terminal = io.StringIO()  # stdout and stderr on one terminal
     terminal.isatty = lambda: True

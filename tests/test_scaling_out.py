@@ -185,8 +185,8 @@ class _Clips:
 def _slot_task():
     from vmae2.data.lists import VideoRecord
     from vmae2.data.loader import PretrainLoader
-    from vmae2.training.distributed import build_optimizer
     from vmae2.training.loop import Task
+    from vmae2.training.optim import build_optimizer
 
     class SlotTask(Task):
         """A linear model on the slots: each micro-batch's slots go to ``slots-rank{r}.jsonl``."""
@@ -245,7 +245,7 @@ def _slot_task():
 
 
 def _config(out, **kw):
-    from vmae2.cli import TrainConfig
+    from vmae2.train import TrainConfig
 
     base = dict(output_dir=str(out), device="cpu", num_workers=0, epochs=2, warmup_steps=2, lr=0.1, min_lr=0.0,
                 weight_decay=0.05, weight_decay_end=0.2, log_every=1, save_every_steps=1, keep_last=100, seed=3,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vmae2.cli import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
+from vmae2.cli import Command, CommonConfig, TrainingConfig, count, like, opt, refuse
 from vmae2.training import rundir
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}

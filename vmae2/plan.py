@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.cli import PRESETS, Command, TrainConfig, cli, count, opt
-
-# Total memory as torch reports it (``torch.cuda.get_device_properties(i).total_memory``, the "total capacity" of
-# its out-of-memory messages), GiB: the nominal 80 / 141 GB less what the driver keeps.
-GPUS = {"a100-80gb": 79.35, "h100-80gb": 79.21, "h200": 139.80}
-RESERVE_GIB = 2.0  # outside the caching allocator: CUDA context and loaded kernels, NCCL buffers
-MARGIN = 0.1  # of the rest, kept free for the caching allocator's block rounding and fragmentation
+from vmae2.cli import Command, cli, count, opt
+from vmae2.train import PRESETS, TrainConfig
+from vmae2.training.gpu_memory import GPUS, MARGIN, RESERVE_GIB
 
 
 @dataclass

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from vmae2 import plot
-
 from vmae2.cli import Command, check_fields, cli, opt
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
@@ -130,7 +129,7 @@ def run_config(checkpoint: str) -> tuple[str | None, dict]:
     """``(source, options)`` of the run that wrote ``checkpoint``: the options a ``.pt`` training checkpoint holds,
     else the ``config.json`` beside the weights (``(None, {})`` when there is neither)."""
     if checkpoint.endswith(".pt"):
-        from vmae2.training.distributed import Checkpoints
+        from vmae2.training.state import Checkpoints
 
         return checkpoint, Checkpoints.load(checkpoint).get("config", {})
     found = rundir.read(checkpoint)
@@ -156,7 +155,7 @@ def run(cfg: VisualizeConfig) -> int:
     from vmae2.data.lists import VideoRecord
     from vmae2.data.sampling import Crop, frame_ids
     from vmae2.models import create_model
-    from vmae2.training.distributed import Checkpoints
+    from vmae2.training.state import Checkpoints
     from vmae2.weights import load_weights
 
     if cfg.checkpoint.endswith(".pt"):

@@ -14,11 +14,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vmae2.cli import PRESETS, Command, check_fields, cli, count, opt
+from vmae2.cli import Command, check_fields, cli, count, opt
 from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_list
 from vmae2.finetune_config import FINETUNE_PRESETS
+from vmae2.train import PRESETS
 
 
 @dataclass

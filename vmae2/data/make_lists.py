@@ -19,7 +19,6 @@ from vmae2.cli import Command, check_fields, cli, opt
 from vmae2.data.lists import VIDEO_EXTENSIONS
 
 
-
 @dataclass
 class MakeListsConfig:
     """The options of ``python -m vmae2.data.make_lists``."""

@@ -1,31 +1,20 @@
-"""The pieces around the training loop: distributed setup, schedules, atomic checkpoints, metrics output."""
+"""The process runtime of every command: the process group (``torchrun`` or ``srun``), the device, the autocast
+dtype of each precision, stop signals agreed across ranks, compiled blocks, the per-step mask generator."""
 from __future__ import annotations
 
 import gc
-import json
-import logging
 import os
-import random
-import shutil
 import signal
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from vmae2.weights import atomic_write
-from vmae2_kernels import optional
-
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # precision -> autocast dtype
 
-CHECKPOINT_GLOB = "checkpoint-*.pt"
 
-
-# -- distributed ------------------------------------------------------------------------------------------
+# -- process group ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Dist:
@@ -154,59 +143,6 @@ def resolve_device(requested: str, d: Dist) -> torch.device:
     return device
 
 
-# -- schedules --------------------------------------------------------------------------------------------
-
-def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int) -> np.ndarray:
-    """Official per-iteration schedule: ``linspace(0, base, warmup)`` (end point included), then
-    ``final + (base - final) * (1 + cos(pi * i / L)) / 2`` for the remaining ``L`` steps."""
-    warmup_steps = min(warmup_steps, total_steps)
-    warm = np.linspace(0.0, base, warmup_steps) if warmup_steps > 0 else np.array([])
-    i = np.arange(total_steps - warmup_steps)
-    rest = final + 0.5 * (base - final) * (1 + np.cos(np.pi * i / max(len(i), 1)))
-    return np.concatenate([warm, rest])
-
-
-def layer_id(name: str, depth: int) -> int:
-    """Official layer-decay layer of a parameter: 0 for the embedding (``patch_embed``, ``pos_embed``,
-    ``cls_token``, ``mask_token``), ``k + 1`` for ``blocks.k``, ``depth + 1`` for the rest (``fc_norm``, head)."""
-    name = name.removeprefix("encoder.")
-    if name.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
-    """AdamW groups like the official optimizer factory: decay for >=2-D weights; none for 1-D params, biases
-    and the mask token (by name, on the unwrapped model, so compile/DDP prefixes cannot change it). With
-    ``layer_decay`` (fine-tuning), each group also carries ``lr_scale = layer_decay ** (depth + 1 - layer)``
-    (:func:`layer_id`); the training loop multiplies the scheduled lr by it."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    depth = len(getattr(model, "blocks", getattr(getattr(model, "encoder", None), "blocks", [])))
-    groups: dict[tuple[bool, int], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = not (p.ndim <= 1 or name.endswith(".bias") or name in skip)
-        layer = layer_id(name, depth) if layer_decay is not None else 0
-        key = (decay, layer)
-        if key not in groups:
-            scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
-            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "apply_wd": decay,
-                           "lr_scale": scale, "layer": layer}
-        groups[key]["params"].append(p)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float,
-                    fused: bool = True, layer_decay: float | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused (one kernel for all parameters, ~3x faster than the
-    per-parameter loop on CPU) unless the parameters are FSDP-sharded."""
-    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay), lr=lr, betas=tuple(betas), eps=eps,
-                             fused=fused)
-
-
 def compile_blocks(model: torch.nn.Module, mode: str, device: torch.device) -> int:
     """``--compile``: ``on`` compiles every transformer block in place (``Block.compile()``: the state_dict keys do not
     change, identical blocks share one compiled graph, compile time stays per block); ``auto`` does so on a GPU and
@@ -219,14 +155,6 @@ def compile_blocks(model: torch.nn.Module, mode: str, device: torch.device) -> i
     for block in blocks:  # static shapes: each block shape is one graph, and the attention choice a constant
         block.compile(dynamic=False)
     return len(blocks)
-
-
-def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """This step's lr (times each group's ``lr_scale``) and weight decay (groups that take decay)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-        if group["apply_wd"]:
-            group["weight_decay"] = weight_decay
 
 
 class NonFiniteLoss(RuntimeError):
@@ -251,60 +179,6 @@ def agreed_stop(received: list[int], d: Dist, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def frees_grads_before_backward(device: torch.device) -> bool:
-    """Where the step frees last step's gradients: just before the first backward on a CPU (glibc then hands the freed
-    blocks to the new gradients instead of fresh pages to fault in: 7-10% of a ViT-S/B step, benchmarks/README.md),
-    right after the optimizer step elsewhere (a GPU's caching allocator reuses memory either way, and the forward's
-    peak stays without the gradients)."""
-    return device.type == "cpu"
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, max_norm: float | None,
-                   free_grads: bool = True, norm: bool = True) -> torch.Tensor | None:
-    """Unscale (fp16), clip or (``norm``) measure the gradient norm, step, and (``free_grads``) free the gradients;
-    returns the norm on the device (no sync), or None when neither clipping nor ``norm`` asked for it."""
-    if scaler:
-        scaler.unscale_(optimizer)
-    grad_norm = clip_or_norm(parameters, max_norm) if max_norm or norm else None
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    if free_grads:
-        optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-def clip_or_norm(parameters, max_norm: float | None) -> torch.Tensor:
-    """Clip to ``max_norm`` (when given) and return the total gradient norm, on the device (no sync)."""
-    parameters = list(parameters)
-    if max_norm:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])  # no rescaling pass
-
-
-# -- RNG state --------------------------------------------------------------------------------------------
-
-def rng_state() -> dict:
-    """Every RNG state in plain containers and tensors (so ``torch.load(weights_only=True)`` reads it)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
     """A generator for the masks of one micro-batch, from ``(seed, step, micro)`` only: resumable, and the
     same on every rank (each rank then takes its rows of the global batch)."""
@@ -313,161 +187,3 @@ def step_generator(seed: int, step: int, micro: int, device: torch.device) -> to
     return g
 
 
-# -- checkpoints ------------------------------------------------------------------------------------------
-
-class Checkpoints:
-    """``DIR/checkpoints/checkpoint-{step:08d}.pt``: written atomically (:func:`vmae2.weights.atomic_write`), the
-    last ``keep`` kept. A failed write (full disk, crash) leaves the previous one intact."""
-
-    def __init__(self, output_dir: str | os.PathLike, keep: int):
-        self.dir = Path(output_dir) / "checkpoints"
-        self.keep = keep
-
-    def paths(self) -> list[Path]:
-        return sorted(self.dir.glob(CHECKPOINT_GLOB)) if self.dir.is_dir() else []
-
-    def latest(self) -> Path | None:
-        paths = self.paths()
-        return paths[-1] if paths else None
-
-    def save(self, state: dict, step: int) -> Path:
-        path = atomic_write(self.dir / f"checkpoint-{step:08d}.pt", lambda tmp: torch.save(state, tmp))
-        for old in self.paths()[:-self.keep]:
-            old.unlink(missing_ok=True)
-        return path
-
-    @staticmethod
-    def load(path: str | os.PathLike) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def check_output_dir(output_dir: str | os.PathLike, needed_bytes: int) -> None:
-    """Fail before training when the output folder is not writable or the disk cannot hold two checkpoints."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"--output_dir {output_dir} is not writable ({exc}); choose another folder") from exc
-    free = shutil.disk_usage(path).free
-    if free < 2 * needed_bytes:
-        raise ValueError(f"--output_dir {output_dir} has {free / 2**30:.2f} GiB free; checkpoints need about "
-                         f"{needed_bytes / 2**30:.2f} GiB each and two must fit. Free space or choose another folder")
-
-
-# -- metrics ----------------------------------------------------------------------------------------------
-
-class _EndsProgress:
-    """A text stream that ends the shown progress line before anything is written to it."""
-
-    def __init__(self, stream, progress: ProgressLine):
-        self._stream, self._progress = stream, progress
-
-    def write(self, text: str) -> int:
-        if text:
-            self._progress.end()
-        return self._stream.write(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-class ProgressLine:
-    """A line rewritten in place on a terminal (:meth:`show`). While it is shown, a write to ``sys.stdout`` or
-    ``sys.stderr`` (prints, warnings) or a record reaching a root logging handler first ends it, so that output
-    starts on a fresh line."""
-
-    def __init__(self):
-        self.shown = False
-        self._saved: tuple = ()  # (sys.stdout, sys.stderr, their replacements) while shown
-
-    def show(self, text: str) -> None:
-        """Write ``text`` to ``sys.stdout`` over the shown line (the cursor stays at its end)."""
-        if not self.shown:
-            out, err = _EndsProgress(sys.stdout, self), _EndsProgress(sys.stderr, self)
-            self._saved = (sys.stdout, sys.stderr, out, err)
-            sys.stdout, sys.stderr = out, err
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(self._end_before)
-            self.shown = True
-        stdout = self._saved[0]
-        stdout.write("\r" + text)
-        stdout.flush()
-
-    def end(self) -> None:
-        """End the shown line, if any: what is written next starts on a fresh line."""
-        if not self.shown:
-            return
-        self.shown = False
-        stdout, stderr, out, err = self._saved
-        if sys.stdout is out:
-            sys.stdout = stdout
-        if sys.stderr is err:
-            sys.stderr = stderr
-        for handler in logging.getLogger().handlers:
-            handler.removeFilter(self._end_before)
-        stdout.write("\n")
-        stdout.flush()
-
-    def _end_before(self, record: logging.LogRecord) -> bool:
-        self.end()
-        return True
-
-
-class MetricsLog:
-    """``DIR/metrics.jsonl`` (one JSON object per log step), a progress line (rewritten in place on a terminal), and
-    TensorBoard when installed."""
-
-    def __init__(self, output_dir: str | os.PathLike, total_steps: int, start_step: int = 0, enabled: bool = True):
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.total, self.start_step = total_steps, start_step
-        self.enabled = enabled
-        self.progress = ProgressLine() if sys.stdout.isatty() else None
-        self.start = time.perf_counter()
-        self.tb = None
-        if enabled:
-            # tensorboard is optional: without it the JSONL file is the record
-            if optional.importable("tensorboard"):
-                writer, _ = optional.load("torch.utils.tensorboard")
-                self.tb = writer and writer.SummaryWriter(str(Path(output_dir) / "tensorboard"))
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(key, value, record["step"])
-        step = record["step"]
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(step - self.start_step, 1) * (self.total - step)
-        rel = f"  vs flat colour {record['recon_vs_flat']:.2f}x" if "recon_vs_flat" in record else ""
-        line = (f"step {step}/{self.total}  loss {record['loss']:.4f}{rel}  lr {record['lr']:.2e}  "
-                f"clips/s {record['clips_per_s']:.1f}  ETA {_duration(eta)}")
-        if self.progress is not None:
-            self.progress.show(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.end()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -7,7 +7,8 @@ epoch's end and at the end of the run. :func:`train` does the rest, the same way
 
 * setup: device, ``torch.distributed`` (``torchrun`` or ``srun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
 * the official lr scaling (by the global batch of videos per optimizer step), warm-up + cosine lr and weight decay;
-* the run folder (:mod:`vmae2.training.rundir`): locked while the run writes it; a folder continues only its own run (its
+* the run folder (:mod:`vmae2.training.rundir`): locked while the run writes it; a folder continues only its own run
+(its
   ``config.json`` against the new options), a new run (``--resume none``) starts only in a folder without one (or,
   with ``--overwrite``, once the old one is moved aside); a finished run is not run again;
 * resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
@@ -34,27 +35,21 @@ import torch.distributed as dist
 
 from vmae2.cli import TrainingConfig, to_dict
 from vmae2.training import rundir
-from vmae2_kernels import measure
 from vmae2.training.distributed import (
     AMP_DTYPES,
-    Checkpoints,
     Dist,
-    MetricsLog,
     NonFiniteLoss,
     agreed_stop,
-    check_output_dir,
     compile_blocks,
-    frees_grads_before_backward,
-    cosine_schedule,
     finish_distributed,
-    optimizer_step,
     resolve_device,
-    rng_state,
-    set_rng_state,
-    set_schedule,
     setup_distributed,
     stop_signals,
 )
+from vmae2.training.log import MetricsLog
+from vmae2.training.optim import cosine_schedule, frees_grads_before_backward, optimizer_step, set_schedule
+from vmae2.training.state import Checkpoints, check_output_dir, rng_state, set_rng_state
+from vmae2_kernels import measure
 
 
 @dataclass
@@ -493,9 +488,10 @@ def optimizer_keys(saved: dict, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def run(build_task: type[Task], cfg: TrainingConfig) -> int:
-    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock (:func:`vmae2.training.rundir.lock`;
-    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.training.rundir.start_afresh`); exit code 0, 2 (bad
-    lists, weights, output folder ... found before training) or 3 (the loss stopped being finite)."""
+    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock
+    (:func:`vmae2.training.rundir.lock`;
+    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.training.rundir.start_afresh`); exit code 0, 2
+    (bad lists, weights, output folder ... found before training) or 3 (the loss stopped being finite)."""
     try:
         with rundir.lock(cfg.output_dir, f"python -m vmae2.{build_task.ENTRY}"):
             s = setup(cfg)

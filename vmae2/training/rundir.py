@@ -93,8 +93,8 @@ def _now() -> str:
 
 
 def _is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` group (``WORLD_SIZE``/``RANK``, as :func:`vmae2.training.distributed.setup_distributed` reads
-    them), or a process on its own."""
+    """Rank 0 of a ``torchrun`` group (``WORLD_SIZE``/``RANK``, as :func:`vmae2.training.distributed.setup_distributed`
+    reads them), or a process on its own."""
     if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" in os.environ:  # srun: torchrun's variables win
         return int(os.environ["SLURM_PROCID"]) == 0
     return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
