@@ -73,8 +73,12 @@ def refuse(name: str, value, allowed: str):
     raise ValueError(f"--{name} {value!r} is invalid: {allowed}")
 
 
-def check_fields(config) -> None:
-    """Apply every field's own rule (:func:`opt`'s ``check`` and ``path``); raise on the first value refused."""
+def check_fields(config, required: dict[str, str] | None = None):
+    """Apply every field's own rule (:func:`opt`'s ``check`` and ``path``); raise on the first value refused, or on
+    the first field of ``required`` (name -> message) that is None. Returns ``config``."""
+    for name, message in (required or {}).items():
+        if getattr(config, name) is None:
+            raise ValueError(message)
     for f in fields(config):
         value, meta = getattr(config, f.name), _meta(type(config), f.name)
         if value is None:
@@ -87,6 +91,7 @@ def check_fields(config) -> None:
                 if not os.path.exists(path):
                     refuse(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
                                                                       "--data_path)" if "," in value else ""))
+    return config
 
 
 @dataclass

@@ -78,10 +78,7 @@ class CheckConfig:
     workers: int = count(4, "videos checked at once")
 
     def validate(self):
-        if self.data_path is None:
-            raise ValueError("LIST is required: python -m vmae2.data.check LIST")
-        check_fields(self)
-        return self
+        return check_fields(self, required={"data_path": "LIST is required: python -m vmae2.data.check LIST"})
 
 
 def clip_presets(*tables: dict) -> dict:
