@@ -13,7 +13,7 @@ epoch's end and at the end of the run. :func:`train` does the rest, the same way
   with ``--overwrite``, once the old one is moved aside); a finished run is not run again;
 * resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
   on another number of processes with the checkpoint's global batch, schedule and epoch order
-  (:func:`fit_global_batch`; DDP and FSDP2 checkpoints load into either, :func:`optimizer_keys`);
+  (:func:`fit_global_batch`; DDP and FSDP2 checkpoints load into either, :func:`vmae2.training.state.optimizer_keys`);
 * gradient accumulation (``no_sync`` on all micro-batches but the last), autocast, GradScaler under fp16;
 * the finite-loss guard: a device-side first-bad-step flag read on the host only on log and save steps (no
   per-step sync); every rank stops together, and a checkpoint never holds a diverged model;
@@ -47,8 +47,8 @@ from vmae2.training.distributed import (
     stop_signals,
 )
 from vmae2.training.log import MetricsLog
-from vmae2.training.optim import cosine_schedule, frees_grads_before_backward, optimizer_step, set_schedule
-from vmae2.training.state import Checkpoints, check_output_dir, rng_state, set_rng_state
+from vmae2.training.optim import frees_grads_before_backward, optimizer_step, schedules, set_schedule
+from vmae2.training.state import Checkpoints, check_output_dir, optimizer_keys, rng_state, set_rng_state
 from vmae2_kernels import measure
 
 
@@ -185,14 +185,6 @@ class Task:
         del self.runner
 
 
-def _schedules(cfg: TrainingConfig, steps_per_epoch: int, lr: float):
-    total = cfg.max_steps or max(cfg.epochs * steps_per_epoch, cfg.min_steps)
-    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_epochs * steps_per_epoch)
-    min_lr = cfg.min_lr * lr / cfg.lr
-    wd_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else cfg.weight_decay
-    return total, cosine_schedule(lr, min_lr, total, warmup), cosine_schedule(cfg.weight_decay, wd_end, total, 0)
-
-
 class _Guard:
     """The finite-loss flag: the first step whose loss was not finite, kept on the device (-1: none yet)."""
 
@@ -239,7 +231,7 @@ class _Run:
         self.global_videos = cfg.batch_size * d.world_size * cfg.accum_steps  # official: num_sample not counted
         self.lr = cfg.lr * self.global_videos / 256
         self.steps_per_epoch = max(len(loader) // cfg.accum_steps, 1)
-        self.total_steps, self.lr_at, self.wd_at = _schedules(cfg, self.steps_per_epoch, self.lr)
+        self.total_steps, self.lr_at, self.wd_at = schedules(cfg, self.steps_per_epoch, self.lr)
         if d.is_main and not cfg.max_steps and cfg.epochs * self.steps_per_epoch < cfg.min_steps:
             print(f"note: {cfg.epochs} epochs of {self.steps_per_epoch} steps are fewer than --min_steps "
                   f"{cfg.min_steps}: running {cfg.min_steps} steps ({cfg.min_steps / self.steps_per_epoch:.0f} "
@@ -462,29 +454,6 @@ def _as_split(old: dict, state: dict | None, new: dict, d: Dist) -> dict:
     if global_batch(old, int(state.get("world_size", 1))) != global_batch(new, d.world_size):
         return old
     return {**old, "batch_size": new["batch_size"], "accum_steps": new["accum_steps"]}
-
-
-def optimizer_keys(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, by_name: bool) -> dict:
-    """A saved optimizer state keyed the way this run loads it: by parameter name (``by_name``: FSDP2's full state
-    dict, :func:`torch.distributed.checkpoint.state_dict.get_state_dict`) or by position in the optimizer's groups
-    (``Optimizer.state_dict``: single process, DDP). A checkpoint of either kind thus loads under the other."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    keys = [k for g in saved["param_groups"] for k in g["params"]]
-    if not keys or isinstance(keys[0], str) == by_name:
-        return saved
-    index = {name: i for i, name in enumerate(order)}
-    if by_name:
-        if len(keys) != len(order):
-            raise ValueError(f"the checkpoint's optimizer holds {len(keys)} parameters, this model {len(order)}")
-        rename = dict(zip(keys, order))  # positions follow the groups' order in both
-    else:
-        missing = [k for k in keys if k not in index]
-        if missing:
-            raise ValueError(f"the checkpoint's optimizer names parameters this model lacks: {missing[:4]}")
-        rename = index
-    return {"state": {rename[k]: v for k, v in saved["state"].items()},
-            "param_groups": [{**g, "params": [rename[k] for k in g["params"]]} for g in saved["param_groups"]]}
 
 
 def run(build_task: type[Task], cfg: TrainingConfig) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vmae2.cli import TrainingConfig
+
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int) -> np.ndarray:
     """Official per-iteration schedule: ``linspace(0, base, warmup)`` (end point included), then
@@ -96,3 +98,13 @@ def clip_or_norm(parameters, max_norm: float | None) -> torch.Tensor:
     if max_norm:
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
     return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])  # no rescaling pass
+
+
+def schedules(cfg: TrainingConfig, steps_per_epoch: int, lr: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(total steps, lr per step, weight decay per step)`` of a run: ``--max_steps`` or the epochs (at least
+    ``min_steps``), warm-up + cosine to ``min_lr`` scaled as ``lr`` was, weight decay cosine to ``weight_decay_end``."""
+    total = cfg.max_steps or max(cfg.epochs * steps_per_epoch, cfg.min_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_epochs * steps_per_epoch)
+    min_lr = cfg.min_lr * lr / cfg.lr
+    wd_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else cfg.weight_decay
+    return total, cosine_schedule(lr, min_lr, total, warmup), cosine_schedule(cfg.weight_decay, wd_end, total, 0)

@@ -74,3 +74,26 @@ def check_output_dir(output_dir: str | os.PathLike, needed_bytes: int) -> None:
     if free < 2 * needed_bytes:
         raise ValueError(f"--output_dir {output_dir} has {free / 2**30:.2f} GiB free; checkpoints need about "
                          f"{needed_bytes / 2**30:.2f} GiB each and two must fit. Free space or choose another folder")
+
+
+def optimizer_keys(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, by_name: bool) -> dict:
+    """A saved optimizer state keyed the way this run loads it: by parameter name (``by_name``: FSDP2's full state
+    dict, :func:`torch.distributed.checkpoint.state_dict.get_state_dict`) or by position in the optimizer's groups
+    (``Optimizer.state_dict``: single process, DDP). A checkpoint of either kind thus loads under the other."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    keys = [k for g in saved["param_groups"] for k in g["params"]]
+    if not keys or isinstance(keys[0], str) == by_name:
+        return saved
+    index = {name: i for i, name in enumerate(order)}
+    if by_name:
+        if len(keys) != len(order):
+            raise ValueError(f"the checkpoint's optimizer holds {len(keys)} parameters, this model {len(order)}")
+        rename = dict(zip(keys, order))  # positions follow the groups' order in both
+    else:
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise ValueError(f"the checkpoint's optimizer names parameters this model lacks: {missing[:4]}")
+        rename = index
+    return {"state": {rename[k]: v for k, v in saved["state"].items()},
+            "param_groups": [{**g, "params": [rename[k] for k in g["params"]]} for g in saved["param_groups"]]}
