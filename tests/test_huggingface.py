@@ -345,9 +345,9 @@ def test_hub_ids_of_init_and_weights_become_their_downloaded_folders(tmp_path, m
     import huggingface_hub
 
     from vmae2.cli import parse_config
+    from vmae2.evaluate import EVALUATE
     from vmae2.evaluate import main as evaluate
     from vmae2.extract import EXTRACT
-    from vmae2.finetune_config import EVALUATE
     from vmae2.train import PRETRAIN
 
     _hf("classification", "vit_s", tmp_path / "cls")

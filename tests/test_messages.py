@@ -11,7 +11,8 @@ from run_folders import finetune_run_folder
 import vmae2.cli
 from vmae2.cli import parse_config
 from vmae2.data import check as check_cli
-from vmae2.finetune_config import EVALUATE, PREDICT
+from vmae2.evaluate import EVALUATE
+from vmae2.predict import PREDICT
 
 # -- a. an unfinished run ---------------------------------------------------------------------------------------
 

@@ -13,8 +13,10 @@ from run_folders import finetune_run_folder
 
 import vmae2.cli
 from vmae2.cli import build_parser, cpu_cores, parse_config
+from vmae2.evaluate import EVALUATE
 from vmae2.extract import EXTRACT
-from vmae2.finetune_config import EVALUATE, FINETUNE, PREDICT
+from vmae2.finetune_config import FINETUNE
+from vmae2.predict import PREDICT
 from vmae2.train import PRETRAIN
 from vmae2.training import rundir
 

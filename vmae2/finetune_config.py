@@ -7,7 +7,6 @@ official ``run_class_finetuning.py`` ones; flag names follow it where sensible (
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from vmae2.cli import Command, CommonConfig, TrainingConfig, count, like, opt, refuse
@@ -134,39 +133,6 @@ class WeightsConfig(ClassifierConfig):
     num_workers: int | None = like(None, "data workers (default: min(4, CPU cores); 0: load in the main process)")
 
 
-@dataclass
-class EvaluateConfig(WeightsConfig):
-    """Multi-view testing of a classifier (``python -m vmae2.evaluate``)."""
-
-    REQUIRED = ("model", "weights", "data_path", "nb_classes")
-    data_path: str | None = like(None, "test list (official fine-tune CSV: `path label`, or `folder total_frames "
-                                       "label`; with --run: the run's test list)")
-    head_index: str | None = opt(None, "official label_710to{400,600,700}.json: evaluate a 710-class checkpoint on "
-                                       "those classes", path=True)
-    output_dir: str = like("output/evaluate", "where the report goes (default: output/evaluate; with --run: "
-                                              "RUN/evaluate)")
-
-
-@dataclass
-class PredictConfig(WeightsConfig):
-    """The classes of single videos (``python -m vmae2.predict``)."""
-
-    videos: list[str] | None = opt(None, "video files", positional="VIDEO...")
-    data_path: str | None = like(None, "a list of videos to predict too (the first column of each line is the path)")
-    topk: int = count(5, "classes shown per video")
-    format: str = opt("table", "table or json (one object per video: path, top classes and probabilities)",
-                      choices=("table", "json"))
-    batch_size: int = like(1, "videos per batch (each gives all its views)")
-    num_workers: int | None = like(0, "data workers (0: decode in the main process)")
-
-    def check(self) -> None:
-        if not self.videos and not self.data_path:
-            raise ValueError("give at least one VIDEO file: python -m vmae2.predict --run RUN VIDEO...")
-        for video in self.videos or ():
-            if not os.path.isfile(video):
-                raise ValueError(f"VIDEO {video!r} does not exist; give the path of a video file")
-
-
 def _script(model: str, dataset: str, **kw) -> dict:
     """A released fine-tune script (official table, §7.2): 16 frames, rate 4, 2 repeated views, betas
     (0.9, 0.999); SSv2 uses TSN sampling, no flip and 2x3 test views, the others 5x3."""
@@ -230,13 +196,6 @@ FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].i
                                      if k not in ("nb_classes", "num_workers", "flip")},
                                   "min_steps": SMALL_DATA_STEPS, "output_dir": "output/finetune"}
 
-EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
-                   "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
-                   "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
-
-PREDICT = Command("python -m vmae2.predict", "The top classes of videos, with probabilities, from the test protocol's "
-                  "views (test_num_segment x test_num_crop, softmax averaged). python -m vmae2.predict --run DIR "
-                  "VIDEO...", PredictConfig, inherit=rundir.predict_values)
 
 FINETUNE = Command(
     "python -m vmae2.finetune",
