@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from oracle import PRECISIONS, OfficialStep, autocast_for, official_from_vmae2, official_optimizer
 
+from oracle import PRECISIONS, OfficialStep, autocast_for, official_from_vmae2, official_optimizer
 from vmae2 import attention, masking
-from vmae2.models import create_model
 from vmae2.flops import model_flops_per_clip
-from vmae2.config import TrainConfig
-from vmae2.runtime import frees_grads_before_backward, optimizer_step
+from vmae2.models import create_model
+from vmae2.train import TrainConfig
+from vmae2.training.optim import frees_grads_before_backward, optimizer_step
 from vmae2_kernels import dispatch
 
 __all__ = ["Vmae2Step", "vmae2_optimizer", "PRECISIONS", "Size", "SIZES", "make_step"]
@@ -28,7 +28,7 @@ __all__ = ["Vmae2Step", "vmae2_optimizer", "PRECISIONS", "Size", "SIZES", "make_
 def vmae2_optimizer(model, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95),
                     eps: float = 1e-8) -> torch.optim.AdamW:
     """The optimizer ``vmae2.train`` builds."""
-    from vmae2.runtime import build_optimizer
+    from vmae2.training.optim import build_optimizer
 
     return build_optimizer(model, lr, weight_decay, betas, eps)
 

@@ -1,5 +1,5 @@
-"""The memory plan's counts against the CPU allocator: :func:`vmae2.step_memory.simulate_step` (fake tensors, nothing
-allocated) vs a real fp32 training step of the same model, measured by torch.profiler's memory events
+"""The memory plan's counts against the CPU allocator: :func:`vmae2.training.step_memory.simulate_step` (fake tensors,
+nothing allocated) vs a real fp32 training step of the same model, measured by torch.profiler's memory events
 (:mod:`benchmarks.memory`, the loss benchmark's meter).
 
 Per checkpointing mode: **saved**, the bytes the forward (+ the fused loss) still holds when it returns (what
@@ -20,7 +20,7 @@ from benchmarks.memory import cpu_held_bytes, cpu_peak_extra_bytes
 from vmae2 import masking
 from vmae2.loss import reconstruction_loss
 from vmae2.models import create_model
-from vmae2.step_memory import simulate_step
+from vmae2.training.step_memory import simulate_step
 from vmae2_kernels import measure
 
 MODES = ("none", "attn", "mlp", "every:2", "full")

@@ -127,7 +127,7 @@ def compare(size, precision: str, batch: int, rounds: int, steps: int, official:
             baseline: str = "official") -> dict:
     """One size and precision: timing, profile, facts and vmae2's measured choices. ``baseline="eager"``: vmae2
     eager against vmae2 with every block compiled (``--compile on``) instead of the official step against vmae2."""
-    from vmae2.runtime import compile_blocks
+    from vmae2.training.distributed import compile_blocks
     from vmae2_kernels import measure
 
     device = torch.device("cpu")

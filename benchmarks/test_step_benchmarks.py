@@ -16,7 +16,7 @@ autotune) and one untimed call that measures memory; then ``benchmark.pedantic``
 peak memory (CUDA: ``max_memory_allocated`` of the step, absolute and above the pre-step level; CPU: process RSS
 sampled every 0.5 ms during the step, absolute and above the pre-step level, after ``malloc_trim``: approximate;
 the absolute peak is the comparable number: the official step keeps last step's gradients through the forward, and
-so does vmae2 on a CPU (``vmae2.runtime.frees_grads_before_backward``); on a GPU it frees them after the step),
+so does vmae2 on a CPU (``vmae2.training.optim.frees_grads_before_backward``); on a GPU it frees them after the step),
 the attention and token-op backends, and, on the second arm of each pair, the ratio of the two medians (also
 written back into the first arm's ``extra_info``). A table with the ratios is printed at the end of the run,
 ``--benchmark-only`` included.
@@ -39,10 +39,9 @@ import time
 import pytest
 import torch
 
-from vmae2.flops import mfu, peak_flops
-
 from benchmarks import official_step as O
 from oracle.tolerances import FP_TOL  # the shared tolerance table
+from vmae2.flops import mfu, peak_flops
 
 # -- configuration ------------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """A fine-tuning run folder made without training, for the tests of the commands that read one."""
-from vmae2 import rundir
+from vmae2.training import rundir
 
 
 def finetune_run_folder(folder, **extra):

@@ -84,13 +84,14 @@ def test_recon_loss_first_backward_unchanged():
 
 
 def test_training_setup_sets_the_stated_tf32_flags():
-    from vmae2.config import parse_config
-    from vmae2.engine import setup
+    from vmae2.cli import parse_config
+    from vmae2.train import PRETRAIN
+    from vmae2.training.loop import setup
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, True
-        setup(parse_config(["--device", "cpu"]))
+        setup(parse_config(["--device", "cpu"], PRETRAIN))
         assert torch.backends.cudnn.allow_tf32 is True  # Conv3d patch embedding: TF32, as the official code
         assert torch.backends.cuda.matmul.allow_tf32 is False  # F.linear / matmul: full fp32
         assert torch.get_float32_matmul_precision() == "highest"

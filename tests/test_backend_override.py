@@ -28,7 +28,7 @@ def test_gpu_only_override_leaves_cpu_tensors_on_auto(monkeypatch, forced):
         assert dispatch.choose(op, "cpu") == _auto(op, "cpu") != forced
     x, ids = torch.randn(2, 6, 3), torch.tensor([[0, 4], [1, 5]])
     assert torch.equal(K.token_gather(x, ids), x.gather(1, ids[..., None].expand(-1, -1, 3)))
-    grid = (4, 4, 4)  # the ids vmae2.planning, vmae2.visualize and the benchmark steps build on the CPU
+    grid = (4, 4, 4)  # the ids vmae2.runs.plan, vmae2.visualize and the benchmark steps build on the CPU
     assert masking.tube_ids(2, grid, 0.75).shape == (2, 16)
     assert masking.running_cell_ids(2, grid, 0.5).shape == (2, 32)
     if forced == "triton":  # the override still applies to the CUDA tensors it serves

@@ -19,7 +19,7 @@ pytest.importorskip("av", reason="PyAV makes the videos")
 import vmae2  # noqa: E402
 from vmae2.data.decode import BadVideo  # noqa: E402
 from vmae2.data.synthetic import make_bad_files, make_labeled_videos, make_videos  # noqa: E402
-from vmae2.runtime import NonFiniteLoss  # noqa: E402
+from vmae2.training.distributed import NonFiniteLoss  # noqa: E402
 
 BAD = ("missing", "empty", "too_short")  # the reasons the loaders report for these three files
 
@@ -114,8 +114,8 @@ def test_fine_tuning_with_workers_skips_bad_files(labeled, bad, tmp_path):
 
 
 def test_evaluation_with_workers_skips_bad_files(labeled, bad, tmp_path):
-    from vmae2.checkpoint import save_safetensors
     from vmae2.models import create_model
+    from vmae2.weights import save_safetensors
 
     weights = tmp_path / "w.safetensors"
     save_safetensors(create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32), weights)

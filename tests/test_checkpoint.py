@@ -1,4 +1,4 @@
-"""Tests for ``vmae2.checkpoint``: loading official VideoMAE V2 checkpoints, refusing files that are not checkpoints
+"""Tests for ``vmae2.weights``: loading official VideoMAE V2 checkpoints, refusing files that are not checkpoints
 and loads that would leave weights at their initialisation, and atomic safetensors saving.
 
 Every checkpoint file is generated here, in ``tmp_path``, in the layouts the official code writes
@@ -27,9 +27,9 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from vmae2.checkpoint import LoadReport, load_state_dict, load_weights, save_safetensors
 from vmae2.masking import running_cell_ids, tube_ids
 from vmae2.models import PretrainVisionTransformer, VisionTransformer, ViTConfig, create_model
+from vmae2.weights import LoadReport, load_state_dict, load_weights, save_safetensors
 
 PRETRAIN_S = "pretrain_videomae_small_patch16_224"
 PRETRAIN_B = "pretrain_videomae_base_patch16_224"
@@ -686,7 +686,7 @@ def _npz_bytes() -> bytes:
 def every_reader(path: Path) -> list[str]:
     """The message each command's reader gives for ``path``: train --init, finetune --init, evaluate/predict
     --weights (with their position-grid look-up), extract --weights."""
-    from vmae2.checkpoint import load_classifier_weights, load_feature_weights, stored_pos_grid
+    from vmae2.weights import load_classifier_weights, load_feature_weights, stored_pos_grid
 
     readers = [lambda: load_state_dict(path),
                lambda: load_weights(tiny_pretrain(0), path, strict=False),
@@ -777,7 +777,7 @@ def test_a_checkpoint_matching_no_key_is_refused_unless_partial(tmp_path):
 
 
 def test_classifier_rules_keep_a_fresh_head_and_fc_norm_but_nothing_else(tmp_path, tiny_ft_sd):
-    from vmae2.checkpoint import load_classifier_weights
+    from vmae2.weights import load_classifier_weights
 
     # classes changing: the head of another class count starts fresh, every other tensor is loaded
     other = clone_sd(tiny_finetune(1, num_classes=400))
@@ -809,7 +809,7 @@ def test_classifier_rules_keep_a_fresh_head_and_fc_norm_but_nothing_else(tmp_pat
 
 
 def test_summarize_keys_merges_whole_blocks_and_caps_the_list():
-    from vmae2.checkpoint import summarize_keys
+    from vmae2.weights import summarize_keys
 
     keys = [f"blocks.{i}.{p}" for i in (0, 1, 2, 5, 10) for p in ("a", "b")] + ["norm.weight", "blocks.7.x"]
     assert summarize_keys(keys) == "blocks.0-2.* (6), blocks.5.* (2), blocks.7.x, blocks.10.* (2), norm.weight"
@@ -875,8 +875,9 @@ def test_cli_init_with_a_text_file_is_one_line(cli_data, command, tmp_path, caps
 
 
 def test_init_partial_needs_init():
-    from vmae2.config import parse_config
+    from vmae2.cli import parse_config
+    from vmae2.train import PRETRAIN
 
     with pytest.raises(ValueError, match="--init_partial True is invalid: accepts a partial load of --init; give "
                                          "--init too"):
-        parse_config(["--init_partial", "true"])
+        parse_config(["--init_partial", "true"], PRETRAIN)

@@ -16,12 +16,12 @@ pytest.importorskip("av", reason="PyAV makes and decodes the videos")
 
 from oracle.extract import official_extract, official_starts, official_transform  # noqa: E402
 from oracle.tolerances import assert_close_fp  # noqa: E402
-from vmae2.checkpoint import load_feature_weights  # noqa: E402
 from vmae2.data.decode import BadVideo  # noqa: E402
 from vmae2.data.synthetic import decode_frames, make_bad_files, make_videos  # noqa: E402
 from vmae2.extract import main  # noqa: E402
 from vmae2.features import embed_clips, extract, preprocess, window_starts  # noqa: E402
 from vmae2.models import create_model  # noqa: E402
+from vmae2.weights import load_feature_weights  # noqa: E402
 
 SIZE = 64  # --input_size of the tests: a tiny ViT at 64 px keeps each run under seconds
 
@@ -283,9 +283,9 @@ def test_paths_with_spaces_and_non_ascii_from_a_plain_list_and_make_lists(weight
 
 def test_a_vmae2_runs_normalisation_and_sampling_rate_are_taken_and_a_flag_overriding_one_warns(videos, tmp_path,
                                                                                                  capsys):
-    from vmae2 import rundir
-    from vmae2.config import parse_config
+    from vmae2.cli import parse_config
     from vmae2.extract import EXTRACT
+    from vmae2.training import rundir
 
     rundir.write({"model": "pretrain_videomae_tiny_patch16_224", "num_frames": 4, "input_size": SIZE,
                   "sampling_rate": 3, "tubelet_size": 2}, "train", tmp_path / "run")

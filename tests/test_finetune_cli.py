@@ -9,14 +9,15 @@ import sys
 import pytest
 import torch
 from entry_points import stop_with_sigterm
+
 from oracle.tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the labeled videos")
 
-from vmae2.checkpoint import stored_pos_grid  # noqa: E402
 from vmae2.data.synthetic import make_labeled_videos  # noqa: E402
 from vmae2.finetune import main  # noqa: E402
-from vmae2.runtime import Checkpoints  # noqa: E402
+from vmae2.training.state import Checkpoints  # noqa: E402
+from vmae2.weights import stored_pos_grid  # noqa: E402
 
 SMALL = ["--preset", "demo", "--num_frames", "4", "--sampling_rate", "2", "--input_size", "32",
          "--short_side_size", "32", "--batch_size", "2", "--num_sample", "2", "--num_workers", "0", "--drop_path",
@@ -105,8 +106,8 @@ def test_finetune_evaluate_and_step_exact_resume(lists, tmp_path):
 
 
 def test_init_from_a_pretraining_checkpoint_on_another_grid(lists, tmp_path):
-    from vmae2.checkpoint import save_safetensors
     from vmae2.models import create_model
+    from vmae2.weights import save_safetensors
 
     pre = create_model("pretrain_videomae_tiny_patch16_224", num_frames=8, img_size=64)  # grid (4, 4, 4)
     save_safetensors(pre, tmp_path / "pre.safetensors")
@@ -120,26 +121,26 @@ def test_init_from_a_pretraining_checkpoint_on_another_grid(lists, tmp_path):
 
 
 def test_demo_preset_only_without_data_and_small_data_gets_small_data(tmp_path, monkeypatch, capsys):
-    import vmae2.config
-    from vmae2.config import parse_config
+    import vmae2.cli
+    from vmae2.cli import parse_config
     from vmae2.finetune_config import FINETUNE
 
     assert parse_config([], FINETUNE).model == "vit_tiny_patch16_224"
     listing = tmp_path / "l.csv"
     listing.write_text("a.mp4 0\n")
-    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: False)
+    monkeypatch.setattr(vmae2.cli, "gpu_visible", lambda: False)
     cfg = parse_config(["--data_path", str(listing)], FINETUNE)
     assert cfg.model == "vit_tiny_patch16_224" and cfg.output_dir == "output/finetune"
     assert "no --preset: 1 videos and no GPU, so --preset small_data" in capsys.readouterr().err
-    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: True)  # the official recipe where it can run
+    monkeypatch.setattr(vmae2.cli, "gpu_visible", lambda: True)  # the official recipe where it can run
     cfg = parse_config(["--data_path", str(listing)], FINETUNE)
     assert cfg.model == "vit_base_patch16_224" and cfg.aa == "rand-m7-n4-mstd0.5-inc1" and cfg.test_num_segment == 10
     assert "so --preset official_defaults (the official recipe)" in capsys.readouterr().err
 
 
 def test_evaluation_scores_the_readable_videos(lists, tmp_path):
-    from vmae2.checkpoint import save_safetensors
     from vmae2.models import create_model
+    from vmae2.weights import save_safetensors
 
     save_safetensors(create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32),
                      tmp_path / "w.safetensors")
@@ -174,8 +175,8 @@ EVAL = ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--num_frames", 
 
 def test_two_process_evaluation_equals_one_process(lists, tmp_path):
     """3 test videos on 2 ranks: the sampler pads rank 1 with a repeat, which the merge counts once."""
-    from vmae2.checkpoint import save_safetensors
     from vmae2.models import create_model
+    from vmae2.weights import save_safetensors
 
     torch.manual_seed(3)
     save_safetensors(create_model("vit_tiny_patch16_224", num_classes=2, num_frames=4, img_size=32),

@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from oracle.tolerances import assert_close_fp
 
-from vmae2.checkpoint import PRETRAIN_ONLY, load_classifier_weights
+from oracle.tolerances import assert_close_fp
 from vmae2.data.augment import FinetuneAugment
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.lists import read_finetune_csv
 from vmae2.models import create_model
 from vmae2.models.layers import interpolate_pos_table, sinusoid_table
-from vmae2.runtime import layer_id, param_groups
+from vmae2.training.optim import layer_id, param_groups
+from vmae2.weights import PRETRAIN_ONLY, load_classifier_weights
 
 # -- position embedding ---------------------------------------------------------------------------------------
 

@@ -210,7 +210,7 @@ def test_logged_mfu_divides_by_the_fp32_peak_in_an_fp32_run(tmp_path, monkeypatc
     peak (the run keeps matmuls in full fp32), not its bf16 peak 989e12."""
     import json
 
-    import vmae2.pretraining
+    import vmae2.runs.pretrain
     from vmae2.data.synthetic import make_videos
     from vmae2.train import main
 
@@ -220,7 +220,7 @@ def test_logged_mfu_divides_by_the_fp32_peak_in_an_fp32_run(tmp_path, monkeypatc
         asked.append(precision)
         return peak_for("NVIDIA H100 80GB HBM3", precision, tf32=torch.backends.cuda.matmul.allow_tf32)
 
-    monkeypatch.setattr(vmae2.pretraining, "peak_flops", h100_peak)
+    monkeypatch.setattr(vmae2.runs.pretrain, "peak_flops", h100_peak)
     make_videos(tmp_path / "videos", 2, seed=0, sizes=((96, 64),), num_frames=(24,))
     out = tmp_path / "run"
     assert main(["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2",
@@ -243,12 +243,11 @@ def test_logged_mfu_divides_by_the_fp32_peak_in_an_fp32_run(tmp_path, monkeypatc
 
 
 def test_training_mfu_formula_matches_the_counted_forward():
-    """vmae2.runtime's closed-form FLOPs (used for MFU while training) = 3 x the counted forward."""
+    """vmae2.training.distributed's closed-form FLOPs (used for MFU while training) = 3 x the counted forward."""
     import torch
 
-    from vmae2.flops import count_flops
+    from vmae2.flops import count_flops, model_flops_per_clip
     from vmae2.models import create_model
-    from vmae2.flops import model_flops_per_clip
 
     with torch.device("meta"):
         model = create_model("pretrain_videomae_base_patch16_224")

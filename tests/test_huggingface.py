@@ -16,9 +16,10 @@ if tio.missing_package("transformers") or tio.missing_package("huggingface_hub")
                 allow_module_level=True)
 transformers = tio.import_transformers()
 
-from vmae2 import hub, rundir  # noqa: E402
-from vmae2.checkpoint import save_safetensors  # noqa: E402
+from vmae2 import hub
 from vmae2.models import create_model  # noqa: E402
+from vmae2.training import rundir  # noqa: E402
+from vmae2.weights import save_safetensors  # noqa: E402
 
 BOUND = 1e-5  # max abs difference of logits / reconstructions, fp32 CPU
 # a ViT-S (width 384, 6 heads, MLP 1536) two blocks deep, and a patch-14 model with a non-default MLP width
@@ -226,7 +227,7 @@ def test_from_pretrained_takes_the_videomae_v2_hub_layout_and_transformers_folde
 
 
 def test_the_one_loader_takes_transformers_folders_for_init_and_weights(tmp_path):
-    from vmae2.checkpoint import load_classifier_weights
+    from vmae2.weights import load_classifier_weights
 
     hf_model = _hf("classification", "vit_s", tmp_path / "cls")
     model = _randomize(tio.build_model(tio.read_folder(tmp_path / "cls")[0]), seed=5)  # the folder's sizes
@@ -357,10 +358,11 @@ def test_predict_run_and_extract_weights_take_a_transformers_folder(video, tmp_p
 def test_hub_ids_of_init_and_weights_become_their_downloaded_folders(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    from vmae2.config import PRETRAIN, parse_config
+    from vmae2.cli import parse_config
+    from vmae2.evaluate import EVALUATE
     from vmae2.evaluate import main as evaluate
     from vmae2.extract import EXTRACT
-    from vmae2.finetune_config import EVALUATE
+    from vmae2.train import PRETRAIN
 
     _hf("classification", "vit_s", tmp_path / "cls")
     asked = []

@@ -8,11 +8,11 @@ import sys
 import pytest
 from run_folders import finetune_run_folder
 
-import vmae2.config
-from vmae2.config import parse_config
+import vmae2.cli
+from vmae2.cli import parse_config
 from vmae2.data import check as check_cli
-from vmae2.finetune_config import EVALUATE, PREDICT
-
+from vmae2.evaluate import EVALUATE
+from vmae2.predict import PREDICT
 
 # -- a. an unfinished run ---------------------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ def _loaders(videos: int):
 
 @pytest.mark.parametrize("videos, accum_steps", [(2, 1), (5, 2), (7, 3), (9, 3)])
 def test_the_batch_size_hint_is_the_largest_batch_that_fits(videos, accum_steps):
-    from vmae2.engine import too_few_batches
+    from vmae2.training.loop import too_few_batches
 
     for loader in _loaders(videos):
         text = too_few_batches(loader(videos + 1), videos + 1, accum_steps)
@@ -85,7 +85,7 @@ def test_the_batch_size_hint_is_the_largest_batch_that_fits(videos, accum_steps)
 
 
 def test_too_many_accumulation_steps_for_the_data_name_accum_steps():
-    from vmae2.engine import too_few_batches
+    from vmae2.training.loop import too_few_batches
 
     for loader in _loaders(3):
         text = too_few_batches(loader(1), 1, 4)
@@ -139,10 +139,10 @@ def test_check_frames_follow_the_training_preset(tmp_path, monkeypatch, capsys):
     assert clip("--preset", "official_defaults") == (16, 4) and clip("--preset", "vit_g_k710_it_hmdb51") == (16, 2)
     assert clip("--preset", "small_data", "--num_frames", "8") == (8, 4)  # a flag still wins
     # without --preset: the preset python -m vmae2.train --data_path LIST picks, said on stderr
-    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: False)
+    monkeypatch.setattr(vmae2.cli, "gpu_visible", lambda: False)
     assert clip() == (4, 4)
     assert "12 videos and no GPU, so --preset small_data" in capsys.readouterr().err
-    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: True)
+    monkeypatch.setattr(vmae2.cli, "gpu_visible", lambda: True)
     assert clip() == (16, 4)
 
 
@@ -156,7 +156,7 @@ def test_check_refuses_bad_values_and_a_missing_list(capsys):
 # -- e. output during the progress line --------------------------------------------------------------------------
 
 def test_output_during_the_progress_line_starts_on_a_fresh_line(tmp_path, monkeypatch):
-    from vmae2.runtime import MetricsLog
+    from vmae2.training.log import MetricsLog
 
     terminal = io.StringIO()  # stdout and stderr on one terminal
     terminal.isatty = lambda: True

@@ -6,15 +6,15 @@ and inputs (small config) both give the same predictions, loss, gradients, gradi
 """
 from __future__ import annotations
 
-import oracle as O
 import pytest
 import torch
-from oracle.tolerances import FP_TOL
 
+import oracle as O
 from benchmarks.official_step import Vmae2Step, vmae2_optimizer
+from oracle.tolerances import FP_TOL
 from vmae2 import masking
 from vmae2.models import create_model
-from vmae2.runtime import frees_grads_before_backward, param_groups
+from vmae2.training.optim import frees_grads_before_backward, param_groups
 
 MODEL = "pretrain_videomae_small_patch16_224"
 FRAMES, SIZE, BATCH = 4, 64, 3

@@ -20,7 +20,7 @@ def test_imports_without_optional_dependencies():
     code = "\n".join([
         "import sys",
         *[f"sys.modules[{name!r}] = None" for name in OPTIONAL],
-        "import torch, vmae2, vmae2.models, vmae2.attention, vmae2.checkpoint, vmae2.loss, vmae2.masking",
+        "import torch, vmae2, vmae2.models, vmae2.attention, vmae2.weights, vmae2.loss, vmae2.masking",
         "import vmae2_kernels",
         "m = vmae2.models.create_model('pretrain_videomae_small_patch16_224', num_frames=2, img_size=32)",
         "ids = vmae2.masking.tube_ids(1, m.grid, 0.5)",

@@ -1,6 +1,7 @@
 """The memory plan (``python -m vmae2.plan``, ``--with_checkpoint auto``) and the step simulation it rests on.
 
-The simulation (:mod:`vmae2.step_memory`, fake tensors) is checked against what a real CPU step holds: the tensors
+The simulation (:mod:`vmae2.training.step_memory`, fake tensors) is checked against what a real CPU step holds: the
+tensors
 autograd saves (saved-tensor hooks), and the CPU allocator's bytes for ViT-S/B at 16x224 in every checkpointing mode
 (``benchmarks/plan_check.py``, within 10%; measured within 1%). What a CPU cannot run, the CUDA step, is checked
 piecewise: CUDA autocast's policy op by op, FlashAttention's saves equal to the CPU flash kernel's.
@@ -15,11 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.plan_check import KEYS, check
-from vmae2.config import parse_config
+from vmae2.cli import parse_config
 from vmae2.models import create_model
 from vmae2.plan import main
-from vmae2.planning import GIB, memory_plan, resolve_checkpoint
-from vmae2.step_memory import CudaSemantics, simulate_step
+from vmae2.runs.plan import GIB, memory_plan, resolve_checkpoint
+from vmae2.train import PRETRAIN
+from vmae2.training.step_memory import CudaSemantics, simulate_step
 
 TINY = dict(num_frames=4, img_size=64)
 
@@ -107,7 +109,7 @@ def test_cuda_autocast_policy():
 
 
 def test_auto_resolves_on_the_cpu_to_no_checkpointing(capsys):
-    cfg = parse_config(["--preset", "vit_g_hybrid_pt"])
+    cfg = parse_config(["--preset", "vit_g_hybrid_pt"], PRETRAIN)
     assert resolve_checkpoint(cfg, torch.device("cpu"), 1) == "none"
     assert "--with_checkpoint auto: none" in capsys.readouterr().out
     cfg.with_checkpoint = "every:3"
@@ -116,7 +118,7 @@ def test_auto_resolves_on_the_cpu_to_no_checkpointing(capsys):
 
 def test_auto_resolves_on_a_gpu_to_the_plans_choice(monkeypatch, capsys):
     cfg = parse_config(["--preset", "vit_b_hybrid_pt", "--model", "pretrain_videomae_small_patch16_224",
-                        "--batch_size", "2", "--with_checkpoint", "auto"])
+                        "--batch_size", "2", "--with_checkpoint", "auto"], PRETRAIN)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * GIB))
     assert resolve_checkpoint(cfg, torch.device("cuda"), 2) == "none"  # ViT-S, 8 clips: everything fits
     assert "--with_checkpoint auto -> none (80.00 GiB GPU" in capsys.readouterr().out
@@ -124,7 +126,7 @@ def test_auto_resolves_on_a_gpu_to_the_plans_choice(monkeypatch, capsys):
 
 def test_plan_takes_the_least_recomputation_that_fits():
     cfg = parse_config(["--preset", "vit_b_hybrid_pt", "--model", "pretrain_videomae_small_patch16_224",
-                        "--batch_size", "2"])  # 8 clips of 16x224
+                        "--batch_size", "2"], PRETRAIN)  # 8 clips of 16x224
     plan = memory_plan(cfg, 80 * GIB, world_size=2, modes=("none", "attn", "every:2", "full"))
     none, attn, every2, full = plan.modes
     assert none.step.flops < attn.step.flops < full.step.flops and every2.step.flops < full.step.flops

@@ -42,7 +42,7 @@ def one_thread():
 
 def test_quick_start_runs_as_written_and_evaluate_reproduces_the_fine_tune_test(tmp_path, monkeypatch, capsys,
                                                                                one_thread):
-    from vmae2.config import gpu_visible
+    from vmae2.cli import gpu_visible
 
     commands = quick_start_commands()
     assert [c[:3] for c in commands] == [["python", "-m", m] for m in (

@@ -11,12 +11,14 @@ import sys
 import pytest
 from run_folders import finetune_run_folder
 
-import vmae2.config
-from vmae2 import rundir
-from vmae2.config import PRETRAIN, build_parser, cpu_cores, parse_config
+import vmae2.cli
+from vmae2.cli import build_parser, cpu_cores, parse_config
+from vmae2.evaluate import EVALUATE
 from vmae2.extract import EXTRACT
-from vmae2.finetune_config import EVALUATE, FINETUNE, PREDICT
-
+from vmae2.finetune_config import FINETUNE
+from vmae2.predict import PREDICT
+from vmae2.train import PRETRAIN
+from vmae2.training import rundir
 
 # -- 2. geometry travels with the weights -------------------------------------------------------------------
 
@@ -104,13 +106,13 @@ def test_resume_at_another_geometry_is_refused_and_small_videos_are_noted(tmp_pa
 def test_small_data_without_a_gpu_gets_the_small_data_preset(tmp_path, monkeypatch, capsys):
     listing = tmp_path / "l.txt"
     listing.write_text("a.mp4 0 -1\n" * 12)
-    monkeypatch.setattr(vmae2.config, "gpu_visible", lambda: False)
-    cfg = parse_config(["--data_path", str(listing)])
+    monkeypatch.setattr(vmae2.cli, "gpu_visible", lambda: False)
+    cfg = parse_config(["--data_path", str(listing)], PRETRAIN)
     assert cfg.model == "pretrain_videomae_tiny_patch16_224" and cfg.output_dir == "output/pretrain"
     err = capsys.readouterr().err
     assert "12 videos and no GPU, so --preset small_data" in err and "official_defaults" in err
     listing.write_text("a.mp4 0 -1\n" * 1000)  # a real data set: the official recipe, said as such
-    assert parse_config(["--data_path", str(listing)]).model == "pretrain_videomae_base_patch16_224"
+    assert parse_config(["--data_path", str(listing)], PRETRAIN).model == "pretrain_videomae_base_patch16_224"
     assert "1000 videos and no GPU, so --preset official_defaults" in capsys.readouterr().err
 
 
@@ -154,7 +156,7 @@ def test_a_mistyped_option_gets_a_suggestion_not_the_usage(capsys):
 
 
 def test_worker_default_follows_the_cores():
-    cfg = parse_config(["--preset", "official_defaults"])
+    cfg = parse_config(["--preset", "official_defaults"], PRETRAIN)
     assert cfg.num_workers == min(10, cpu_cores())
     run = ["--model", "vit_tiny_patch16_224", "--nb_classes", "2", "--weights", __file__, "--data_path", __file__]
     assert parse_config(run, EVALUATE).num_workers == min(4, cpu_cores())
@@ -310,7 +312,7 @@ def test_a_new_run_in_a_used_folder_needs_overwrite_and_moves_the_old_one_aside(
     assert [p.name for p in (aside / "checkpoints").iterdir()] == ["checkpoint-00000002.pt"]
     # the new run, alone in its folder
     assert json.loads((out / "config.json").read_text())["lr"] == 0.1 and _steps(out) == [1, 2]
-    from vmae2.runtime import Checkpoints
+    from vmae2.training.state import Checkpoints
 
     [checkpoint] = Checkpoints(out, 2).paths()
     assert Checkpoints.load(checkpoint)["config"]["lr"] == 0.1

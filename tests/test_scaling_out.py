@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vmae2.runtime import Dist, expand_nodelist, launcher_env
+from vmae2.training.distributed import Dist, expand_nodelist, launcher_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -139,9 +139,9 @@ def test_srun_launch_trains_like_torchrun(data_list, tmp_path):
 def test_srun_evaluation_equals_one_process(tmp_path):
     """``vmae2.evaluate`` joins the same process group under ``srun``: 3 videos on 2 tasks score as on 1."""
     pytest.importorskip("av", reason="PyAV makes the test videos")
-    from vmae2.checkpoint import save_safetensors
     from vmae2.data.synthetic import make_labeled_videos
     from vmae2.models import create_model
+    from vmae2.weights import save_safetensors
 
     lists = make_labeled_videos(tmp_path / "v", {"test": 1}, motions=("up", "down", "left"), size=(48, 48),
                                 num_frames=16)
@@ -185,8 +185,8 @@ class _Clips:
 def _slot_task():
     from vmae2.data.lists import VideoRecord
     from vmae2.data.loader import PretrainLoader
-    from vmae2.engine import Task
-    from vmae2.runtime import build_optimizer
+    from vmae2.training.loop import Task
+    from vmae2.training.optim import build_optimizer
 
     class SlotTask(Task):
         """A linear model on the slots: each micro-batch's slots go to ``slots-rank{r}.jsonl``."""
@@ -245,7 +245,7 @@ def _slot_task():
 
 
 def _config(out, **kw):
-    from vmae2.config import TrainConfig
+    from vmae2.train import TrainConfig
 
     base = dict(output_dir=str(out), device="cpu", num_workers=0, epochs=2, warmup_steps=2, lr=0.1, min_lr=0.0,
                 weight_decay=0.05, weight_decay_end=0.2, log_every=1, save_every_steps=1, keep_last=100, seed=3,
@@ -254,14 +254,14 @@ def _config(out, **kw):
 
 
 def _engine_worker(rank, world, port, kw, out):
-    from vmae2 import engine
+    from vmae2.training import loop
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     if world == 1:
         for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             os.environ.pop(k)
-    code = engine.run(_slot_task(), _config(out, **kw))
+    code = loop.run(_slot_task(), _config(out, **kw))
     (Path(out) / f"exit-{rank}-{world}").write_text(str(code))
 
 
@@ -320,7 +320,7 @@ def test_a_run_resumed_on_another_world_size_sees_every_sample_once(tmp_path, fi
 
 
 def test_resume_refuses_a_world_size_that_cannot_split_the_global_batch(tmp_path):
-    from vmae2.engine import fit_global_batch
+    from vmae2.training.loop import fit_global_batch
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

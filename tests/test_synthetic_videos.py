@@ -177,7 +177,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_cli_flags_take_one_or_more_values():
-    from vmae2.config import build_parser
+    from vmae2.cli import build_parser
     from vmae2.data.make_videos import MAKE_VIDEOS
 
     parser = build_parser(MAKE_VIDEOS)

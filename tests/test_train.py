@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from entry_points import stop_with_sigterm
+
 from oracle.tolerances import assert_close_fp
 
 pytest.importorskip("av", reason="PyAV makes the training videos")
 
-from vmae2.config import PRESETS, TrainConfig, build_parser, parse_config  # noqa: E402
+from vmae2.cli import build_parser, parse_config  # noqa: E402
 from vmae2.data.synthetic import make_videos  # noqa: E402
-from vmae2.runtime import Checkpoints, cosine_schedule  # noqa: E402
-from vmae2.train import main  # noqa: E402
+from vmae2.train import PRESETS, PRETRAIN, TrainConfig, main  # noqa: E402
+from vmae2.training.optim import cosine_schedule  # noqa: E402
+from vmae2.training.state import Checkpoints  # noqa: E402
 
 TINY = ["--preset", "demo", "--num_frames", "4", "--input_size", "64", "--batch_size", "2", "--num_sample", "1",
         "--mask_ratio", "0.9", "--num_workers", "0",
@@ -73,7 +75,7 @@ def test_unknown_option_and_help(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--no_such_flag", "1"])
     assert exc.value.code == 2 and "no_such_flag" in capsys.readouterr().err
-    text = build_parser().format_help()
+    text = build_parser(PRETRAIN).format_help()
     for name in TrainConfig.__dataclass_fields__:
         assert f"--{name}" in text
 
@@ -81,14 +83,14 @@ def test_unknown_option_and_help(capsys):
 def test_preset_file_and_flag_precedence(tmp_path):
     file = tmp_path / "cfg.json"
     file.write_text(json.dumps({"lr": 0.002, "batch_size": 16}))
-    cfg = parse_config(["--preset", "vit_g_hybrid_pt", "--config", str(file), "--batch_size", "4"])
+    cfg = parse_config(["--preset", "vit_g_hybrid_pt", "--config", str(file), "--batch_size", "4"], PRETRAIN)
     assert cfg.model == "pretrain_videomae_giant_patch14_224" and cfg.clip_grad == 0.02
     assert cfg.with_checkpoint == "auto"  # the memory plan's choice on a GPU (the official scripts: every block)
     assert cfg.lr == 0.002 and cfg.batch_size == 4 and cfg.opt_betas == (0.9, 0.95) and cfg.num_sample == 4
     assert set(PRESETS) >= {"vit_b_hybrid_pt", "vit_l_hybrid_pt", "vit_h_hybrid_pt", "vit_g_hybrid_pt"}
     file.write_text(json.dumps({"learning_rate": 1}))
     with pytest.raises(ValueError, match="learning_rate"):
-        parse_config(["--config", str(file)])
+        parse_config(["--config", str(file)], PRETRAIN)
 
 
 def test_official_schedule():
@@ -359,7 +361,7 @@ def test_compiled_blocks_match_eager_and_resume_across_modes(data_list, tmp_path
 
 def test_compile_auto_is_eager_on_a_cpu():
     from vmae2.models import create_model
-    from vmae2.runtime import compile_blocks
+    from vmae2.training.distributed import compile_blocks
 
     model = create_model("pretrain_videomae_tiny_patch16_224", num_frames=4, img_size=32)
     assert compile_blocks(model, "auto", torch.device("cpu")) == 0
@@ -376,11 +378,11 @@ def test_gradient_accumulation_counts_optimizer_steps(data_list, tmp_path):
 
 def test_gradient_norm_is_measured_on_log_steps_only(data_list, tmp_path, monkeypatch):
     """Without clipping the norm is only logged: it is measured on the steps that write a record, and there only."""
-    import vmae2.runtime as runtime
+    import vmae2.training.optim as optim
 
     norms = []
-    measure = runtime.clip_or_norm
-    monkeypatch.setattr(runtime, "clip_or_norm", lambda params, max_norm: norms.append(measure(params, max_norm))
+    measure = optim.clip_or_norm
+    monkeypatch.setattr(optim, "clip_or_norm", lambda params, max_norm: norms.append(measure(params, max_norm))
                         or norms[-1])
     args = TINY + ["--data_path", data_list, "--max_steps", "7", "--log_every", "3", "--output_dir", str(tmp_path)]
     assert main(args) == 0

@@ -5,16 +5,37 @@ view's softmax is averaged per video (official ``merge``), then top-1/top-5, per
 confusion matrix are reported. With ``torchrun`` every rank scores its share and the views are gathered and
 de-duplicated before merging, so N processes give the numbers of one. Outputs in ``--output_dir``:
 ``test_metrics.json``, ``per_class.csv``, ``predictions.csv`` (video, label, top-5), ``confusion.png`` (with
-matplotlib). The run itself is :func:`vmae2.evaluation.run`.
+matplotlib). The run itself is :func:`vmae2.runs.evaluate.run`.
 """
 from __future__ import annotations
 
-from vmae2.config import cli
-from vmae2.finetune_config import EVALUATE
+from dataclasses import dataclass
+
+from vmae2.cli import Command, cli, like, opt
+from vmae2.finetune_config import WeightsConfig
+from vmae2.training import rundir
+
+
+@dataclass
+class EvaluateConfig(WeightsConfig):
+    """Multi-view testing of a classifier (``python -m vmae2.evaluate``)."""
+
+    REQUIRED = ("model", "weights", "data_path", "nb_classes")
+    data_path: str | None = like(None, "test list (official fine-tune CSV: `path label`, or `folder total_frames "
+                                       "label`; with --run: the run's test list)")
+    head_index: str | None = opt(None, "official label_710to{400,600,700}.json: evaluate a 710-class checkpoint on "
+                                       "those classes", path=True)
+    output_dir: str = like("output/evaluate", "where the report goes (default: output/evaluate; with --run: "
+                                              "RUN/evaluate)")
+
+
+EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
+                   "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
+                   "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(EVALUATE, argv, "vmae2.evaluation:run")
+    return cli(EVALUATE, argv, "vmae2.runs.evaluate:run")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmae2 import config, rundir
-from vmae2.config import Command, check_fields, cli, count, opt
+from vmae2.cli import Command, build_parser, check_fields, cli, count, opt
+from vmae2.training import rundir
 
 FORMATS = ("transformers", "vmae2")
 
@@ -48,8 +48,8 @@ EXPORT = Command("python -m vmae2.export", __doc__.split("\n\n")[0], ExportConfi
 
 
 def parser():
-    """The ``argparse`` parser of this command (:func:`vmae2.config.build_parser` of :data:`EXPORT`)."""
-    return config.build_parser(EXPORT)
+    """The ``argparse`` parser of this command (:func:`vmae2.cli.build_parser` of :data:`EXPORT`)."""
+    return build_parser(EXPORT)
 
 
 def _source(args) -> tuple[dict, str, Path | None]:
@@ -79,8 +79,8 @@ def _source(args) -> tuple[dict, str, Path | None]:
 
 def build(values: dict, weights: str):
     """The run's model with ``weights`` loaded strictly; ``(model, class names or None)``."""
-    from vmae2.checkpoint import load_weights, stored_pos_grid
     from vmae2.models import create_model
+    from vmae2.weights import load_weights, stored_pos_grid
 
     geometry = {"num_frames": values["num_frames"], "img_size": values["input_size"],
                 "tubelet_size": values.get("tubelet_size", 2)}

@@ -11,16 +11,16 @@ a list in any format the training commands read (``python -m vmae2.data.make_lis
 a line. Output per video ``OUT/<path under the folder, extension dropped>.npy``, float32 ``[num_windows, C]``
 (``fc_norm`` of the mean token, official) or ``[num_windows, N, C]`` with ``--tokens``; ``manifest.json`` and
 ``failed.tsv`` beside them, kept up to date across runs into ``OUT``. The run itself is
-:func:`vmae2.extraction.run`.
+:func:`vmae2.runs.extract.run`.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from vmae2 import rundir
-from vmae2.config import Command, check_fields, cli, count, opt, refuse
+from vmae2.cli import Command, check_fields, cli, count, opt, refuse
 from vmae2.models.configs import FINETUNE_NAMES, POOLS, model_config
+from vmae2.training import rundir
 
 PRESETS = {"thumos14": {}, "fineaction": {"stride": 16}}  # the field defaults are the official THUMOS14 settings
 
@@ -92,7 +92,7 @@ EXTRACT = Command("python -m vmae2.extract", "Windowed clip features of videos (
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(EXTRACT, argv, "vmae2.extraction:run")
+    return cli(EXTRACT, argv, "vmae2.runs.extract:run")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vmae2.config import resolve_precision
+from vmae2.cli import resolve_precision
 from vmae2.data.decode import BadVideo, iter_frames
-from vmae2.runtime import AMP_DTYPES
+from vmae2.training.distributed import AMP_DTYPES
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 CHUNK = 32  # frames decoded and preprocessed together

@@ -9,16 +9,16 @@ repeated sampling, gradient accumulation; per-epoch validation (best weights kep
 With no arguments (``demo`` preset) it runs progressive training in miniature on generated still/moving videos:
 MAE pretraining of the tiny model on the training clips, then fine-tuning and multi-view testing (a few minutes
 on a CPU). Checkpoints are atomic and step-exact (``--resume auto``), like pretraining. The run itself is
-:func:`vmae2.finetuning.run`.
+:func:`vmae2.runs.finetune.run`.
 """
 from __future__ import annotations
 
-from vmae2.config import cli
+from vmae2.cli import cli
 from vmae2.finetune_config import FINETUNE
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(FINETUNE, argv, "vmae2.finetuning:run")
+    return cli(FINETUNE, argv, "vmae2.runs.finetune:run")
 
 
 if __name__ == "__main__":

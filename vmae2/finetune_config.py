@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation configuration: the classification fields on top of :mod:`vmae2.config`'s shared ones,
+"""Fine-tuning and evaluation configuration: the classification fields on top of :mod:`vmae2.cli`'s shared ones,
 the released fine-tune scripts as presets.
 
 Same precedence and validation as pretraining: defaults < ``--preset`` < ``--config`` < flags. Defaults are the
@@ -7,12 +7,11 @@ official ``run_class_finetuning.py`` ones; flag names follow it where sensible (
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from vmae2 import rundir
-from vmae2.config import CommonConfig, Command, TrainingConfig, count, like, opt, refuse
+from vmae2.cli import Command, CommonConfig, TrainingConfig, count, like, opt, refuse
 from vmae2.models.configs import POOLS
+from vmae2.training import rundir
 
 DATASET_CLASSES = {"k400": 400, "k600": 600, "k700": 700, "k710": 710, "ssv2": 174, "ucf101": 101, "hmdb51": 51}
 
@@ -140,39 +139,6 @@ class WeightsConfig(ClassifierConfig):
     num_workers: int | None = like(None, "data workers (default: min(4, CPU cores); 0: load in the main process)")
 
 
-@dataclass
-class EvaluateConfig(WeightsConfig):
-    """Multi-view testing of a classifier (``python -m vmae2.evaluate``)."""
-
-    REQUIRED = ("model", "weights", "data_path", "nb_classes")
-    data_path: str | None = like(None, "test list (official fine-tune CSV: `path label`, or `folder total_frames "
-                                       "label`; with --run: the run's test list)")
-    head_index: str | None = opt(None, "official label_710to{400,600,700}.json: evaluate a 710-class checkpoint on "
-                                       "those classes", path=True)
-    output_dir: str = like("output/evaluate", "where the report goes (default: output/evaluate; with --run: "
-                                              "RUN/evaluate)")
-
-
-@dataclass
-class PredictConfig(WeightsConfig):
-    """The classes of single videos (``python -m vmae2.predict``)."""
-
-    videos: list[str] | None = opt(None, "video files", positional="VIDEO...")
-    data_path: str | None = like(None, "a list of videos to predict too (the first column of each line is the path)")
-    topk: int = count(5, "classes shown per video")
-    format: str = opt("table", "table or json (one object per video: path, top classes and probabilities)",
-                      choices=("table", "json"))
-    batch_size: int = like(1, "videos per batch (each gives all its views)")
-    num_workers: int | None = like(0, "data workers (0: decode in the main process)")
-
-    def check(self) -> None:
-        if not self.videos and not self.data_path:
-            raise ValueError("give at least one VIDEO file: python -m vmae2.predict --run RUN VIDEO...")
-        for video in self.videos or ():
-            if not os.path.isfile(video):
-                raise ValueError(f"VIDEO {video!r} does not exist; give the path of a video file")
-
-
 def _script(model: str, dataset: str, **kw) -> dict:
     """A released fine-tune script (official table, §7.2): 16 frames, rate 4, 2 repeated views, betas
     (0.9, 0.999); SSv2 uses TSN sampling, no flip and 2x3 test views, the others 5x3."""
@@ -226,7 +192,7 @@ FINETUNE_PRESETS = {
                                     head_drop=0.5, epochs=15, sampling_rate=2, with_checkpoint=True),
 }
 
-# The default for --data_path without --preset on a small data set without a GPU (vmae2.config.SMALL_DATA): the
+# The default for --data_path without --preset on a small data set without a GPU (vmae2.cli.SMALL_DATA): the
 # demo's recipe (tiny model, light augmentation, minutes on a CPU) on the user's videos, with the official flips and
 # the classes of the user's list; with --init from a vmae2 run, that run's model and geometry win. Its 10 epochs are
 # at least SMALL_DATA_STEPS steps: 28 training clips make 3 steps an epoch. Measured on generated folders of 3 motion
@@ -240,13 +206,6 @@ FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].i
                                   "head_drop": 0.5, "test_num_segment": 5, "test_num_crop": 3,
                                   "output_dir": "output/finetune"}
 
-EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
-                   "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
-                   "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
-
-PREDICT = Command("python -m vmae2.predict", "The top classes of videos, with probabilities, from the test protocol's "
-                  "views (test_num_segment x test_num_crop, softmax averaged). python -m vmae2.predict --run DIR "
-                  "VIDEO...", PredictConfig, inherit=rundir.predict_values)
 
 FINETUNE = Command(
     "python -m vmae2.finetune",

@@ -1,5 +1,5 @@
 """Key names and configs of ``transformers``' VideoMAE in vmae2's terms, and the reading of its folders: what
-:mod:`vmae2.checkpoint`'s one loader needs to take a ``transformers`` folder (no ``transformers`` import, no torch
+:mod:`vmae2.weights`'s one loader needs to take a ``transformers`` folder (no ``transformers`` import, no torch
 import at module level). :mod:`vmae2.transformers_io` builds models from it and writes folders; its docstring
 gives the key mapping and the LayerNorm epsilons.
 """
@@ -76,23 +76,34 @@ def _stack_key(key: str, stacks) -> tuple[str, str] | None:
     return None
 
 
-def to_transformers_keys(state: dict, kind: str) -> dict:
-    """A vmae2 state dict of ``kind`` (``classification`` / ``pretraining``) under ``transformers`` names (the qkv
-    weight split into query/key/value). A key with no counterpart raises ``ValueError`` naming it."""
-    out, unknown = {}, []
+def _map_keys(state: dict, top, stacks, block, qkv_parts) -> tuple[dict, list, list, list]:
+    """``state`` renamed by the top-level, block-stack and per-block tables: ``(renamed state, keys with no
+    counterpart, keys renamed onto a name already taken, query/key/value parts)``. A part is a key whose rest inside
+    its block is in ``qkv_parts``, as ``(block prefix, part, key, value)``; the caller splits or joins them."""
+    out, unknown, twice, parts = {}, [], [], []
     for key, value in state.items():
-        name = _rename(key, TOP[kind])
-        found = _stack_key(key, STACKS[kind]) if name is None else None
-        if found and found[1] == QKV:
-            out.update({found[0] + part: w for part, w in zip(QKV_PARTS, value.chunk(3, dim=0))})
+        name = _rename(key, top)
+        found = _stack_key(key, stacks) if name is None else None
+        if found and found[1] in qkv_parts:
+            parts.append((*found, key, value))
             continue
         if found:
-            rest = _rename(found[1], BLOCK)
+            rest = _rename(found[1], block)
             name = found[0] + rest if rest is not None else None
         if name is None:
             unknown.append(key)
         else:
+            twice += [key] if name in out else []
             out[name] = value
+    return out, unknown, twice, parts
+
+
+def to_transformers_keys(state: dict, kind: str) -> dict:
+    """A vmae2 state dict of ``kind`` (``classification`` / ``pretraining``) under ``transformers`` names (the qkv
+    weight split into query/key/value). A key with no counterpart raises ``ValueError`` naming it."""
+    out, unknown, _, parts = _map_keys(state, TOP[kind], STACKS[kind], BLOCK, (QKV,))
+    for prefix, _, _, value in parts:
+        out.update({prefix + part: w for part, w in zip(QKV_PARTS, value.chunk(3, dim=0))})
     if unknown:
         layer_scale = " (layer scale, init_values > 0: transformers' VideoMAE has none)" if any(
             ".gamma_" in k for k in unknown) else ""
@@ -110,21 +121,10 @@ def from_transformers_keys(state: dict, kind: str, source: str = "the transforme
     back_top = tuple((h, v) for v, h in TOP[kind])
     back_stacks = tuple((h, v) for v, h in STACKS[kind])
     back_block = tuple((h, v) for v, h in BLOCK) + BIAS_ON_DISK
-    out, unused, qkv, twice = {}, [], {}, []
-    for key, value in state.items():
-        name = _rename(key, back_top)
-        found = _stack_key(key, back_stacks) if name is None else None
-        if found and found[1] in QKV_PARTS:
-            qkv.setdefault(found[0], {})[found[1]] = (key, value)
-            continue
-        if found:
-            rest = _rename(found[1], back_block)
-            name = found[0] + rest if rest is not None else None
-        if name is None:
-            unused.append(key)
-        else:
-            twice += [key] if name in out else []
-            out[name] = value
+    out, unused, twice, found_parts = _map_keys(state, back_top, back_stacks, back_block, QKV_PARTS)
+    qkv = {}
+    for prefix, part, key, value in found_parts:
+        qkv.setdefault(prefix, {})[part] = (key, value)
     if unused or twice:
         raise ValueError(f"{source}: {len(unused)} keys are not used by the vmae2 {kind} model"
                          + (f": {summarize_keys(unused)}" if unused else "")

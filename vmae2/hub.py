@@ -10,7 +10,7 @@ metrics. Saving needs no extra package; the Hub (a repository id instead of a fo
 :func:`from_pretrained` reads, by their ``config.json``: a folder saved here; a ``transformers`` VideoMAE folder
 (:mod:`vmae2.transformers_io`); and the VideoMAE V2 layout published on the Hub (a ``model_config`` of the official
 ``VisionTransformer`` arguments, weights under a wrapper prefix such as ``model.``), the prefix found from the keys
-as feature extraction finds it (:func:`vmae2.checkpoint.best_prefix`). Every key is accounted for: a key of the model
+as feature extraction finds it (:func:`vmae2.weights.best_prefix`). Every key is accounted for: a key of the model
 the file lacks, or one of the file the model does not use, is an error naming it.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def build(config: dict, **overrides):
 def save_pretrained(model, folder, run=None, class_names: list[str] | None = None) -> Path:
     """Write ``model`` to ``folder``: ``config.json``, ``model.safetensors``, ``README.md`` (the card; ``run``: the
     run folder it came from, for data lists, recipe and metrics). Returns the folder."""
-    from vmae2.checkpoint import atomic_write, save_safetensors
+    from vmae2.weights import atomic_write, save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def _read_json(path: Path, source) -> dict:
 
 
 def _weights(folder: Path, source):
-    from vmae2.checkpoint import load_state_dict
+    from vmae2.weights import load_state_dict
 
     for name in tio.WEIGHT_FILES:
         if (folder / name).is_file():
@@ -170,7 +170,7 @@ def _official_model(args: dict, source: str, **overrides):
 def _load_exact(model, state: dict, source: str) -> None:
     """Load ``state`` (keys under any wrapper prefix, found from the keys) into ``model``: every model key must be
     there and every key of the file used, else ``ValueError`` naming them."""
-    from vmae2.checkpoint import best_prefix, load_weights, summarize_keys
+    from vmae2.weights import best_prefix, load_weights, summarize_keys
 
     own = model.state_dict()
     prefix, (sub,) = best_prefix(state, own)
@@ -186,7 +186,7 @@ def _load_exact(model, state: dict, source: str) -> None:
 def _run_summary(run) -> tuple[dict, dict, dict]:
     """``(data lists, recipe, metrics)`` of the run folder ``run`` (``config.json``, ``test_metrics.json``, the
     last validation record of ``metrics.jsonl``)."""
-    from vmae2 import rundir
+    from vmae2.training import rundir
 
     found = rundir.read(run) if run else None
     if found is None:

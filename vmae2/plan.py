@@ -6,19 +6,15 @@ scripts' settings, ``--preset vit_g_hybrid_pt``: ViT-g, 32 videos x 4 views = 12
 GPU, and prints the peak per mode split into weights, optimizer state, gradients, saved activations per block
 part (LayerNorms / attention / MLP), the loss and the working memory, against the GPU's capacity, with the step's
 FLOPs and the recomputation each mode costs. ``--with_checkpoint auto`` (the ViT-H/g presets) makes the same choice
-when training starts, for the GPU it runs on. The plan itself is :mod:`vmae2.planning`.
+when training starts, for the GPU it runs on. The plan itself is :mod:`vmae2.runs.plan`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.config import PRESETS, Command, TrainConfig, cli, count, opt
-
-# Total memory as torch reports it (``torch.cuda.get_device_properties(i).total_memory``, the "total capacity" of
-# its out-of-memory messages), GiB: the nominal 80 / 141 GB less what the driver keeps.
-GPUS = {"a100-80gb": 79.35, "h100-80gb": 79.21, "h200": 139.80}
-RESERVE_GIB = 2.0  # outside the caching allocator: CUDA context and loaded kernels, NCCL buffers
-MARGIN = 0.1  # of the rest, kept free for the caching allocator's block rounding and fragmentation
+from vmae2.cli import Command, cli, count, opt
+from vmae2.train import PRESETS, TrainConfig
+from vmae2.training.gpu_memory import GPUS, MARGIN, RESERVE_GIB
 
 
 @dataclass
@@ -43,7 +39,7 @@ PLAN = Command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(PLAN, argv, "vmae2.planning:run")
+    return cli(PLAN, argv, "vmae2.runs.plan:run")
 
 
 if __name__ == "__main__":

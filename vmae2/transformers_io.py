@@ -6,7 +6,7 @@ A ``transformers`` VideoMAE folder holds ``config.json`` (``model_type: videomae
 ``decoder.*``). Reading one needs neither ``transformers`` nor ``huggingface_hub`` (a Hub id needs the latter);
 writing one needs ``transformers``, which builds the model from the written config and loads the weights back, so
 a key either side lacks is an error naming it. The key and config mapping and the reading of folders live in
-:mod:`vmae2.hf_keys` (what :mod:`vmae2.checkpoint`'s one loader needs), re-exported here.
+:mod:`vmae2.hf_keys` (what :mod:`vmae2.weights`'s one loader needs), re-exported here.
 
 Key mapping (per block; vmae2 names are the official VideoMAE V2 ones): ``norm1``/``norm2`` <->
 ``layernorm_before``/``layernorm_after``; ``attn.qkv.weight`` ``[3C, C]`` <-> ``attention.attention.{query,key,
@@ -144,7 +144,7 @@ def read_folder(source) -> tuple[Spec, dict, str]:
     """``(spec, vmae2 state dict, name)`` of a ``transformers`` VideoMAE folder or Hub id
     (:func:`vmae2.hf_keys.read_folder` with vmae2's weights reader)."""
     from vmae2 import hf_keys
-    from vmae2.checkpoint import load_state_dict
+    from vmae2.weights import load_state_dict
 
     return hf_keys.read_folder(source, load_state_dict)
 
@@ -163,7 +163,7 @@ def build_model(spec: Spec, **overrides):
 def load_model(source, **overrides):
     """The vmae2 model of a ``transformers`` VideoMAE folder or Hub id, weights loaded (every key accounted for:
     a key missing or left over raises ``ValueError`` naming it, in ``transformers`` names)."""
-    from vmae2.checkpoint import load_weights
+    from vmae2.weights import load_weights
 
     spec, state, name = read_folder(source)
     model = build_model(spec, **overrides)
@@ -257,9 +257,9 @@ def class_names(source) -> list[str] | None:
 def feature_model(source, **overrides):
     """A features-only vmae2 ``VisionTransformer`` (``num_classes=0``) of a ``transformers`` VideoMAE classifier or
     pretraining encoder, weights loaded (``fc_norm``: the classifier's, or the pretraining encoder's final norm, as
-    :func:`vmae2.checkpoint.load_feature_weights`); returns ``(model, how it was loaded)``."""
-    from vmae2.checkpoint import load_feature_weights
+    :func:`vmae2.weights.load_feature_weights`); returns ``(model, how it was loaded)``."""
     from vmae2.models.finetune import VisionTransformer
+    from vmae2.weights import load_feature_weights
 
     spec, state, name = read_folder(source)
     kwargs = {k: v for k, v in spec.kwargs.items() if k in ("img_size", "num_frames", "tubelet_size")}

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vmae2 import plot, rundir
-from vmae2.config import Command, check_fields, cli, opt
+from vmae2 import plot
+from vmae2.cli import Command, check_fields, cli, opt
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
+from vmae2.training import rundir
 
 GREY = 0.5
 MIN_WIDTH = 512  # pixels: narrower grids are enlarged by a whole factor to be readable
@@ -128,7 +129,7 @@ def run_config(checkpoint: str) -> tuple[str | None, dict]:
     """``(source, options)`` of the run that wrote ``checkpoint``: the options a ``.pt`` training checkpoint holds,
     else the ``config.json`` beside the weights (``(None, {})`` when there is neither)."""
     if checkpoint.endswith(".pt"):
-        from vmae2.runtime import Checkpoints
+        from vmae2.training.state import Checkpoints
 
         return checkpoint, Checkpoints.load(checkpoint).get("config", {})
     found = rundir.read(checkpoint)
@@ -136,7 +137,7 @@ def run_config(checkpoint: str) -> tuple[str | None, dict]:
 
 
 def run_values(values: dict) -> tuple[str | None, dict]:
-    """The :class:`~vmae2.config.Command` ``inherit`` hook: the model and geometry of the checkpoint's run."""
+    """The :class:`~vmae2.cli.Command` ``inherit`` hook: the model and geometry of the checkpoint's run."""
     if not values.get("checkpoint") or not os.path.isfile(values["checkpoint"]):
         return None, {}  # validate() names the missing file
     source, config = run_config(values["checkpoint"])
@@ -149,13 +150,13 @@ VISUALIZE = Command("python -m vmae2.visualize", __doc__.splitlines()[0], Visual
 def run(cfg: VisualizeConfig) -> int:
     """Build the model of ``cfg``, load its weights, and write the grid of one clip of ``cfg.video``."""
     from vmae2 import masking
-    from vmae2.checkpoint import load_weights
     from vmae2.data.clips import augment
     from vmae2.data.decode import BadVideo, decode_frames, probe
     from vmae2.data.lists import VideoRecord
     from vmae2.data.sampling import Crop, frame_ids
     from vmae2.models import create_model
-    from vmae2.runtime import Checkpoints
+    from vmae2.training.state import Checkpoints
+    from vmae2.weights import load_weights
 
     if cfg.checkpoint.endswith(".pt"):
         state = Checkpoints.load(cfg.checkpoint)

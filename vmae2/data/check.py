@@ -14,11 +14,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vmae2.config import PRESETS, Command, check_fields, cli, count, opt
+from vmae2.cli import Command, check_fields, cli, count, opt
 from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_list
 from vmae2.finetune_config import FINETUNE_PRESETS
+from vmae2.train import PRESETS
 
 
 @dataclass
@@ -77,10 +78,7 @@ class CheckConfig:
     workers: int = count(4, "videos checked at once")
 
     def validate(self):
-        if self.data_path is None:
-            raise ValueError("LIST is required: python -m vmae2.data.check LIST")
-        check_fields(self)
-        return self
+        return check_fields(self, required={"data_path": "LIST is required: python -m vmae2.data.check LIST"})
 
 
 def clip_presets(*tables: dict) -> dict:

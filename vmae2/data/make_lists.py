@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vmae2.config import Command, check_fields, cli, opt
+from vmae2.cli import Command, check_fields, cli, opt
 from vmae2.data.lists import VIDEO_EXTENSIONS
-
 
 
 @dataclass

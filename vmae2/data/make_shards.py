@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmae2.config import Command, check_fields, cli, opt
+from vmae2.cli import Command, check_fields, cli, opt
 from vmae2.data.lists import read_paths
 from vmae2.data.shards import INDEX_FILE, INDEX_FORMAT, scan_tar
 

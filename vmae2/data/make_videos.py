@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmae2 import config
-from vmae2.config import Command, check_fields, cli, opt, refuse
+import vmae2.cli
+from vmae2.cli import Command, check_fields, cli, opt, refuse
 from vmae2.data import synthetic
 
 __all__ = ["MAKE_VIDEOS", "MakeVideosConfig", "build_parser", "main", "run"]
@@ -104,8 +104,8 @@ def _frames(text) -> list[int]:
 
 
 def build_parser():
-    """The ``argparse`` parser of this command (:func:`vmae2.config.build_parser` of :data:`MAKE_VIDEOS`)."""
-    return config.build_parser(MAKE_VIDEOS)
+    """The ``argparse`` parser of this command (:func:`vmae2.cli.build_parser` of :data:`MAKE_VIDEOS`)."""
+    return vmae2.cli.build_parser(MAKE_VIDEOS)
 
 
 def _write_class_folders(cfg: MakeVideosConfig, started: float) -> int:

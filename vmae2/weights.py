@@ -97,7 +97,7 @@ def _torch_load(path: Path, kind: str, map_location) -> object:
             raise ValueError(
                 f"{path} holds pickled objects that safe loading refuses ({detail}). vmae2 never "
                 f"unpickles arbitrary objects. If you trust the file, extract the weights yourself with "
-                f"torch.load(path, weights_only=False) and save them with vmae2.checkpoint.save_safetensors.") from exc
+                f"torch.load(path, weights_only=False) and save them with vmae2.weights.save_safetensors.") from exc
         if kind == "pickle" or _is_foreign_zip(path):
             raise ValueError(f"{path} {NOT_A_CHECKPOINT}") from exc
         raise ValueError(f"{path} is a damaged or truncated torch checkpoint ({_reason(exc)}); save or download it "

@@ -5,23 +5,29 @@ from __future__ import annotations
 import os
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from vmae2 import engine, masking
-from vmae2.checkpoint import load_weights, save_safetensors
-from vmae2.config import TrainConfig
+from vmae2 import masking
 from vmae2.data import ClipConfig, MixedList, PretrainLoader, make_videos, read_list
 from vmae2.data.decode import upscale_note
 from vmae2.data.lists import check_found
 from vmae2.data.shards import ShardList, is_shards
-from vmae2.engine import Setup, Task
 from vmae2.flops import mfu, model_flops_per_clip, peak_flops
 from vmae2.loss import flat_colour_loss, reconstruction_loss
 from vmae2.models import create_model
-from vmae2.planning import resolve_checkpoint
-from vmae2.runtime import Dist, build_optimizer, peak_memory_mb, step_generator
+from vmae2.runs.plan import resolve_checkpoint
+from vmae2.training import loop
+from vmae2.training.distributed import Dist, step_generator
+from vmae2.training.log import peak_memory_mb
+from vmae2.training.loop import Setup, Task
+from vmae2.training.optim import build_optimizer
+from vmae2.weights import load_weights, save_safetensors
+
+if TYPE_CHECKING:  # the command's config, for annotations only: vmae2.train names this module's run
+    from vmae2.train import TrainConfig
 
 DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_videos_v2"
 
@@ -202,7 +208,7 @@ def plateau_advice(rel: float, cfg: TrainConfig) -> str:
 def run(cfg: TrainConfig) -> int:
     """Pretrain as ``cfg`` says; exit code 0, 2 (bad data lists, output folder, ... found before training) or 3
     (the loss stopped being finite)."""
-    return engine.run(PretrainTask, cfg)
+    return loop.run(PretrainTask, cfg)
 
 
 def _global_loss(loss: torch.Tensor, enc: torch.Tensor, dec, grid, d: Dist) -> torch.Tensor:

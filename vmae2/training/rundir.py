@@ -3,7 +3,7 @@ run beside its checkpoints and weights) is read back by every consumer of those 
 
 :func:`read` finds the ``config.json`` of a run folder, or beside a weights file (or one level up, for
 ``checkpoints/*.pt``); only files written by vmae2 (with the ``vmae2_entry`` key) count. The ``*_values``
-functions give the options a consumer takes from it (the :class:`vmae2.config.Command` ``inherit`` hook): they sit
+functions give the options a consumer takes from it (the :class:`vmae2.cli.Command` ``inherit`` hook): they sit
 between the preset and the explicit options, so a flag still wins (with a warning naming both values).
 One rule for every command that writes a run folder: :func:`lock` keeps a second process out while a run writes it;
 a folder continues only its own run (:func:`differences`: ``config.json`` against the new options); a new run
@@ -93,8 +93,8 @@ def _now() -> str:
 
 
 def _is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` group (``WORLD_SIZE``/``RANK``, as :func:`vmae2.runtime.setup_distributed` reads
-    them), or a process on its own."""
+    """Rank 0 of a ``torchrun`` group (``WORLD_SIZE``/``RANK``, as :func:`vmae2.training.distributed.setup_distributed`
+    reads them), or a process on its own."""
     if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" in os.environ:  # srun: torchrun's variables win
         return int(os.environ["SLURM_PROCID"]) == 0
     return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0

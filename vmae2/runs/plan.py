@@ -1,8 +1,8 @@
 """The memory plan of ``python -m vmae2.plan`` and of ``--with_checkpoint auto``: per activation-checkpointing mode,
 the PREDICTED peak memory of one pretraining step on a GPU, and the mode with the least recomputation that fits.
 
-Peak = what :func:`vmae2.step_memory.simulate_step` counts for the step (saved activations, autocast's bf16 weight
-copies, gradients as backward makes them, backward's working set; exact, on fake tensors at the real shapes, CUDA
+Peak = what :func:`vmae2.training.step_memory.simulate_step` counts for the step (saved activations, autocast's bf16
+weight copies, gradients as backward makes them, backward's working set; exact, on fake tensors at the real shapes, CUDA
 autocast policy and FlashAttention) + what exists before it: fp32 weights, AdamW's two fp32 moments, DDP's gradient
 buckets (more than one GPU; DDP's default ``gradient_as_bucket_view=False``), the accumulated gradients
 (``accum_steps > 1``), the input batch (fp32 video, int64 ids), cuBLAS and cuBLASLt workspaces (32 MiB each). It
@@ -15,15 +15,19 @@ buffers outside torch's allocator (DALI: inside ``reserve_gib``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from vmae2 import masking
-from vmae2.config import TrainConfig
 from vmae2.models import create_model, model_config
-from vmae2.plan import GPUS, MARGIN, RESERVE_GIB, PlanConfig
-from vmae2.runtime import AMP_DTYPES
-from vmae2.step_memory import StepMemory, simulate_step
+from vmae2.training.distributed import AMP_DTYPES
+from vmae2.training.gpu_memory import GPUS, MARGIN, RESERVE_GIB
+from vmae2.training.step_memory import StepMemory, simulate_step
+
+if TYPE_CHECKING:  # the commands' configs, for annotations only: vmae2.plan names this module's run
+    from vmae2.plan import PlanConfig
+    from vmae2.train import TrainConfig
 
 GIB = 2 ** 30
 MODES = ("none", "attn", "mlp", "every:8", "every:4", "every:3", "every:2", "full")

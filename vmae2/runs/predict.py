@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
 from vmae2 import transformers_io
 from vmae2.data.classify import ClassifyLoader
 from vmae2.data.lists import VideoRecord, read_list
-from vmae2.evaluation import build_classifier, multi_view_config, predict, read_class_names
-from vmae2.finetune_config import PredictConfig
-from vmae2.runtime import AMP_DTYPES, Dist, resolve_device
+from vmae2.runs.evaluate import build_classifier, multi_view_config, predict, read_class_names
+from vmae2.training.distributed import AMP_DTYPES, Dist, resolve_device
+
+if TYPE_CHECKING:  # the command's config, for annotations only: vmae2.predict names this module's run
+    from vmae2.predict import PredictConfig
 
 
 def top_classes(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:

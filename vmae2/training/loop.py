@@ -7,12 +7,13 @@ epoch's end and at the end of the run. :func:`train` does the rest, the same way
 
 * setup: device, ``torch.distributed`` (``torchrun`` or ``srun``), seed, precision (``auto``: bf16 on GPU, fp32 on CPU);
 * the official lr scaling (by the global batch of videos per optimizer step), warm-up + cosine lr and weight decay;
-* the run folder (:mod:`vmae2.rundir`): locked while the run writes it; a folder continues only its own run (its
+* the run folder (:mod:`vmae2.training.rundir`): locked while the run writes it; a folder continues only its own run
+(its
   ``config.json`` against the new options), a new run (``--resume none``) starts only in a folder without one (or,
   with ``--overwrite``, once the old one is moved aside); a finished run is not run again;
 * resume (``--resume auto``: the latest checkpoint), step-exact: model, optimizer, scaler, RNG, the data position;
   on another number of processes with the checkpoint's global batch, schedule and epoch order
-  (:func:`fit_global_batch`; DDP and FSDP2 checkpoints load into either, :func:`optimizer_keys`);
+  (:func:`fit_global_batch`; DDP and FSDP2 checkpoints load into either, :func:`vmae2.training.state.optimizer_keys`);
 * gradient accumulation (``no_sync`` on all micro-batches but the last), autocast, GradScaler under fp16;
 * the finite-loss guard: a device-side first-bad-step flag read on the host only on log and save steps (no
   per-step sync); every rank stops together, and a checkpoint never holds a diverged model;
@@ -32,29 +33,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vmae2 import rundir
-from vmae2_kernels import measure
-from vmae2.config import TrainingConfig, to_dict
-from vmae2.runtime import (
+from vmae2.cli import TrainingConfig, to_dict
+from vmae2.training import rundir
+from vmae2.training.distributed import (
     AMP_DTYPES,
-    Checkpoints,
     Dist,
-    MetricsLog,
     NonFiniteLoss,
     agreed_stop,
-    check_output_dir,
     compile_blocks,
-    frees_grads_before_backward,
-    cosine_schedule,
     finish_distributed,
-    optimizer_step,
     resolve_device,
-    rng_state,
-    set_rng_state,
-    set_schedule,
     setup_distributed,
     stop_signals,
 )
+from vmae2.training.log import MetricsLog
+from vmae2.training.optim import frees_grads_before_backward, optimizer_step, schedules, set_schedule
+from vmae2.training.state import Checkpoints, check_output_dir, optimizer_keys, rng_state, set_rng_state
+from vmae2_kernels import measure
 
 
 @dataclass
@@ -139,7 +134,7 @@ class Task:
     model: torch.nn.Module
     runner: torch.nn.Module
     loader: object  # len(), set_epoch(e), iterate(first_batch), telemetry, ledger
-    ENTRY = ""  # "train" or "finetune": the run kind in config.json (vmae2.rundir)
+    ENTRY = ""  # "train" or "finetune": the run kind in config.json (vmae2.training.rundir)
     epoch_checkpoints = False  # log, evaluate and save at every epoch's end too
     log_divisor_per_rank = True  # the logged loss is a per-rank mean: divide its all-reduced sum by the world size
 
@@ -190,14 +185,6 @@ class Task:
         del self.runner
 
 
-def _schedules(cfg: TrainingConfig, steps_per_epoch: int, lr: float):
-    total = cfg.max_steps or max(cfg.epochs * steps_per_epoch, cfg.min_steps)
-    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_epochs * steps_per_epoch)
-    min_lr = cfg.min_lr * lr / cfg.lr
-    wd_end = cfg.weight_decay_end if cfg.weight_decay_end is not None else cfg.weight_decay
-    return total, cosine_schedule(lr, min_lr, total, warmup), cosine_schedule(cfg.weight_decay, wd_end, total, 0)
-
-
 class _Guard:
     """The finite-loss flag: the first step whose loss was not finite, kept on the device (-1: none yet)."""
 
@@ -244,7 +231,7 @@ class _Run:
         self.global_videos = cfg.batch_size * d.world_size * cfg.accum_steps  # official: num_sample not counted
         self.lr = cfg.lr * self.global_videos / 256
         self.steps_per_epoch = max(len(loader) // cfg.accum_steps, 1)
-        self.total_steps, self.lr_at, self.wd_at = _schedules(cfg, self.steps_per_epoch, self.lr)
+        self.total_steps, self.lr_at, self.wd_at = schedules(cfg, self.steps_per_epoch, self.lr)
         if d.is_main and not cfg.max_steps and cfg.epochs * self.steps_per_epoch < cfg.min_steps:
             print(f"note: {cfg.epochs} epochs of {self.steps_per_epoch} steps are fewer than --min_steps "
                   f"{cfg.min_steps}: running {cfg.min_steps} steps ({cfg.min_steps / self.steps_per_epoch:.0f} "
@@ -413,7 +400,7 @@ def _close(task: Task) -> int:
 
 def _same_run(old: dict, new: dict, what: str, fix: str) -> None:
     """Refuse ``new`` (this run's options) where they make another run than ``old``
-    (:func:`vmae2.rundir.differences`)."""
+    (:func:`vmae2.training.rundir.differences`)."""
     if changed := rundir.differences(old, new):
         raise ValueError(f"{what}, and this run differs from it (its value -> this run's): {'; '.join(changed)}. "
                          f"{fix}")
@@ -469,33 +456,11 @@ def _as_split(old: dict, state: dict | None, new: dict, d: Dist) -> dict:
     return {**old, "batch_size": new["batch_size"], "accum_steps": new["accum_steps"]}
 
 
-def optimizer_keys(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, by_name: bool) -> dict:
-    """A saved optimizer state keyed the way this run loads it: by parameter name (``by_name``: FSDP2's full state
-    dict, :func:`torch.distributed.checkpoint.state_dict.get_state_dict`) or by position in the optimizer's groups
-    (``Optimizer.state_dict``: single process, DDP). A checkpoint of either kind thus loads under the other."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    keys = [k for g in saved["param_groups"] for k in g["params"]]
-    if not keys or isinstance(keys[0], str) == by_name:
-        return saved
-    index = {name: i for i, name in enumerate(order)}
-    if by_name:
-        if len(keys) != len(order):
-            raise ValueError(f"the checkpoint's optimizer holds {len(keys)} parameters, this model {len(order)}")
-        rename = dict(zip(keys, order))  # positions follow the groups' order in both
-    else:
-        missing = [k for k in keys if k not in index]
-        if missing:
-            raise ValueError(f"the checkpoint's optimizer names parameters this model lacks: {missing[:4]}")
-        rename = index
-    return {"state": {rename[k]: v for k, v in saved["state"].items()},
-            "param_groups": [{**g, "params": [rename[k] for k in g["params"]]} for g in saved["param_groups"]]}
-
-
 def run(build_task: type[Task], cfg: TrainingConfig) -> int:
-    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock (:func:`vmae2.rundir.lock`;
-    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.rundir.start_afresh`); exit code 0, 2 (bad
-    lists, weights, output folder ... found before training) or 3 (the loss stopped being finite)."""
+    """``build_task(setup(cfg))`` then :func:`train`, holding the output folder's lock
+    (:func:`vmae2.training.rundir.lock`;
+    ``--resume none``: in a folder cleared for a new run, :func:`vmae2.training.rundir.start_afresh`); exit code 0, 2
+    (bad lists, weights, output folder ... found before training) or 3 (the loss stopped being finite)."""
     try:
         with rundir.lock(cfg.output_dir, f"python -m vmae2.{build_task.ENTRY}"):
             s = setup(cfg)

@@ -7,17 +7,20 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from vmae2 import rundir
-from vmae2.checkpoint import load_classifier_weights, stored_pos_grid
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, check_found, read_finetune_csv
-from vmae2.finetune_config import EvaluateConfig
 from vmae2.metrics import ViewPredictions, confusion_matrix, per_class_accuracy, save_confusion_png, topk_accuracy
-from vmae2.runtime import AMP_DTYPES, Dist, finish_distributed, resolve_device, setup_distributed
+from vmae2.training import rundir
+from vmae2.training.distributed import AMP_DTYPES, Dist, finish_distributed, resolve_device, setup_distributed
+from vmae2.weights import load_classifier_weights, stored_pos_grid
+
+if TYPE_CHECKING:  # the command's config, for annotations only: vmae2.evaluate names this module's run
+    from vmae2.evaluate import EvaluateConfig
 
 
 @torch.no_grad()

@@ -8,21 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmae2 import engine
-from vmae2.checkpoint import POS_GRID_KEY, load_classifier_weights, save_safetensors, stored_pos_grid
+from vmae2.cli import SMALL_DATA
 from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
 from vmae2.data.classify import ClassifyConfig, ClassifyLoader
-from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.decode import upscale_note
+from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.lists import check_found, read_finetune_csv
 from vmae2.data.shards import ShardList, is_shards
 from vmae2.data.synthetic import make_labeled_videos
-from vmae2.engine import Setup, Task
-from vmae2.evaluation import predict, score, write_report
-from vmae2.config import SMALL_DATA
 from vmae2.finetune_config import FinetuneConfig
 from vmae2.models import create_model
-from vmae2.runtime import Dist, build_optimizer
+from vmae2.runs.evaluate import predict, score, write_report
+from vmae2.training import loop
+from vmae2.training.distributed import Dist
+from vmae2.training.loop import Setup, Task
+from vmae2.training.optim import build_optimizer
+from vmae2.weights import POS_GRID_KEY, load_classifier_weights, save_safetensors, stored_pos_grid
 
 DEMO_DIR = Path(os.environ.get("VMAE2_CACHE", Path.home() / ".cache" / "vmae2")) / "demo_motion_v5"
 DEMO_MOTIONS = ("still", "right")
@@ -42,17 +43,19 @@ def demo_pretrain(train_list: Path, out_dir: Path) -> str:
     unused) for 100 steps; returns the encoder weights the fine-tuning starts from. Done once per output dir."""
     weights = out_dir / "pretrain" / "model.safetensors"
     if not weights.exists():
-        from vmae2.train import main as pretrain
+        from vmae2.runs.pretrain import run as pretrain
+        from vmae2.train import PRESETS, TrainConfig
 
         listing = out_dir / "pretrain_list.txt"
         out_dir.mkdir(parents=True, exist_ok=True)
         listing.write_text("".join(f"{line.split()[0]} 0 -1\n" for line in train_list.read_text().splitlines()))
         print("demo: pretraining the tiny model on the training clips first (100 steps) ...", flush=True)
-        rc = pretrain(["--preset", "demo", "--data_path", str(listing), "--num_frames", "8", "--input_size", "64",
-                       "--sampling_rate", "2", "--batch_size", "8", "--num_sample", "1", "--mask_ratio", "0.9",
-                       "--num_workers", "2", "--lr", "0.032",
-                       "--warmup_steps", "10", "--max_steps", "100", "--normalize_target", "false", "--log_every", "50",
-                       "--output_dir", str(out_dir / "pretrain")])
+        cfg = TrainConfig(**{**PRESETS["demo"], "data_path": str(listing), "num_frames": 8, "input_size": 64,
+                             "sampling_rate": 2, "batch_size": 8, "num_sample": 1, "mask_ratio": 0.9,
+                             "num_workers": 2, "lr": 0.032, "warmup_steps": 10, "max_steps": 100,
+                             "normalize_target": False, "log_every": 50,
+                             "output_dir": str(out_dir / "pretrain")}).validate()
+        rc = pretrain(cfg)
         if rc != 0:
             raise ValueError(f"the demo pretraining failed (exit {rc}); see the messages above")
     return str(weights)
@@ -256,4 +259,4 @@ def underfit_advice(top1: float, cfg: FinetuneConfig) -> str:
 def run(cfg: FinetuneConfig) -> int:
     """Fine-tune as ``cfg`` says; exit code 0, 2 (bad lists, weights, ... found before training) or 3 (the loss
     stopped being finite)."""
-    return engine.run(FinetuneTask, cfg)
+    return loop.run(FinetuneTask, cfg)

@@ -1,4 +1,6 @@
-"""Pretraining configuration: one dataclass, named presets of the official scripts, JSON/YAML files, CLI flags.
+"""The command-line builder of every ``python -m vmae2.X`` and the config fields they share: :class:`CommonConfig`
+(every command), :class:`TrainingConfig` (pretraining and fine-tuning), a :class:`Command` (a config dataclass, its
+named presets, help texts), :func:`parse_config` (JSON/YAML files, CLI flags) and :func:`cli` (an entry point's main).
 
 Precedence: field defaults < ``--preset`` < ``--config FILE`` < command-line flags. Flag names follow the
 official ``run_mae_pretraining.py`` where sensible (``--mask_ratio``, ``--decoder_mask_ratio``, ...).
@@ -15,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import get_type_hints
 
-from vmae2 import rundir
 from vmae2.models.configs import checkpoint_mode, checkpoint_spellings, list_models, model_config
+from vmae2.training import rundir
 
 
 def opt(default, help: str, check: str | None = None, **kw):
@@ -71,8 +73,12 @@ def refuse(name: str, value, allowed: str):
     raise ValueError(f"--{name} {value!r} is invalid: {allowed}")
 
 
-def check_fields(config) -> None:
-    """Apply every field's own rule (:func:`opt`'s ``check`` and ``path``); raise on the first value refused."""
+def check_fields(config, required: dict[str, str] | None = None):
+    """Apply every field's own rule (:func:`opt`'s ``check`` and ``path``); raise on the first value refused, or on
+    the first field of ``required`` (name -> message) that is None. Returns ``config``."""
+    for name, message in (required or {}).items():
+        if getattr(config, name) is None:
+            raise ValueError(message)
     for f in fields(config):
         value, meta = getattr(config, f.name), _meta(type(config), f.name)
         if value is None:
@@ -85,6 +91,7 @@ def check_fields(config) -> None:
                 if not os.path.exists(path):
                     refuse(f.name, path, "must name an existing file" + (" (each list in a comma-separated "
                                                                       "--data_path)" if "," in value else ""))
+    return config
 
 
 @dataclass
@@ -216,85 +223,6 @@ class TrainingConfig(CommonConfig):
         return self
 
 
-@dataclass
-class TrainConfig(TrainingConfig):
-    """Pretraining (``python -m vmae2.train``)."""
-
-    KIND = "pretrain_"
-    # model
-    model: str = like("pretrain_videomae_base_patch16_224")
-    decoder_depth: int = count(4, "decoder blocks (official scripts: 4)")
-    kernel_backend: str = opt("auto", "token-op backend: auto, triton, cuda, cpp, torch")
-    embed_tokens: str = opt("visible", "tubelets the patch embedding runs on: visible (encoder-visible only: same "
-                                       "per-token arithmetic, fewer FLOPs) or all (official Conv3d, then drop)",
-                            choices=("visible", "all"))
-    # masking
-    mask_type: str = opt("tube", "encoder mask: tube (official) or random", choices=("tube", "random"))
-    mask_ratio: float = opt(0.9, "encoder mask ratio", "[0, 1)")
-    decoder_mask_type: str = opt("run_cell", "decoder mask: run_cell (official), frame, random, none (v1)",
-                                 choices=("run_cell", "frame", "random", "none"))
-    decoder_mask_ratio: float = opt(0.5, "decoder mask ratio (run_cell: 0.25, 0.5 or 0.75)", "[0, 1)")
-    loss_reduction: str = opt("global", "global: weighted mean over all ranks' tokens (equals one process); "
-                                        "per_rank: the official DDP behaviour", choices=("global", "per_rank"))
-    normalize_target: bool = opt(True, "per-patch target normalisation (official: always on)")
-    # data
-    data_path: str | None = like(None, "pretraining list file(s), comma-separated; default: generated demo videos")
-    data_weights: str | None = opt(None, "comma-separated weights of the lists in --data_path (hybrid data)")
-    data_backend: str = opt("auto", "auto, dali or torch", choices=("auto", "dali", "torch"))
-    # run
-    fsdp: bool = opt(False, "shard the model with FSDP2 fully_shard (large models)")
-    inject_nan_step: int | None = opt(None, "testing aid: make the loss NaN at this step")
-
-    def check(self) -> None:
-        if self.decoder_mask_type == "run_cell" and self.decoder_mask_ratio not in (0.25, 0.5, 0.75):
-            refuse("decoder_mask_ratio", self.decoder_mask_ratio, "running cell allows 0.25, 0.5 or 0.75")
-        if self.decoder_mask_type == "run_cell" and (self.input_size // self.patch_size) % 2:
-            refuse("input_size", self.input_size, f"running-cell masking needs an even token grid; "
-                                                f"{self.input_size}/{self.patch_size} is odd")
-        if self.data_weights is not None and self.data_path is None:
-            refuse("data_weights", self.data_weights, "needs --data_path")
-        if self.data_backend == "dali":
-            from vmae2.data.loader import dali_unavailable_reason
-
-            if reason := dali_unavailable_reason():
-                refuse("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")
-
-
-# The official pretraining scripts (scripts/pretrain/*.sh): 16x224, tube 0.9, running cell 0.5, decoder 4,
-# betas (0.9, 0.95), 4 views per clip, batch 32 per GPU.
-_OFFICIAL = dict(num_frames=16, input_size=224, sampling_rate=4, mask_ratio=0.9, decoder_mask_type="run_cell",
-                 decoder_mask_ratio=0.5, decoder_depth=4, opt_betas=(0.9, 0.95), num_sample=4, batch_size=32,
-                 min_lr=1e-5, weight_decay=0.05, save_every_steps=1000)  # workers: 10 (official) where the cores are
-PRESETS = {
-    # The embedded default (applied when no --preset is given): a tiny model on generated videos (flat objects
-    # over gradients), a few minutes on a CPU, chosen so that the model visibly reconstructs the moving objects
-    # (docs/training.md, "The demo"). It differs from the official recipe in three ways, each because a tiny model
-    # on a 2-core CPU must leave the "predict flat colour" plateau within minutes: raw pixel targets (with
-    # normalised ones it does not in this budget), 4 frames (2 tubelets: half the tokens to route) and tube
-    # masking 0.7 instead of 0.9 (20 visible patches per frame instead of 6; measured final error vs flat
-    # colour: 0.9 -> no escape from the plateau in budget, 0.75 -> 0.53-0.56, 0.7 -> 0.48). 4 views per decoded
-    # clip as the official scripts, so decoding keeps up.
-    "demo": dict(model="pretrain_videomae_tiny_patch16_224", num_frames=4, input_size=128, batch_size=4,
-                 num_sample=4, mask_ratio=0.7, num_workers=2, lr=0.128, warmup_steps=50, max_steps=1500,
-                 normalize_target=False, output_dir="output/demo", log_every=50, save_every_steps=500),
-    "official_defaults": {},  # run_mae_pretraining.py's own defaults
-    "vit_b_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_base_patch16_224", "lr": 1e-3,
-                        "warmup_epochs": 20, "epochs": 200},
-    "vit_l_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_large_patch16_224", "lr": 1e-3,
-                        "warmup_epochs": 30, "epochs": 300},
-    # H/g: the official scripts checkpoint every block; "auto" lets the memory plan pick what fits (vmae2.plan).
-    "vit_h_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_huge_patch16_224", "lr": 1e-3,
-                        "warmup_epochs": 30, "epochs": 300, "with_checkpoint": "auto"},
-    "vit_g_hybrid_pt": {**_OFFICIAL, "model": "pretrain_videomae_giant_patch14_224", "lr": 6e-4,
-                        "warmup_epochs": 30, "epochs": 300, "with_checkpoint": "auto", "clip_grad": 0.02},
-}
-
-# The default for --data_path without --preset on a small data set without a GPU (SMALL_DATA): the demo's recipe
-# (tiny model, 4 frames x 128 px, 1500 steps: minutes on a CPU) on the user's videos.
-PRESETS["small_data"] = {**{k: v for k, v in PRESETS["demo"].items() if k != "num_workers"},
-                         "output_dir": "output/pretrain"}
-
-
 def _field_parser(name: str, kind):
     text = str(kind)
     if "tuple" in text:
@@ -318,8 +246,8 @@ def _parse_bool(s: str) -> bool:
 @dataclass(frozen=True)
 class Command:
     """What an entry point parses: its config dataclass, named presets and help texts. ``inherit(values)`` gives
-    ``(source, options)`` that the weights the options name carry (:mod:`vmae2.rundir`): they override the preset,
-    explicit options override them (with a warning naming both values)."""
+    ``(source, options)`` that the weights the options name carry (:mod:`vmae2.training.rundir`): they override the
+    preset, explicit options override them (with a warning naming both values)."""
 
     prog: str
     description: str
@@ -328,16 +256,6 @@ class Command:
     default_preset: str | None = None
     preset_help: str = ""
     inherit: Callable[[dict], tuple[str | None, dict]] | None = None
-
-
-PRETRAIN = Command(
-    "python -m vmae2.train",
-    "VideoMAE V2 pretraining. With no arguments: the demo preset, a tiny model on generated videos (a few minutes "
-    "on a CPU). Precedence: defaults < --preset < --config < flags. Defaults below are the official "
-    "run_mae_pretraining.py ones; the preset replaces some of them.",
-    TrainConfig, PRESETS, "demo",
-    "official script settings (vit_*_hybrid_pt), demo (tiny model, generated videos) or small_data (the demo's "
-    "recipe on your videos)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -360,7 +278,7 @@ def _default_text(value) -> str:
     return " ".join(str(v) for v in value) if isinstance(value, tuple) else repr(value) if value == "" else str(value)
 
 
-def build_parser(command: Command = PRETRAIN) -> argparse.ArgumentParser:
+def build_parser(command: Command) -> argparse.ArgumentParser:
     hints = get_type_hints(command.config_cls)
     positional = [_meta(command.config_cls, f.name)["positional"] for f in fields(command.config_cls)
                   if _meta(command.config_cls, f.name).get("positional")]
@@ -476,7 +394,7 @@ def _fetch_hub_ids(config_cls, values: dict) -> dict:
     return out
 
 
-def parse_config(argv: list[str] | None = None, command: Command = PRETRAIN):
+def parse_config(argv: list[str] | None, command: Command):
     """Parse ``argv`` into a validated ``command.config_cls`` (raises ``SystemExit`` / ``ValueError``)."""
     args = vars(build_parser(command).parse_args(argv))
     preset = args.pop("preset", None)

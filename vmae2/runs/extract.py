@@ -27,18 +27,22 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vmae2 import rundir, transformers_io
-from vmae2.checkpoint import atomic_write, load_feature_weights
+from vmae2 import transformers_io
 from vmae2.data.decode import BadVideo, iter_frames
 from vmae2.data.lists import VIDEO_EXTENSIONS, check_found, read_paths
-from vmae2.extract import ExtractConfig
 from vmae2.features import CHUNK, WindowFeatures, default_batch_size, preprocess
-from vmae2.runtime import Dist, finish_distributed, resolve_device, setup_distributed
+from vmae2.training import rundir
+from vmae2.training.distributed import Dist, finish_distributed, resolve_device, setup_distributed
+from vmae2.weights import atomic_write, load_feature_weights
+
+if TYPE_CHECKING:  # the command's config, for annotations only: vmae2.extract names this module's run
+    from vmae2.extract import ExtractConfig
 
 MANIFEST, FAILED = "manifest.json", "failed.tsv"
 
