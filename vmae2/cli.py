@@ -437,6 +437,15 @@ def cli(command: Command, argv: list[str] | None, run: str) -> int:
     return getattr(importlib.import_module(module), function)(config)
 
 
+def entry(command: Command, run: str):
+    """The ``main(argv=None) -> exit code`` of a ``python -m`` command: :func:`cli` with ``command`` and ``run``."""
+
+    def main(argv: list[str] | None = None) -> int:
+        return cli(command, argv, run)
+
+    return main
+
+
 def to_dict(config) -> dict:
     """The config as plain JSON-able values (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.cli import Command, cli, like, opt
+from vmae2.cli import Command, entry, like, opt
 from vmae2.finetune_config import WeightsConfig
 from vmae2.training import rundir
 
@@ -34,8 +34,7 @@ EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classifi
                    "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(EVALUATE, argv, "vmae2.runs.evaluate:run")
+main = entry(EVALUATE, "vmae2.runs.evaluate:run")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmae2.cli import Command, build_parser, check_fields, cli, count, opt
+from vmae2.cli import Command, build_parser, check_fields, count, entry, opt
 from vmae2.training import rundir
 
 FORMATS = ("transformers", "vmae2")
@@ -133,8 +133,7 @@ def run(args: ExportConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(EXPORT, argv, "vmae2.export:run")
+main = entry(EXPORT, "vmae2.export:run")
 
 
 if __name__ == "__main__":

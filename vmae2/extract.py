@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vmae2.cli import Command, check_fields, cli, count, opt, refuse
+from vmae2.cli import Command, check_fields, count, entry, opt, refuse
 from vmae2.models.configs import FINETUNE_NAMES, POOLS, model_config
 from vmae2.training import rundir
 
@@ -91,8 +91,7 @@ EXTRACT = Command("python -m vmae2.extract", "Windowed clip features of videos (
                   "thumos14 (a window every 4 frames) or fineaction (every 16)", rundir.extract_values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(EXTRACT, argv, "vmae2.runs.extract:run")
+main = entry(EXTRACT, "vmae2.runs.extract:run")
 
 
 if __name__ == "__main__":

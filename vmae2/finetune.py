@@ -13,12 +13,11 @@ on a CPU). Checkpoints are atomic and step-exact (``--resume auto``), like pretr
 """
 from __future__ import annotations
 
-from vmae2.cli import cli
+from vmae2.cli import entry
 from vmae2.finetune_config import FINETUNE
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(FINETUNE, argv, "vmae2.runs.finetune:run")
+main = entry(FINETUNE, "vmae2.runs.finetune:run")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.cli import Command, cli, count, opt
+from vmae2.cli import Command, count, entry, opt
 from vmae2.train import PRESETS, TrainConfig
 from vmae2.training.gpu_memory import GPUS, MARGIN, RESERVE_GIB
 
@@ -38,8 +38,7 @@ PLAN = Command(
     PlanConfig, PRESETS, "vit_g_hybrid_pt", "official script settings (vit_*_hybrid_pt) or demo")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(PLAN, argv, "vmae2.runs.plan:run")
+main = entry(PLAN, "vmae2.runs.plan:run")
 
 
 if __name__ == "__main__":

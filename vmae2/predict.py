@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vmae2.cli import Command, cli, count, like, opt
+from vmae2.cli import Command, count, entry, like, opt
 from vmae2.finetune_config import WeightsConfig
 from vmae2.training import rundir
 
@@ -44,8 +44,7 @@ PREDICT = Command("python -m vmae2.predict", "The top classes of videos, with pr
                   "VIDEO...", PredictConfig, inherit=rundir.predict_values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(PREDICT, argv, "vmae2.runs.predict:run")
+main = entry(PREDICT, "vmae2.runs.predict:run")
 
 
 if __name__ == "__main__":

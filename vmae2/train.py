@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmae2.cli import Command, TrainingConfig, cli, count, like, opt, refuse
+from vmae2.cli import Command, TrainingConfig, count, entry, like, opt, refuse
 
 
 @dataclass
@@ -105,8 +105,7 @@ PRETRAIN = Command(
     "recipe on your videos)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(PRETRAIN, argv, "vmae2.runs.pretrain:run")
+main = entry(PRETRAIN, "vmae2.runs.pretrain:run")
 
 
 if __name__ == "__main__":

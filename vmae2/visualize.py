@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vmae2 import plot
-from vmae2.cli import Command, check_fields, cli, opt
+from vmae2.cli import Command, check_fields, entry, opt
 from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
@@ -184,8 +184,7 @@ def run(cfg: VisualizeConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(VISUALIZE, argv, "vmae2.visualize:run")
+main = entry(VISUALIZE, "vmae2.visualize:run")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vmae2.cli import Command, check_fields, cli, count, opt
+from vmae2.cli import Command, check_fields, count, entry, opt
 from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_list
@@ -121,8 +121,7 @@ def run(cfg: CheckConfig) -> int:
     return 1 if bad else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(CHECK, argv, "vmae2.data.check:run")
+main = entry(CHECK, "vmae2.data.check:run")
 
 
 if __name__ == "__main__":

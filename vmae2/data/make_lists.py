@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmae2.cli import Command, check_fields, cli, opt
+from vmae2.cli import Command, check_fields, entry, opt
 from vmae2.data.lists import VIDEO_EXTENSIONS
 
 
@@ -109,8 +109,7 @@ def run(cfg: MakeListsConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(MAKE_LISTS, argv, "vmae2.data.make_lists:run")
+main = entry(MAKE_LISTS, "vmae2.data.make_lists:run")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmae2.cli import Command, check_fields, cli, opt
+from vmae2.cli import Command, check_fields, entry, opt
 from vmae2.data.lists import read_paths
 from vmae2.data.shards import INDEX_FILE, INDEX_FORMAT, scan_tar
 
@@ -113,8 +113,7 @@ def run(cfg: MakeShardsConfig) -> int:
     return 0 if index["samples"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(MAKE_SHARDS, argv, "vmae2.data.make_shards:run")
+main = entry(MAKE_SHARDS, "vmae2.data.make_shards:run")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import vmae2.cli
-from vmae2.cli import Command, check_fields, cli, opt, refuse
+from vmae2.cli import Command, check_fields, entry, opt, refuse
 from vmae2.data import synthetic
 
 __all__ = ["MAKE_VIDEOS", "MakeVideosConfig", "build_parser", "main", "run"]
@@ -140,8 +140,7 @@ def run(cfg: MakeVideosConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli(MAKE_VIDEOS, argv, "vmae2.data.make_videos:run")
+main = entry(MAKE_VIDEOS, "vmae2.data.make_videos:run")
 
 
 if __name__ == "__main__":
