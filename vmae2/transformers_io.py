@@ -101,7 +101,8 @@ def _export_refusals(model, kind: str) -> None:
                              f"table of its own grid")
         if model.pool != "mean":
             raise ValueError(f"this classifier pools with {model.pool!r} (--pool); transformers' "
-                             f"VideoMAEForVideoClassification pools with the mean token only")
+                             f"VideoMAEForVideoClassification pools with the mean token only: export it with "
+                             f"--format vmae2 (vmae2.hub.from_pretrained reads it), or fine-tune with --pool mean")
     blocks = model.blocks if kind == "classification" else [*model.encoder.blocks, *model.decoder.blocks]
     if any(b.gamma_1 is not None for b in blocks):
         raise ValueError("this model has layer scale (init_values > 0: gamma_1/gamma_2); transformers' VideoMAE "
