@@ -111,7 +111,8 @@ def test_zero_width_launches_nothing(triton_ops):
 
 # -- CUDA: source-level checks and the host helpers ---------------------------------------------------------------
 
-CU = (CUDA_DIR / "vmae2_cuda.cu").read_text()
+CU_SOURCES = sorted(CUDA_DIR.glob("*.cu"))  # one per op family
+CU = "\n".join(p.read_text() for p in CU_SOURCES + [CUDA_DIR / "vmae2_cuda_common.cuh"])
 
 
 def test_cuda_kernels_use_grid_axis_0_only():
@@ -153,7 +154,7 @@ int main() {
 """)
     exe = tmp_path / "main"
     build = subprocess.run([NVCC, "-std=c++20", "-arch=sm_90", f"-I{CUDA_DIR}", str(main),
-                            str(CUDA_DIR / "vmae2_cuda.cu"), "-o", str(exe)], capture_output=True, text=True)
+                            *map(str, CU_SOURCES), "-o", str(exe)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     grid, smem, dec = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")[:3]
     assert dec.split() == ["1", "0"]  # cudaErrorInvalidValue, cudaSuccess
