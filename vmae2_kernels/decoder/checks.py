@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vmae2_kernels.checks import shape_of, check_device, check_ids, check_ids_values, check_prefix, check_rows, pos_rows
+from vmae2_kernels.checks import check_device, check_ids, check_ids_values, check_prefix, check_rows, pos_rows, shape_of
 
 
 def decoder_tokens(pos: Tensor, channels: int, num_prefix: int, num_tokens: int | None, num_visible: int) -> int:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vmae2_kernels.checks import (shape_of, check_channels, check_device, check_ids, check_ids_values, check_rows,
-                                  check_video, pos_rows)
+from vmae2_kernels.checks import (check_channels, check_device, check_ids, check_ids_values, check_rows, check_video,
+                                  pos_rows, shape_of)
 
 
 def check_gather(x: Tensor, ids: Tensor, pos: Tensor | None) -> None:

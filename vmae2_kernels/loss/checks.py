@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vmae2_kernels.checks import shape_of, check_device, check_ids, check_ids_values, check_video
+from vmae2_kernels.checks import check_device, check_ids, check_ids_values, check_video, shape_of
 
 
 def check_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
