@@ -91,3 +91,11 @@ def row_block(rows, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
     r = (tl.program_id(0) % blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     return b, r, c
+
+
+@triton.jit
+def token_cell(ids_ptr, row, K, HP, WP):
+    """Program ``row = b * K + k`` of a one-program-per-token launch over ``ids [B, K]``: ``(b, t, h, w)``, the sample
+    and the ``(t, h, w)`` grid cell of token ``ids[b, k]`` on a ``(T', HP, WP)`` grid (int64)."""
+    n = tl.load(ids_ptr + row).to(tl.int64)
+    return row // K, n // (HP * WP), (n // WP) % HP, n % WP

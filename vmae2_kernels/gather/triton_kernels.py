@@ -10,7 +10,8 @@ import triton.language as tl
 
 from vmae2_kernels.gather.tiles import TUBELET_TILE
 from vmae2_kernels.tiles import check_grid
-from vmae2_kernels.triton_common import ROW_CONFIGS, autotune_bench, launcher, row_block, row_grid, tuned_launch
+from vmae2_kernels.triton_common import (ROW_CONFIGS, autotune_bench, launcher, row_block, row_grid, token_cell,
+                                          tuned_launch)
 
 
 # One program moves a BLOCK_K x BLOCK_C tile of rows. Rows are 2*C bytes (bf16) to 4*C bytes: the row copy
@@ -82,11 +83,7 @@ def _tubelet_gather_kernel(video_ptr,  # [B, 3, T, H, W] video, unit stride alon
                            K, HP, WP, s_vb, s_vc, s_vt, s_vh,
                            PATCH: tl.constexpr, TUB: tl.constexpr, BLOCK_F: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # b * K + k
-    b = row // K
-    n = tl.load(ids_ptr + row).to(tl.int64)
-    t = n // (HP * WP)
-    hh = (n // WP) % HP
-    ww = n % WP
+    b, t, hh, ww = token_cell(ids_ptr, row, K, HP, WP)
     F: tl.constexpr = 3 * TUB * PATCH * PATCH
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     c = f // (TUB * PATCH * PATCH)

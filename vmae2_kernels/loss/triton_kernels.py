@@ -8,7 +8,7 @@ import triton.language as tl
 
 from vmae2_kernels.loss.tiles import LOSS_TILES
 from vmae2_kernels.tiles import check_grid
-from vmae2_kernels.triton_common import launcher
+from vmae2_kernels.triton_common import launcher, token_cell
 
 
 @triton.jit
@@ -25,11 +25,7 @@ def _recon_token(pred_ptr, video_ptr, ids_ptr, ND, HP, WP,
     """
     P: tl.constexpr = TUB * PATCH * PATCH
     token = tl.program_id(0).to(tl.int64)
-    b = token // ND
-    n = tl.load(ids_ptr + token).to(tl.int64)
-    t = n // (HP * WP)
-    hh = (n // WP) % HP
-    ww = n % WP
+    b, t, hh, ww = token_cell(ids_ptr, token, ND, HP, WP)
     i = tl.arange(0, BLOCK_P)
     c = tl.arange(0, 4)
     ok = (i < P)[:, None] & (c < 3)[None, :]
