@@ -105,7 +105,6 @@ def check_video(video: Tensor, patch_size: int, tubelet_size: int, why: str) -> 
     return B, (T // tubelet_size) * (H // patch_size) * (W // patch_size)
 
 
-
 def accumulator(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums over ``dtype`` values run in: ``float64`` for ``float64``, else ``float32``."""
     return torch.promote_types(dtype, torch.float32)
