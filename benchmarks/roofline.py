@@ -334,7 +334,8 @@ def _row_copy(kernel: str, rows_per_sample: int, batch: int, width: int, bytes_p
 
 def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bfloat16",
              resources: dict | None = None) -> list[Launch]:
-    """The kernel launches of one call of the Triton implementation (mirrors the launchers of the families' triton_kernels).
+    """The kernel launches of one call of the Triton implementation (mirrors the launchers of the op families'
+    ``triton_kernels`` modules).
 
     ``resources``: ``{(kernel, config label): (registers, shared bytes)}`` or ``{kernel: (...)}`` from a compile
     report; missing entries fall back to :data:`ASSUMED_RESOURCES`.
