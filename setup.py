@@ -123,7 +123,7 @@ class OptionalNativeBuild(build_ext):
 
 CONFIG = build_config()
 setup(
-    packages=find_packages(include=["vmae2", "vmae2.*"]) + ["vmae2_kernels"],
+    packages=find_packages(include=["vmae2", "vmae2.*", "vmae2_kernels", "vmae2_kernels.*"]),
     # Placeholder sources (also what an sdist ships); build_native() sets the real ones for this machine.
     ext_modules=[Extension(NATIVE, sources=[str(p.relative_to(HERE)) for p in CONFIG.CPU_SOURCES + CONFIG.CUDA_SOURCES],
                            depends=[str(p.relative_to(HERE)) for p in CONFIG.HEADERS])],

@@ -144,8 +144,8 @@ CHECKED_OPS = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input
 MASK_OPS = ("running_cell_ids", "tube_ids")
 BENCH_OPS = ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "running_cell_ids", "tube_ids",
              "recon_loss")
-AUTOTUNED = {"token_gather": "_row_copy_kernel", "token_scatter": "_row_copy_kernel",
-             "decoder_input": "_decoder_input_kernel"}
+AUTOTUNED = {"token_gather": ("gather", "_row_copy_kernel"), "token_scatter": ("gather", "_row_copy_kernel"),
+             "decoder_input": ("decoder", "_decoder_input_kernel")}  # op -> (family, autotuned kernel)
 
 
 def compile_item(plan: Plan) -> str:
@@ -305,7 +305,9 @@ def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: i
     import torch
 
     from benchmarks import cases
-    from vmae2_kernels import ops, triton_ops
+    import importlib
+
+    from vmae2_kernels import ops
     from benchmarks.roofline import ALL_SHAPES
 
     setting = cases.Setting(device, batch, getattr(torch, "float32" if dtype == "int64" else dtype))
@@ -320,7 +322,8 @@ def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: i
     tile = configs_of(op)[config]
     if tile is None or provider != "triton":
         return compare(run(provider), ref)
-    with forced_config(getattr(triton_ops, AUTOTUNED[op]), tile):
+    family, kernel = AUTOTUNED[op]
+    with forced_config(getattr(importlib.import_module(f"vmae2_kernels.{family}.triton_kernels"), kernel), tile):
         return compare(run(provider), ref)
 
 

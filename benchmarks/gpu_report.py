@@ -4,10 +4,11 @@ machine with no GPU, and read what the compiled code will do.
     python -m benchmarks.gpu_report                      # ViT-B/L/g x fp32/bf16 x sm_80/sm_90, every autotune config
     python -m benchmarks.gpu_report --shape ViT-B --arch sm_90 --json report.json
 
-**What is compiled.** The launchers of :mod:`vmae2_kernels.triton_ops` are called on ``meta`` tensors of the real
-shapes (batch 32) with each kernel's ``run`` intercepted, so every specialisation is the one the launcher really
-passes: dtypes, constexprs, grid, and Triton's own argument specialisation (its JIT binder decides which integers
-and pointers get ``tt.divisibility = 16``; pointers are taken as 16-byte aligned, as fresh CUDA allocations are).
+**What is compiled.** The launchers of :mod:`vmae2_kernels.triton_ops` (every op family's) are called on ``meta``
+tensors of the real shapes (batch 32) with each kernel's ``run`` intercepted, so every specialisation is the one the
+launcher really passes: dtypes, constexprs, grid, and Triton's own argument specialisation (its JIT binder decides
+which integers and pointers get ``tt.divisibility = 16``; pointers are taken as 16-byte aligned, as fresh CUDA
+allocations are).
 Autotuned kernels are compiled once per config (the autotuner may pick any of them). ``triton.compile`` with a
 ``GPUTarget`` needs no driver; the PTX goes through the ptxas, cuobjdump and nvdisasm shipped in the Triton wheel.
 
@@ -192,7 +193,7 @@ def _kernels(module) -> dict:
     import triton
     from triton.runtime.jit import JITFunction
 
-    return {name: obj for name, obj in vars(module).items()
+    return {name: obj for family in module.MODULES for name, obj in vars(family).items()
             if isinstance(obj, (JITFunction, triton.runtime.autotuner.Autotuner))}
 
 
@@ -719,9 +720,9 @@ def _interpreted() -> bool:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
     try:
-        from vmae2_kernels import triton_ops as T
+        from vmae2_kernels.gather import triton_kernels
 
-        jit_function(T._row_copy_kernel)
+        jit_function(triton_kernels._row_copy_kernel)
     except TypeError:
         return True
     return False

@@ -40,7 +40,10 @@ import math
 from dataclasses import dataclass, field
 
 from vmae2.flops import peak_for
-from vmae2_kernels.tiles import LOSS_TILES, ROW_TILES, TUBELET_TILE, next_pow2, tube_tile
+from vmae2_kernels.gather.tiles import TUBELET_TILE
+from vmae2_kernels.loss.tiles import LOSS_TILES
+from vmae2_kernels.masks.tiles import tube_tile
+from vmae2_kernels.tiles import ROW_TILES, next_pow2
 
 # -- GPUs ---------------------------------------------------------------------------------------------------
 
@@ -331,7 +334,8 @@ def _row_copy(kernel: str, rows_per_sample: int, batch: int, width: int, bytes_p
 
 def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bfloat16",
              resources: dict | None = None) -> list[Launch]:
-    """The kernel launches of one call of the Triton implementation (mirrors the launchers in triton_ops).
+    """The kernel launches of one call of the Triton implementation (mirrors the launchers of the op families'
+    ``triton_kernels`` modules).
 
     ``resources``: ``{(kernel, config label): (registers, shared bytes)}`` or ``{kernel: (...)}`` from a compile
     report; missing entries fall back to :data:`ASSUMED_RESOURCES`.
@@ -347,7 +351,7 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
         rows = B * Nv * s.dim * a
         return [_aux("zero fill (torch)", zeros),
                 _row_copy("_row_copy_kernel", Nv, B, s.dim, 2 * a, 2 * rows + B * Nv * i, 0.0, resources)]
-    if op == "tubelet_gather":  # mirrors triton_ops.tubelet_gather: one fixed launch, no autotuning
+    if op == "tubelet_gather":  # mirrors gather.triton_kernels.tubelet_gather: one fixed launch, no autotuning
         kw, warps, stages, _ = TUBELET_TILE
         label = config_label(kw, warps, stages)
         regs, smem = _resources("_tubelet_gather_kernel", label, resources)
@@ -360,7 +364,7 @@ def launches(op: str, shape: Shape | str, batch: int = BATCH, dtype: str = "bflo
         share = Nv / (Nv + Nd)  # visible rows also read x_vis
         return [_row_copy("_decoder_input_kernel", Nv + Nd, B, s.dec_dim, 2 * f + share * a, t.bytes,
                           t.flops, resources)]
-    if op == "mask_token_grad":  # mirrors triton_ops.mask_token_grad
+    if op == "mask_token_grad":  # mirrors decoder.triton_kernels.mask_token_grad
         total = B * Nd
         programs = max(1, min(256, cdiv(total, 256)))
         rows = cdiv(total, programs)

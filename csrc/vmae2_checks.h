@@ -1,11 +1,12 @@
-// Shared by the CPU kernels (vmae2_cpu.cpp) and the CUDA binding (cuda/vmae2_cuda_binding.cpp): the op list, so both
+// Shared by the CPU kernels (*_cpu.cpp, registered by vmae2_ops.cpp) and the CUDA binding (cuda/vmae2_cuda_binding.cpp):
+// the op list, so both
 // register the same ops, and the argument checks, so both refuse the same inputs with the same messages.
 #pragma once
 
 #include <ATen/ATen.h>
 
-// The ops of the vmae2_native library (schemas in vmae2_cpu.cpp). Inside a TORCH_LIBRARY_IMPL(..., m) block,
-// VMAE2_NATIVE_OPS(VMAE2_IMPL) registers each op's implementation: the function of that name in the including file.
+// The ops of the vmae2_native library (schemas in vmae2_ops.cpp). Inside a TORCH_LIBRARY_IMPL(..., m) block,
+// VMAE2_NATIVE_OPS(VMAE2_IMPL) registers each op's implementation: the function of that name visible there.
 #define VMAE2_NATIVE_OPS(X) \
   X(token_gather)               \
   X(token_scatter)              \

@@ -13,6 +13,9 @@ from vmae2_kernels import reference as R
 from vmae2_kernels.tiles import MAX_GRID, ROW_TILES
 
 triton_ops = pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
+from vmae2_kernels import triton_common  # noqa: E402  (after the skip: needs triton)
+from vmae2_kernels.decoder import triton_kernels as decoder_kernels  # noqa: E402
+from vmae2_kernels.gather import triton_kernels as gather_kernels  # noqa: E402
 
 MANY = 70_000 * 16  # rows: 70 000 row blocks of 16, past grid axis 1's 65535
 # Where the kernels run: the GPU when there is one, else the CPU under the interpreter (tests/conftest.py sets it).
@@ -56,18 +59,18 @@ class FnSpy:
 @pytest.fixture
 def capturing(monkeypatch):
     """The capture probe says yes (on the CPU too, where there is no capture)."""
-    monkeypatch.setattr(triton_ops, "capturing", lambda device: True)
+    monkeypatch.setattr(triton_common, "capturing", lambda device: True)
 
 
 def test_capture_probe_is_false_on_cpu_and_outside_a_capture():
-    assert triton_ops.capturing(torch.device("cpu")) is False
+    assert triton_common.capturing(torch.device("cpu")) is False
     if torch.cuda.is_available():
-        assert triton_ops.capturing(torch.device("cuda")) is False
+        assert triton_common.capturing(torch.device("cuda")) is False
 
 
 @pytest.mark.parametrize("op", ["token_gather", "token_scatter", "decoder_input"])
 def test_capture_of_an_untuned_key_runs_the_default_tile_without_the_autotuner(op, capturing, monkeypatch):
-    kernel = triton_ops._decoder_input_kernel if op == "decoder_input" else triton_ops._row_copy_kernel
+    kernel = decoder_kernels._decoder_input_kernel if op == "decoder_input" else gather_kernels._row_copy_kernel
     NoTuning(kernel, monkeypatch)
     monkeypatch.setattr(kernel, "cache", {})  # no key tuned yet
     spy = FnSpy(kernel, monkeypatch)
@@ -90,7 +93,7 @@ def test_capture_of_a_tuned_key_runs_the_autotuners_pick(capturing, monkeypatch)
     """A key tuned before the capture keeps its tile inside it (here the autotuner's cache names the second tile)."""
     import triton
 
-    kernel = triton_ops._row_copy_kernel
+    kernel = gather_kernels._row_copy_kernel
     B, N, C, K = 2, 37, 40, 11
     x, ids = _randn(B, N, C), _ids(B, N, K)
     kw, warps, stages, _ = ROW_TILES[1]
@@ -103,7 +106,7 @@ def test_capture_of_a_tuned_key_runs_the_autotuners_pick(capturing, monkeypatch)
 
 
 def test_outside_a_capture_the_autotuner_runs(monkeypatch):
-    kernel = triton_ops._row_copy_kernel
+    kernel = gather_kernels._row_copy_kernel
     calls = []
     run = kernel.run
     monkeypatch.setattr(kernel, "run", lambda *a, **k: calls.append(1) or run(*a, **k))
@@ -131,8 +134,9 @@ class GridRecorder:
 def test_row_grids_take_many_rows_on_axis_0(op, monkeypatch):
     """``B * cdiv(K, BLOCK_K)`` row blocks on axis 0 (past 65535 here), the column blocks on axis 1."""
     spy = GridRecorder()
-    name = "_decoder_input_kernel" if op == "decoder_input" else "_row_copy_kernel"
-    monkeypatch.setattr(triton_ops, name, spy)
+    family, name = ((decoder_kernels, "_decoder_input_kernel") if op == "decoder_input" else
+                    (gather_kernels, "_row_copy_kernel"))
+    monkeypatch.setattr(family, name, spy)
     B, C = 2, 3
     rows, ids = torch.zeros(B, MANY, C), torch.zeros(B, MANY, dtype=torch.int64)
     if op == "token_gather":
@@ -148,7 +152,7 @@ def test_row_grids_take_many_rows_on_axis_0(op, monkeypatch):
 
 
 def test_row_grid_past_axis_0_is_refused_by_name():
-    grid = triton_ops._row_grid(2 ** 20, 2 ** 16, 256, "token_gather")
+    grid = triton_common.row_grid(2 ** 20, 2 ** 16, 256, "token_gather")
     with pytest.raises(ValueError, match=r"token_gather: launch grid axis 0 needs \d+ programs, above CUDA's"):
         grid({"BLOCK_K": 16, "BLOCK_C": 256})
 

@@ -1,13 +1,14 @@
 """The CUDA sources compile on a machine without a GPU (CI), and run correctly where there is one.
 
-* nvcc compiles the device code and launchers (``csrc/cuda/*.cu``, no torch headers) for A100 and H100; ptxas'
-  resource report must list every kernel with 0 spill bytes.
+* nvcc compiles the device code and launchers (``csrc/cuda/*.cu``, one per op family, no torch headers) for A100
+  and H100; ptxas' resource report must list every kernel of each family with 0 spill bytes.
 * The torch binding (``csrc/cuda/vmae2_cuda_binding.cpp``) is compiled by g++ against torch's and the CUDA
   toolkit's headers. The CPU torch wheel ships ``c10/cuda``/``ATen/cuda`` headers but not the generated
   ``c10/cuda/impl/cuda_cmake_macros.h`` (a CUDA wheel has it), so the check defines
   ``C10_CUDA_NO_CMAKE_CONFIGURE_FILE``; linking needs libtorch_cuda/libc10_cuda, absent here, so the check stops at
   the object file and instead requires every launcher the binding calls to be defined by the nvcc object (a
-  signature drift between ``vmae2_cuda.h`` and the ``.cu`` would otherwise surface only at load time on a GPU).
+  signature drift between ``vmae2_cuda.h`` and the ``.cu`` sources would otherwise surface only at load time on a
+  GPU).
 * On a GPU with the CUDA build loaded, every CUDA op matches the reference.
 """
 import os
@@ -25,6 +26,13 @@ CUDA_DIR = ROOT / "csrc" / "cuda"
 NVCC = shutil.which("nvcc")
 CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
+# The kernel instantiations each family's source compiles, and the op names they carry: 6 gather + 3 scatter + 3
+# tubelet gather; 11 decoder input (3 x 3 dtypes of x and the table to fp32, bf16 and fp16 to themselves) + 3
+# mask-token grad; running cell + tube; 18 loss (3 pred x 3 video dtypes x fwd/bwd).
+KERNELS = {"gather_cuda.cu": (12, ("token_gather", "token_scatter", "tubelet_gather")),
+           "decoder_cuda.cu": (14, ("decoder_input", "mask_token_grad")),
+           "masks_cuda.cu": (2, ("running_cell_ids", "tube_ids")),
+           "loss_cuda.cu": (18, ("recon_loss",))}
 BINDING = CUDA_DIR / "vmae2_cuda_binding.cpp"
 TORCH_INCLUDE = Path(torch.__file__).parent / "include"
 
@@ -59,20 +67,26 @@ def test_cuda_sources_compile_without_spills(source, arch, tmp_path):
     report = nvcc_object(source, arch, tmp_path / "out.o")
     kernels = re.findall(r"Compiling entry function '(\w+)'", report)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    # 6 gather + 3 scatter + 3 tubelet gather + 11 decoder input (3 x 3 dtypes of x and the table to fp32, bf16 and
-    # fp16 to themselves) + 3 mask-token grad + running cell + tube + 18 loss (3 pred x 3 video dtypes x fwd/bwd):
-    # every instantiation the launchers use was compiled and reported
-    assert len(kernels) == 46 and len(spills) == len(kernels), kernels
+    count, ops = KERNELS[source.name]  # every instantiation the launchers use was compiled and reported
+    assert len(kernels) == count and len(spills) == len(kernels), kernels
     assert all(s == ("0", "0") for s in spills), report
     names = " ".join(kernels)
-    assert all(k in names for k in ("token_gather", "token_scatter", "tubelet_gather", "decoder_input",
-                                    "mask_token_grad", "running_cell_ids", "tube_ids", "recon_loss"))
+    assert all(k in names for k in ops)
+
+
+def test_every_op_has_its_family_cuda_source():
+    """One CUDA source per op family, together the 46 kernel instantiations of the eight device ops."""
+    assert sorted(p.name for p in SOURCES) == sorted(KERNELS)
+    assert sum(count for count, _ in KERNELS.values()) == 46
+    assert sorted(op for _, ops in KERNELS.values() for op in ops) == sorted(
+        ("token_gather", "token_scatter", "tubelet_gather", "decoder_input", "mask_token_grad", "running_cell_ids",
+         "tube_ids", "recon_loss"))
 
 
 def test_binding_registers_every_op_for_cuda():
-    """The CPU file and the binding register, for their keys, exactly the ops whose schemas the CPU file defines
-    (the op list in the shared header)."""
-    cpu = (ROOT / "csrc" / "vmae2_cpu.cpp").read_text()
+    """The CPU registration file and the binding register, for their keys, exactly the ops whose schemas the CPU
+    registration file defines (the op list in the shared header)."""
+    cpu = (ROOT / "csrc" / "vmae2_ops.cpp").read_text()
     binding = BINDING.read_text()
     header = (ROOT / "csrc" / "vmae2_checks.h").read_text()
     schemas = set(re.findall(r'm\.def\("(\w+)\(', cpu))
@@ -82,28 +96,31 @@ def test_binding_registers_every_op_for_cuda():
     assert "TORCH_LIBRARY(" not in binding
     for source, key in ((cpu, "CPU"), (binding, "CUDA")):
         assert f"TORCH_LIBRARY_IMPL(vmae2_native, {key}, m) {{ VMAE2_NATIVE_OPS(VMAE2_IMPL) }}" in source
-    assert "#include <ATen" not in (CUDA_DIR / "vmae2_cuda.cu").read_text()  # device code stays torch-free
+    for device_code in SOURCES + [CUDA_DIR / "vmae2_cuda_common.cuh"]:  # device code stays torch-free
+        assert "#include <ATen" not in device_code.read_text(), device_code.name
 
 
 @pytest.mark.skipif(NVCC is None or CXX is None or cuda_include() is None
                     or not (TORCH_INCLUDE / "c10" / "cuda" / "CUDAStream.h").exists(),
                     reason="needs nvcc, g++, the CUDA toolkit headers and torch's c10/cuda headers")
 def test_binding_compiles_and_calls_only_defined_launchers(tmp_path):
-    binding_o, device_o = tmp_path / "binding.o", tmp_path / "device.o"
+    binding_o = tmp_path / "binding.o"
     result = subprocess.run(
         [CXX, "-c", "-O0", "-fPIC", "-std=c++20", "-Wall", "-Werror", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
          "-DTORCH_API_INCLUDE_EXTENSION_H", "-isystem", str(TORCH_INCLUDE),
          "-isystem", str(TORCH_INCLUDE / "torch" / "csrc" / "api" / "include"), "-isystem", str(cuda_include()),
          str(BINDING), "-o", str(binding_o)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
-    nvcc_object(CUDA_DIR / "vmae2_cuda.cu", "sm_90", device_o)
+    device_objects = [tmp_path / f"{source.stem}.o" for source in SOURCES]
+    for source, obj in zip(SOURCES, device_objects):
+        nvcc_object(source, "sm_90", obj)
 
     def symbols(obj, *flags):  # mangled names (no spaces) in the vmae2 namespace
         out = subprocess.run(["nm", "-P", *flags, str(obj)], capture_output=True, text=True, check=True).stdout
         return {line.split()[0] for line in out.splitlines() if "5vmae2" in line.split()[0]}
 
     needed = symbols(binding_o, "-u")
-    defined = symbols(device_o, "--defined-only")
+    defined = set().union(*(symbols(obj, "--defined-only") for obj in device_objects))
     assert len(needed) == 9, needed  # 8 launchers + mask_token_grad_blocks
     assert needed <= defined, needed - defined
 

@@ -187,20 +187,23 @@ def test_cuda_sources_in_the_report(report):
 
 # -- the checks themselves (no compiler needed) -------------------------------------------------------------
 
+LOSS_KERNELS = ROOT / "vmae2_kernels" / "loss" / "triton_kernels.py"  # the kernel the checks below read
+
+
 def _ptx(lines):
-    return '\t.file\t1 "{}"\n'.format(ROOT / "vmae2_kernels" / "triton_ops.py") + "\n".join(lines)
+    return '\t.file\t1 "{}"\n'.format(LOSS_KERNELS) + "\n".join(lines)
 
 
 def _line(pattern):
-    text = (ROOT / "vmae2_kernels" / "triton_ops.py").read_text().splitlines()
+    text = LOSS_KERNELS.read_text().splitlines()
     return next(i + 1 for i, t in enumerate(text) if pattern in t)
 
 
 def _fn():
     """The Python function of a kernel (source file and lines), under the interpreter too."""
-    from vmae2_kernels import triton_ops as T
+    from vmae2_kernels.loss import triton_kernels
 
-    obj = T._recon_loss_bwd_kernel
+    obj = triton_kernels._recon_loss_bwd_kernel
     while not callable(getattr(obj, "__code__", None)) and hasattr(obj, "fn"):
         obj = obj.fn
     holder = type("F", (), {})()
@@ -312,7 +315,7 @@ def test_traffic_and_predictions():
 
 def test_triton_configs_come_from_the_roofline_tiles():
     pytest.importorskip("triton")
-    from vmae2_kernels import triton_ops as T
+    from vmae2_kernels import triton_common as T
 
     first = [(c.kwargs, c.num_warps, c.num_stages) for c in T.ROW_CONFIGS]
     tiles = [(kw, w, s) for kw, w, s, _ in R.ROW_TILES]

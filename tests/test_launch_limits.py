@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vmae2_kernels import reference as R
-from vmae2_kernels.tiles import MAX_GRID, check_grid, tube_tile
+from vmae2_kernels.masks.tiles import tube_tile
+from vmae2_kernels.tiles import MAX_GRID, check_grid
 
 from test_cuda_compile import CUDA_DIR, NVCC
 
@@ -37,18 +38,25 @@ def triton_ops():
     return pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
 
 
-def test_tubelet_grid_takes_many_tokens_on_axis_0(triton_ops, monkeypatch):
+@pytest.fixture
+def family(triton_ops):
+    """A family's kernel module by name (``gather``, ``decoder``, ``masks``, ``loss``): where its launchers look up
+    their kernels and tiles."""
+    return lambda name: getattr(triton_ops, f"{name}_kernels")
+
+
+def test_tubelet_grid_takes_many_tokens_on_axis_0(triton_ops, family, monkeypatch):
     spy = GridRecorder()
-    monkeypatch.setattr(triton_ops, "_tubelet_gather_kernel", spy)
+    monkeypatch.setattr(family("gather"), "_tubelet_gather_kernel", spy)
     video, ids = torch.zeros(2, 3, 1, 1, 1), torch.zeros(2, MANY, dtype=torch.int64)
     triton_ops.tubelet_gather(video, ids, 1, 1)
     assert spy.grids == [(2 * MANY, 1)]
 
 
 @pytest.mark.parametrize("kernel", ["_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"])
-def test_loss_grid_takes_many_tokens_on_axis_0(triton_ops, monkeypatch, kernel):
+def test_loss_grid_takes_many_tokens_on_axis_0(triton_ops, family, monkeypatch, kernel):
     spy = GridRecorder()
-    monkeypatch.setattr(triton_ops, kernel, spy)
+    monkeypatch.setattr(family("loss"), kernel, spy)
     B = 2
     video, ids = torch.zeros(B, 3, 1, 1, 1), torch.zeros(B, MANY, dtype=torch.int64)
     args = (torch.zeros(B, MANY, 3), video, ids, torch.ones(B, MANY), 1, 1, 0, MEAN, STD)
@@ -80,9 +88,9 @@ def test_tube_tile_refuses_a_frame_past_triton_block_limit():
         tube_tile(2 ** 20 + 1)
 
 
-def test_tube_kernel_with_one_key_per_step_matches_the_reference(triton_ops, monkeypatch):
+def test_tube_kernel_with_one_key_per_step_matches_the_reference(triton_ops, family, monkeypatch):
     """BLOCK_J = 1, the tile past H'W' = 16384, ranks correctly (on a small frame: the interpreter is slow)."""
-    monkeypatch.setattr(triton_ops, "tube_tile", lambda hw: {**tube_tile(hw), "BLOCK_J": 1})
+    monkeypatch.setattr(family("masks"), "tube_tile", lambda hw: {**tube_tile(hw), "BLOCK_J": 1})
     keys = torch.rand(3, 196, generator=torch.Generator().manual_seed(0))
     keys[0, :5] = 0.5  # ties: the lower index is masked first
     on = keys.to("cuda") if torch.cuda.is_available() else keys  # compiled on a GPU, else the interpreter
@@ -103,7 +111,8 @@ def test_zero_width_launches_nothing(triton_ops):
 
 # -- CUDA: source-level checks and the host helpers ---------------------------------------------------------------
 
-CU = (CUDA_DIR / "vmae2_cuda.cu").read_text()
+CU_SOURCES = sorted(CUDA_DIR.glob("*.cu"))  # one per op family
+CU = "\n".join(p.read_text() for p in CU_SOURCES + [CUDA_DIR / "vmae2_cuda_common.cuh"])
 
 
 def test_cuda_kernels_use_grid_axis_0_only():
@@ -145,7 +154,7 @@ int main() {
 """)
     exe = tmp_path / "main"
     build = subprocess.run([NVCC, "-std=c++20", "-arch=sm_90", f"-I{CUDA_DIR}", str(main),
-                            str(CUDA_DIR / "vmae2_cuda.cu"), "-o", str(exe)], capture_output=True, text=True)
+                            *map(str, CU_SOURCES), "-o", str(exe)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     grid, smem, dec = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")[:3]
     assert dec.split() == ["1", "0"]  # cudaErrorInvalidValue, cudaSuccess

@@ -1,19 +1,18 @@
 """The Triton launchers: each launches on its tensors' device, and the loss has one fixed launch configuration, so
 two runs give the same bits. Under the interpreter on CPU; the multi-GPU and
 CUDA-graph halves are GPU tests (and run in ``python -m benchmarks.gpu_check``)."""
-import inspect
-
 import pytest
 import torch
 
 from vmae2_kernels import dispatch, ops, reference
-from vmae2_kernels.tiles import LOSS_TILES
+from vmae2_kernels.loss.tiles import LOSS_TILES
 
 triton_ops = pytest.importorskip("vmae2_kernels.triton_ops", reason="triton is not installed")
+from vmae2_kernels import triton_common  # noqa: E402  (after the skip: needs triton)
+from vmae2_kernels.loss import triton_kernels as loss_kernels  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-LAUNCHERS = [name for name, fn in inspect.getmembers(reference, inspect.isfunction)
-             if fn.__module__ == reference.__name__ and hasattr(triton_ops, name)]
+LAUNCHERS = [name for name in reference.__all__ if hasattr(triton_ops, name)]  # the references with a launcher
 
 
 def _calls():
@@ -38,13 +37,13 @@ def test_every_launcher_runs_under_its_tensors_device_guard(name, monkeypatch):
     """Triton launches on the *current* CUDA device: the launcher must guard its tensors' device (cuda:1 tensors
     must not run on cuda:0's stream)."""
     seen = []
-    real = triton_ops.device_guard
+    real = triton_common.device_guard
 
     def spy(device):
         seen.append(device)
         return real(device)
 
-    monkeypatch.setattr(triton_ops, "device_guard", spy)
+    monkeypatch.setattr(triton_common, "device_guard", spy)
     args = _calls()[name]
     getattr(triton_ops, name)(*args)
     assert seen == [args[0].device]
@@ -56,9 +55,9 @@ def test_loss_kernels_have_one_fixed_configuration():
     from triton.runtime.autotuner import Autotuner
 
     assert len(LOSS_TILES) == 1
-    for kernel in (triton_ops._recon_loss_fwd_kernel, triton_ops._recon_loss_bwd_kernel):
+    for kernel in (loss_kernels._recon_loss_fwd_kernel, loss_kernels._recon_loss_bwd_kernel):
         assert not isinstance(kernel, Autotuner), type(kernel)
-    assert (triton_ops.LOSS_WARPS, triton_ops.LOSS_STAGES) == LOSS_TILES[0][1:3]
+    assert (loss_kernels.LOSS_WARPS, loss_kernels.LOSS_STAGES) == LOSS_TILES[0][1:3]
 
 
 @pytest.mark.gpu

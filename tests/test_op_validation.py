@@ -5,6 +5,9 @@ import pytest
 import torch
 
 from vmae2_kernels import checks, dispatch, ops
+from vmae2_kernels.decoder.checks import check_decoder_input
+from vmae2_kernels.gather.checks import check_gather
+from vmae2_kernels.loss.checks import check_loss
 from vmae2_kernels.reference import running_cell_ids as reference_running_cell_ids
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -163,12 +166,12 @@ def test_native_decoder_input_checks_its_own_arguments(args, match):
 def test_inputs_on_two_devices_are_refused():
     """Checked in the layer itself: a custom op given a meta tensor dispatches to its fake, so no backend sees it."""
     with pytest.raises(ValueError, match="ids is on meta, expected cpu"):
-        checks.check_gather(X, IDS.to("meta"), None)
+        check_gather(X, IDS.to("meta"), None)
     with pytest.raises(ValueError, match="pos is on meta, expected cpu"):
-        checks.check_decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS.to("meta"))
+        check_decoder_input(X[:, :2], IDS, IDS, torch.zeros(4), POS.to("meta"))
     with pytest.raises(ValueError, match="weights is on meta, expected cpu"):
         pred, video, dec, weights, patch, tub, _, mean, std = _loss_args()
-        checks.check_loss(pred, video, dec, weights.to("meta"), patch, tub, 1, mean, std)
+        check_loss(pred, video, dec, weights.to("meta"), patch, tub, 1, mean, std)
 
 
 # -- ids precondition: range and uniqueness, checked on the device in debug mode ----------

@@ -11,7 +11,7 @@ import torch
 import vmae2_kernels
 from vmae2.masking import dual_ids, ids_to_mask
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from vmae2_kernels.reference import TARGETS, normalize_patches, patchify, recon_target
+from vmae2_kernels.loss.reference import TARGETS, normalize_patches, patchify, recon_target
 
 __all__ = ["reconstruction_loss", "reconstruction_target", "flat_colour_loss", "patchify", "normalize_patches",
            "denormalize_patches"]

@@ -16,12 +16,9 @@ from typing import Sequence
 
 import torch
 
-from vmae2_kernels import masks as _kernel_masks
-from vmae2_kernels.masks import (
+from vmae2_kernels.masks import api as _kernel_masks
+from vmae2_kernels.masks.api import (
     RUNNING_CELL_RATIOS,
-    check_even,
-    check_grid,
-    check_ratio,
     complement_ids,
     ids_to_mask,
     mask_to_ids,
@@ -30,6 +27,7 @@ from vmae2_kernels.masks import (
     target_device,
     tube_ids,
 )
+from vmae2_kernels.masks.checks import check_even, check_grid, check_ratio
 
 Grid = Sequence[int]
 

@@ -7,8 +7,9 @@ A regular ``pip install --no-build-isolation .`` builds the same sources through
 (``vmae2_kernels/_vmae2_native*.so`` beside ``_vmae2_native.json``). :mod:`vmae2_kernels.native` loads the first
 build that matches the running torch, in the order of :func:`candidates`.
 
-What is built: the CPU ops always (``csrc/vmae2_cpu.cpp``, which also registers every schema); the CUDA kernels
-and their torch binding (``csrc/cuda/``) too when torch is a CUDA build and ``nvcc`` is found, unless
+What is built: the CPU ops always (``csrc/<family>_cpu.cpp``, one per op family, registered with every schema by
+``csrc/vmae2_ops.cpp``); the CUDA kernels (``csrc/cuda/<family>_cuda.cu``) and their torch binding
+(``csrc/cuda/vmae2_cuda_binding.cpp``) too when torch is a CUDA build and ``nvcc`` is found, unless
 ``VMAE2_BUILD_CUDA=0``. ``TORCH_CUDA_ARCH_LIST`` is respected; unset, the visible GPU's architecture is compiled,
 else (no GPU visible: a build node) ``8.0;9.0+PTX``: A100 and H100 code plus PTX for later GPUs. The list is recorded
 in the build info and :mod:`vmae2_kernels.native` compares it with the running GPU (:func:`arch_reason`). ``MAX_JOBS`` defaults to ``min(4, cpu count)``. The build info records the torch, CUDA and
@@ -31,9 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent  # the vmae2_kernels package
 CSRC = ROOT.parent / "csrc"
 NAME = "vmae2_native"
-CPU_SOURCES = [CSRC / "vmae2_cpu.cpp"]
-CUDA_SOURCES = [CSRC / "cuda" / "vmae2_cuda.cu", CSRC / "cuda" / "vmae2_cuda_binding.cpp"]
-HEADERS = [CSRC / "vmae2_checks.h", CSRC / "cuda" / "vmae2_cuda.h"]
+FAMILIES = ("gather", "decoder", "masks", "loss")  # one CPU source and one CUDA source per op family
+CPU_SOURCES = [CSRC / "vmae2_ops.cpp"] + [CSRC / f"{family}_cpu.cpp" for family in FAMILIES]
+CUDA_SOURCES = [CSRC / "cuda" / f"{family}_cuda.cu" for family in FAMILIES] + [CSRC / "cuda" / "vmae2_cuda_binding.cpp"]
+HEADERS = [CSRC / "vmae2_checks.h", CSRC / "vmae2_cpu.h", CSRC / "cuda" / "vmae2_cuda.h",
+           CSRC / "cuda" / "vmae2_cuda_common.cuh"]
 BUILD_DIR = Path(os.environ.get("VMAE2_EXT_DIR", ROOT / "_build"))
 LIBRARY = BUILD_DIR / f"{NAME}.so"  # the JIT build
 INFO = BUILD_DIR / "build_info.json"

@@ -3,7 +3,10 @@
 Every op takes a trailing ``backend`` string (``auto`` / ``triton`` / ``cuda`` / ``cpp`` / ``torch``) resolved by
 :mod:`vmae2_kernels.dispatch` when the op runs. The ops are opaque to ``torch.compile``: a compiled step that
 uses them has no graph break. (``triton_op`` is not used: it fails without a GPU driver.) Each op body validates
-its inputs with :mod:`vmae2_kernels.checks` before dispatch, so every backend refuses the same input the same way.
+its inputs with its family's ``checks`` module (:mod:`vmae2_kernels.gather.checks`, ``decoder``, ``masks``,
+``loss``) before dispatch, so every backend refuses the same input the same way. The backends' op tables:
+:mod:`vmae2_kernels.reference` (``torch``), :mod:`vmae2_kernels.triton_ops` (``triton``),
+:mod:`vmae2_kernels.native` (``cpp`` / ``cuda``).
 Every backward is itself differentiable (``create_graph=True``, double backward): the backward ops carry their own
 autograd (``mask_token_grad``, ``recon_loss_backward`` through the reference) or are plain torch.
 """
@@ -16,6 +19,12 @@ import torch
 from torch import Tensor
 
 from vmae2_kernels import checks, dispatch, measure, reference
+from vmae2_kernels.decoder import checks as decoder_checks
+from vmae2_kernels.gather import checks as gather_checks
+from vmae2_kernels.gather.reference import tubelet_scatter
+from vmae2_kernels.loss import checks as loss_checks
+from vmae2_kernels.loss import reference as loss_reference
+from vmae2_kernels.masks import checks as masks_checks
 
 
 def _impl(op: str, device: torch.device, backend: str, dtype: torch.dtype | None = None):
@@ -49,7 +58,7 @@ def _run(op: str, device: torch.device, backend: str, dtype: torch.dtype | None,
 
 @torch.library.custom_op("vmae2::token_gather", mutates_args=())
 def token_gather(x: Tensor, ids: Tensor, pos: Optional[Tensor], backend: str) -> Tensor:
-    checks.check_gather(x, ids, pos)
+    gather_checks.check_gather(x, ids, pos)
     pos = None if pos is None else checks.pos_rows(pos, x.shape[1], x.shape[2])  # [N, C] or [1, N, C] -> [N, C]
     return _run("token_gather", x.device, backend, x.dtype, x, ids, pos)
 
@@ -61,7 +70,7 @@ def _(x, ids, pos, backend):
 
 @torch.library.custom_op("vmae2::token_scatter", mutates_args=())
 def token_scatter(src: Tensor, ids: Tensor, num_tokens: int, backend: str) -> Tensor:
-    checks.check_scatter(src, ids, num_tokens)
+    gather_checks.check_scatter(src, ids, num_tokens)
     return _run("token_scatter", src.device, backend, src.dtype, src, ids, num_tokens)
 
 
@@ -83,7 +92,7 @@ def _gather_backward(ctx, grad):
     grad_x = scattered if ctx.needs_input_grad[0] else None
     grad_pos = None
     if ctx.needs_input_grad[2]:  # summed over B in fp32 (fp64 for fp64), in the table's own shape and dtype
-        grad_pos = scattered.to(reference.accumulator(scattered.dtype)).sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
+        grad_pos = scattered.to(checks.accumulator(scattered.dtype)).sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
     return grad_x, None, grad_pos, None
 
 
@@ -106,7 +115,7 @@ token_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 
 @torch.library.custom_op("vmae2::tubelet_gather", mutates_args=())
 def tubelet_gather(video: Tensor, ids: Tensor, patch_size: int, tubelet_size: int, backend: str) -> Tensor:
-    checks.check_tubelet_gather(video, ids, patch_size, tubelet_size)
+    gather_checks.check_tubelet_gather(video, ids, patch_size, tubelet_size)
     return _run("tubelet_gather", video.device, backend, video.dtype, video, ids, patch_size, tubelet_size)
 
 
@@ -122,12 +131,13 @@ def _tubelet_setup(ctx, inputs, output):
 
 
 def _tubelet_backward(ctx, grad):
-    """The adjoint, :func:`reference.tubelet_scatter`, on every backend: plain torch, sync-free (one zero fill of
-    the video's size and an indexed write of the ``K`` rows), computed only when the video needs a gradient."""
+    """The adjoint, :func:`vmae2_kernels.gather.reference.tubelet_scatter`, on every backend: plain torch, sync-free
+    (one zero fill of the video's size and an indexed write of the ``K`` rows), computed only when the video needs a
+    gradient."""
     (ids,) = ctx.saved_tensors
     grad_video = None
     if ctx.needs_input_grad[0]:
-        grad_video = reference.tubelet_scatter(grad, ids, ctx.video_shape, *ctx.geometry)
+        grad_video = tubelet_scatter(grad, ids, ctx.video_shape, *ctx.geometry)
     return grad_video, None, None, None, None
 
 
@@ -139,7 +149,7 @@ tubelet_gather.register_autograd(_tubelet_backward, setup_context=_tubelet_setup
 @torch.library.custom_op("vmae2::decoder_input", mutates_args=())
 def decoder_input(x_vis: Tensor, vis_ids: Tensor, dec_ids: Tensor, mask_token: Tensor, pos: Tensor,
                   backend: str) -> Tensor:
-    checks.check_decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos)
+    decoder_checks.check_decoder_input(x_vis, vis_ids, dec_ids, mask_token, pos)
     dtype = torch.promote_types(torch.promote_types(x_vis.dtype, mask_token.dtype), pos.dtype)
     pos = checks.pos_rows(pos, None, x_vis.shape[2])  # [N, D] or [1, N, D] -> [N, D]
     return _run("decoder_input", x_vis.device, backend, dtype, x_vis, vis_ids, dec_ids, mask_token, pos)
@@ -153,13 +163,13 @@ def _(x_vis, vis_ids, dec_ids, mask_token, pos, backend):
 
 @torch.library.custom_op("vmae2::mask_token_grad", mutates_args=())
 def mask_token_grad(grad: Tensor, num_visible: int, backend: str) -> Tensor:
-    checks.check_mask_token_grad(grad, num_visible)
+    decoder_checks.check_mask_token_grad(grad, num_visible)
     return _run("mask_token_grad", grad.device, backend, grad.dtype, grad, num_visible)
 
 
 @mask_token_grad.register_fake
 def _(grad, num_visible, backend):
-    return grad.new_empty(grad.shape[2], dtype=reference.accumulator(grad.dtype))
+    return grad.new_empty(grad.shape[2], dtype=checks.accumulator(grad.dtype))
 
 
 def _decoder_setup(ctx, inputs, output):
@@ -178,7 +188,7 @@ def _decoder_backward(ctx, grad):
         grad_token = mask_token_grad(grad, nv, ctx.backend).to(ctx.token_dtype).reshape(ctx.token_shape)
     grad_pos = None
     if ctx.needs_input_grad[4]:  # learnable decoder position table (the official one is fixed), in its own shape
-        rows, acc = ctx.pos_shape[-2], reference.accumulator(grad.dtype)
+        rows, acc = ctx.pos_shape[-2], checks.accumulator(grad.dtype)
         grad_pos = (token_scatter(grad[:, :nv].contiguous(), vis_ids, rows, ctx.backend).to(acc)
                     + token_scatter(grad[:, nv:].contiguous(), dec_ids, rows, ctx.backend).to(acc))
         grad_pos = grad_pos.sum(0).to(ctx.pos_dtype).reshape(ctx.pos_shape)
@@ -207,7 +217,7 @@ mask_token_grad.register_autograd(_token_grad_backward, setup_context=_token_gra
 
 @torch.library.custom_op("vmae2::running_cell_ids", mutates_args=())
 def running_cell_ids(phase: Tensor, T: int, H: int, W: int, masked_per_cell: int, backend: str) -> Tensor:
-    phase = checks.check_running_cell(phase, T, H, W, masked_per_cell)
+    phase = masks_checks.check_running_cell(phase, T, H, W, masked_per_cell)
     return _run("running_cell_ids", phase.device, backend, None, phase, (T, H, W), masked_per_cell)
 
 
@@ -218,7 +228,7 @@ def _(phase, T, H, W, masked_per_cell, backend):
 
 @torch.library.custom_op("vmae2::tube_ids", mutates_args=())
 def tube_ids(keys: Tensor, num_frames: int, num_masked: int, backend: str) -> Tensor:
-    checks.check_tube(keys, num_frames, num_masked)
+    masks_checks.check_tube(keys, num_frames, num_masked)
     return _run("tube_ids", keys.device, backend, None, keys, num_frames, num_masked)
 
 
@@ -232,7 +242,7 @@ def _(keys, num_frames, num_masked, backend):
 @torch.library.custom_op("vmae2::recon_loss", mutates_args=())
 def recon_loss(pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor, patch_size: int, tubelet_size: int,
                target: int, mean: list[float], std: list[float], backend: str) -> Tensor:
-    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
+    loss_checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
     return _run("recon_loss", pred.device, backend, pred.dtype, pred, video, dec_ids, weights, patch_size,
                 tubelet_size, target, mean, std)
 
@@ -246,7 +256,7 @@ def _(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std
 def recon_loss_backward(grad_out: Tensor, pred: Tensor, video: Tensor, dec_ids: Tensor, weights: Tensor,
                         patch_size: int, tubelet_size: int, target: int, mean: list[float], std: list[float],
                         backend: str) -> Tensor:
-    checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
+    loss_checks.check_loss(pred, video, dec_ids, weights, patch_size, tubelet_size, target, mean, std)
     return _run("recon_loss_backward", pred.device, backend, pred.dtype, grad_out, pred, video, dec_ids, weights,
                 patch_size, tubelet_size, target, mean, std).contiguous()
 
@@ -276,13 +286,13 @@ def _loss_grad_setup(ctx, inputs, output):
 
 def _loss_grad_backward(ctx, v):
     """Double backward of :func:`recon_loss` (``create_graph=True``): the vector-Jacobian product of
-    :func:`reference.recon_loss_backward` w.r.t. ``grad_out`` and ``pred``, by autograd through the reference on
-    every backend (the video, ids and weights get no gradient, as in the first backward)."""
+    :func:`vmae2_kernels.loss.reference.recon_loss_backward` w.r.t. ``grad_out`` and ``pred``, by autograd through
+    the reference on every backend (the video, ids and weights get no gradient, as in the first backward)."""
     grad_out, pred, video, dec_ids, weights = ctx.saved_tensors
     wanted = ctx.needs_input_grad[:2]
     create_graph = torch.is_grad_enabled()  # a third order when the double backward itself has create_graph=True
     with torch.enable_grad():
-        out = reference.recon_loss_backward(grad_out, pred, video, dec_ids, weights, *ctx.config)
+        out = loss_reference.recon_loss_backward(grad_out, pred, video, dec_ids, weights, *ctx.config)
         inputs = [t for t, w in zip((grad_out, pred), wanted) if w]
         grads = iter(torch.autograd.grad(out, inputs, v, create_graph=create_graph))
     grad_g, grad_p = (next(grads) if w else None for w in wanted)

@@ -1,6 +1,8 @@
-"""Launch configurations of the Triton kernels, each with the reason it was chosen (pure Python: no torch, no
-Triton). :mod:`vmae2_kernels.triton_ops` builds its autotune lists and launches from them; the roofline model and the
-compile report (``benchmarks/roofline.py``, ``benchmarks/gpu_report.py``) analyse exactly these.
+"""Launch limits shared by every op family, and the row-copy tiles the gather and decoder-input kernels share (pure
+Python: no torch, no Triton). Each family's own launch configuration is its ``tiles`` module
+(:mod:`vmae2_kernels.gather.tiles`, :mod:`vmae2_kernels.masks.tiles`, :mod:`vmae2_kernels.loss.tiles`);
+:mod:`vmae2_kernels.triton_common` builds the autotune lists from them; the roofline model and the compile report
+(``benchmarks/roofline.py``, ``benchmarks/gpu_report.py``) analyse exactly these.
 
 Each autotune entry: ``(block sizes, num_warps, num_stages, reason)``. num_stages is 1: these kernels have no loop,
 and Triton pipelines loops only, so a larger value changes nothing but the cache key.
@@ -53,38 +55,3 @@ ROW_TILES = (
      "the 4-warp tile with 8 warps: 16 elements/thread, 32 registers in fp32 where 4 warps need 48-56 (full "
      "occupancy instead of 9-10 CTAs/SM); for the H100, whose 3.0 TB/s needs the most bytes in flight."),
 )
-
-LOSS_TILES = (  # one fixed configuration: the loss kernels are not autotuned
-    ({}, 4, 1,
-     "the only one: one token per CTA, 2048-element tiles, 16 values/thread, 32-40 registers, 8-9 KB of shared "
-     "memory for the pred gather and the reductions: 12 CTAs/SM (75 %) on both GPUs with ~9 KB of loads each in "
-     "flight, 10x what Little's law asks. Fixed, not autotuned: a reduction's order follows the warp count, so a "
-     "pick timed per process would make ranks and reruns differ in the last bits (and the timing run syncs, which "
-     "a CUDA graph capture cannot contain)."),
-)
-
-# The tubelet gather (one program per token and BLOCK_F pixels of its row) is a copy like the row gathers, with one
-# fixed configuration, not autotuned: a pure copy has no reduction order to keep, but at batch 32 the roofline model
-# predicts it bandwidth-bound with 3-4 waves (ViT-B: 160 tokens x 32 x 3 programs), so a timed sweep could only add
-# its first-call compiles and syncs.
-TUBELET_TILE = ({"BLOCK_F": 512}, 2, 1,
-                "512 pixels on 2 warps: 8 per thread, one 128-bit load and store per thread in bf16/fp16 (two in fp32) "
-                "where the row allows it (patch 16); 512 divides the patch-16 rows (3 x 2 x 16 x 16 = 1536: no idle "
-                "lane) and leaves 23 % of the lanes idle on ViT-g's 1176 (3 programs); 28-32 registers, so 32 CTAs "
-                "(64 warps, full occupancy) per SM with 32 KB (bf16) to 64 KB (fp32) of loads in flight, 3-6x what "
-                "Little's law asks.")
-
-
-def tube_tile(hw: int) -> dict:
-    """Launch sizes of the tube-mask kernel for ``hw`` keys per frame. One program ranks a whole frame with a
-    ``BLOCK x BLOCK_J`` comparison tile: 64 values per thread (~170 registers) up to 8 warps, and more warps, not a
-    larger tile, for a larger frame. At 16 warps (H'W' = 1024, ViT-g at 448 px) the register file leaves 128 per
-    thread, so 32 values; the 4-warp tile of 256 values per thread spilled there (255 registers, 316 B). Past
-    H'W' = 16384 the tile is one key wide (``BLOCK_J = 1``): correct, but the frame no longer fits the registers."""
-    block = next_pow2(hw)
-    if block > MAX_BLOCK:
-        raise ValueError(f"tube_ids: H'W' = {hw} keys per frame exceeds the Triton kernel's {MAX_BLOCK} (one program "
-                         f"ranks a whole frame); use the 'torch' backend")
-    warps = min(16, max(4, block // 64))
-    values = 64 if warps <= 8 else 32
-    return dict(BLOCK=block, BLOCK_J=max(1, min(32, values * 32 * warps // block)), num_warps=warps)

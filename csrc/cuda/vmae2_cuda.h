@@ -1,4 +1,5 @@
-// Host launchers of the CUDA kernels in vmae2_cuda.cu: raw device pointers, sizes and a stream, no torch types.
+// Host launchers of the CUDA kernels, one source per op family (gather_cuda.cu, decoder_cuda.cu, masks_cuda.cu,
+// loss_cuda.cu): raw device pointers, sizes and a stream, no torch types.
 // The torch binding (vmae2_cuda_binding.cpp) allocates outputs, converts dtypes and checks shapes; these only launch.
 // Every launcher returns cudaGetLastError() after its launches (cudaSuccess when nothing was launched).
 #pragma once

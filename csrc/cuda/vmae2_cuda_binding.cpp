@@ -1,5 +1,5 @@
 // Thin torch binding of the CUDA kernels: CUDA-key implementations of the vmae2_native ops whose schemas
-// vmae2_cpu.cpp defines (TORCH_LIBRARY, once). Each op checks its arguments, allocates the output, converts what
+// vmae2_ops.cpp defines (TORCH_LIBRARY, once). Each op checks its arguments, allocates the output, converts what
 // the kernels do not take natively (token_gather's pos to x's dtype; the mask token, keys and weights to fp32) and
 // calls the launcher (vmae2_cuda.h) on the current stream of the input's device. No device code here: g++ compiles
 // this file with torch's and the CUDA toolkit's headers (CI checks it with -fsyntax-only).

@@ -1,4 +1,5 @@
-"""Device-side construction of sorted mask ids (no boolean mask materialised by the kernels, no host sync).
+"""The public mask builders: device-side construction of sorted mask ids (no boolean mask materialised by the
+kernels, no host sync).
 
 ``grid = (T', H', W')`` tokens in ``(t, h, w)`` order. Returned ids are the *kept* tokens, ``[B, K]`` int64,
 ascending. Randomness comes from a ``torch.Generator`` (drawn on its device when given).
@@ -16,22 +17,12 @@ from typing import Sequence
 import torch
 
 from vmae2_kernels import checks, ops
+from vmae2_kernels.masks.checks import check_even, check_grid, check_ratio
 
 RUNNING_CELL_RATIOS = (0.25, 0.5, 0.75)
 KEEP_RULES = {"floor_kept": "int(n * (1 - ratio))", "floor_masked": "n - int(ratio * n)"}
 KEEP_ALIASES = {"mae": "floor_kept", "videomae": "floor_masked"}  # named by the code whose keep count each is
 KEEP_NOISE = ("smallest", "largest")
-
-
-def check_grid(grid: Sequence[int]) -> tuple[int, int, int]:
-    if len(grid) != 3 or any(int(g) != g or g < 1 for g in grid):
-        raise ValueError(f"grid {tuple(grid)} must be three positive integers (T', H', W')")
-    return tuple(int(g) for g in grid)
-
-
-def check_ratio(ratio: float, name: str = "ratio") -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name} {ratio} is out of range; use a value in [0, 1) (e.g. 0.9 for the encoder)")
 
 
 def keep_count(n: int, ratio: float, keep: str) -> int:
@@ -60,12 +51,6 @@ def running_cell_masked_per_cell(ratio: float) -> int:
             f"running-cell ratio {ratio} is not supported; the 2x2 cell allows {RUNNING_CELL_RATIOS} "
             f"(the official generator floors other values to these and asserts ratio >= 0.25)")
     return int(4 * ratio)
-
-
-def check_even(grid: Sequence[int]) -> tuple[int, int, int]:
-    t, h, w = check_grid(grid)
-    checks.check_even_grid(h, w)
-    return t, h, w
 
 
 def running_cell_phase(batch_size: int, phase=None, *, generator=None, device=None) -> torch.Tensor:
