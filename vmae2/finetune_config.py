@@ -198,7 +198,8 @@ FINETUNE_PRESETS = {
 # at least SMALL_DATA_STEPS steps: 28 training clips make 3 steps an epoch. Measured on generated folders of 3 motion
 # classes (tests/test_small_data.py's), fine-tuned on one folder and tested on two others (31 clips each, 5x3 views):
 # mean pooling 42-48% (chance 33%), --pool mean_motion 48-52%, and with --layer_decay 0.5 --head_drop 0.5 61-65%;
-# 2x2 views instead of the released scripts' 5x3 lose 6-13 points.
+# 2x2 views instead of the released scripts' 5x3 lose 6-13 points
+# (benchmarks/results/cpu_small_data_pooling_2026-12-07.json).
 SMALL_DATA_STEPS = 300
 FINETUNE_PRESETS["small_data"] = {**{k: v for k, v in FINETUNE_PRESETS["demo"].items()
                                      if k not in ("nb_classes", "num_workers", "flip")},
