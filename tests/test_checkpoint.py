@@ -18,6 +18,7 @@ Speed (the file must run in seconds on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -42,26 +43,25 @@ TINY = ViTConfig(patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.
 
 # -- helpers ------------------------------------------------------------------------------------------
 
-def make_pretrain(seed: int, **kw) -> torch.nn.Module:
+def _seeded(build, seed: int, kw: dict) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_model(PRETRAIN_S, **GEOM, **kw).eval()
+    return build(**GEOM, **kw).eval()
+
+
+def make_pretrain(seed: int, **kw) -> torch.nn.Module:
+    return _seeded(functools.partial(create_model, PRETRAIN_S), seed, kw)
 
 
 def make_finetune(seed: int, **kw) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    kw.setdefault("num_classes", NUM_CLASSES)
-    return create_model(FINETUNE_S, **GEOM, **kw).eval()
+    return _seeded(functools.partial(create_model, FINETUNE_S), seed, {"num_classes": NUM_CLASSES, **kw})
 
 
 def tiny_pretrain(seed: int, **kw) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return PretrainVisionTransformer(TINY, **GEOM, **kw).eval()
+    return _seeded(functools.partial(PretrainVisionTransformer, TINY), seed, kw)
 
 
 def tiny_finetune(seed: int, **kw) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    kw.setdefault("num_classes", NUM_CLASSES)
-    return VisionTransformer(TINY, **GEOM, **kw).eval()
+    return _seeded(functools.partial(VisionTransformer, TINY), seed, {"num_classes": NUM_CLASSES, **kw})
 
 
 def blank(name: str, **kw) -> torch.nn.Module:

@@ -194,32 +194,34 @@ def videomae_v1(model, video, mask):
 
 # -- the tests ------------------------------------------------------------------------------------------------
 
-def _image_case():
-    ex = _load("port_image_mae")
+def _case(example: str, cls: str, model_kw: dict, seed: int, batch: int, input_shape: tuple, make_mask):
+    """``(example module, its seeded tiny model with perturbed weights, the step's arguments)``: a random batch of
+    ``input_shape`` and ``make_mask(model, batch, generator)``'s mask arguments."""
+    ex = _load(example)
     torch.manual_seed(0)
-    model = _perturbed(ex.TinyImageMAE(img_size=32, patch_size=8, dim=32, dec_dim=32))
-    g = torch.Generator().manual_seed(1)
-    imgs, noise = torch.randn(3, 3, 32, 32, generator=g), torch.rand(3, 16, generator=g)
-    return ex, model, (imgs, noise, 0.75), image_mae
+    model = _perturbed(getattr(ex, cls)(**model_kw))
+    g = torch.Generator().manual_seed(seed)
+    return ex, model, (torch.randn(batch, *input_shape, generator=g), *make_mask(model, batch, g))
+
+
+def _image_case():
+    ex, model, args = _case("port_image_mae", "TinyImageMAE", dict(img_size=32, patch_size=8, dim=32, dec_dim=32),
+                            1, 3, (3, 32, 32), lambda m, b, g: (torch.rand(b, 16, generator=g), 0.75))
+    return ex, model, args, image_mae
 
 
 def _spatiotemporal_case():
-    ex = _load("port_spatiotemporal_mae")
-    torch.manual_seed(0)
-    model = _perturbed(ex.TinySpatiotemporalMAE(img_size=32, patch_size=8, num_frames=4, tubelet_size=2))
-    g = torch.Generator().manual_seed(2)
-    video, noise = torch.randn(2, 3, 4, 32, 32, generator=g), torch.rand(2, 32, generator=g)
-    return ex, model, (video, noise, 0.9), spatiotemporal_mae
+    ex, model, args = _case("port_spatiotemporal_mae", "TinySpatiotemporalMAE",
+                            dict(img_size=32, patch_size=8, num_frames=4, tubelet_size=2), 2, 2, (3, 4, 32, 32),
+                            lambda m, b, g: (torch.rand(b, 32, generator=g), 0.9))
+    return ex, model, args, spatiotemporal_mae
 
 
 def _videomae_case():
-    ex = _load("port_videomae_v1")
-    torch.manual_seed(0)
-    model = _perturbed(ex.TinyVideoMAE(img_size=32, patch_size=8, num_frames=4, tubelet_size=2))
-    g = torch.Generator().manual_seed(3)
-    video = torch.randn(2, 3, 4, 32, 32, generator=g)
-    mask = tube_mask(2, model.grid, 0.9, g)
-    return ex, model, (video, mask), videomae_v1
+    ex, model, args = _case("port_videomae_v1", "TinyVideoMAE",
+                            dict(img_size=32, patch_size=8, num_frames=4, tubelet_size=2), 3, 2, (3, 4, 32, 32),
+                            lambda m, b, g: (tube_mask(b, m.grid, 0.9, g),))
+    return ex, model, args, videomae_v1
 
 
 CASES = {"image_mae": _image_case, "spatiotemporal_mae": _spatiotemporal_case, "videomae_v1": _videomae_case}

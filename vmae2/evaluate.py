@@ -1,4 +1,5 @@
-"""``python -m vmae2.evaluate``: multi-view testing of a classification checkpoint (ours or official).
+"""``python -m vmae2.evaluate``: multi-view testing of a classification checkpoint (ours or official); ``--run DIR``
+(a ``python -m vmae2.finetune`` output folder) needs nothing else.
 
 Each video gives ``test_num_segment x test_num_crop`` views (official 5x3 for Kinetics, 2x3 for SSv2); each
 view's softmax is averaged per video (official ``merge``), then top-1/top-5, per-class accuracy and a
@@ -29,9 +30,8 @@ class EvaluateConfig(WeightsConfig):
                                               "RUN/evaluate)")
 
 
-EVALUATE = Command("python -m vmae2.evaluate", "Multi-view testing of a classification checkpoint (ours or official): "
-                   "top-1/top-5, per-class accuracy, confusion matrix. --run DIR (a fine-tuning output folder) needs "
-                   "nothing else.", EvaluateConfig, inherit=rundir.evaluate_values)
+EVALUATE = Command(
+    "python -m vmae2.evaluate", __doc__.split("\n\n")[0], EvaluateConfig, inherit=rundir.evaluate_values)
 
 
 main = entry(EVALUATE, "vmae2.runs.evaluate:run")

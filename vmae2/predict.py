@@ -39,9 +39,8 @@ class PredictConfig(WeightsConfig):
                 raise ValueError(f"VIDEO {video!r} does not exist; give the path of a video file")
 
 
-PREDICT = Command("python -m vmae2.predict", "The top classes of videos, with probabilities, from the test protocol's "
-                  "views (test_num_segment x test_num_crop, softmax averaged). python -m vmae2.predict --run DIR "
-                  "VIDEO...", PredictConfig, inherit=rundir.predict_values)
+PREDICT = Command(
+    "python -m vmae2.predict", __doc__.split("\n\n")[0], PredictConfig, inherit=rundir.predict_values)
 
 
 main = entry(PREDICT, "vmae2.runs.predict:run")
