@@ -49,7 +49,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import gpu_items as G
@@ -98,6 +98,7 @@ class Plan:
     warmup_steps: int = 3  # stage d: untimed steps before the timed ones
     sync_size: str = "ViT-B"  # the step of stage b
     sync_batch: int = 8
+    clip_frames: int = 16  # frames of stage b's step and of the loss rerun
     compile_size: str = "ViT-S"  # the step torch.compile traces in stage b (compile time grows with the depth)
     compile_batch: int = 2
     native: bool = True
@@ -117,7 +118,7 @@ def make_plan(smoke: bool, device: str) -> Plan:
     if smoke:
         plan = Plan(device, batch=1, shapes=["ViT-B"], mask_shapes=["ViT-B"], dtypes=["float32"], sizes=["ViT-S"],
                     step_batch=1, timed_steps=1, warmup_steps=1, native=False, sync_size="ViT-S", sync_batch=1,
-                    compile_batch=1, smoke=True)
+                    clip_frames=4, compile_batch=1, smoke=True)
     else:
         plan = Plan(device, batch=32, shapes=["ViT-B", "ViT-g"], mask_shapes=["ViT-B", "ViT-g", "ViT-g-448"],
                     dtypes=["float32", "bfloat16"], sizes=["ViT-B", "ViT-g"])
@@ -327,7 +328,7 @@ def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: i
         return compare(run(provider), ref)
 
 
-def check_loss_rerun(device, batch: int) -> dict:
+def check_loss_rerun(device, batch: int, frames: int = 16) -> dict:
     """On the GPU: the fused loss and its gradient are the same bits on a rerun (and close to torch)."""
     import torch
 
@@ -335,7 +336,7 @@ def check_loss_rerun(device, batch: int) -> dict:
     from vmae2_kernels import ops
     from benchmarks.roofline import ALL_SHAPES
 
-    shape = ALL_SHAPES["ViT-B"]
+    shape = replace(ALL_SHAPES["ViT-B"], frames=frames)
     setting = cases.Setting(device, batch, torch.bfloat16 if device.type == "cuda" else torch.float32)
     _, dec = cases.mask_ids(shape, setting)
     video = cases.make_video(shape, setting)
@@ -424,7 +425,8 @@ def stage_a_items(plan: Plan, device) -> list:
                 for config in range(len(configs_of(op))):
                     items.append((f"{op} {shape} {dtype} config {config}",
                                   functools.partial(check_op, op, shape, dtype, config, device, plan.batch)))
-    return items + [("loss fwd+bwd rerun bit-identical", functools.partial(check_loss_rerun, device, plan.batch)),
+    return items + [("loss fwd+bwd rerun bit-identical", functools.partial(check_loss_rerun, device, plan.batch,
+                                                                                  plan.clip_frames)),
                     ("VMAE2_DEBUG=1 out-of-range id (subprocess)", functools.partial(check_debug_mode, device)),
                     ("launch on cuda:1", functools.partial(check_second_device, device)),
                     (LOSS_BWD, functools.partial(G.check_loss_backward_p14, device)),
@@ -543,7 +545,7 @@ def syncs_are_errors(device):
     torch.cuda.synchronize()
 
 
-def check_no_sync(device, size_name: str, batch: int, backend: str) -> dict:
+def check_no_sync(device, size_name: str, batch: int, backend: str, num_frames: int = 16) -> dict:
     """The dual step with ``VMAE2_BACKEND=backend``: built (its ids are made on the CPU, which a GPU-only override
     leaves on ``auto``), warmed, then one step under ``torch.cuda.set_sync_debug_mode("error")``. On the CPU the same
     code runs without the sync mode (it needs a GPU; tests/test_integration counts syncs there)."""
@@ -556,7 +558,7 @@ def check_no_sync(device, size_name: str, batch: int, backend: str) -> dict:
     os.environ[dispatch.ENV_VAR] = backend
     dispatch.reset()
     try:
-        step, facts = O.make_step("dual", size, "bf16" if cuda else "fp32", batch, device)
+        step, facts = O.make_step("dual", size, "bf16" if cuda else "fp32", batch, device, num_frames=num_frames)
         step.step()  # warm: autotuning times kernels (and syncs) on the first call
         with syncs_are_errors(device):
             step.step()
@@ -854,7 +856,7 @@ def run_stages(rec: Recorder, plan: Plan, device, smoke: bool) -> None:
         run("b", f"{plan.sync_size} step under sync debug 'error' ({backend})",
             lambda: {"status": "skip", "detail": native_reason}
             if backend == "cuda" and native_reason and device.type == "cuda"
-            else check_no_sync(device, plan.sync_size, plan.sync_batch, backend))
+            else check_no_sync(device, plan.sync_size, plan.sync_batch, backend, plan.clip_frames))
     run("b", compile_item(plan), lambda: G.check_compile_step(device, plan.compile_size, plan.compile_batch))
     run("tests", GPU_TESTS, lambda: check_gpu_tests(device, rec.out))
     run("memcheck", MEMCHECK, lambda: G.check_sanitizer(device, rec.out, timeout_s=2 * plan.estimate(MEMCHECK)))

@@ -99,20 +99,22 @@ SIZES = [Size("ViT-S", "pretrain_videomae_small_patch16_224", False),
          Size("ViT-g", "pretrain_videomae_giant_patch14_224", True)]
 
 
-def build_model(size: Size, device: torch.device, embed_tokens: str = "visible"):
+def build_model(size: Size, device: torch.device, embed_tokens: str = "visible", num_frames: int = 16):
     """vmae2 model with a fixed seed: every arm of a size starts from the same weights (``embed_tokens`` changes
     the work, not the weights)."""
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device (fast for ViT-g); the position tables are made on the
         model = create_model(size.model, use_checkpoint=size.checkpoint,  # CPU whatever the context: .to() below
-                             embed_tokens=embed_tokens)
+                             embed_tokens=embed_tokens, num_frames=num_frames)
     return model.to(device).train()
 
 
 def build_inputs(model, batch: int, device: torch.device):
-    """Clip batch ``[B, 3, 16, 224, 224]`` fp32, tube encoder ids (0.9) and running-cell decoder ids (0.5)."""
+    """Clip batch ``[B, 3, T, 224, 224]`` fp32 (``T`` the model's frames), tube encoder ids (0.9) and running-cell
+    decoder ids (0.5)."""
     g = torch.Generator().manual_seed(1)
-    video = torch.randn(batch, 3, 16, 224, 224, generator=g).to(device)
+    pe = model.encoder.patch_embed
+    video = torch.randn(batch, 3, pe.num_frames, pe.img_size, pe.img_size, generator=g).to(device)
     enc_ids = masking.tube_ids(batch, model.grid, ENC_RATIO, generator=g).to(device)
     dec_ids = masking.running_cell_ids(batch, model.grid, DEC_RATIO, generator=g).to(device)
     return video, enc_ids, dec_ids
@@ -131,12 +133,12 @@ def official_label(official_repo: str | None) -> str:
 
 
 def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.device,
-              official_repo: str | None = None):
+              official_repo: str | None = None, num_frames: int = 16):
     """``(step object, facts)`` of ``arm`` (``official``, ``vmae2``/``dual``, ``v1``): facts = attention, token ops,
     tokens, forward GMACs per clip (the official arm's are the paper's: every tubelet embedded) and model TFLOP
     per step. The official arm's model is the restated one (``oracle/``), or with ``official_repo``
     the unmodified ``models/modeling_pretrain.py`` of that VideoMAE V2 checkout (:mod:`benchmarks.official_repo`)."""
-    model = build_model(size, device, "all" if arm == "official" else "visible")
+    model = build_model(size, device, "all" if arm == "official" else "visible", num_frames)
     video, enc_ids, dec_ids = build_inputs(model, batch, device)
     N, nv = model.num_patches, enc_ids.shape[1]
     nd = N - nv if arm == "v1" else dec_ids.shape[1]

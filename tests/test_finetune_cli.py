@@ -154,6 +154,8 @@ def test_evaluation_scores_the_readable_videos(lists, tmp_path):
     assert "empty.mp4" in (tmp_path / "out" / "quarantine.tsv").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.demo
 def test_progressive_demo_beats_chance_on_held_out_clips(tmp_path):
     """The embedded default: MAE-pretrain the tiny model on the (unlabeled) training clips, fine-tune it on
     still vs. moving textures, test 2x2 views on 24 held-out clips. Chance is 50%; 75% or more has a p-value

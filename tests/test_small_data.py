@@ -36,6 +36,7 @@ def _quarantined(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 def test_a_messy_folder_from_lists_to_features(tmp_path):
     folder = make_messy_folder(tmp_path / "my videos", per_class=10, seed=0)
     bad = {str(p.resolve()) for p in folder["bad"][:3]}  # cut off, empty, text; the 5-frame clip is usable here
