@@ -12,7 +12,8 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.8.0
 # timm as the official code pins it; its files are loaded one by one in tests (import timm needs torchvision).
 TIMM_SPEC ?= timm==0.4.12
-PYTEST_ARGS ?= -q
+# Two pytest-xdist workers; tests/conftest.py gives each (and what its tests start) one intra-op thread.
+PYTEST_ARGS ?= -q -n 2 --dist worksteal
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vmae2-installed
 # The minimal install: torch (CPU) + vmae2[test] only: no Triton, DALI, flash-attn, xformers, matplotlib or native

@@ -12,6 +12,11 @@ if not torch.cuda.is_available():
 # Backends by the fixed order, not by timing: the same backend in every run of a test (tests of the measured choice
 # turn it on for themselves); the subprocesses that tests start inherit it.
 os.environ.setdefault("VMAE2_MEASURE", "0")
+# Under pytest-xdist (`make test` runs two workers) each worker and the processes it starts use one intra-op thread:
+# two workers of two threads each on two cores slowed the suite.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 torch.manual_seed(0)
 
