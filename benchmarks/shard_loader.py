@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -19,13 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-
-def _machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "loadavg_1min": os.getloadavg()[0], "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+from benchmarks.profile_step import machine
 
 
 def _epoch(loader) -> tuple[int, float]:
@@ -77,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args.videos, args.rounds, (w, h), args.frames, Path(tmp))
     argv = sys.argv[1:] if argv is None else argv
     result.update(command=shlex.join(["python", "-m", "benchmarks.shard_loader", *argv]),
-                  machine={**_machine(), "note": args.note}, date=time.strftime("%Y-%m-%d"))
+                  machine={**machine(), "note": args.note}, date=time.strftime("%Y-%m-%d"))
     med = result["clips_per_s"]
     print(f"list {med['list']:.1f} clips/s, shards {med['shards']:.1f} clips/s ({result['shards_vs_list']:.2f}x); "
           f"{args.videos} videos in {result['shards']} shards, {args.rounds} alternated rounds; shards/list per round "
