@@ -1,5 +1,5 @@
 """The token-op cases of the kernel benchmarks, free of pytest: ``pytest benchmarks/`` and
-``python -m benchmarks.gpu_check`` build the same inputs (seeded, outside any timed region) and count the same bytes.
+``python -m benchmarks.gpu.check`` build the same inputs (seeded, outside any timed region) and count the same bytes.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import vmae2_kernels as K
 from vmae2_kernels import ops
 from vmae2_kernels import reference as R
-from benchmarks.roofline import Shape
+from benchmarks.gpu.roofline import Shape
 
 MEAN, STD = list(K.IMAGENET_DEFAULT_MEAN), list(K.IMAGENET_DEFAULT_STD)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.profile_step import alternated_times
-from benchmarks.roofline import GPUS
+from benchmarks.gpu.roofline import GPUS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 B = 2  # clips per timed step

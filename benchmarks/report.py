@@ -19,7 +19,7 @@ Per benchmark, from pytest-benchmark's ``stats`` and the suite's ``extra_info`` 
   a ``baseline`` field of any ``extra_info`` in the group; else the first ``--baseline`` arm found in the
   group; else (marked "guessed") an arm whose label starts with ``official``.
 * **predicted GPU time**: for groups whose ``extra_info`` names an ``op``, ``shape``, ``batch`` and ``dtype`` the
-  roofline model knows (``benchmarks/roofline.py``), the PREDICTED device time of the Triton implementation on an
+  roofline model knows (``benchmarks/gpu/roofline.py``), the PREDICTED device time of the Triton implementation on an
   A100-80GB and an H100-80GB at that batch and dtype, with the floor (bytes / bandwidth): a model, not a
   measurement, shown beside whatever was measured (CPU times on a CPU run). When the run itself was on an A100 or
   H100, each row also gets ``measured / predicted`` for that GPU.
@@ -124,9 +124,9 @@ def _pick_baseline(rows: list[Row], preferred: Sequence[str]) -> tuple[Row | Non
 
 
 def roofline_module():
-    """The roofline model (``benchmarks/roofline.py``), or None where it cannot load (no predictions then)."""
+    """The roofline model (``benchmarks/gpu/roofline.py``), or None where it cannot load (no predictions then)."""
     try:
-        from benchmarks import roofline
+        from benchmarks.gpu import roofline
     except ImportError:  # pragma: no cover - run outside the checkout's root
         return None
     return roofline
@@ -260,8 +260,8 @@ def prediction_summary(groups: list[Group], on_gpu: str | None) -> list[str]:
         return []
     gpus = [p.gpu for p in rows[0].predictions]
     out = ["## Measured here vs PREDICTED on GPU", "",
-           "Predicted = roofline model of the Triton implementation (`python -m benchmarks.roofline`, "
-           "`benchmarks/roofline.py`): device time at the benchmark's batch and dtype, not a measurement. "
+           "Predicted = roofline model of the Triton implementation (`python -m benchmarks.gpu.roofline`, "
+           "`benchmarks/gpu/roofline.py`): device time at the benchmark's batch and dtype, not a measurement. "
            + ("This run was on " + on_gpu + ": compare its rows with that column." if on_gpu else
               "This run was not on a modelled GPU: the measured column is what ran here (e.g. CPU), the predicted "
               "columns are what an A100 / H100 should show for the same call."), ""]

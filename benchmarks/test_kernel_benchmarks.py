@@ -33,8 +33,8 @@ import oracle as O  # the official generators and loss
 import vmae2_kernels as K
 from benchmarks import cases as bench_cases
 from benchmarks.memory import cpu_peak_extra_bytes
-from benchmarks.roofline import SHAPES as ROOFLINE_SHAPES
-from benchmarks.roofline import Shape
+from benchmarks.gpu.roofline import SHAPES as ROOFLINE_SHAPES
+from benchmarks.gpu.roofline import Shape
 from oracle.tolerances import assert_close_fp  # the shared tolerance table
 from vmae2_kernels import dispatch, ops
 from vmae2_kernels import reference as R

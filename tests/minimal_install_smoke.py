@@ -99,7 +99,7 @@ def main() -> int:
          {"expect": ("4 good, 0 bad",)}),
         ("benchmark report", ["-m", "benchmarks.report", str(bench), "--out", str(work / "report")],
          {"expect": (f"report.png skipped: {NO_PLOT}", "wrote")}),
-        ("compile report without Triton", ["-m", "benchmarks.gpu_report", "--shape", "ViT-B"],
+        ("compile report without Triton", ["-m", "benchmarks.gpu.report", "--shape", "ViT-B"],
          {"expect_rc": 2, "expect": ("needs Triton",)}),
         ("benchmark collection", ["-m", "pytest", "benchmarks/", "--collect-only", "-q", "-p", "no:cacheprovider"],
          {}),

@@ -1,5 +1,5 @@
 """``VMAE2_BACKEND`` forces a backend only for the tensors it serves: a GPU-only override leaves a program's CPU work
-(mask ids, planning, the ids of ``benchmarks.gpu_check`` stage b) on ``auto``, a CPU-only one its GPU work; an
+(mask ids, planning, the ids of ``benchmarks.gpu.check`` stage b) on ``auto``, a CPU-only one its GPU work; an
 explicit ``backend=`` still refuses loudly."""
 import pytest
 import torch

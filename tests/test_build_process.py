@@ -108,7 +108,7 @@ def test_stopping_a_build_ends_its_compiler_children(tmp_path, monkeypatch):
 
 
 def test_gpu_check_stops_a_build_past_its_wait(monkeypatch):
-    from benchmarks import gpu_check
+    from benchmarks.gpu import check as gpu_check
 
     class Slow:
         def wait(self, timeout=None):

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu_check``, the one prepared GPU check: its plan fits the 8-minute budget (``--dry-run``, as
+"""``python -m benchmarks.gpu.check``, the one prepared GPU check: its plan fits the 8-minute budget (``--dry-run``, as
 CI runs it), every stage runs at toy sizes on this CPU (``--smoke``), a run cut off or failing keeps what it did, an
 item past its time limit is stopped, and a stage a subprocess that dies fails only the item it was running."""
 import json
@@ -16,7 +16,7 @@ pytest.importorskip("triton", reason="the GPU check needs Triton")
 
 def _run(*args, timeout=600):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script sets it itself on CPU
-    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu.check", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -90,7 +90,7 @@ def test_smoke_runs_every_stage_on_cpu(tmp_path):
 
 
 def test_a_cut_off_or_failing_run_keeps_what_it_did(tmp_path):
-    from benchmarks import gpu_check
+    from benchmarks.gpu import check as gpu_check
 
     plan = gpu_check.Plan("cpu", 1, [], [], [], [])
     rec = gpu_check.Recorder(tmp_path, plan, budget_s=5.0)
@@ -107,7 +107,7 @@ def test_a_cut_off_or_failing_run_keeps_what_it_did(tmp_path):
 def test_an_item_past_its_limit_is_a_timeout_and_the_check_goes_on(tmp_path, monkeypatch):
     import time
 
-    from benchmarks import gpu_check
+    from benchmarks.gpu import check as gpu_check
 
     monkeypatch.setattr(gpu_check, "MIN_TIMEOUT_S", 0.0)  # the limit is then 3 x the estimate: 0.3 s
     rec = gpu_check.Recorder(tmp_path, gpu_check.Plan("cpu", 1, [], [], [], []), budget_s=60.0)
@@ -128,7 +128,7 @@ def test_an_item_past_its_limit_is_a_timeout_and_the_check_goes_on(tmp_path, mon
 
 
 def test_a_crash_mid_way_leaves_every_finished_result(tmp_path):
-    from benchmarks import gpu_check
+    from benchmarks.gpu import check as gpu_check
 
     rec = gpu_check.Recorder(tmp_path, gpu_check.Plan("cpu", 1, [], [], [], []), budget_s=60.0)
     rec.run("a", "first", 1.0, lambda: {"value": 1})
@@ -158,7 +158,7 @@ def items(plan, device):
 def test_stage_a_child_that_dies_fails_its_item_and_the_check_goes_on(tmp_path, monkeypatch):
     """Stage a runs in a child process: one that dies (an illegal memory access kills the CUDA context) fails the
     item it was running with its exit code, and a fresh child runs the rest."""
-    from benchmarks import gpu_check
+    from benchmarks.gpu import check as gpu_check
 
     (tmp_path / "fake_items.py").write_text(FAKE_ITEMS)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
@@ -192,7 +192,8 @@ def test_step_peak_memory_is_each_arms_own(monkeypatch):
 
     import torch
 
-    from benchmarks import cases, gpu_check, official_step
+    from benchmarks import cases, official_step
+    from benchmarks.gpu import check as gpu_check
 
     mib = 2 ** 20
 
@@ -271,7 +272,8 @@ def test_step_time_is_the_median_of_event_timed_steps_after_three_warm_ups(monke
     median reported; MFU against the peak of the card by its name (PCIe is not SXM), none for an unknown card."""
     import torch
 
-    from benchmarks import cases, gpu_check, official_step
+    from benchmarks import cases, official_step
+    from benchmarks.gpu import check as gpu_check
 
     durations = [500.0, 400.0, 300.0, 10.0, 40.0, 20.0]  # 3 warm-ups (compiles, autotuning), then 3 timed steps
     losses = iter([2.5, 2.0, 1.9, 1.8, 1.7, 1.6])

@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from benchmarks import gpu_items as G
+from benchmarks.gpu import items as G
 
 FAKE_CUDA = types.SimpleNamespace(type="cuda")
 

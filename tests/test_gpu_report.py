@@ -1,5 +1,5 @@
 """GPU code checked without a GPU: every Triton kernel compiled ahead of time for sm_80 and sm_90 (ViT-B shapes,
-fp32 and bf16 activations, every autotune config) through ``python -m benchmarks.gpu_report``; the CUDA
+fp32 and bf16 activations, every autotune config) through ``python -m benchmarks.gpu.report``; the CUDA
 sources through nvcc; and the roofline model's arithmetic. The full ViT-B/L/g set is the CLI's default run.
 
 Fails when a kernel spills, uses local memory, needs more shared memory (or registers) than its budget, or a
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_report as G
-from benchmarks import roofline as R
+from benchmarks.gpu import report as G
+from benchmarks.gpu import roofline as R
 
 ROOT = Path(__file__).resolve().parents[1]
 TRITON_KERNELS = {"_row_copy_kernel", "_tubelet_gather_kernel", "_decoder_input_kernel", "_masked_rows_sum_kernel",
@@ -45,7 +45,7 @@ def report(tmp_path_factory):
         pytest.skip(SKIP)
     out = tmp_path_factory.mktemp("gpu_report")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_report", "--shape", "ViT-B", "--shape", "ViT-g",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.report", "--shape", "ViT-B", "--shape", "ViT-g",
                            "--shape", "ViT-g-448", "--quiet",
                            "--json", str(out / "report.json"), "--markdown", str(out / "report.md")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -324,7 +324,7 @@ def test_triton_configs_come_from_the_roofline_tiles():
 
 
 def test_roofline_cli():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.roofline", "--batch", "32"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.roofline", "--batch", "32"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "PREDICTED" in proc.stdout and "| token_gather | ViT-B |" in proc.stdout

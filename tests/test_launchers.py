@@ -1,6 +1,6 @@
 """The Triton launchers: each launches on its tensors' device, and the loss has one fixed launch configuration, so
 two runs give the same bits. Under the interpreter on CPU; the multi-GPU and
-CUDA-graph halves are GPU tests (and run in ``python -m benchmarks.gpu_check``)."""
+CUDA-graph halves are GPU tests (and run in ``python -m benchmarks.gpu.check``)."""
 import pytest
 import torch
 
@@ -85,7 +85,7 @@ def test_loss_and_gradient_are_bit_identical_run_to_run(backend, dtype):
 
 
 def _gpu_check():
-    from benchmarks import gpu_check
+    from benchmarks.gpu import check as gpu_check
 
     return gpu_check
 
@@ -100,7 +100,7 @@ def test_tensors_on_the_second_gpu_give_the_reference_result():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the debug assert and the fixed loss "
                                                           "configuration on hardware; also in python -m "
-                                                          "benchmarks.gpu_check)")
+                                                          "benchmarks.gpu.check)")
 def test_debug_assert_and_bit_identical_loss_on_cuda():
     gpu_check = _gpu_check()
     assert "refusal" in gpu_check.check_debug_mode(torch.device("cuda"))

@@ -12,7 +12,7 @@ from oracle.tolerances import assert_close_fp
 
 import vmae2_kernels as K
 from benchmarks.memory import cpu_peak_extra_bytes as meter
-from benchmarks.roofline import SHAPES
+from benchmarks.gpu.roofline import SHAPES
 from vmae2_kernels import dispatch
 from vmae2_kernels import reference as R
 

@@ -2,7 +2,7 @@
 Python: no torch, no Triton). Each family's own launch configuration is its ``tiles`` module
 (:mod:`vmae2_kernels.gather.tiles`, :mod:`vmae2_kernels.masks.tiles`, :mod:`vmae2_kernels.loss.tiles`);
 :mod:`vmae2_kernels.triton_common` builds the autotune lists from them; the roofline model and the compile report
-(``benchmarks/roofline.py``, ``benchmarks/gpu_report.py``) analyse exactly these.
+(``benchmarks/gpu/roofline.py``, ``benchmarks/gpu/report.py``) analyse exactly these.
 
 Each autotune entry: ``(block sizes, num_warps, num_stages, reason)``. num_stages is 1: these kernels have no loop,
 and Triton pipelines loops only, so a larger value changes nothing but the cache key.
@@ -31,7 +31,7 @@ def check_grid(grid: tuple, op: str) -> tuple:
     return grid
 
 
-# What the roofline model says (python -m benchmarks.gpu_report --predict): at batch 32 every row-copy and loss
+# What the roofline model says (python -m benchmarks.gpu.report --predict): at batch 32 every row-copy and loss
 # candidate is bandwidth-bound with a full wave or more and 10-20x the bytes in flight Little's law asks
 # (A100: 1.9 TB/s x 600 ns / 108 SMs = 10.6 KB per SM; H100: 3.0 TB/s x 550 ns / 132 SMs = 12.5 KB per SM), so
 # all of them are predicted at the same time on both GPUs, and the same list serves the A100 and the H100. The

@@ -1,4 +1,4 @@
-"""One prepared check for the day a GPU is lent: ``python -m benchmarks.gpu_check --out DIR``.
+"""One prepared check for the day a GPU is lent: ``python -m benchmarks.gpu.check --out DIR``.
 
 Made for one H100/H200 and at most 8 minutes, on what such a machine has (torch >= 2.11 with CUDA, Triton >= 3.6,
 nvcc and ninja; no flash-attn, xformers, DALI, PyAV, pytest-benchmark or network). Stages, in order:
@@ -10,7 +10,7 @@ nvcc and ninja; no flash-attn, xformers, DALI, PyAV, pytest-benchmark or network
           loss and its gradient bit-identical on a rerun; ``VMAE2_DEBUG=1`` refusing an out-of-range id (a
           device-side assert, in a subprocess); the launch on ``cuda:1`` (with two GPUs); backward at patch 14 and
           the table gradients with non-contiguous upstream gradients; ragged shapes and layouts; one output and one
-          video past 2^31 elements; the ops on a side stream; a CUDA-graph replay (:mod:`benchmarks.gpu_items`);
+          video past 2^31 elements; the ops on a side stream; a CUDA-graph replay (:mod:`benchmarks.gpu.items`);
           the native CUDA backend (the same items). All in subprocesses (an illegal memory access poisons the whole
           CUDA context): one that dies fails the item it was running, with its exit code, and a fresh one goes on
           with the rest.
@@ -52,9 +52,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from benchmarks import gpu_items as G
+from benchmarks.gpu import items as G
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOORS = {"torch": (2, 11), "triton": (3, 6)}
 BUDGET_S = 480  # 8 minutes of device time
 STARTUP_S = 20  # imports, CUDA context
@@ -309,7 +309,7 @@ def check_op(op: str, shape_name: str, dtype: str, config: int, device, batch: i
     import importlib
 
     from vmae2_kernels import ops
-    from benchmarks.roofline import ALL_SHAPES
+    from benchmarks.gpu.roofline import ALL_SHAPES
 
     setting = cases.Setting(device, batch, getattr(torch, "float32" if dtype == "int64" else dtype))
     if op == "mask_token_grad":  # the backward of decoder_input: no benchmark case of its own
@@ -334,7 +334,7 @@ def check_loss_rerun(device, batch: int, frames: int = 16) -> dict:
 
     from benchmarks import cases
     from vmae2_kernels import ops
-    from benchmarks.roofline import ALL_SHAPES
+    from benchmarks.gpu.roofline import ALL_SHAPES
 
     shape = replace(ALL_SHAPES["ViT-B"], frames=frames)
     setting = cases.Setting(device, batch, torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -443,7 +443,7 @@ def stage_a_items(plan: Plan, device) -> list:
 # -- stage a in subprocesses: an illegal memory access poisons the whole CUDA context ------------------------------
 
 def run_in_children(rec: Recorder, items: list, smoke: bool, device, env: dict | None = None,
-                    factory: str = "benchmarks.gpu_check:stage_a_items") -> None:
+                    factory: str = "benchmarks.gpu.check:stage_a_items") -> None:
     """Run the stage a ``items`` (``(name, estimate)`` pairs, made by ``factory``) in a child process that records
     each as it finishes; its results join ``rec``'s. A child that dies or hangs fails the item it was running with
     its exit code, and a fresh child goes on with the rest."""
@@ -455,7 +455,7 @@ def run_in_children(rec: Recorder, items: list, smoke: bool, device, env: dict |
         folder.mkdir(parents=True, exist_ok=True)
         request = folder / "request.json"
         request.write_text(json.dumps({"factory": factory, "items": left}))
-        cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", str(request), "--out", str(folder),
+        cmd = [sys.executable, "-m", "benchmarks.gpu.check", "--child", str(request), "--out", str(folder),
                "--device", str(device), "--budget-s", str(max(rec.left(), 0.0))] + (["--smoke"] if smoke else [])
         limits = [rec.limit(estimate) for _, estimate in left]
         wait_s = None if None in limits else CHILD_START_S + sum(limits)
@@ -631,7 +631,7 @@ def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_g
 
     from benchmarks import cases
     from vmae2_kernels import dispatch
-    from benchmarks.roofline import ALL_SHAPES
+    from benchmarks.gpu.roofline import ALL_SHAPES
 
     reasons = [] if provider == "torch" else dispatch.not_supported_reasons(provider, op, device.type)
     if provider == "triton" and device.type == "cpu":
@@ -651,7 +651,7 @@ def bench_op(op: str, shape_name: str, provider: str, device, batch: int, copy_g
 def bench_step(size_name: str, arm: str, device, batch: int, timed_steps: int, warmup_steps: int = 3) -> dict:
     """One arm: build, ``warmup_steps`` untimed steps (the first one's loss kept: ``first_loss``), then
     ``timed_steps`` steps each timed alone (CUDA events on the GPU, the wall clock on the CPU); ``ms_per_step`` is
-    their median. MFU against the dense bf16 peak of the card found (:func:`gpu_items.card_peak`; None with
+    their median. MFU against the dense bf16 peak of the card found (:func:`benchmarks.gpu.items.card_peak`; None with
     ``mfu_reason`` for an unknown card or the CPU). On CUDA its peak memory (:func:`arm_memory`)."""
     import statistics
 
@@ -785,7 +785,7 @@ def print_plan(plan: Plan, budget_s: float, items: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="folder for report.md, results.json and the PNG")
     parser.add_argument("--dry-run", action="store_true", help="imports, version floors and the plan; runs nothing")
     parser.add_argument("--smoke", action="store_true", help="every stage at toy sizes (any device)")

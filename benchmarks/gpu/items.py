@@ -1,10 +1,10 @@
-"""Items of ``python -m benchmarks.gpu_check`` beyond the per-op forward checks: backward with non-contiguous
+"""Items of ``python -m benchmarks.gpu.check`` beyond the per-op forward checks: backward with non-contiguous
 upstream gradients, ragged and odd shapes and layouts, one case past 2^31 elements, a side stream, a CUDA-graph
 replay, ``torch.compile(fullgraph=True)`` of the step, ``compute-sanitizer`` memcheck, the MFU peak of the card found
 and the first-step losses of the step arms.
 
 Each function takes the device (and the provider: ``triton``, or ``cuda`` for the native build) and returns the
-result dict of a :class:`benchmarks.gpu_check.Recorder` item: ``{"status": "skip", "detail": reason}`` where it
+result dict of a :class:`benchmarks.gpu.check.Recorder` item: ``{"status": "skip", "detail": reason}`` where it
 cannot run here, else what it measured; a mismatch raises ``AssertionError`` naming the case. On the CPU the Triton
 items run under the interpreter at the same (small) sizes as on the GPU, except the 2^31 case (scaled down, and
 said so) and the CUDA-only ones (skipped with the reason).
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TWO_31 = 2 ** 31
 
 
@@ -60,8 +60,8 @@ def check_loss_backward_p14(device, provider: str = "triton") -> dict:
     import torch
 
     from benchmarks import cases
-    from benchmarks.gpu_check import compare
-    from benchmarks.roofline import ALL_SHAPES
+    from benchmarks.gpu.check import compare
+    from benchmarks.gpu.roofline import ALL_SHAPES
     from vmae2_kernels import ops
 
     shape = ALL_SHAPES["ViT-g"]
@@ -86,7 +86,7 @@ def check_table_gradients(device, provider: str = "triton") -> dict:
     import torch
 
     import vmae2_kernels as K
-    from benchmarks.gpu_check import compare
+    from benchmarks.gpu.check import compare
 
     B, N, C, Kk, Nd = 2, 196, 96, 37, 60
     g = _gen(0)
@@ -161,7 +161,7 @@ def check_ragged(device, provider: str = "triton", dtypes=("float32", "float16")
 def _against_reference(runs: dict, provider: str, case: str) -> int:
     """Each ``runs[op](backend)`` on ``provider`` against the plain-torch reference; the number compared. A mismatch
     raises ``AssertionError`` naming the op and ``case``."""
-    from benchmarks.gpu_check import compare
+    from benchmarks.gpu.check import compare
 
     for op, run in runs.items():
         try:
@@ -233,7 +233,7 @@ def check_past_2_31(device, what: str, provider: str = "triton", smoke: bool = F
 def _scatter_past(device, elements: int, dtype, provider: str) -> dict:
     import torch
 
-    from benchmarks.gpu_check import compare
+    from benchmarks.gpu.check import compare
     from vmae2_kernels import ops
     from vmae2_kernels import reference as R
 
@@ -254,7 +254,7 @@ def _video_past(device, elements: int, dtype, provider: str) -> dict:
     import torch
 
     from benchmarks import cases
-    from benchmarks.gpu_check import compare
+    from benchmarks.gpu.check import compare
     from vmae2_kernels import ops
 
     T, S, patch = (16, 224, 16) if elements > 2 ** 20 else (2, 32, 16)
@@ -286,7 +286,7 @@ def _op_chain(device, provider: str, B: int = 2):
 
     from benchmarks import cases
     import vmae2_kernels as K
-    from benchmarks.roofline import ALL_SHAPES
+    from benchmarks.gpu.roofline import ALL_SHAPES
     from vmae2_kernels import ops
 
     shape = ALL_SHAPES["ViT-B"]
@@ -319,7 +319,7 @@ def check_side_stream(device, provider: str = "triton") -> dict:
         return skip
     import torch
 
-    from benchmarks.gpu_check import compare
+    from benchmarks.gpu.check import compare
 
     inputs, fn = _op_chain(device, provider)
     ref = fn(*inputs)
@@ -341,7 +341,7 @@ def check_graph_replay(device, provider: str = "triton") -> dict:
     import torch
 
     import vmae2_kernels as K
-    from benchmarks.gpu_check import compare
+    from benchmarks.gpu.check import compare
 
     inputs, fn = _op_chain(device, provider)
     # 48 rows: a key the warm-up did not tune, a multiple of 16 as the warmed counts are, so Triton's integer
@@ -402,7 +402,7 @@ def check_compile_step(device, size_name: str, batch: int) -> dict:
 
 SANITIZER_PROBE = """
 import torch
-from benchmarks.gpu_items import _op_chain
+from benchmarks.gpu.items import _op_chain
 for provider in {providers}:
     inputs, fn = _op_chain(torch.device("cuda"), provider, B=1)
     fn(*inputs)

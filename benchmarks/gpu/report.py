@@ -1,8 +1,8 @@
 """Ahead-of-time GPU report: compile every Triton kernel of vmae2_kernels for A100 (sm_80) and H100 (sm_90) on a
 machine with no GPU, and read what the compiled code will do.
 
-    python -m benchmarks.gpu_report                      # ViT-B/L/g x fp32/bf16 x sm_80/sm_90, every autotune config
-    python -m benchmarks.gpu_report --shape ViT-B --arch sm_90 --json report.json
+    python -m benchmarks.gpu.report                      # ViT-B/L/g x fp32/bf16 x sm_80/sm_90, every autotune config
+    python -m benchmarks.gpu.report --shape ViT-B --arch sm_90 --json report.json
 
 **What is compiled.** The launchers of :mod:`vmae2_kernels.triton_ops` (every op family's) are called on ``meta``
 tensors of the real shapes (batch 32) with each kernel's ``run`` intercepted, so every specialisation is the one the
@@ -15,7 +15,7 @@ Autotuned kernels are compiled once per config (the autotuner may pick any of th
 **What is reported** per kernel, config and arch: registers, spill bytes (ptxas ``-v`` with Triton's flags), local
 memory, stack frame, shared memory (Triton's dynamic allocation + static), the global load/store mix of the SASS by
 width (``LDG.E.128`` ...), local (``LDL``/``STL``) and shared traffic, the PTX vector instructions
-(``ld.global.v4``), the launch grid and the theoretical occupancy (:func:`benchmarks.roofline.occupancy`).
+(``ld.global.v4``), the launch grid and the theoretical occupancy (:func:`benchmarks.gpu.roofline.occupancy`).
 Then the checks (:func:`problems`): 0 spills and no local memory anywhere; shared memory within its budget; and
 for the memory-bound kernels, 128-bit global access (:func:`vector_verdict`). ``--predict`` adds the roofline
 model's PREDICTED times computed with the compiled registers and shared memory.
@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, optional
-from benchmarks import roofline as R
+from benchmarks.gpu import roofline as R
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
 DTYPES = ("float32", "bfloat16")
@@ -555,7 +555,7 @@ def nvcc_report(archs=tuple(ARCHS), sources: list[Path] | None = None, nvcc: str
     registers, spills, stack, static shared memory, the SASS global access mix and the register-limited occupancy
     (the block size is the launcher's choice, so the occupancy shown is the register limit at 256 threads)."""
     nvcc = nvcc or shutil.which("nvcc")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     sources = sources if sources is not None else sorted((root / "csrc" / "cuda").glob("*.cu"))
     if not nvcc or not sources:
         return []
@@ -729,7 +729,7 @@ def _interpreted() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", action="append", choices=sorted(ARCHS), help="repeatable (default: all)")
     parser.add_argument("--shape", action="append", choices=sorted(R.ALL_SHAPES), help="repeatable (default: all)")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="activation dtype, repeatable (default: all)")
@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _interpreted():  # interpreted kernels cannot be compiled: rerun without the interpreter
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        return subprocess.call([sys.executable, "-m", "benchmarks.gpu_report", *argv], env=env)
+        return subprocess.call([sys.executable, "-m", "benchmarks.gpu.report", *argv], env=env)
     shapes = args.shape or list(R.ALL_SHAPES)
     dtypes = args.dtype or list(DTYPES)
     archs = args.arch or list(ARCHS)

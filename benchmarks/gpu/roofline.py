@@ -51,7 +51,7 @@ from vmae2_kernels.tiles import ROW_TILES, next_pow2
 @dataclass(frozen=True)
 class GPU:
     name: str
-    arch: str  # the target gpu_report compiles for
+    arch: str  # the target the compile report (report.py) compiles for
     hbm_bytes_per_s: float
     fp32_flops: float  # CUDA-core FP32 peak, FMA = 2 FLOPs: the compute roof of these elementwise ops
     sms: int
@@ -185,8 +185,8 @@ def cdiv(a: int, b: int) -> int:
 
 
 # Registers / shared memory per kernel that the model assumes when no compile report is given: the largest value
-# any specialisation compiled by gpu_report needed (Triton 3.8, ptxas 12.9, sm_80 and sm_90, ViT-B/L/g and ViT-g at
-# 448 px, fp32 and bf16, every autotune config). The shared-memory value is also the kernel's budget: gpu_report and
+# any specialisation the compile report compiled needed (Triton 3.8, ptxas 12.9, sm_80 and sm_90, ViT-B/L/g and
+# ViT-g at 448 px, fp32 and bf16, every autotune config). The shared-memory value is also the kernel's budget: report.py and
 # tests/test_gpu_report.py fail when a compiled kernel needs more registers or shared memory than assumed here
 # (the predicted occupancy, hence the predictions, would be optimistic).
 ASSUMED_RESOURCES = {  # kernel: (registers per thread, shared memory bytes per CTA)
@@ -535,7 +535,7 @@ def table(shapes=("ViT-B", "ViT-L", "ViT-g"), batch: int = BATCH, dtype: str = "
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu.roofline",
                                      description="PREDICTED GPU times of the vmae2_kernels ops (a model).")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))

@@ -17,7 +17,7 @@ from vmae2_kernels.triton_common import (ROW_CONFIGS, autotune_bench, launcher, 
 # One program moves a BLOCK_K x BLOCK_C tile of rows. Rows are 2*C bytes (bf16) to 4*C bytes: the row copy
 # is pure bandwidth; 128-bit accesses need C % 8 == 0 (bf16) or C % 4 == 0 (fp32), true for every ViT width.
 # The candidates, and why each one, are in vmae2_kernels.tiles.ROW_TILES (chosen with the roofline / occupancy
-# model; the compile report `python -m benchmarks.gpu_report` shows their registers, 128-bit accesses and
+# model; the compile report `python -m benchmarks.gpu.report` shows their registers, 128-bit accesses and
 # occupancy).
 @triton.autotune(configs=ROW_CONFIGS, key=["K", "C"], do_bench=autotune_bench)
 @triton.jit
