@@ -123,7 +123,7 @@ def test_init_from_a_pretraining_checkpoint_on_another_grid(lists, tmp_path):
 def test_demo_preset_only_without_data_and_small_data_gets_small_data(tmp_path, monkeypatch, capsys):
     import vmae2.cli
     from vmae2.cli import parse_config
-    from vmae2.finetune_config import FINETUNE
+    from vmae2.finetune import FINETUNE
 
     assert parse_config([], FINETUNE).model == "vit_tiny_patch16_224"
     listing = tmp_path / "l.csv"

@@ -8,7 +8,7 @@ from run_folders import finetune_run_folder
 from vmae2.cli import parse_config
 from vmae2.evaluate import EVALUATE
 from vmae2.extract import EXTRACT
-from vmae2.finetune_config import FINETUNE
+from vmae2.finetune import FINETUNE
 from vmae2.models import create_model
 from vmae2.predict import PREDICT
 from vmae2.weights import load_classifier_weights, save_safetensors

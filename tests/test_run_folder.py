@@ -15,7 +15,7 @@ import vmae2.cli
 from vmae2.cli import build_parser, cpu_cores, parse_config
 from vmae2.evaluate import EVALUATE
 from vmae2.extract import EXTRACT
-from vmae2.finetune_config import FINETUNE
+from vmae2.finetune import FINETUNE
 from vmae2.predict import PREDICT
 from vmae2.train import PRETRAIN
 from vmae2.training import rundir

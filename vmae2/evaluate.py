@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmae2.cli import Command, entry, like, opt
-from vmae2.finetune_config import WeightsConfig
+from vmae2.finetune import WeightsConfig
 from vmae2.training import rundir
 
 

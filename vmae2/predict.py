@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from vmae2.cli import Command, count, entry, like, opt
-from vmae2.finetune_config import WeightsConfig
+from vmae2.finetune import WeightsConfig
 from vmae2.training import rundir
 
 

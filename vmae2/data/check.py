@@ -18,7 +18,7 @@ from vmae2.cli import Command, check_fields, count, entry, opt
 from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, read_list
-from vmae2.finetune_config import FINETUNE_PRESETS
+from vmae2.finetune import FINETUNE_PRESETS
 from vmae2.train import PRESETS
 
 

@@ -16,7 +16,7 @@ from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.lists import check_found, read_finetune_csv
 from vmae2.data.shards import ShardList, is_shards
 from vmae2.data.synthetic import make_labeled_videos
-from vmae2.finetune_config import FinetuneConfig
+from vmae2.finetune import FinetuneConfig
 from vmae2.models import create_model
 from vmae2.runs.evaluate import predict, score, write_report
 from vmae2.training import loop
