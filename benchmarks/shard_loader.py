@@ -28,9 +28,9 @@ def _epoch(loader) -> tuple[int, float]:
 
 
 def run(videos: int, rounds: int, size: tuple[int, int], frames: int, workdir: Path) -> dict:
-    from vmae2.data.clips import ClipConfig
+    from vmae2.data.pretraining.clips import ClipConfig
     from vmae2.data.lists import read_list
-    from vmae2.data.loader import PretrainLoader
+    from vmae2.data.pretraining.loader import PretrainLoader
     from vmae2.data.make_shards import make_shards
     from vmae2.data.shards import ShardList
     from vmae2.data.synthetic import make_videos

@@ -15,10 +15,10 @@ import torch
 pytest.importorskip("av")
 from PIL import Image  # noqa: E402
 
-from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipConfig, ClipSource  # noqa: E402
+from vmae2.data.pretraining.clips import IMAGENET_MEAN, IMAGENET_STD, ClipConfig, ClipSource  # noqa: E402
 from vmae2.data.decode import decode_frames  # noqa: E402
 from vmae2.data.lists import read_pretrain_list  # noqa: E402
-from vmae2.data.loader import PretrainLoader, dali_available  # noqa: E402
+from vmae2.data.pretraining.loader import PretrainLoader, dali_available  # noqa: E402
 from vmae2.data.synthetic import make_videos  # noqa: E402
 
 NUM_CLIPS = int(os.environ.get("VMAE2_BENCH_CLIPS", "8"))

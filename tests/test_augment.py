@@ -1,5 +1,5 @@
-"""Fine-tuning augmentations (vmae2.data.augment): RandAugment levels and ops, Mixup/CutMix and the soft-target loss
-against timm 0.4.12 (the official pin); one draw per clip, crop / erase boxes, batch-mode mixing."""
+"""Fine-tuning augmentations (vmae2.data.classification.augment): RandAugment levels and ops, Mixup/CutMix and the
+soft-target loss against timm 0.4.12 (the official pin); one draw per clip, crop / erase boxes, batch-mode mixing."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from PIL import Image
 from oracle.augmentations import timm_module
 from oracle.tolerances import assert_close_fp
 
-from vmae2.data import augment as A
+from vmae2.data.classification import augment as A
 
 FILL_RGB = (128, 128, 128)
 

@@ -6,10 +6,11 @@ import torch
 pytest.importorskip("av", reason="PyAV is needed to make and decode the test videos")
 
 from vmae2.data import check as check_cli  # noqa: E402
-from vmae2.data.clips import ClipConfig, ClipSource  # noqa: E402
+from vmae2.data.pretraining.clips import ClipConfig, ClipSource  # noqa: E402
 from vmae2.data.lists import MixedList, read_pretrain_list  # noqa: E402
-from vmae2.data.loader import PretrainLoader, dali_available  # noqa: E402
-from vmae2.data.sampling import crop_candidates, fixed_offsets, frame_ids, plan_rng, sample_start  # noqa: E402
+from vmae2.data.pretraining.loader import PretrainLoader, dali_available  # noqa: E402
+from vmae2.data.pretraining.sampling import (  # noqa: E402
+    crop_candidates, fixed_offsets, frame_ids, plan_rng, sample_start)
 from vmae2.data.synthetic import encode_clip, make_bad_files, make_videos, render_clip  # noqa: E402
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed (pip install vmae2[dali])")
@@ -264,7 +265,7 @@ def test_bad_config_values():
 def test_dali_decode_failure_is_recovered(videos, bad, monkeypatch):
     """DALI's CPU decoder cannot read MPEG-4 part 2: pretend it can, watch the batch fail, get checked with
     PyAV (which reads it) and go through PyAV instead."""
-    import vmae2.data.dali as dali_module
+    import vmae2.data.pretraining.dali as dali_module
     from vmae2.data.lists import VideoRecord
 
     monkeypatch.setattr(dali_module, "DALI_CPU_CODECS", dali_module.DALI_CPU_CODECS | {"mpeg4"})

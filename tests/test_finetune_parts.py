@@ -1,5 +1,5 @@
 """Fine-tuning building blocks: position-table resampling, layer-wise lr decay, checkpoint conversion, labeled
-clips (vmae2.data.classify)."""
+clips (vmae2.data.classification.loader)."""
 import json
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from oracle.tolerances import assert_close_fp
-from vmae2.data.augment import FinetuneAugment
-from vmae2.data.classify import ClassifyConfig, ClassifyLoader
+from vmae2.data.classification.augment import FinetuneAugment
+from vmae2.data.classification.loader import ClassifyConfig, ClassifyLoader
 from vmae2.data.lists import read_finetune_csv
 from vmae2.models import create_model
 from vmae2.models.layers import interpolate_pos_table, sinusoid_table

@@ -63,10 +63,10 @@ def test_evaluating_a_run_without_a_test_list_asks_for_one(tmp_path, capsys):
 # -- c. the largest batch that fits ------------------------------------------------------------------------------
 
 def _loaders(videos: int):
-    from vmae2.data.augment import FinetuneAugment
-    from vmae2.data.classify import ClassifyConfig, ClassifyLoader
+    from vmae2.data.classification.augment import FinetuneAugment
+    from vmae2.data.classification.loader import ClassifyConfig, ClassifyLoader
     from vmae2.data.lists import VideoRecord
-    from vmae2.data.loader import PretrainLoader
+    from vmae2.data.pretraining.loader import PretrainLoader
 
     records = [VideoRecord(f"v{i}.mp4", 0, -1, 0, True, "", 4, "test") for i in range(videos)]
     yield lambda b: PretrainLoader(records, batch_size=b, backend="torch")

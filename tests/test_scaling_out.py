@@ -184,7 +184,7 @@ class _Clips:
 
 def _slot_task():
     from vmae2.data.lists import VideoRecord
-    from vmae2.data.loader import PretrainLoader
+    from vmae2.data.pretraining.loader import PretrainLoader
     from vmae2.training.loop import Task
     from vmae2.training.optim import build_optimizer
 

@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("av", reason="PyAV makes and decodes the videos")
 
-from vmae2.data.clips import ClipConfig, ClipSource  # noqa: E402
+from vmae2.data.pretraining.clips import ClipConfig, ClipSource  # noqa: E402
 from vmae2.data.lists import read_list, read_paths  # noqa: E402
-from vmae2.data.loader import PretrainLoader  # noqa: E402
+from vmae2.data.pretraining.loader import PretrainLoader  # noqa: E402
 from vmae2.data.make_shards import main, make_shards  # noqa: E402
 from vmae2.data.shards import ShardList, expand_braces, is_shards, scan_tar, shard_records  # noqa: E402
 from vmae2.data.synthetic import make_labeled_videos, make_videos  # noqa: E402
@@ -116,8 +116,8 @@ def test_a_damaged_sample_is_quarantined_and_training_goes_on(corpus, tmp_path):
 
 
 def test_labels_travel_and_the_finetune_loader_streams(tmp_path):
-    from vmae2.data.augment import FinetuneAugment
-    from vmae2.data.classify import ClassifyConfig, ClassifyLoader
+    from vmae2.data.classification.augment import FinetuneAugment
+    from vmae2.data.classification.loader import ClassifyConfig, ClassifyLoader
 
     lists = make_labeled_videos(tmp_path / "v", {"train": 2}, size=(48, 48), num_frames=16)
     assert main([str(lists["train"]), "--out", str(tmp_path / "s"), "--shard_bytes", "20000"]) == 0

@@ -243,7 +243,7 @@ def test_reconstruction_grid_shows_the_clip_and_the_masks(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
+    from vmae2.data.pretraining.clips import IMAGENET_MEAN, IMAGENET_STD
     from vmae2.masking import ids_to_mask
     from vmae2.visualize import GREY, ROW_LABELS, TITLE_HEIGHT, reconstruction_grid, save_reconstruction_png
 

@@ -1,9 +1,10 @@
-"""Fine-tuning / test sampling (vmae2.data.views) against plain re-statements of the official dataset code."""
+"""Fine-tuning / test sampling (vmae2.data.classification.sampling) against plain re-statements of the official
+dataset code."""
 import numpy as np
 import pytest
 import torch
 
-from vmae2.data.views import (
+from vmae2.data.classification.sampling import (
     crop_starts,
     dense_ids,
     short_side_resize,

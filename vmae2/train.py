@@ -51,7 +51,7 @@ class TrainConfig(TrainingConfig):
         if self.data_weights is not None and self.data_path is None:
             refuse("data_weights", self.data_weights, "needs --data_path")
         if self.data_backend == "dali":
-            from vmae2.data.loader import dali_unavailable_reason
+            from vmae2.data.pretraining.loader import dali_unavailable_reason
 
             if reason := dali_unavailable_reason():
                 refuse("data_backend", self.data_backend, f"{reason}; or use --data_backend torch")

@@ -17,7 +17,7 @@ import torch
 
 from vmae2 import plot
 from vmae2.cli import Command, check_fields, entry, opt
-from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
+from vmae2.data.pretraining.clips import IMAGENET_MEAN, IMAGENET_STD
 from vmae2.loss import denormalize_patches, patchify
 from vmae2.masking import ids_to_mask
 from vmae2.training import rundir
@@ -150,10 +150,10 @@ VISUALIZE = Command("python -m vmae2.visualize", __doc__.splitlines()[0], Visual
 def run(cfg: VisualizeConfig) -> int:
     """Build the model of ``cfg``, load its weights, and write the grid of one clip of ``cfg.video``."""
     from vmae2 import masking
-    from vmae2.data.clips import augment
+    from vmae2.data.pretraining.clips import augment
     from vmae2.data.decode import BadVideo, decode_frames, probe
     from vmae2.data.lists import VideoRecord
-    from vmae2.data.sampling import Crop, frame_ids
+    from vmae2.data.pretraining.sampling import Crop, frame_ids
     from vmae2.models import create_model
     from vmae2.training.state import Checkpoints
     from vmae2.weights import load_weights

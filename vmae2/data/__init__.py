@@ -1,10 +1,12 @@
 """Video data: list formats, generated clips, the DALI and PyTorch pipelines, bad-file handling.
 
-Pretraining: :func:`read_list` / :class:`MixedList` (lists), :func:`make_videos` (generated clips),
-:class:`PretrainLoader` (batches ``[B * num_sample, 3, T, 224, 224]``), ``python -m vmae2.data.check LIST``.
-Fine-tuning and testing: :class:`ClassifyLoader` (labeled clips, multi-view test batches), :mod:`vmae2.data.augment`
-(RandAugment, erasing, mixup/cutmix), :mod:`vmae2.data.labels` (label maps, K710 merge, head conversion),
-:func:`make_labeled_videos` (generated motion classes).
+Pretraining (:mod:`vmae2.data.pretraining`): :func:`read_list` / :class:`MixedList` (lists), :func:`make_videos`
+(generated clips), :class:`PretrainLoader` (batches ``[B * num_sample, 3, T, 224, 224]``), ``python -m
+vmae2.data.check LIST``.
+Fine-tuning and testing (:mod:`vmae2.data.classification`): :class:`ClassifyLoader` (labeled clips, multi-view
+test batches), :mod:`vmae2.data.classification.augment` (RandAugment, erasing, mixup/cutmix),
+:mod:`vmae2.data.labels` (label maps, K710 merge, head conversion), :func:`make_labeled_videos` (generated motion
+classes).
 
 The names below load their module on first use (PEP 562), so a data entry point (``python -m vmae2.data.make_lists``)
 answers ``--help`` without importing torch.
@@ -12,13 +14,13 @@ answers ``--help`` without importing torch.
 import importlib
 
 _MODULES = {
-    "classify": ("ClassifyConfig", "ClassifyLoader", "LabeledBatch"),
-    "clips": ("ClipConfig", "ClipSource"),
+    "classification.loader": ("ClassifyConfig", "ClassifyLoader", "LabeledBatch"),
+    "pretraining.clips": ("ClipConfig", "ClipSource"),
     "decode": ("BadVideo", "VideoInfo", "probe"),
     "labels": ("LabelMap", "merge_labeled_lists"),
     "lists": ("MixedList", "VideoRecord", "read_finetune_csv", "read_list", "read_pretrain_list"),
-    "loader": ("Batch", "PretrainLoader", "dali_available"),
-    "sampling": ("ClipPlan", "Crop", "plan_clip"),
+    "pretraining.loader": ("Batch", "PretrainLoader", "dali_available"),
+    "pretraining.sampling": ("ClipPlan", "Crop", "plan_clip"),
     "synthetic": ("make_bad_files", "make_labeled_videos", "make_videos"),
     "telemetry": ("BadFileLedger", "Telemetry"),
 }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vmae2.data.classify import ClassifyConfig, ClassifyLoader
+from vmae2.data.classification.loader import ClassifyConfig, ClassifyLoader
 from vmae2.data.labels import LabelMap
 from vmae2.data.lists import VideoRecord, check_found, read_finetune_csv
 from vmae2.metrics import ViewPredictions, confusion_matrix, per_class_accuracy, save_confusion_png, topk_accuracy

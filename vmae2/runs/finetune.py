@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from vmae2.cli import SMALL_DATA
-from vmae2.data.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
-from vmae2.data.classify import ClassifyConfig, ClassifyLoader
+from vmae2.data.classification.augment import FinetuneAugment, Mixup, soft_target_cross_entropy
+from vmae2.data.classification.loader import ClassifyConfig, ClassifyLoader
 from vmae2.data.decode import upscale_note
 from vmae2.data.labels import LabelMap, merge_labeled_lists
 from vmae2.data.lists import check_found, read_finetune_csv

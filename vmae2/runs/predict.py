@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vmae2 import transformers_io
-from vmae2.data.classify import ClassifyLoader
+from vmae2.data.classification.loader import ClassifyLoader
 from vmae2.data.lists import VideoRecord, read_list
 from vmae2.runs.evaluate import build_classifier, multi_view_config, predict, read_class_names
 from vmae2.training.distributed import AMP_DTYPES, Dist, resolve_device

@@ -23,10 +23,10 @@ import torch
 
 from vmae2.data.decode import BadVideo, decode_frames, probe
 from vmae2.data.lists import MixedList, VideoRecord, rank_slice
-from vmae2.data.loader import batch_loader
-from vmae2.data.sampling import plan_rng
+from vmae2.data.pretraining.loader import batch_loader
+from vmae2.data.pretraining.sampling import plan_rng
 from vmae2.data.telemetry import BadFileLedger, Telemetry
-from vmae2.data.views import dense_ids, sparse_ids, sparse_test_ids, spatial_views, temporal_windows
+from vmae2.data.classification.sampling import dense_ids, sparse_ids, sparse_test_ids, spatial_views, temporal_windows
 
 __all__ = ["ClassifyConfig", "ClassifyLoader", "ClassifySource", "LabeledBatch", "MODES"]
 
@@ -90,7 +90,7 @@ class ClassifySource:
         for r in records:
             _check_label(r, config.num_classes)
         if mode == "train" and transform is None:
-            raise ValueError("training needs a transform (e.g. vmae2.data.augment.FinetuneAugment)")
+            raise ValueError("training needs a transform (e.g. vmae2.data.classification.augment.FinetuneAugment)")
         self.records, self.mode, self.config, self.seed, self.transform = list(records), mode, config, seed, transform
         self.epoch = 0
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD
+from vmae2.data.pretraining.clips import IMAGENET_MEAN, IMAGENET_STD
 
 
 def dense_ids(num_frames: int, clip_len: int = 16, rate: int = 4, rng: np.random.Generator | None = None

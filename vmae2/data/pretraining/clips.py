@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from vmae2.data.decode import BadVideo, VideoInfo, decode_frames, probe
 from vmae2.data.lists import VideoRecord
-from vmae2.data.sampling import OFFICIAL_SCALES, ClipPlan, Crop, plan_clip, plan_rng
+from vmae2.data.pretraining.sampling import OFFICIAL_SCALES, ClipPlan, Crop, plan_clip, plan_rng
 from vmae2_kernels import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # one definition (re-exported here)
 from vmae2_kernels import IMAGENET_DEFAULT_STD as IMAGENET_STD
 

@@ -1,8 +1,8 @@
 """The DALI pipeline: decode (NVDEC on a GPU; DALI's CPU decoder for VP8/VP9/MJPEG; PyAV frames fed through
 ``external_source`` otherwise), then per view: exact-pixel crop, bilinear resize, normalise to ``CFHW`` float.
 
-Python plans each batch (:class:`~vmae2.data.clips.ClipSource`: frames, crops, substitutes for bad files) and
-feeds DALI; DALI's threads do the decoding and augmentation. A batch DALI fails to decode is checked file by
+Python plans each batch (:class:`~vmae2.data.pretraining.clips.ClipSource`: frames, crops, substitutes for bad
+files) and feeds DALI; DALI's threads do the decoding and augmentation. A batch DALI fails to decode is checked file by
 file with PyAV, the culprits go to the ledger, and the batch is re-planned without them.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from vmae2.data.clips import IMAGENET_MEAN, IMAGENET_STD, Batch, ClipSource, PlannedClip
+from vmae2.data.pretraining.clips import IMAGENET_MEAN, IMAGENET_STD, Batch, ClipSource, PlannedClip
 from vmae2.data.decode import DALI_CPU_CODECS, BadVideo, decode_frames
 from vmae2.data.telemetry import BadFileLedger
 

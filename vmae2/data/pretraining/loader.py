@@ -1,7 +1,7 @@
 """Pretraining batches ``[B * num_sample, 3, T, S, S]`` float (ImageNet-normalised), from DALI or plain PyTorch.
 
-Both backends run the same :class:`~vmae2.data.clips.ClipSource` plans, so for one seed they deliver the same
-frames and crops (up to decoder colour conversion and resize rounding). Views are ordered sample-major
+Both backends run the same :class:`~vmae2.data.pretraining.clips.ClipSource` plans, so for one seed they deliver the
+same frames and crops (up to decoder colour conversion and resize rounding). Views are ordered sample-major
 (video0-view0..k-1, video1-view0.., ...) like the official collate.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from vmae2.data.clips import Batch, ClipConfig, ClipSource
+from vmae2.data.pretraining.clips import Batch, ClipConfig, ClipSource
 from vmae2.data.lists import MixedList, VideoRecord, rank_slice
 from vmae2.data.telemetry import BadFileLedger, Telemetry
 from vmae2_kernels import optional
@@ -178,7 +178,7 @@ class PretrainLoader:
             yield Batch(video.to(self.device, non_blocking=True), slots, records)
 
     def _dali_batches(self, batches) -> Iterator[Batch]:
-        from vmae2.data.dali import DaliRunner
+        from vmae2.data.pretraining.dali import DaliRunner
 
         if self._dali is None:
             self._dali = DaliRunner(self.source, self.batch_size, self.device, self.num_workers, self.ledger)
