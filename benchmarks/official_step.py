@@ -82,6 +82,7 @@ class Vmae2Step:
 # -- the compared steps on seeded inputs (built outside any timed region) ----------------------------------
 
 ENC_RATIO, DEC_RATIO = 0.9, 0.5
+CLIP_FRAMES = 16  # the official pretraining clip: 16 frames of 224 x 224
 LR, WEIGHT_DECAY = 1.5e-4, 0.05
 
 
@@ -99,7 +100,8 @@ SIZES = [Size("ViT-S", "pretrain_videomae_small_patch16_224", False),
          Size("ViT-g", "pretrain_videomae_giant_patch14_224", True)]
 
 
-def build_model(size: Size, device: torch.device, embed_tokens: str = "visible", num_frames: int = 16):
+def build_model(size: Size, device: torch.device, embed_tokens: str = "visible",
+                num_frames: int = CLIP_FRAMES):
     """vmae2 model with a fixed seed: every arm of a size starts from the same weights (``embed_tokens`` changes
     the work, not the weights)."""
     torch.manual_seed(0)
@@ -133,7 +135,7 @@ def official_label(official_repo: str | None) -> str:
 
 
 def make_step(arm: str, size: Size, precision: str, batch: int, device: torch.device,
-              official_repo: str | None = None, num_frames: int = 16):
+              official_repo: str | None = None, num_frames: int = CLIP_FRAMES):
     """``(step object, facts)`` of ``arm`` (``official``, ``vmae2``/``dual``, ``v1``): facts = attention, token ops,
     tokens, forward GMACs per clip (the official arm's are the paper's: every tubelet embedded) and model TFLOP
     per step. The official arm's model is the restated one (``oracle/``), or with ``official_repo``

@@ -545,7 +545,7 @@ def syncs_are_errors(device):
     torch.cuda.synchronize()
 
 
-def check_no_sync(device, size_name: str, batch: int, backend: str, num_frames: int = 16) -> dict:
+def check_no_sync(device, size_name: str, batch: int, backend: str, num_frames: int) -> dict:
     """The dual step with ``VMAE2_BACKEND=backend``: built (its ids are made on the CPU, which a GPU-only override
     leaves on ``auto``), warmed, then one step under ``torch.cuda.set_sync_debug_mode("error")``. On the CPU the same
     code runs without the sync mode (it needs a GPU; tests/test_integration counts syncs there)."""
